@@ -1,0 +1,1 @@
+"""Frozen, validated records of desired state, their JSON codec and interface naming."""

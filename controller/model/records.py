@@ -1,0 +1,178 @@
+"""Typed records of the public etcd schema (``/heddle/v1/``).
+
+Every record is a frozen dataclass whose constructor validates it, so an instance that exists is
+valid: planners and drivers never re-check. Construction is pure and raises ``InvalidRecord``
+with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.model.errors import InvalidRecord
+
+Backend = Literal["kernel", "ovs"]
+BACKENDS: tuple[Backend, ...] = ("kernel", "ovs")
+
+VNI_MIN = 1
+VNI_MAX = 16_777_215
+MAX_PREFIXLEN = 30
+MTU_MIN = 576
+MTU_MAX = 9000 - 50
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+def check_label(value: object, field: str) -> str:
+    """Return ``value`` if it is a DNS label (``[a-z0-9-]``, 1..63, no leading/trailing '-')."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise InvalidRecord(
+            f"{field} {value!r} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_int(value: object, field: str, lo: int, hi: int) -> int:
+    """Return ``value`` if it is an int (not bool) within ``lo..hi``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidRecord(f"{field} {value!r} must be an integer in {lo}..{hi}")
+    return value
+
+
+def check_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
+    """Parse an IPv4 address string; raise ``InvalidRecord`` naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field} {value!r} must be an IPv4 address string")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidRecord(f"{field} {value!r} is not a valid IPv4 address") from None
+
+
+def parse_subnet(value: object, field: str = "subnet") -> ipaddress.IPv4Network:
+    """Parse a CIDR: strict (no host bits), IPv4, prefix length at most /30."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field} {value!r} must be a CIDR string such as 10.1.0.0/24")
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise InvalidRecord(f"{field} {value!r} is not a valid IPv4 CIDR: {exc}") from None
+    if "/" not in value:
+        raise InvalidRecord(f"{field} {value!r} needs a prefix length, such as 10.1.0.0/24")
+    if net.prefixlen > MAX_PREFIXLEN:
+        raise InvalidRecord(
+            f"{field} {value} is too small: the prefix length must be at most /{MAX_PREFIXLEN}"
+        )
+    return net
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """An overlay network: one L2 segment (one VNI) with one IPv4 subnet."""
+
+    name: str
+    vni: int
+    subnet: str
+    gateway: str | None = None
+    mtu: int | None = None
+
+    def __post_init__(self) -> None:
+        check_label(self.name, "network name")
+        check_int(self.vni, "vni", VNI_MIN, VNI_MAX)
+        net = parse_subnet(self.subnet)
+        if self.gateway is not None:
+            gw = check_ipv4(self.gateway, "gateway")
+            if gw not in net or gw in (net.network_address, net.broadcast_address):
+                raise InvalidRecord(
+                    f"gateway {self.gateway} is not a usable address of subnet {self.subnet}"
+                )
+        if self.mtu is not None:
+            check_int(self.mtu, "mtu", MTU_MIN, MTU_MAX)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def prefixlen(self) -> int:
+        return self.network.prefixlen
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One interface of a network on one host.
+
+    ``netns`` names the namespace (``/run/netns/<netns>``) the interface is moved into; ``None``
+    leaves the peer in the host namespace for someone else (Docker) to move.
+    """
+
+    id: str
+    network: str
+    host: str
+    ip: str
+    mac: str
+    netns: str | None = None
+    ifname: str = "eth0"
+
+    def __post_init__(self) -> None:
+        check_label(self.id, "endpoint id")
+        check_label(self.network, "network")
+        check_label(self.host, "host")
+        check_ipv4(self.ip, "ip")
+        if not isinstance(self.mac, str) or not _MAC.match(self.mac):
+            raise InvalidRecord(f"mac {self.mac!r} must look like 02:00:0a:01:00:02 (lower case)")
+        if int(self.mac[:2], 16) & 1:
+            raise InvalidRecord(f"mac {self.mac} is a multicast address")
+        if self.netns is not None and (
+            not isinstance(self.netns, str) or not _IFNAME.match(self.netns)
+        ):
+            raise InvalidRecord(f"netns {self.netns!r} is not a valid namespace name")
+        if not isinstance(self.ifname, str) or not _IFNAME.match(self.ifname):
+            raise InvalidRecord(f"ifname {self.ifname!r} is not a valid interface name (<= 15)")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A host that runs an agent: its VTEP (underlay address) and data-plane backend."""
+
+    name: str
+    vtep: str
+    underlay_mtu: int = 1500
+    backend: Backend = "kernel"
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        check_label(self.name, "host name")
+        check_ipv4(self.vtep, "vtep")
+        check_int(self.underlay_mtu, "underlay_mtu", MTU_MIN + 50, 9000)
+        if self.backend not in BACKENDS:
+            raise InvalidRecord(f"backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if not isinstance(self.version, str):
+            raise InvalidRecord(f"version {self.version!r} must be a string")
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """Liveness of a host's agent; lives on a lease, so it vanishes when the agent stops."""
+
+    since: float
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """What an agent last did: the revision it applied, when, and what went wrong."""
+
+    host: str
+    revision: int
+    last_pass: float
+    ok: bool
+    changes: int = 0
+    errors: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""The desired-state store: key layout, the KV seam (etcd or in-memory), watcher and cache."""
