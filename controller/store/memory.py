@@ -8,6 +8,7 @@ watch streams end with ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import threading
 import time
@@ -126,7 +127,7 @@ class MemoryKV:
         return actual < want if c.op == "<" else actual > want
 
     def _apply(self, ops: tuple[TxnOp, ...]) -> bool:
-        changes: list[Event] = []
+        changes: builtins.list[Event] = []
         rev = self._revision + 1
         for op in ops:
             if isinstance(op, Put):
@@ -213,7 +214,7 @@ class MemoryKV:
         return None
 
     # used by _MemoryWatch, under the lock
-    def _events_since(self, prefix: str, start: int) -> list[Event]:
+    def _events_since(self, prefix: str, start: int) -> builtins.list[Event]:
         if start <= self._compacted:
             raise Compacted(self._compacted)
         return [
