@@ -1,0 +1,288 @@
+"""The ``heddle`` command line: the composition root, the only place that wires objects together.
+
+Exit codes: 0 success; 1 a refused request (invalid input, conflict, not found, exhausted) with a
+message on stderr and nothing written; 2 usage error; 3 etcd unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from controller import __version__
+from controller.model.errors import HeddleError, StoreUnavailable
+from controller.output import as_json, table
+
+if TYPE_CHECKING:
+    from controller.store.kv import KV
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
+    p.add_argument("--version", action="version", version=f"heddle {__version__}")
+    p.add_argument(
+        "--etcd",
+        default=os.environ.get("HEDDLE_ETCD", DEFAULT_ETCD),
+        help="etcd URL(s), comma separated (env HEDDLE_ETCD; default %(default)s)",
+    )
+    p.add_argument("--cacert", help="CA certificate to verify etcd (enables TLS)")
+    p.add_argument("--cert", help="client certificate for etcd")
+    p.add_argument("--key", help="client key for etcd")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    net = sub.add_parser("network", help="overlay networks").add_subparsers(
+        dest="action", required=True
+    )
+    c = net.add_parser("create", help="create a network")
+    c.add_argument("name")
+    c.add_argument("--subnet", required=True, help="IPv4 CIDR, prefix length at most /30")
+    c.add_argument("--vni", type=int, help="VXLAN network identifier (default: lowest free)")
+    c.add_argument("--gateway", help="gateway address inside the subnet (optional)")
+    c.add_argument("--mtu", type=int, help="overlay MTU (default: smallest underlay MTU - 50)")
+    net.add_parser("ls", help="list networks")
+    s = net.add_parser("show", help="show one network and its endpoints")
+    s.add_argument("name")
+    r = net.add_parser("rm", help="remove a network")
+    r.add_argument("name")
+    r.add_argument("--force", action="store_true", help="also remove its endpoints")
+
+    ep = sub.add_parser("endpoint", help="endpoints").add_subparsers(dest="action", required=True)
+    c = ep.add_parser("create", help="create an endpoint (allocates its address)")
+    c.add_argument("network")
+    c.add_argument("--host", required=True)
+    c.add_argument("--netns", help="network namespace to move the interface into")
+    c.add_argument("--ip", help="address to take (default: lowest free)")
+    c.add_argument("--ifname", default="eth0")
+    c.add_argument("--id", dest="endpoint_id", help="endpoint id (default: random)")
+    ls = ep.add_parser("ls", help="list endpoints")
+    ls.add_argument("network", nargs="?")
+    s = ep.add_parser("show", help="show one endpoint")
+    s.add_argument("network")
+    s.add_argument("id")
+    r = ep.add_parser("rm", help="remove an endpoint and release its address")
+    r.add_argument("network")
+    r.add_argument("id")
+
+    host = sub.add_parser("host", help="hosts").add_subparsers(dest="action", required=True)
+    host.add_parser("ls", help="list hosts, liveness and last reconcile status")
+
+    a = sub.add_parser("agent", help="run the per-host agent")
+    a.add_argument("--config", help="TOML file with the same keys as these flags")
+    a.add_argument("--host", dest="host_name")
+    a.add_argument("--vtep")
+    a.add_argument("--backend", choices=("kernel", "ovs"))
+    a.add_argument("--underlay-mtu", type=int, help="default: MTU of the VTEP's interface")
+    a.add_argument("--resync-interval", type=float)
+    a.add_argument("--ovsdb")
+    a.add_argument("--ovs-datapath", choices=("system", "netdev"))
+    a.add_argument("--underlay-dev")
+    a.add_argument("--plugin-socket")
+    a.add_argument("--no-plugin", action="store_true", default=None)
+
+    lab = sub.add_parser("lab", help="multi-host lab on network namespaces").add_subparsers(
+        dest="action", required=True
+    )
+    up = lab.add_parser("up", help="start a lab (etcd + N hosts with agents)")
+    up.add_argument("--hosts", type=int, default=3)
+    up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
+    up.add_argument("--docker", action="store_true")
+    lab.add_parser("down", help="remove every trace of the lab")
+    lab.add_parser("status", help="show the lab")
+    lab.add_parser("demo", help="start a 3-host lab if needed and run the demo checks")
+    return p
+
+
+def make_kv(args: argparse.Namespace) -> KV:
+    """The store client for ``args`` (lazy import: the lab and --help need no gRPC)."""
+    from controller.store.etcd import EtcdKV, TLSFiles
+
+    urls = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    tls = None
+    if args.cacert or args.cert or args.key:
+        tls = TLSFiles(cacert=args.cacert, cert=args.cert, key=args.key)
+    return EtcdKV(urls, tls=tls)
+
+
+def _emit(
+    args: argparse.Namespace, obj: Any, headers: Sequence[str], rows: list[list[Any]]
+) -> None:
+    print(as_json(obj) if args.output == "json" else table(headers, rows))
+
+
+def _cmd_network(args: argparse.Namespace, kv: KV) -> int:
+    from controller.desired import DesiredState
+
+    ds = DesiredState(kv)
+    heads = ["name", "vni", "subnet", "gateway", "mtu"]
+    if args.action == "create":
+        n = ds.create_network(args.name, args.subnet, args.vni, args.gateway, args.mtu)
+        _emit(args, asdict(n), heads, [[n.name, n.vni, n.subnet, n.gateway, n.mtu]])
+    elif args.action == "ls":
+        nets = ds.networks()
+        _emit(
+            args,
+            [asdict(n) for n in nets],
+            heads,
+            [[n.name, n.vni, n.subnet, n.gateway, n.mtu] for n in nets],
+        )
+    elif args.action == "show":
+        n = ds.get_network(args.name)
+        eps = ds.endpoints(args.name)
+        if args.output == "json":
+            print(as_json({**asdict(n), "endpoints": [asdict(e) for e in eps]}))
+        else:
+            print(table(heads, [[n.name, n.vni, n.subnet, n.gateway, n.mtu]]))
+            print()
+            print(_endpoint_table(eps))
+    elif args.action == "rm":
+        removed = ds.remove_network(args.name, force=args.force)
+        if args.output == "json":
+            print(as_json({"removed": args.name, "endpoints_removed": removed}))
+        else:
+            print(
+                f"removed network {args.name}" + (f" and {removed} endpoint(s)" if removed else "")
+            )
+    return 0
+
+
+def _endpoint_table(eps: Sequence[Any]) -> str:
+    return table(
+        ["network", "id", "host", "ip", "mac", "netns", "ifname"],
+        [[e.network, e.id, e.host, e.ip, e.mac, e.netns, e.ifname] for e in eps],
+    )
+
+
+def _cmd_endpoint(args: argparse.Namespace, kv: KV) -> int:
+    from controller.desired import DesiredState
+
+    ds = DesiredState(kv)
+    if args.action == "create":
+        e = ds.create_endpoint(
+            args.network, args.host, args.netns, args.ip, args.ifname, args.endpoint_id
+        )
+        print(as_json(asdict(e)) if args.output == "json" else _endpoint_table([e]))
+    elif args.action == "ls":
+        eps = ds.endpoints(args.network)
+        print(as_json([asdict(e) for e in eps]) if args.output == "json" else _endpoint_table(eps))
+    elif args.action == "show":
+        e = ds.get_endpoint(args.network, args.id)
+        print(as_json(asdict(e)) if args.output == "json" else _endpoint_table([e]))
+    elif args.action == "rm":
+        e = ds.remove_endpoint(args.network, args.id)
+        if args.output == "json":
+            print(as_json({"removed": asdict(e)}))
+        else:
+            print(f"removed endpoint {e.network}/{e.id} and released {e.ip}")
+    return 0
+
+
+def _cmd_host(args: argparse.Namespace, kv: KV) -> int:
+    from controller.hosts import list_hosts
+
+    infos = list_hosts(kv)
+    if args.output == "json":
+        print(
+            as_json(
+                [
+                    {
+                        **asdict(i.host),
+                        "alive": i.alive,
+                        "status": asdict(i.status) if i.status else None,
+                    }
+                    for i in infos
+                ]
+            )
+        )
+        return 0
+    rows = []
+    for i in infos:
+        st = i.status
+        state = "-" if st is None else ("ok" if st.ok else "error: " + "; ".join(st.errors))
+        rows.append(
+            [
+                i.host.name,
+                i.host.vtep,
+                i.host.backend,
+                "yes" if i.alive else "no",
+                st.revision if st else None,
+                state,
+                len(st.skipped) if st else None,
+            ]
+        )
+    print(table(["name", "vtep", "backend", "alive", "revision", "status", "skipped"], rows))
+    return 0
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from controller.lab import commands
+
+    if args.action == "up":
+        st = commands.lab_up(args.hosts, args.backend)
+        print(as_json(st) if args.output == "json" else _lab_table(st))
+    elif args.action == "down":
+        commands.lab_down()
+        print("lab removed")
+    elif args.action == "status":
+        st = commands.lab_status()
+        print(as_json(st) if args.output == "json" else _lab_table(st))
+    elif args.action == "demo":
+        return commands.lab_demo()
+    return 0
+
+
+def _lab_table(st: dict[str, Any]) -> str:
+    rows = [
+        [h["name"], h["netns"], h["vtep"], h["backend"], h.get("agent_pid")]
+        for h in st.get("hosts", [])
+    ]
+    return f"etcd: {st.get('etcd')}\n" + table(
+        ["host", "netns", "vtep", "backend", "agent pid"], rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "lab":
+        try:
+            return _cmd_lab(args)
+        except HeddleError as exc:
+            print(f"heddle: error: {exc}", file=sys.stderr)
+            return 1
+    if args.command == "agent":
+        from controller.agent import run_agent
+
+        try:
+            return run_agent(args)
+        except HeddleError as exc:
+            print(f"heddle: error: {exc}", file=sys.stderr)
+            return 1
+    try:
+        kv = make_kv(args)
+    except HeddleError as exc:
+        print(f"heddle: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        handler = {"network": _cmd_network, "endpoint": _cmd_endpoint, "host": _cmd_host}
+        return handler[args.command](args, kv)
+    except StoreUnavailable as exc:
+        print(f"heddle: error: etcd unavailable: {exc}", file=sys.stderr)
+        return 3
+    except HeddleError as exc:
+        print(f"heddle: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        kv.close()

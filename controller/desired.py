@@ -1,0 +1,281 @@
+"""Writes and reads of desired networks and endpoints, each write one etcd transaction.
+
+Contracts:
+- Every write either happens whole or not at all (one ``Txn``); on a refusal nothing is written.
+- Uniqueness (network name, VNI, endpoint address) is decided by etcd compares
+  (``create_revision == 0``), so concurrent writers on any number of machines never produce a
+  duplicate; losers retry with the next candidate or get a clear ``Conflict``.
+- Endpoint writes are guarded by the network's ``mod_revision``: an endpoint can never be
+  written for a network that is being removed or was replaced.
+Raises ``InvalidRecord``, ``Conflict``, ``NotFound``, ``Exhausted`` or ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from controller import ipam
+from controller.model import codec
+from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
+from controller.model.naming import derive_mac
+from controller.model.records import Endpoint, Network, check_label
+from controller.store import keys
+from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Txn
+
+#: After this many lost races for one endpoint the allocator re-lists the pool.
+_RELIST_AFTER = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    network: Network
+    kv: KeyValue
+
+
+class DesiredState:
+    """The operator-facing API over the store. Stateless apart from the ``KV``; thread-safe."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+
+    # -- networks ----------------------------------------------------------------------------
+    def create_network(
+        self,
+        name: str,
+        subnet: str,
+        vni: int | None = None,
+        gateway: str | None = None,
+        mtu: int | None = None,
+    ) -> Network:
+        """Create a network and its VNI guard in one transaction; picks the lowest free VNI
+        when ``vni`` is None. Refuses (``Conflict``) a taken name or VNI."""
+        # Validate everything (with a placeholder VNI) before touching the store.
+        Network(name, vni if vni is not None else 1, subnet, gateway, mtu)
+        if vni is not None:
+            net = Network(name, vni, subnet, gateway, mtu)
+            if self._try_create_network(net):
+                return net
+            raise self._network_conflict(net)
+        taken: set[int] = set()
+        while True:
+            listing = self._kv.list(keys.VNIS)
+            taken |= {int(k) for kv in listing.items if (k := kv.key[len(keys.VNIS) :]).isdigit()}
+            for candidate in ipam.free_vnis(taken):
+                net = Network(name, candidate, subnet, gateway, mtu)
+                if self._try_create_network(net):
+                    return net
+                if self._kv.get(keys.network(name)) is not None:
+                    raise Conflict(f"network {name!r} already exists")
+                taken.add(candidate)
+                break  # lost a race for this VNI: re-list, someone is allocating too
+            else:
+                raise Exhausted("no free VNI left")
+
+    def _try_create_network(self, net: Network) -> bool:
+        txn = Txn(
+            compares=(
+                Compare(keys.network(net.name), "create", "=", 0),
+                Compare(keys.vni(net.vni), "create", "=", 0),
+            ),
+            success=(
+                Put(keys.network(net.name), codec.encode_network(net).encode()),
+                Put(keys.vni(net.vni), codec.encode_owner(net.name).encode()),
+            ),
+        )
+        return self._kv.commit(txn).succeeded
+
+    def _network_conflict(self, net: Network) -> Conflict:
+        if self._kv.get(keys.network(net.name)) is not None:
+            return Conflict(f"network {net.name!r} already exists")
+        owner = self._kv.get(keys.vni(net.vni))
+        who = codec.decode_owner(owner.value) if owner else "another network"
+        return Conflict(f"VNI {net.vni} is already used by network {who!r}")
+
+    def get_network(self, name: str) -> Network:
+        return self._stored_network(name).network
+
+    def _stored_network(self, name: str) -> _Stored:
+        check_label(name, "network name")
+        kv = self._kv.get(keys.network(name))
+        if kv is None:
+            raise NotFound(f"network {name!r} does not exist")
+        return _Stored(codec.decode_network(kv.value), kv)
+
+    def networks(self) -> list[Network]:
+        """All valid networks, sorted by name (invalid records are left out)."""
+        out = []
+        for kv in self._kv.list(keys.NETWORKS).items:
+            try:
+                out.append(codec.decode_network(kv.value))
+            except InvalidRecord:
+                continue
+        return out
+
+    def remove_network(self, name: str, force: bool = False) -> int:
+        """Remove a network, its VNI guard, and (with ``force``) its endpoints and addresses.
+
+        Without ``force`` it refuses while endpoints exist. The delete always clears the
+        network's endpoint and IPAM prefixes in the same transaction, so an endpoint created
+        concurrently with the removal can never be orphaned. Returns the endpoints removed.
+        """
+        stored = self._stored_network(name)
+        eps = self._kv.list(keys.endpoints_of(name)).items
+        if eps and not force:
+            raise Conflict(
+                f"network {name!r} still has {len(eps)} endpoint(s); remove them first "
+                "or use --force"
+            )
+        vni_key = keys.vni(stored.network.vni)
+        ops: list[Put | Delete | DeletePrefix] = [
+            Delete(keys.network(name)),
+            DeletePrefix(keys.endpoints_of(name)),
+            DeletePrefix(keys.ipam_of(name)),
+        ]
+        owner = self._kv.get(vni_key)
+        if owner is not None and codec.decode_owner(owner.value) == name:
+            ops.append(Delete(vni_key))
+        txn = Txn(
+            compares=(Compare(keys.network(name), "mod", "=", stored.kv.mod_revision),),
+            success=tuple(ops),
+        )
+        if not self._kv.commit(txn).succeeded:
+            raise Conflict(f"network {name!r} changed while removing it; try again")
+        return len(eps)
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def create_endpoint(
+        self,
+        network: str,
+        host: str,
+        netns: str | None = None,
+        ip: str | None = None,
+        ifname: str = "eth0",
+        endpoint_id: str | None = None,
+        require_host: bool = True,
+    ) -> Endpoint:
+        """Allocate an address (the lowest free one, or ``ip``) and write the endpoint and its
+        IPAM key in one transaction. ``Exhausted`` when the pool is full; ``Conflict`` when
+        ``ip`` or ``endpoint_id`` is taken."""
+        check_label(host, "host")
+        eid = endpoint_id if endpoint_id is not None else secrets.token_hex(6)
+        stored = self._stored_network(network)
+        net = stored.network
+        # Validate the record shape (with a placeholder address) before any allocation.
+        Endpoint(
+            eid,
+            network,
+            host,
+            str(next(iter(net.network.hosts()))),
+            "02:00:00:00:00:01",
+            netns,
+            ifname,
+        )
+        if require_host and self._kv.get(keys.host(host)) is None:
+            raise NotFound(
+                f"host {host!r} is not registered (start `heddle agent --host {host}` there first)"
+            )
+        if self._kv.get(keys.endpoint(network, eid)) is not None:
+            raise Conflict(f"endpoint {network}/{eid} already exists")
+        if ip is not None:
+            why = ipam.check_requested(net, ip)
+            if why:
+                raise InvalidRecord(why)
+            ep = Endpoint(eid, network, host, ip, derive_mac(net.vni, ip), netns, ifname)
+            if self._try_create_endpoint(stored, ep):
+                return ep
+            raise self._endpoint_conflict(stored, ep)
+        return self._allocate(stored, eid, host, netns, ifname)
+
+    def _allocate(
+        self, stored: _Stored, eid: str, host: str, netns: str | None, ifname: str
+    ) -> Endpoint:
+        net = stored.network
+        while True:
+            taken = {kv.key.rsplit("/", 1)[1] for kv in self._kv.list(keys.ipam_of(net.name)).items}
+            for lost, candidate in enumerate(ipam.free_addresses(net, taken), start=1):
+                ep = Endpoint(
+                    eid, net.name, host, candidate, derive_mac(net.vni, candidate), netns, ifname
+                )
+                if self._try_create_endpoint(stored, ep):
+                    return ep
+                self._raise_unless_address_race(stored, ep)
+                if lost >= _RELIST_AFTER:
+                    break
+            else:
+                raise Exhausted(
+                    f"network {net.name} ({net.subnet}) has no free address left "
+                    f"({ipam.pool_size(net)} usable, all in use)"
+                )
+
+    def _try_create_endpoint(self, stored: _Stored, ep: Endpoint) -> bool:
+        txn = Txn(
+            compares=(
+                Compare(keys.network(ep.network), "mod", "=", stored.kv.mod_revision),
+                Compare(keys.ipam(ep.network, ep.ip), "create", "=", 0),
+                Compare(keys.endpoint(ep.network, ep.id), "create", "=", 0),
+            ),
+            success=(
+                Put(keys.ipam(ep.network, ep.ip), codec.encode_owner(ep.id).encode()),
+                Put(keys.endpoint(ep.network, ep.id), codec.encode_endpoint(ep).encode()),
+            ),
+        )
+        return self._kv.commit(txn).succeeded
+
+    def _raise_unless_address_race(self, stored: _Stored, ep: Endpoint) -> None:
+        """After a failed endpoint txn: return if only the address was taken, else raise."""
+        current = self._kv.get(keys.network(ep.network))
+        if current is None or current.mod_revision != stored.kv.mod_revision:
+            raise Conflict(f"network {ep.network!r} was removed or replaced meanwhile")
+        if self._kv.get(keys.endpoint(ep.network, ep.id)) is not None:
+            raise Conflict(f"endpoint {ep.network}/{ep.id} already exists")
+
+    def _endpoint_conflict(self, stored: _Stored, ep: Endpoint) -> Conflict:
+        self._raise_unless_address_race(stored, ep)
+        owner = self._kv.get(keys.ipam(ep.network, ep.ip))
+        who = codec.decode_owner(owner.value) if owner else "someone else"
+        return Conflict(f"address {ep.ip} in network {ep.network} is already in use by {who!r}")
+
+    def get_endpoint(self, network: str, endpoint_id: str) -> Endpoint:
+        check_label(network, "network")
+        check_label(endpoint_id, "endpoint id")
+        kv = self._kv.get(keys.endpoint(network, endpoint_id))
+        if kv is None:
+            raise NotFound(f"endpoint {network}/{endpoint_id} does not exist")
+        return codec.decode_endpoint(kv.value)
+
+    def endpoints(self, network: str | None = None) -> list[Endpoint]:
+        """Valid endpoints (of one network, or all), sorted by network then id."""
+        prefix = keys.ENDPOINTS if network is None else keys.endpoints_of(network)
+        if network is not None:
+            check_label(network, "network")
+        return list(_decode_endpoints(self._kv.list(prefix).items))
+
+    def remove_endpoint(self, network: str, endpoint_id: str) -> Endpoint:
+        """Delete an endpoint and release its address in one transaction."""
+        check_label(network, "network")
+        check_label(endpoint_id, "endpoint id")
+        key = keys.endpoint(network, endpoint_id)
+        kv = self._kv.get(key)
+        if kv is None:
+            raise NotFound(f"endpoint {network}/{endpoint_id} does not exist")
+        ep = codec.decode_endpoint(kv.value)
+        ipam_key = keys.ipam(network, ep.ip)
+        compares = [Compare(key, "mod", "=", kv.mod_revision)]
+        ops: list[Put | Delete | DeletePrefix] = [Delete(key)]
+        owner = self._kv.get(ipam_key)
+        if owner is not None and codec.decode_owner(owner.value) == endpoint_id:
+            compares.append(Compare(ipam_key, "mod", "=", owner.mod_revision))
+            ops.append(Delete(ipam_key))
+        if not self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
+            raise Conflict(f"endpoint {network}/{endpoint_id} changed while removing it")
+        return ep
+
+
+def _decode_endpoints(items: Iterable[KeyValue]) -> Iterable[Endpoint]:
+    for kv in items:
+        try:
+            yield codec.decode_endpoint(kv.value)
+        except InvalidRecord:
+            continue

@@ -1,0 +1,1 @@
+"""The level-triggered reconcile loop: trigger, pass, status."""

@@ -1,0 +1,133 @@
+"""One reconcile pass and the loop that schedules passes.
+
+A pass: take an immutable snapshot → reduce it to this host's view → observe the owned objects
+→ plan (pure) → apply. The loop runs a pass when woken, and on a jittered periodic resync that
+repairs drift; a failing pass is retried with jittered exponential backoff, never in a spin.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from controller.model.records import Host
+from controller.model.view import HostView, Snapshot, host_view
+from controller.reconcile.trigger import Trigger
+
+log = logging.getLogger("heddle.reconcile")
+
+S = TypeVar("S")
+O = TypeVar("O")  # noqa: E741
+
+
+class PassDriver(Protocol[S, O]):
+    """What a data-plane backend offers a pass. ``plan`` must be pure; ``apply`` idempotent."""
+
+    def observe(self, view: HostView) -> S: ...
+
+    def plan(self, view: HostView, actual: S) -> Sequence[O]: ...
+
+    def apply(self, ops: Sequence[O]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """Outcome of one pass: the revision realised, ops applied, and what went wrong."""
+
+    revision: int
+    started: float
+    duration: float
+    changes: int
+    ok: bool
+    error: str | None
+    problems: tuple[str, ...]
+    ops: tuple[str, ...] = ()
+
+
+class Reconciler(Generic[S, O]):
+    """Drives passes for one host. ``run_pass`` is callable directly (tests, ``--once``)."""
+
+    def __init__(
+        self,
+        host: Host,
+        snapshot: Callable[[], Snapshot],
+        driver: PassDriver[S, O],
+        trigger: Trigger,
+        on_result: Callable[[PassResult], None] = lambda r: None,
+        resync_interval: float = 30.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self._host = host
+        self._snapshot = snapshot
+        self._driver = driver
+        self._trigger = trigger
+        self._on_result = on_result
+        self._resync = resync_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stop = threading.Event()
+        self.passes = 0
+        self.failures = 0
+        self.last: PassResult | None = None
+
+    def run_pass(self) -> PassResult:
+        """Realise the current snapshot once. Never raises: failures are in the result."""
+        started = time.time()
+        t0 = time.perf_counter()
+        snap = self._snapshot()
+        view = host_view(snap, self._host)
+        problems = tuple(snap.skipped) + view.problems
+        applied: tuple[str, ...] = ()
+        try:
+            actual = self._driver.observe(view)
+            ops = tuple(self._driver.plan(view, actual))
+            applied = tuple(str(op) for op in ops)
+            if ops:
+                self._driver.apply(ops)
+            result = PassResult(
+                snap.revision, started, time.perf_counter() - t0, len(ops), True, None,
+                problems, applied,
+            )
+        except Exception as exc:  # a pass must never kill the agent
+            log.exception("pass at revision %d failed", snap.revision)
+            result = PassResult(
+                snap.revision, started, time.perf_counter() - t0, len(applied), False,
+                f"{type(exc).__name__}: {exc}", problems, applied,
+            )
+        self.passes += 1
+        self.failures += 0 if result.ok else 1
+        self.last = result
+        log.info(
+            "pass revision=%d changes=%d ok=%s duration_ms=%.1f problems=%d",
+            result.revision, result.changes, result.ok, result.duration * 1000, len(problems),
+        )
+        for op in applied:
+            log.debug("  %s", op)
+        try:
+            self._on_result(result)
+        except Exception:
+            log.exception("status callback failed")
+        return result
+
+    def run(self) -> None:
+        """Loop until ``stop()``: pass on wake-up or resync; back off on failure."""
+        delay = self._backoff_initial
+        while not self._stop.is_set():
+            result = self.run_pass()
+            if result.ok:
+                delay = self._backoff_initial
+                timeout = self._resync * random.uniform(0.8, 1.2)
+            else:
+                timeout = delay * random.uniform(0.5, 1.0)
+                delay = min(delay * 2, self._backoff_max)
+            self._trigger.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._trigger.fire()

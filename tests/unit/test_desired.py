@@ -1,0 +1,150 @@
+"""DesiredState on the in-memory store: atomic writes, uniqueness, clear refusals.
+
+The same behaviour against a real etcd is covered by tests/integration/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.desired import DesiredState
+from controller.ipam import pool_size, usable_addresses
+from controller.model import codec
+from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
+from controller.model.records import Host, Network
+from controller.store import keys
+from controller.store.memory import MemoryKV
+
+
+@pytest.fixture
+def kv() -> MemoryKV:
+    kv = MemoryKV()
+    for h in ("h1", "h2"):
+        kv.put_raw(keys.host(h), codec.encode_host(Host(h, f"172.31.253.{h[1]}")))
+    return kv
+
+
+def dump(kv: MemoryKV) -> dict[str, bytes]:
+    return {i.key: i.value for i in kv.list(keys.ROOT).items}
+
+
+def test_create_network_picks_lowest_free_vni(kv: MemoryKV) -> None:
+    ds = DesiredState(kv)
+    assert ds.create_network("a", "10.1.0.0/24", vni=1).vni == 1
+    assert ds.create_network("b", "10.1.0.0/24").vni == 2
+    assert codec.decode_owner(kv.get(keys.vni(2)).value) == "b"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "needle"),
+    [
+        (("Bad_Name", "10.0.0.0/24"), InvalidRecord, "name"),
+        (("n", "10.0.0.0/33"), InvalidRecord, "CIDR"),
+        (("n", "10.0.0.0/31"), InvalidRecord, "/30"),
+        (("n", "10.0.0.0/24", None, "10.9.0.1"), InvalidRecord, "gateway"),
+        (("n", "10.0.0.0/24", 0), InvalidRecord, "vni"),
+        (("n", "10.0.0.0/24", 16_777_216), InvalidRecord, "vni"),
+        (("taken", "10.0.0.0/24"), Conflict, "already exists"),
+        (("n", "10.0.0.0/24", 5), Conflict, "VNI 5"),
+    ],
+)
+def test_network_refusals_write_nothing(
+    kv: MemoryKV, args: tuple[object, ...], exc: type[Exception], needle: str
+) -> None:
+    ds = DesiredState(kv)
+    ds.create_network("taken", "10.9.0.0/24", vni=5)
+    before = dump(kv)
+    with pytest.raises(exc, match=needle):
+        ds.create_network(*args)  # type: ignore[arg-type]
+    assert dump(kv) == before
+
+
+def test_endpoint_allocation_skips_gateway_and_is_atomic(kv: MemoryKV) -> None:
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/29", gateway="10.1.0.1")
+    got = [ds.create_endpoint("blue", "h1").ip for _ in range(5)]
+    assert got == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
+    before = dump(kv)
+    with pytest.raises(Exhausted, match="no free address"):
+        ds.create_endpoint("blue", "h1")
+    assert dump(kv) == before
+    # every endpoint has exactly its IPAM key
+    eps = ds.endpoints("blue")
+    owners = {i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
+              for i in kv.list(keys.ipam_of("blue")).items}
+    assert owners == {e.ip: e.id for e in eps}
+    assert len({e.mac for e in eps}) == 5
+
+
+def test_removed_address_is_reused(kv: MemoryKV) -> None:
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/24")
+    a = ds.create_endpoint("blue", "h1")
+    ds.create_endpoint("blue", "h2")
+    ds.remove_endpoint("blue", a.id)
+    assert kv.get(keys.ipam("blue", a.ip)) is None
+    assert ds.create_endpoint("blue", "h2").ip == a.ip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "needle"),
+    [
+        ({"ip": "10.2.0.5"}, InvalidRecord, "outside"),
+        ({"ip": "10.1.0.0"}, InvalidRecord, "network or broadcast"),
+        ({"ip": "10.1.0.1"}, InvalidRecord, "gateway"),
+        ({"ip": "10.1.0.9"}, Conflict, "already in use"),
+        ({"ip": "banana"}, InvalidRecord, "not a valid"),
+        ({"host": "nohost"}, NotFound, "not registered"),
+        ({"host": "BAD"}, InvalidRecord, "host"),
+        ({"netns": "bad name!"}, InvalidRecord, "netns"),
+        ({"ifname": "x" * 16}, InvalidRecord, "ifname"),
+        ({"network": "nonet"}, NotFound, "does not exist"),
+        ({"endpoint_id": "fixed"}, Conflict, "already exists"),
+    ],
+)
+def test_endpoint_refusals_write_nothing(
+    kv: MemoryKV, kwargs: dict[str, object], exc: type[Exception], needle: str
+) -> None:
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/24", gateway="10.1.0.1")
+    ds.create_endpoint("blue", "h1", ip="10.1.0.9", endpoint_id="fixed")
+    before = dump(kv)
+    args: dict[str, object] = {"network": "blue", "host": "h1"}
+    args.update(kwargs)
+    with pytest.raises(exc, match=needle):
+        ds.create_endpoint(**args)  # type: ignore[arg-type]
+    assert dump(kv) == before
+
+
+def test_network_rm_refuses_with_endpoints_and_force_releases(kv: MemoryKV) -> None:
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/24", vni=10)
+    ds.create_network("green", "10.1.0.0/24", vni=11)
+    ds.create_endpoint("blue", "h1")
+    ds.create_endpoint("green", "h1")
+    before = dump(kv)
+    with pytest.raises(Conflict, match="--force"):
+        ds.remove_network("blue")
+    assert dump(kv) == before
+    assert ds.remove_network("blue", force=True) == 1
+    left = dump(kv)
+    assert not [k for k in left if "/blue" in k or k == keys.vni(10)]
+    assert len(ds.endpoints("green")) == 1 and keys.vni(11) in left
+
+
+def test_endpoint_for_removed_network_is_refused(kv: MemoryKV) -> None:
+    """The endpoint txn is guarded by the network's mod_revision."""
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/24")
+    stored_rev = kv.get(keys.network("blue")).mod_revision  # type: ignore[union-attr]
+    ds.remove_network("blue")
+    ds.create_network("blue", "10.7.0.0/24")
+    assert kv.get(keys.network("blue")).mod_revision != stored_rev  # type: ignore[union-attr]
+    ep = ds.create_endpoint("blue", "h1")
+    assert ep.ip.startswith("10.7.")
+
+
+def test_pool_arithmetic() -> None:
+    n = Network("n", 1, "10.0.0.0/28", "10.0.0.1")
+    assert pool_size(n) == 13 == len(list(usable_addresses(n)))
+    assert pool_size(Network("n", 1, "10.0.0.0/30")) == 2
