@@ -249,6 +249,108 @@ def _lab_table(st: dict[str, Any]) -> str:
     )
 
 
+def _underlay_mtu(vtep: str) -> int:
+    """MTU of the interface carrying ``vtep`` in this namespace (1500 if none carries it)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=2):
+            if addr.get("IFA_ADDRESS") == vtep:
+                links = ipr.get_links(addr["index"])
+                return int(links[0].get("IFLA_MTU")) if links else 1500
+    return 1500
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Wire and run the agent until SIGTERM/SIGINT: membership, watcher + cache, reconciler.
+
+    The data plane is never touched before the cache holds a full listing of etcd: acting on an
+    empty picture would tear down every tunnel of a host whose agent restarts while etcd is down.
+    On exit the lease is revoked (the host shows as not alive) and the data plane is left as is.
+    """
+    import signal
+    import threading
+
+    from controller.agent import load_config
+    from controller.membership import Membership
+    from controller.model.records import Host
+    from controller.reconcile.loop import Reconciler
+    from controller.reconcile.status import StatusWriter
+    from controller.reconcile.trigger import Trigger
+    from controller.store import keys
+    from controller.store.cache import Cache
+    from controller.store.etcd import EtcdKV, TLSFiles
+
+    cfg = load_config(args)
+    log = logging.getLogger("heddle.agent")
+    tls = TLSFiles(cfg.cacert, cfg.cert, cfg.key) if (cfg.cacert or cfg.cert) else None
+    urls = list(cfg.etcd)
+
+    def new_kv() -> EtcdKV:
+        return EtcdKV(urls, tls=tls)
+
+    host = Host(
+        cfg.host,
+        cfg.vtep,
+        cfg.underlay_mtu or _underlay_mtu(cfg.vtep),
+        "kernel" if cfg.backend == "kernel" else "ovs",
+        __version__,
+    )
+    if cfg.backend != "kernel":
+        raise HeddleError(f"backend {cfg.backend!r} is not available in this build")
+    from controller.dataplane.kernel import KernelDataPlane
+
+    kv = new_kv()
+    stop = threading.Event()
+    trigger = Trigger()
+    cache = Cache()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        trigger.fire()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from controller.store.watcher import Watcher
+
+    membership = Membership(kv, host)
+    watcher = Watcher(new_kv, keys.ROOT, cache, trigger.fire)
+    membership.start()
+    watcher.start()
+    log.info(
+        "agent %s (vtep %s, mtu %d) waiting for etcd %s",
+        host.name,
+        host.vtep,
+        host.underlay_mtu,
+        ",".join(urls),
+    )
+    while not stop.is_set() and not watcher.wait_synced(1.0):
+        pass
+    dataplane = KernelDataPlane(host.vtep)
+    reconciler = Reconciler(
+        host,
+        cache.snapshot,
+        dataplane,
+        trigger,
+        StatusWriter(kv, host.name),
+        resync_interval=cfg.resync_interval,
+    )
+    worker = threading.Thread(target=reconciler.run, name="reconciler", daemon=True)
+    if not stop.is_set():
+        worker.start()
+    stop.wait()
+    reconciler.stop()
+    if worker.is_alive():
+        worker.join(timeout=10)
+    watcher.stop()
+    membership.stop()
+    dataplane.close()
+    kv.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -263,8 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"heddle: error: {exc}", file=sys.stderr)
             return 1
     if args.command == "agent":
-        from controller.agent import run_agent
-
         try:
             return run_agent(args)
         except HeddleError as exc:

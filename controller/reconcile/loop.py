@@ -91,21 +91,37 @@ class Reconciler(Generic[S, O]):
             if ops:
                 self._driver.apply(ops)
             result = PassResult(
-                snap.revision, started, time.perf_counter() - t0, len(ops), True, None,
-                problems, applied,
+                snap.revision,
+                started,
+                time.perf_counter() - t0,
+                len(ops),
+                True,
+                None,
+                problems,
+                applied,
             )
         except Exception as exc:  # a pass must never kill the agent
             log.exception("pass at revision %d failed", snap.revision)
             result = PassResult(
-                snap.revision, started, time.perf_counter() - t0, len(applied), False,
-                f"{type(exc).__name__}: {exc}", problems, applied,
+                snap.revision,
+                started,
+                time.perf_counter() - t0,
+                len(applied),
+                False,
+                f"{type(exc).__name__}: {exc}",
+                problems,
+                applied,
             )
         self.passes += 1
         self.failures += 0 if result.ok else 1
         self.last = result
         log.info(
             "pass revision=%d changes=%d ok=%s duration_ms=%.1f problems=%d",
-            result.revision, result.changes, result.ok, result.duration * 1000, len(problems),
+            result.revision,
+            result.changes,
+            result.ok,
+            result.duration * 1000,
+            len(problems),
         )
         for op in applied:
             log.debug("  %s", op)

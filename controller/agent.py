@@ -1,0 +1,95 @@
+"""Agent configuration: flags, an optional TOML file, and their validation. Pure apart from
+reading the file.
+
+Keys of the TOML file are the long flag names with ``_`` (``host``, ``vtep``, ``backend``,
+``etcd``, ``resync_interval``, ``underlay_mtu``, ``cacert``, ``cert``, ``key``, ...). Flags given
+on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.model.errors import InvalidRecord
+from controller.model.records import BACKENDS, check_ipv4, check_label
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    host: str
+    vtep: str
+    etcd: tuple[str, ...]
+    backend: str = "kernel"
+    resync_interval: float = 30.0
+    underlay_mtu: int | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    ovsdb: str | None = None
+    ovs_datapath: str = "system"
+    underlay_dev: str | None = None
+    plugin_socket: str | None = "/run/docker/plugins/heddle.sock"
+
+    def __post_init__(self) -> None:
+        check_label(self.host, "--host")
+        check_ipv4(self.vtep, "--vtep")
+        if self.backend not in BACKENDS:
+            raise InvalidRecord(f"--backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if not self.etcd:
+            raise InvalidRecord("--etcd needs at least one URL")
+        if not 0.2 <= self.resync_interval <= 3600:
+            raise InvalidRecord("--resync-interval must be between 0.2 and 3600 seconds")
+
+
+_FLAG_KEYS = {
+    "host_name": "host",
+    "vtep": "vtep",
+    "backend": "backend",
+    "underlay_mtu": "underlay_mtu",
+    "resync_interval": "resync_interval",
+    "ovsdb": "ovsdb",
+    "ovs_datapath": "ovs_datapath",
+    "underlay_dev": "underlay_dev",
+    "plugin_socket": "plugin_socket",
+}
+
+
+def load_config(args: argparse.Namespace) -> AgentConfig:
+    """Merge the TOML file (if any) and the flags into a validated ``AgentConfig``.
+
+    Raises ``InvalidRecord`` for a missing/unknown/ill-typed setting or an unreadable file.
+    """
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            values.update(tomllib.loads(Path(args.config).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidRecord(f"cannot read config {args.config}: {exc}") from None
+    known = set(AgentConfig.__dataclass_fields__) | {"no_plugin"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidRecord(f"config {args.config}: unknown setting(s) {', '.join(unknown)}")
+    for flag, key in _FLAG_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            values[key] = v
+    if isinstance(values.get("etcd"), str):
+        values["etcd"] = values["etcd"].split(",")
+    values.setdefault("etcd", args.etcd.split(","))
+    values["etcd"] = tuple(u.strip() for u in values["etcd"] if u.strip())
+    for tls in ("cacert", "cert", "key"):
+        if getattr(args, tls, None):
+            values[tls] = getattr(args, tls)
+    if values.pop("no_plugin", False) or args.no_plugin:
+        values["plugin_socket"] = None
+    for required in ("host", "vtep"):
+        if required not in values:
+            raise InvalidRecord(f"--{required} is required (or set it in --config)")
+    try:
+        return AgentConfig(**values)
+    except TypeError as exc:
+        raise InvalidRecord(f"bad agent setting: {exc}") from None
