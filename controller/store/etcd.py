@@ -1,0 +1,383 @@
+"""``EtcdKV``: the ``KV`` seam on a real etcd v3 server. The only module importing the client.
+
+Client: ``pyetcd`` (PyPI ``etcd-sdk-python`` 0.0.7, the python-etcd3 API). Rules from
+shared/notes/etcd_clients.md, each one a measured trap:
+
+* Always ``MultiEndpointEtcd3Client`` with ``failover=True`` and ``time_retry=1``: the plain
+  client locks a node out for 300 s after one ``UNAVAILABLE``.
+* gRPC keepalive *and* ``grpc.http2.ping_timeout_ms``: without them a watch on a frozen or
+  partitioned etcd hangs forever (with them it fails within ~5-15 s).
+* Every unary call has a deadline (``timeout``).
+* One fresh client per watch stream, closed when the stream ends or is cancelled, so a broken
+  stream never leaves state behind.
+* Clients are created lazily and re-created in a forked child: grpc channels do not survive a
+  fork. Create (or at least first use) an ``EtcdKV`` after forking.
+
+Every client/grpc failure surfaces as ``StoreUnavailable`` naming the URL(s); a compacted
+revision as ``Compacted``. Thread-safe: grpc channels are, and client creation is locked.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import grpc
+import pyetcd
+from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc, utils
+from pyetcd import exceptions as etcd_exc
+
+from controller.model.errors import StoreUnavailable
+from controller.store.kv import (
+    Compacted,
+    Compare,
+    Delete,
+    DeletePrefix,
+    Event,
+    KeyValue,
+    Listing,
+    Put,
+    Txn,
+    TxnOp,
+    TxnResult,
+    WatchBatch,
+)
+
+__all__ = ["GRPC_OPTIONS", "EtcdKV", "TLSFiles"]
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),  # etcd 3.4 rejects pings more often than every 5 s
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),  # grpcio 1.85: this is what bounds detection
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),  # large listings
+)
+
+_DOWN = (etcd_exc.Etcd3Exception, ValueError)  # ValueError: "Trying to use a failed node"
+_FAILED_NODE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+)
+
+_TARGETS = {
+    "create": etcdrpc.Compare.CREATE,
+    "mod": etcdrpc.Compare.MOD,
+    "version": etcdrpc.Compare.VERSION,
+    "value": etcdrpc.Compare.VALUE,
+}
+_OPS = {
+    "=": etcdrpc.Compare.EQUAL,
+    "!=": etcdrpc.Compare.NOT_EQUAL,
+    "<": etcdrpc.Compare.LESS,
+    ">": etcdrpc.Compare.GREATER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files for TLS: the CA that signed etcd's certificate, and an optional client
+    certificate/key pair (needed when etcd runs with ``--client-cert-auth``)."""
+
+    cacert: str
+    cert: str | None = None
+    key: str | None = None
+
+
+def _parse_url(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid etcd URL {url!r}: use http://HOST:PORT or https://HOST:PORT")
+    return parts.hostname, parts.port or 2379, parts.scheme == "https"
+
+
+def _kv(m: Any) -> KeyValue:
+    return KeyValue(
+        m.key.decode(), bytes(m.value), m.create_revision, m.mod_revision, m.version, m.lease
+    )
+
+
+def _is_compacted(exc: grpc.RpcError) -> bool:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    return code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details
+
+
+class EtcdKV:
+    """``KV`` on etcd at ``urls`` (one or more members), optionally over TLS.
+
+    Construction does no I/O and never fails for an unreachable server; the first call does.
+    Raises ``ValueError`` for a malformed URL or an https URL without ``tls``.
+    """
+
+    def __init__(
+        self, urls: Sequence[str], tls: TLSFiles | None = None, timeout: float = 5.0
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [u for u in urls.split(",") if u]
+        if not urls:
+            raise ValueError("at least one etcd URL is needed")
+        self._targets = [_parse_url(u) for u in urls]
+        if any(secure for _, _, secure in self._targets) and tls is None:
+            raise ValueError("https etcd URLs need TLS files (at least the CA certificate)")
+        self.urls = tuple(urls)
+        self.tls = tls
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._client: MultiEndpointEtcd3Client | None = None
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"EtcdKV({','.join(self.urls)})"
+
+    # -- clients ------------------------------------------------------------------------------
+    def _new_client(self) -> MultiEndpointEtcd3Client:
+        creds = None
+        if self.tls is not None:
+            creds = MultiEndpointEtcd3Client.get_secure_creds(
+                self.tls.cacert, self.tls.key, self.tls.cert
+            )
+        endpoints = [
+            Endpoint(
+                host,
+                port,
+                secure=secure,
+                creds=creds if secure else None,
+                time_retry=1,
+                opts=list(GRPC_OPTIONS),
+            )
+            for host, port, secure in self._targets
+        ]
+        return MultiEndpointEtcd3Client(endpoints, timeout=self.timeout, failover=True)
+
+    def _get_client(self) -> MultiEndpointEtcd3Client:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                # after a fork the parent's channels are unusable: drop (do not close) them
+                self._client = self._new_client()
+                self._pid = os.getpid()
+            return self._client
+
+    def _fail(self, what: str, exc: BaseException, client: Any = None) -> NoReturn:
+        """Translate any client failure into ``Compacted`` or ``StoreUnavailable``."""
+        if isinstance(exc, etcd_exc.RevisionCompactedError):
+            raise Compacted(exc.compacted_revision) from None
+        if isinstance(exc, grpc.RpcError):
+            if _is_compacted(exc):
+                raise Compacted(0) from None
+            code = exc.code() if hasattr(exc, "code") else None
+            if client is not None and code in _FAILED_NODE:
+                with contextlib.suppress(Exception):  # fail over to another member next time
+                    client.endpoint_in_use.fail()
+                    client._clear_old_stubs()
+            text = exc.details() if hasattr(exc, "details") else str(exc)
+            detail = f"{getattr(code, 'name', code)}: {text}"
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise StoreUnavailable(
+            f"etcd at {','.join(self.urls)} unavailable ({what}): {detail}"
+        ) from None
+
+    def _unary(self, what: str, call: Any) -> Any:
+        client = self._get_client()
+        try:
+            return call(client)
+        except (grpc.RpcError, *_DOWN) as exc:
+            self._fail(what, exc, client)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, key: str) -> KeyValue | None:
+        req = etcdrpc.RangeRequest(key=key.encode())
+        resp = self._unary(f"get {key}", lambda c: c.kvstub.Range(req, c.timeout))
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    def list(self, prefix: str, revision: int | None = None) -> Listing:
+        """Keys under ``prefix`` sorted by key, at ``revision`` (default: now).
+
+        Raises ``Compacted`` if ``revision`` is older than etcd's compaction point (etcd allows
+        reading at exactly the compacted revision).
+        """
+        raw = prefix.encode()
+        req = etcdrpc.RangeRequest(
+            key=raw,
+            range_end=utils.prefix_range_end(raw) if raw else b"\0",
+            revision=revision or 0,
+            sort_order=etcdrpc.RangeRequest.ASCEND,
+            sort_target=etcdrpc.RangeRequest.KEY,
+        )
+        try:
+            resp = self._unary(f"list {prefix}", lambda c: c.kvstub.Range(req, c.timeout))
+        except Compacted:
+            # etcd does not say where it compacted; it is past ``revision`` (a lower bound)
+            raise Compacted((revision or 0) + 1) from None
+        items = tuple(_kv(m) for m in resp.kvs)
+        return Listing(items, revision if revision else resp.header.revision)
+
+    # -- writes -------------------------------------------------------------------------------
+    @staticmethod
+    def _compare(c: Compare) -> Any:
+        m = etcdrpc.Compare(key=c.key.encode(), target=_TARGETS[c.target], result=_OPS[c.op])
+        if c.target == "value":
+            m.value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
+        elif isinstance(c.value, bytes):
+            raise ValueError(f"compare on {c.target} needs an int, got bytes")
+        elif c.target == "create":
+            m.create_revision = c.value
+        elif c.target == "mod":
+            m.mod_revision = c.value
+        else:
+            m.version = c.value
+        return m
+
+    @staticmethod
+    def _op(op: TxnOp) -> Any:
+        if isinstance(op, Put):
+            return etcdrpc.RequestOp(
+                request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
+            )
+        if isinstance(op, Delete):
+            return etcdrpc.RequestOp(
+                request_delete_range=etcdrpc.DeleteRangeRequest(key=op.key.encode())
+            )
+        assert isinstance(op, DeletePrefix)
+        raw = op.prefix.encode()
+        return etcdrpc.RequestOp(
+            request_delete_range=etcdrpc.DeleteRangeRequest(
+                key=raw, range_end=utils.prefix_range_end(raw)
+            )
+        )
+
+    def commit(self, txn: Txn) -> TxnResult:
+        """One etcd transaction: atomic, never partial. A put on an unknown lease raises
+        ``StoreUnavailable`` (etcd rejects the whole transaction)."""
+        req = etcdrpc.TxnRequest(
+            compare=[self._compare(c) for c in txn.compares],
+            success=[self._op(o) for o in txn.success],
+            failure=[self._op(o) for o in txn.failure],
+        )
+        resp = self._unary("txn", lambda c: c.kvstub.Txn(req, c.timeout))
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
+    # -- leases -------------------------------------------------------------------------------
+    def grant_lease(self, ttl: int) -> int:
+        lease = self._unary(f"grant lease ttl={ttl}", lambda c: c.lease(ttl))
+        return int(lease.id)
+
+    def refresh_lease(self, lease_id: int) -> int:
+        """Remaining TTL after a keep-alive; ``<= 0`` if the lease is gone (expired, revoked)."""
+        responses = self._unary(
+            f"refresh lease {lease_id:x}", lambda c: builtins.list(c.refresh_lease(lease_id))
+        )
+        return int(responses[0].TTL) if responses else 0
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """Revoke a lease, deleting its keys. Idempotent: an unknown lease is not an error."""
+        client = self._get_client()
+        try:
+            client.revoke_lease(lease_id)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            self._fail(f"revoke lease {lease_id:x}", exc, client)
+        except _DOWN as exc:
+            self._fail(f"revoke lease {lease_id:x}", exc, client)
+
+    # -- watch, compaction --------------------------------------------------------------------
+    def watch(self, prefix: str, start_revision: int) -> _EtcdWatch:
+        """Open a watch on ``prefix`` from ``start_revision`` on a fresh, dedicated client.
+
+        Raises ``StoreUnavailable`` if the watch cannot be created, ``Compacted`` if the start
+        revision is gone (etcd 3.4 reports that on the first iteration instead).
+        """
+        client = self._new_client()
+        try:
+            it, cancel = client.watch_prefix_response(
+                prefix, start_revision=start_revision, progress_notify=True
+            )
+        except (grpc.RpcError, *_DOWN) as exc:
+            with contextlib.suppress(Exception):
+                client.close()
+            self._fail(f"watch {prefix}", exc)
+        return _EtcdWatch(self, client, it, cancel, prefix)
+
+    def compact(self, revision: int) -> None:
+        """Compact history up to ``revision``. Idempotent: an already compacted revision is
+        fine. A future revision raises ``StoreUnavailable`` (etcd refuses it)."""
+        req = etcdrpc.CompactionRequest(revision=revision, physical=True)
+        try:
+            self._unary(f"compact {revision}", lambda c: c.kvstub.Compact(req, c.timeout))
+        except Compacted:
+            return
+
+    def close(self) -> None:
+        """Close the shared client. Idempotent; the object stays usable (reconnects lazily)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+class _EtcdWatch:
+    """One watch stream on its own client. Iterate from one thread; ``cancel()`` from any."""
+
+    def __init__(self, owner: EtcdKV, client: Any, it: Iterator[Any], cancel: Any, prefix: str):
+        self._owner = owner
+        self._client = client
+        self._it = it
+        self._cancel_fn = cancel
+        self._prefix = prefix
+        self._cancelled = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        try:
+            for resp in self._it:
+                if self._cancelled.is_set():
+                    return
+                events = tuple(
+                    Event("put", _kv(e._event.kv))
+                    if isinstance(e, pyetcd.events.PutEvent)
+                    else Event("delete", KeyValue(e.key.decode(), b"", 0, e.mod_revision, 0))
+                    for e in resp.events
+                )
+                # events: the last mod_revision, not the header (a catch-up batch may stop short
+                # of the header revision); progress notifications: the header revision
+                rev = events[-1].kv.mod_revision if events else int(resp.header.revision)
+                yield WatchBatch(events, rev)
+        except (grpc.RpcError, *_DOWN) as exc:
+            if self._cancelled.is_set():
+                return
+            self._owner._fail(f"watch {self._prefix}", exc)
+        finally:
+            self._close()
+        if not self._cancelled.is_set():
+            raise StoreUnavailable(
+                f"etcd at {','.join(self._owner.urls)}: watch stream on {self._prefix} ended"
+            )
+
+    def cancel(self) -> None:
+        """Stop the stream: a running iteration ends without error. Idempotent, thread-safe."""
+        self._cancelled.set()
+        with contextlib.suppress(Exception):
+            self._cancel_fn()
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(Exception):
+            self._client.close()
