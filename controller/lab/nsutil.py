@@ -1,0 +1,246 @@
+"""Small, dependable primitives for the lab: network-namespace entry and PID-exact process control.
+
+Why not ``ip netns exec`` or pyroute2's ``setns`` in a ``preexec_fn``: ``ip netns exec`` also
+remounts ``/sys`` and adds a process layer, and running Python code between ``fork`` and ``exec``
+of a multi-threaded parent (pyroute2 keeps an asyncio loop thread) is only safe if it takes no
+locks. So the namespace file is opened *before* the fork and the child only calls ``setns(2)``.
+
+Processes are identified by ``ProcRef`` = (pid, start time in clock ticks). A PID alone can be
+reused after the process dies; the pair cannot, so ``down`` never signals a stranger. Nothing here
+ever finds a process by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.model.errors import HeddleError
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+class LabError(HeddleError):
+    """The lab could not do what was asked; the message says what and how to recover."""
+
+
+def netns_path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def netns_exists(name: str) -> bool:
+    return netns_path(name).exists()
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _open_netns(name: str) -> int:
+    try:
+        return os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {name!r} does not exist") from None
+
+
+def popen_in_netns(
+    netns: str | None, argv: Sequence[str], **kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside ``netns`` (root netns if None). ``kwargs`` go to ``Popen``.
+
+    The child enters the namespace with one ``setns`` call between fork and exec (no locks).
+    """
+    if netns is None:
+        return subprocess.Popen(list(argv), **kwargs)
+    fd = _open_netns(netns)
+    try:
+        return subprocess.Popen(list(argv), preexec_fn=lambda: _setns(fd), **kwargs)
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(
+    netns: str | None, argv: Sequence[str], timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in ``netns`` to completion; capture text output. Never raises on exit code."""
+    with popen_in_netns(
+        netns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(
+            list(argv), proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+
+def call_in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a fresh thread that has entered ``netns``; return its result or re-raise.
+
+    ``setns`` is per thread, and a socket keeps the namespace it was created in, so this is how
+    the lab opens raw sockets in a namespace or writes ``/proc/sys/net`` there without forking.
+    The thread ends afterwards, so no other thread ever runs in the wrong namespace.
+    """
+    fd = _open_netns(netns)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _setns(fd)
+            result.append(fn())
+        except BaseException as exc:  # re-raised in the caller
+            error.append(exc)
+
+    try:
+        t = threading.Thread(target=body, name=f"netns-{netns}", daemon=True)
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def write_sysctls(netns: str | None, values: Mapping[str, str | int]) -> None:
+    """Write ``/proc/sys/<key>`` = value for each item, in ``netns`` (root if None).
+
+    Keys use slashes (``net/bridge/bridge-nf-call-iptables``). Missing keys raise ``LabError``.
+    """
+
+    def apply() -> None:
+        for key, value in values.items():
+            path = Path("/proc/sys") / key
+            try:
+                path.write_text(f"{value}\n")
+            except FileNotFoundError:
+                raise LabError(f"sysctl {key} does not exist in netns {netns or 'root'}") from None
+
+    if netns is None:
+        apply()
+    else:
+        call_in_netns(netns, apply)
+
+
+def read_sysctl(netns: str | None, key: str) -> str:
+    def read() -> str:
+        return (Path("/proc/sys") / key).read_text().strip()
+
+    return read() if netns is None else call_in_netns(netns, read)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcRef:
+    """A process identity that survives PID reuse: PID plus kernel start time (clock ticks)."""
+
+    pid: int
+    starttime: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "starttime": self.starttime}
+
+    @staticmethod
+    def from_json(obj: object) -> ProcRef | None:
+        if not isinstance(obj, dict):
+            return None
+        pid, start = obj.get("pid"), obj.get("starttime")
+        if isinstance(pid, int) and isinstance(start, int):
+            return ProcRef(pid, start)
+        return None
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, starttime) of ``pid`` or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = raw[raw.rfind(")") + 2 :].split()  # comm may contain spaces and parentheses
+    return rest[0], int(rest[19])
+
+
+def proc_ref(pid: int) -> ProcRef:
+    """The ``ProcRef`` of a live process. Raises ``LabError`` if it is gone already."""
+    st = _stat(pid)
+    if st is None:
+        raise LabError(f"process {pid} is not running")
+    return ProcRef(pid, st[1])
+
+
+def is_running(ref: ProcRef) -> bool:
+    """True if this exact process exists and is not a zombie."""
+    st = _stat(ref.pid)
+    return st is not None and st[1] == ref.starttime and st[0] not in ("Z", "X")
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def send_signal(ref: ProcRef, sig: int) -> bool:
+    """Signal exactly this process; False if it is gone (or the PID now belongs to another)."""
+    if not is_running(ref):
+        return False
+    try:
+        os.kill(ref.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(ref: ProcRef, timeout: float) -> bool:
+    """Wait until the process has exited (reaping it if it is our child). True if gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(ref.pid)
+        if not is_running(ref):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def stop_process(ref: ProcRef | None, timeout: float = 5.0) -> None:
+    """SIGTERM (and SIGCONT, in case it is frozen), wait, then SIGKILL. Idempotent; never raises."""
+    if ref is None:
+        return
+    if not is_running(ref):
+        _reap(ref.pid)
+        return
+    send_signal(ref, signal.SIGTERM)
+    send_signal(ref, signal.SIGCONT)
+    if wait_gone(ref, timeout):
+        return
+    send_signal(ref, signal.SIGKILL)
+    wait_gone(ref, 5.0)
+
+
+def kill_process(ref: ProcRef | None, sig: int = signal.SIGKILL, timeout: float = 5.0) -> None:
+    """Send ``sig`` (default SIGKILL) and wait for the exit. Idempotent; never raises."""
+    if ref is None:
+        return
+    send_signal(ref, sig)
+    if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+        wait_gone(ref, timeout)
