@@ -86,12 +86,20 @@ _OPS = {
 
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
-    """PEM files for TLS: the CA that signed etcd's certificate, and an optional client
-    certificate/key pair (needed when etcd runs with ``--client-cert-auth``)."""
+    """PEM files for TLS: the CA that signed etcd's certificate (None: the system roots) and
+    an optional client certificate/key pair (needed when etcd runs with ``--client-cert-auth``).
+    Files are read when a client is created; unreadable files raise ``OSError`` then."""
 
-    cacert: str
+    cacert: str | None
     cert: str | None = None
     key: str | None = None
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
@@ -144,9 +152,12 @@ class EtcdKV:
     def _new_client(self) -> MultiEndpointEtcd3Client:
         creds = None
         if self.tls is not None:
-            creds = MultiEndpointEtcd3Client.get_secure_creds(
-                self.tls.cacert, self.tls.key, self.tls.cert
-            )
+            try:
+                creds = grpc.ssl_channel_credentials(
+                    _read(self.tls.cacert), _read(self.tls.key), _read(self.tls.cert)
+                )
+            except OSError as exc:
+                raise StoreUnavailable(f"etcd TLS files unreadable: {exc}") from None
         endpoints = [
             Endpoint(
                 host,
@@ -184,9 +195,7 @@ class EtcdKV:
             detail = f"{getattr(code, 'name', code)}: {text}"
         else:
             detail = f"{type(exc).__name__}: {exc}"
-        raise StoreUnavailable(
-            f"etcd at {','.join(self.urls)} unavailable ({what}): {detail}"
-        ) from None
+        raise StoreUnavailable(f"etcd at {','.join(self.urls)}: {what} failed: {detail}") from None
 
     def _unary(self, what: str, call: Any) -> Any:
         client = self._get_client()
@@ -296,19 +305,24 @@ class EtcdKV:
     def watch(self, prefix: str, start_revision: int) -> _EtcdWatch:
         """Open a watch on ``prefix`` from ``start_revision`` on a fresh, dedicated client.
 
-        Raises ``StoreUnavailable`` if the watch cannot be created, ``Compacted`` if the start
-        revision is gone (etcd 3.4 reports that on the first iteration instead).
+        Raises ``StoreUnavailable`` if the watch cannot be created. ``Compacted`` if
+        ``start_revision <= `` the compaction point, raised here or (etcd 3.4) by the first
+        iteration.
         """
         client = self._new_client()
+        # etcd accepts a watch from exactly its compaction point but has dropped the deletions
+        # made at that revision: ask for one revision earlier, so that case raises Compacted
+        # too (as MemoryKV does), and drop the extra revision's events below.
+        ask = start_revision - 1 if start_revision > 1 else start_revision
         try:
             it, cancel = client.watch_prefix_response(
-                prefix, start_revision=start_revision, progress_notify=True
+                prefix, start_revision=ask, progress_notify=True
             )
         except (grpc.RpcError, *_DOWN) as exc:
             with contextlib.suppress(Exception):
                 client.close()
             self._fail(f"watch {prefix}", exc)
-        return _EtcdWatch(self, client, it, cancel, prefix)
+        return _EtcdWatch(self, client, it, cancel, prefix, start_revision)
 
     def compact(self, revision: int) -> None:
         """Compact history up to ``revision``. Idempotent: an already compacted revision is
@@ -331,7 +345,10 @@ class EtcdKV:
 class _EtcdWatch:
     """One watch stream on its own client. Iterate from one thread; ``cancel()`` from any."""
 
-    def __init__(self, owner: EtcdKV, client: Any, it: Iterator[Any], cancel: Any, prefix: str):
+    def __init__(
+        self, owner: EtcdKV, client: Any, it: Iterator[Any], cancel: Any, prefix: str, start: int
+    ) -> None:
+        self._start = start
         self._owner = owner
         self._client = client
         self._it = it
@@ -351,7 +368,10 @@ class _EtcdWatch:
                     if isinstance(e, pyetcd.events.PutEvent)
                     else Event("delete", KeyValue(e.key.decode(), b"", 0, e.mod_revision, 0))
                     for e in resp.events
+                    if e.mod_revision >= self._start
                 )
+                if resp.events and not events:
+                    continue  # only the extra revision asked for in watch()
                 # events: the last mod_revision, not the header (a catch-up batch may stop short
                 # of the header revision); progress notifications: the header revision
                 rev = events[-1].kv.mod_revision if events else int(resp.header.revision)
