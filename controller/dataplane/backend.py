@@ -1,0 +1,118 @@
+"""The seam between the reconciler and a data-plane backend.
+
+A pass is ``actual = dp.observe(view)`` -> ``ops = dp.plan(view, actual)`` -> ``dp.apply(ops)``.
+Invariant every backend keeps: after an ``apply`` that raised nothing, ``plan(view,
+observe(view)) == ()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+from controller.model.errors import HeddleError
+from controller.model.view import HostView
+
+S = TypeVar("S")
+Op = TypeVar("Op")
+
+
+class DataPlaneError(HeddleError):
+    """Applying ops failed.
+
+    ``op`` is the first op that failed; ``failures`` lists every failed op with its reason and
+    ``skipped`` the ops not attempted because they needed something a failed op was to provide.
+    Ops not listed in either were applied. The kernel is left as far as it got: the next pass
+    observes and re-plans (every op is idempotent), so nothing has to be rolled back.
+    """
+
+    def __init__(
+        self,
+        op: object,
+        reason: str,
+        failures: Sequence[tuple[object, str]] = (),
+        skipped: Sequence[object] = (),
+    ) -> None:
+        self.op = op
+        self.reason = reason
+        self.failures: tuple[tuple[object, str], ...] = tuple(failures) or ((op, reason),)
+        self.skipped: tuple[object, ...] = tuple(skipped)
+        more = len(self.failures) - 1
+        tail = f" (and {more} more failed op(s))" if more > 0 else ""
+        tail += f", {len(self.skipped)} dependent op(s) skipped" if self.skipped else ""
+        super().__init__(f"{op}: {reason}{tail}")
+
+
+class OpFailed(Exception):
+    """Raised by a driver's single-op applier: this op failed for ``reason``; keep going with
+    the ops that do not depend on it. Internal to drivers; callers see ``DataPlaneError``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DependentOp(Protocol):
+    """An op that names the links it needs and the links it creates."""
+
+    @property
+    def needs(self) -> frozenset[str]: ...
+
+    @property
+    def provides(self) -> frozenset[str]: ...
+
+
+D = TypeVar("D", bound=DependentOp)
+
+
+def apply_all(ops: Iterable[D], apply_one: Callable[[D], None]) -> None:
+    """Apply ``ops`` in order with ``apply_one``; the failure policy shared by every driver.
+
+    An op whose ``apply_one`` raises ``OpFailed`` is recorded and marks what it ``provides`` as
+    broken; later ops that ``need`` something broken are skipped (and marked broken in turn).
+    Every other op is still applied, so one bad endpoint (say, its netns is missing) does not
+    stop the rest of the host from converging. Raises ``DataPlaneError`` at the end if any op
+    failed. Any other exception is a bug and propagates at once.
+    """
+    failures: list[tuple[object, str]] = []
+    skipped: list[object] = []
+    broken: set[str] = set()
+    for op in ops:
+        if op.needs & broken:
+            skipped.append(op)
+            broken |= op.provides
+            continue
+        try:
+            apply_one(op)
+        except OpFailed as exc:
+            failures.append((op, exc.reason))
+            broken |= op.provides
+    if failures:
+        first, reason = failures[0]
+        raise DataPlaneError(first, reason, failures, skipped)
+
+
+class DataPlane(Protocol[S, Op]):
+    """A backend: ``S`` is its observed-state type, ``Op`` its op type.
+
+    Not thread-safe: one reconciler thread drives one instance.
+    """
+
+    def observe(self, view: HostView) -> S:
+        """Read the owned objects. ``view`` only scopes *where* to look (e.g. which endpoint
+        namespaces), never what is reported as owned. Raises ``DataPlaneError`` if the host
+        state cannot be read at all."""
+        ...
+
+    def plan(self, view: HostView, actual: S) -> tuple[Op, ...]:
+        """Pure: the ordered ops that turn ``actual`` into ``view``; ``()`` when converged."""
+        ...
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` in order, each idempotently. Raises ``DataPlaneError`` (after trying
+        every op that does not depend on a failed one)."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets/handles. Idempotent."""
+        ...

@@ -1,0 +1,351 @@
+"""``FakeKernel``: an in-memory kernel data plane for tests of the reconciler. No I/O.
+
+It keeps state the way the kernel does (links, veth peers that move between namespaces, VXLAN
+FDB and neighbour tables, endpoint namespaces) and applies the same ops with the same
+semantics as ``KernelDataPlane``: idempotent, owned-only, dependent ops skipped after a failure
+(shared ``apply_all``), deleting a VXLAN device flushes its entries, deleting one end of a veth
+removes the other. The contract test in ``tests/integration/test_kernel_dataplane.py`` checks
+that both drivers end in equal observed states.
+
+Test hooks: ``add_netns`` / ``remove_netns``, ``add_foreign_link`` / ``add_foreign_iface``
+(objects heddle must never touch), ``fail_next(op_type)`` (failure injection), ``drop_fdb``
+(simulate someone deleting an entry by hand), and ``applied`` (every op applied, in order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Self
+
+from controller.dataplane.backend import OpFailed, apply_all
+from controller.dataplane.kernel_state import (
+    EndpointSide,
+    FdbEntry,
+    KernelState,
+    LinkState,
+    NeighEntry,
+    VxlanAttrs,
+)
+from controller.model.naming import PREFIX
+from controller.model.view import HostView
+from controller.plan.kernel import endpoint_keys, plan_kernel
+from controller.plan.kernel_ops import (
+    AddFlood,
+    ConfigureEndpoint,
+    DelFdb,
+    DelLink,
+    DelNeigh,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+    KernelOp,
+    PutFdb,
+    PutNeigh,
+)
+
+
+@dataclass(slots=True)
+class _Link:
+    name: str
+    kind: str
+    owned: bool
+    index: int
+    mac: str
+    mtu: int = 1500
+    up: bool = False
+    master: str | None = None
+    mcast_snooping: bool | None = None
+    vxlan: VxlanAttrs | None = None
+    partner: str | None = None  # veth: the other end's key (see _Peer)
+
+
+@dataclass(slots=True)
+class _Iface:
+    """An interface inside an endpoint netns (our veth peer, or a foreign one)."""
+
+    name: str
+    owned: bool
+    partner: str | None
+    mac: str = ""
+    mtu: int = 1500
+    up: bool = False
+    addresses: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Netns:
+    ifaces: dict[str, _Iface] = field(default_factory=dict)
+    gateway: tuple[str, str] | None = None  # (gateway, dev)
+
+
+class FakeKernel:
+    """Stateful fake of ``KernelDataPlane`` (same ``observe``/``plan``/``apply`` contracts).
+
+    ``vtep`` is accepted for signature parity; the planner takes the VTEP from the view.
+    """
+
+    def __init__(self, vtep: str = "", netns: Iterable[str] = ()) -> None:
+        self.vtep = vtep
+        self._links: dict[str, _Link] = {}
+        self._fdb: dict[str, list[FdbEntry]] = {}
+        self._neigh: dict[str, dict[str, NeighEntry]] = {}
+        self._netns: dict[str, _Netns] = {name: _Netns() for name in netns}
+        self._next_index = 2
+        self._fail: list[tuple[type, str]] = []
+        self.applied: list[KernelOp] = []
+        self.closed = False
+
+    # -- test hooks -------------------------------------------------------------------------
+
+    def add_netns(self, name: str) -> None:
+        self._netns.setdefault(name, _Netns())
+
+    def remove_netns(self, name: str) -> None:
+        """Like deleting a namespace: its veth ends die, and with them their host-side partners."""
+        ns = self._netns.pop(name, None)
+        if ns is None:
+            return
+        for iface in ns.ifaces.values():
+            if iface.partner is not None:
+                self._links.pop(iface.partner, None)
+
+    def add_foreign_link(self, name: str, kind: str = "bridge") -> None:
+        """A host-namespace link heddle did not create (no owner marker)."""
+        self._links[name] = _Link(name, kind, owned=False, index=self._index(), mac=self._mac())
+
+    def add_foreign_iface(self, netns: str, ifname: str) -> None:
+        self.add_netns(netns)
+        self._netns[netns].ifaces[ifname] = _Iface(ifname, owned=False, partner=None)
+
+    def fail_next(self, op_type: type, reason: str = "injected failure") -> None:
+        """The next op of ``op_type`` fails with ``reason`` (without changing any state)."""
+        self._fail.append((op_type, reason))
+
+    def drop_fdb(self, dev: str, mac: str, dst: str) -> None:
+        """Remove an FDB entry behind heddle's back (drift)."""
+        self._fdb.get(dev, []).remove(FdbEntry(mac, dst))
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        """Change a link's MTU behind heddle's back (drift)."""
+        self._links[name].mtu = mtu
+
+    # -- DataPlane --------------------------------------------------------------------------
+
+    def observe(self, view: HostView) -> KernelState:
+        """The current state; only endpoint sides named by ``view`` are reported. Pure read."""
+        links: dict[str, LinkState] = {}
+        for name, lk in self._links.items():
+            if name.startswith(PREFIX):
+                links[name] = LinkState(
+                    name=name,
+                    kind=lk.kind,
+                    owned=lk.owned,
+                    index=lk.index,
+                    mtu=lk.mtu,
+                    mac=lk.mac,
+                    up=lk.up,
+                    master=lk.master,
+                    mcast_snooping=lk.mcast_snooping,
+                    vxlan=lk.vxlan,
+                )
+        owned_vx = [n for n, lk in self._links.items() if lk.owned and lk.kind == "vxlan"]
+        fdb = {n: frozenset(self._fdb.get(n, ())) for n in owned_vx}
+        neigh = {n: frozenset(self._neigh.get(n, {}).values()) for n in owned_vx}
+        sides: dict[tuple[str, str], EndpointSide] = {}
+        for netns, ifname in endpoint_keys(view):
+            ns = self._netns.get(netns)
+            if ns is None:
+                sides[netns, ifname] = EndpointSide(netns, ifname, netns_exists=False)
+                continue
+            iface = ns.ifaces.get(ifname)
+            if iface is None:
+                sides[netns, ifname] = EndpointSide(netns, ifname)
+                continue
+            sides[netns, ifname] = EndpointSide(
+                netns=netns,
+                ifname=ifname,
+                present=True,
+                owned=iface.owned,
+                mac=iface.mac,
+                mtu=iface.mtu,
+                up=iface.up,
+                addresses=frozenset(iface.addresses),
+                gateway=ns.gateway[0] if ns.gateway else None,
+            )
+        return KernelState(links=links, fdb=fdb, neigh=neigh, endpoints=sides)
+
+    def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
+        return plan_kernel(view, actual)
+
+    def apply(self, ops: Sequence[KernelOp]) -> None:
+        apply_all(ops, self._apply_one)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- op semantics -----------------------------------------------------------------------
+
+    def _apply_one(self, op: KernelOp) -> None:
+        for i, (op_type, reason) in enumerate(self._fail):
+            if isinstance(op, op_type):
+                del self._fail[i]
+                raise OpFailed(reason)
+        match op:
+            case EnsureBridge():
+                self._ensure_bridge(op)
+            case EnsureVxlan():
+                self._ensure_vxlan(op)
+            case EnsureVeth():
+                self._ensure_veth(op)
+            case ConfigureEndpoint():
+                self._configure_endpoint(op)
+            case DelLink():
+                self._del_link(op.name)
+            case PutFdb():
+                entries = self._vx_fdb(op.dev)
+                for i, e in enumerate(entries):
+                    if e.mac == op.mac:
+                        entries[i] = FdbEntry(op.mac, op.dst)  # replace rewrites the first remote
+                        break
+                else:
+                    entries.append(FdbEntry(op.mac, op.dst))
+            case AddFlood():
+                entries = self._vx_fdb(op.dev)
+                if FdbEntry("00:00:00:00:00:00", op.dst) not in entries:
+                    entries.append(FdbEntry("00:00:00:00:00:00", op.dst))
+            case DelFdb():
+                if self._mine(op.dev, "vxlan") is not None:  # gone with its device: success
+                    entries = self._fdb.setdefault(op.dev, [])
+                    if FdbEntry(op.mac, op.dst) in entries:
+                        entries.remove(FdbEntry(op.mac, op.dst))
+            case PutNeigh():
+                self._vx(op.dev)
+                self._neigh.setdefault(op.dev, {})[op.ip] = NeighEntry(op.ip, op.mac, True)
+            case DelNeigh():
+                if self._mine(op.dev, "vxlan") is not None:
+                    self._neigh.setdefault(op.dev, {}).pop(op.ip, None)
+        self.applied.append(op)
+
+    def _index(self) -> int:
+        self._next_index += 1
+        return self._next_index
+
+    def _mac(self) -> str:
+        n = self._next_index
+        return f"fe:00:00:00:{(n >> 8) & 0xFF:02x}:{n & 0xFF:02x}"
+
+    def _mine(self, name: str, kind: str) -> _Link | None:
+        lk = self._links.get(name)
+        if lk is None:
+            return None
+        if not lk.owned:
+            raise OpFailed(f"link {name} exists and is not owned by heddle; refusing to adopt it")
+        if lk.kind != kind:
+            raise OpFailed(f"link {name} is a {lk.kind}, not a {kind}")
+        return lk
+
+    def _vx(self, dev: str) -> _Link:
+        lk = self._mine(dev, "vxlan")
+        if lk is None:
+            raise OpFailed(f"no vxlan device {dev}")
+        return lk
+
+    def _vx_fdb(self, dev: str) -> list[FdbEntry]:
+        self._vx(dev)
+        return self._fdb.setdefault(dev, [])
+
+    def _bridge(self, name: str) -> _Link:
+        lk = self._mine(name, "bridge")
+        if lk is None:
+            raise OpFailed(f"no bridge {name}")
+        return lk
+
+    def _ensure_bridge(self, op: EnsureBridge) -> None:
+        lk = self._mine(op.name, "bridge")
+        if lk is None:
+            lk = _Link(op.name, "bridge", owned=True, index=self._index(), mac=self._mac())
+            self._links[op.name] = lk
+        lk.mtu, lk.up, lk.mcast_snooping = op.mtu, True, False
+
+    def _ensure_vxlan(self, op: EnsureVxlan) -> None:
+        self._bridge(op.bridge)
+        want = VxlanAttrs(vni=op.vni, local=op.vtep, port=op.port, learning=False, proxy=True)
+        lk = self._mine(op.name, "vxlan")
+        if lk is None:
+            if any(x.vxlan is not None and x.vxlan.vni == op.vni for x in self._links.values()):
+                raise OpFailed(f"VNI {op.vni} is already used by another vxlan device")
+            lk = _Link(op.name, "vxlan", owned=True, index=self._index(), mac=self._mac())
+            lk.vxlan = want
+            self._links[op.name] = lk
+        elif lk.vxlan != want:
+            raise OpFailed(f"vxlan {op.name} has {lk.vxlan}, want {want}: delete it first")
+        lk.master, lk.mtu, lk.up = op.bridge, op.mtu, True
+
+    def _ensure_veth(self, op: EnsureVeth) -> None:
+        self._bridge(op.bridge)
+        lk = self._mine(op.host_name, "veth")
+        if lk is None:
+            if op.peer_name in self._links:
+                raise OpFailed(f"peer name {op.peer_name} is taken in the host namespace")
+            lk = _Link(op.host_name, "veth", owned=True, index=self._index(), mac=self._mac())
+            lk.partner = op.peer_name
+            peer = _Link(op.peer_name, "veth", owned=True, index=self._index(), mac=op.peer_mac)
+            peer.mtu, peer.partner = op.mtu, op.host_name
+            self._links[op.host_name] = lk
+            self._links[op.peer_name] = peer
+        lk.master, lk.mtu, lk.up = op.bridge, op.mtu, True
+        peer_here = self._links.get(op.peer_name)
+        if peer_here is not None and peer_here.owned and peer_here.partner == op.host_name:
+            peer_here.mac, peer_here.mtu = op.peer_mac, op.mtu
+
+    def _configure_endpoint(self, op: ConfigureEndpoint) -> None:
+        ns = self._netns.get(op.netns)
+        if ns is None:
+            raise OpFailed(f"network namespace {op.netns} does not exist")
+        iface = ns.ifaces.get(op.ifname)
+        if iface is not None and not iface.owned:
+            raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
+        if iface is None:
+            iface = ns.ifaces.pop(op.peer_name, None)
+            if iface is None:
+                peer = self._links.get(op.peer_name)
+                if peer is None or not peer.owned or peer.kind != "veth":
+                    raise OpFailed(f"veth peer {op.peer_name} not found in host ns or {op.netns}")
+                del self._links[op.peer_name]
+                iface = _Iface(op.peer_name, owned=True, partner=peer.partner, mtu=peer.mtu)
+                iface.mac = peer.mac
+            iface.name = op.ifname
+            ns.ifaces[op.ifname] = iface
+        iface.mac, iface.mtu, iface.up = op.mac, op.mtu, True
+        iface.addresses.add(f"{op.ip}/{op.prefixlen}")
+        if op.gateway is not None:
+            ns.gateway = (op.gateway, op.ifname)
+
+    def _del_link(self, name: str) -> None:
+        lk = self._links.get(name)
+        if lk is None:
+            return
+        if not lk.owned:
+            raise OpFailed(f"link {name} is not owned by heddle; refusing to delete it")
+        del self._links[name]
+        if lk.kind == "vxlan":
+            self._fdb.pop(name, None)
+            self._neigh.pop(name, None)
+        for other in self._links.values():
+            if other.master == name:
+                other.master = None
+        if lk.partner is None or self._links.pop(lk.partner, None) is not None:
+            return
+        for ns in self._netns.values():  # the peer has moved into an endpoint netns
+            for ifname, iface in list(ns.ifaces.items()):
+                if iface.partner == name:
+                    del ns.ifaces[ifname]
+                    if ns.gateway is not None and ns.gateway[1] == ifname:
+                        ns.gateway = None

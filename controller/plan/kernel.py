@@ -1,0 +1,313 @@
+"""Kernel planner: ``HostView`` + observed ``KernelState`` -> ordered ``KernelOp`` tuple. Pure.
+
+What a host realises per network it has endpoints in (DESIGN.md §3): a bridge
+``bridge_name(vni)`` (multicast snooping off), a VXLAN device ``vxlan_name(vni)`` in it (VNI,
+dstport 4789, ``local`` = this host's VTEP, nolearning, proxy), one veth per local endpoint, a
+unicast FDB entry and a permanent neighbour entry per remote endpoint, and one all-zero FDB entry
+per flood VTEP. Everything gets the network's overlay MTU.
+
+Order of the result (each group in view order, which is sorted, so the result is deterministic):
+
+1. stale FDB / neighbour entries on VXLAN devices that stay (a device that goes takes its entries
+   with it, so none are planned for it),
+2. link deletes: endpoint veths, then VXLAN devices, then bridges (and devices that must be
+   re-created because a creation-time attribute changed),
+3. per network: bridge, VXLAN device, veths, endpoint sides, then FDB, flood and neighbour entries.
+
+Only links that are *owned* (``hd`` prefix and the owner ifalias, see ``KernelState``) are ever
+deleted. Invariant: once every op applied, planning on a fresh observation returns ``()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from controller.dataplane.kernel_state import (
+    EndpointSide,
+    FdbEntry,
+    KernelState,
+    LinkState,
+    NeighEntry,
+    VxlanAttrs,
+)
+from controller.model.naming import (
+    PREFIX,
+    bridge_name,
+    veth_host_name,
+    veth_peer_name,
+    vxlan_name,
+)
+from controller.model.records import Endpoint
+from controller.model.view import HostView, NetworkView
+from controller.plan.kernel_ops import (
+    VXLAN_PORT,
+    ZERO_MAC,
+    AddFlood,
+    ConfigureEndpoint,
+    DelFdb,
+    DelLink,
+    DelNeigh,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+    KernelOp,
+    PutFdb,
+    PutNeigh,
+)
+
+__all__ = ["endpoint_keys", "is_owned", "netns_of_interest", "plan_kernel"]
+
+_VETH_HOST = PREFIX + "v"
+_VETH_PEER = PREFIX + "p"
+
+
+def is_owned(link: LinkState) -> bool:
+    """Ownership rule: ``hd`` name prefix *and* the owner ifalias (``OWNER_ALIAS``, recorded by
+    the driver as ``LinkState.owned``); never one without the other."""
+    return link.owned and link.name.startswith(PREFIX)
+
+
+def netns_of_interest(view: HostView) -> tuple[str, ...]:
+    """The endpoint namespaces an observation must look into for ``view`` (sorted, unique)."""
+    return tuple(
+        sorted({ep.netns for nv in view.networks for ep in nv.local if ep.netns is not None})
+    )
+
+
+def endpoint_keys(view: HostView) -> tuple[tuple[str, str], ...]:
+    """The ``(netns, ifname)`` endpoint sides an observation must report for ``view``."""
+    return tuple(
+        sorted(
+            {
+                (ep.netns, ep.ifname)
+                for nv in view.networks
+                for ep in nv.local
+                if ep.netns is not None
+            }
+        )
+    )
+
+
+def plan_kernel(view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
+    """The ops that turn ``actual`` into what ``view`` asks for. Pure and deterministic.
+
+    Never raises for any well-formed input. ``OWNER_ALIAS`` marks what may be deleted; a link
+    that has a desired name but is not owned is not adopted: the ``Ensure*`` op is still planned
+    and the driver refuses it, so the conflict is reported on every pass instead of hidden.
+    """
+    entry_dels: list[KernelOp] = []
+    recreate_dels: list[KernelOp] = []
+    builds: list[KernelOp] = []
+    desired: set[str] = set()
+
+    for nv in view.networks:
+        _plan_network(view.host.vtep, nv, actual, desired, entry_dels, recreate_dels, builds)
+
+    return (*entry_dels, *_stale_link_dels(actual, desired), *recreate_dels, *builds)
+
+
+def _plan_network(
+    vtep: str,
+    nv: NetworkView,
+    actual: KernelState,
+    desired: set[str],
+    entry_dels: list[KernelOp],
+    recreate_dels: list[KernelOp],
+    builds: list[KernelOp],
+) -> None:
+    vni, mtu = nv.network.vni, nv.mtu
+    br, vx = bridge_name(vni), vxlan_name(vni)
+    desired.update((br, vx))
+
+    bridge = actual.links.get(br)
+    if bridge is not None and is_owned(bridge) and bridge.kind != "bridge":
+        recreate_dels.append(DelLink(br))
+        bridge = None
+    if not _bridge_ok(bridge, mtu):
+        builds.append(EnsureBridge(br, mtu))
+
+    want = VxlanAttrs(vni=vni, local=vtep, port=VXLAN_PORT, learning=False, proxy=True)
+    vxlan = actual.links.get(vx)
+    if vxlan is not None and is_owned(vxlan) and (vxlan.kind != "vxlan" or vxlan.vxlan != want):
+        recreate_dels.append(DelLink(vx))
+        vxlan = None
+    if not _vxlan_ok(vxlan, want, br, mtu):
+        builds.append(EnsureVxlan(vx, vni, vtep, mtu, br))
+
+    for ep in nv.local:
+        builds.extend(_plan_endpoint(nv, ep, br, mtu, actual, desired, recreate_dels))
+
+    # Entries: compare with what the device holds now; a device about to be (re)created holds
+    # nothing, so every desired entry is planned.
+    kept = vxlan is not None and is_owned(vxlan)
+    have_fdb = actual.fdb.get(vx, frozenset()) if kept else frozenset()
+    have_neigh = actual.neigh.get(vx, frozenset()) if kept else frozenset()
+    entry_dels.extend(_fdb_dels(vx, nv, have_fdb))
+    entry_dels.extend(_neigh_dels(vx, nv, have_neigh))
+    builds.extend(_fdb_puts(vx, nv, have_fdb))
+    builds.extend(_neigh_puts(vx, nv, have_neigh))
+
+
+def _plan_endpoint(
+    nv: NetworkView,
+    ep: Endpoint,
+    br: str,
+    mtu: int,
+    actual: KernelState,
+    desired: set[str],
+    recreate_dels: list[KernelOp],
+) -> list[KernelOp]:
+    ops: list[KernelOp] = []
+    hv, pv = veth_host_name(ep.network, ep.id), veth_peer_name(ep.network, ep.id)
+    desired.update((hv, pv))
+    host = actual.links.get(hv)
+    if host is not None and is_owned(host) and host.kind != "veth":
+        recreate_dels.append(DelLink(hv))
+        host = None
+    peer = actual.links.get(pv)
+    fresh = host is None or not is_owned(host)
+    peer_ok = peer is None or not is_owned(peer) or (peer.mac == ep.mac and peer.mtu == mtu)
+    host_ok = (
+        host is not None and is_owned(host) and host.master == br and host.mtu == mtu and host.up
+    )
+    if not (host_ok and peer_ok):
+        ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac))
+    if ep.netns is not None:
+        side = actual.endpoints.get((ep.netns, ep.ifname))
+        if fresh or not _side_ok(side, ep, nv, mtu):
+            ops.append(
+                ConfigureEndpoint(
+                    netns=ep.netns,
+                    peer_name=pv,
+                    ifname=ep.ifname,
+                    mac=ep.mac,
+                    ip=ep.ip,
+                    prefixlen=nv.network.prefixlen,
+                    mtu=mtu,
+                    gateway=nv.network.gateway,
+                )
+            )
+    return ops
+
+
+def _bridge_ok(link: LinkState | None, mtu: int) -> bool:
+    return (
+        link is not None
+        and is_owned(link)
+        and link.kind == "bridge"
+        and link.mtu == mtu
+        and link.up
+        and link.mcast_snooping is False
+    )
+
+
+def _vxlan_ok(link: LinkState | None, want: VxlanAttrs, br: str, mtu: int) -> bool:
+    return (
+        link is not None
+        and is_owned(link)
+        and link.vxlan == want
+        and link.master == br
+        and link.mtu == mtu
+        and link.up
+    )
+
+
+def _side_ok(side: EndpointSide | None, ep: Endpoint, nv: NetworkView, mtu: int) -> bool:
+    gateway = nv.network.gateway
+    return (
+        side is not None
+        and side.netns_exists
+        and side.present
+        and side.owned
+        and side.mac == ep.mac
+        and side.mtu == mtu
+        and side.up
+        and f"{ep.ip}/{nv.network.prefixlen}" in side.addresses
+        and (gateway is None or side.gateway == gateway)
+    )
+
+
+def _desired_unicast(nv: NetworkView) -> dict[str, str]:
+    """MAC -> VTEP. A MAC claimed twice is realised once (first in sorted order), so the plan
+    still converges; the view is where such a conflict should be reported."""
+    out: dict[str, str] = {}
+    for r in sorted(nv.remote, key=lambda r: (r.mac, r.vtep, r.ip)):
+        out.setdefault(r.mac, r.vtep)
+    return out
+
+
+def _desired_neigh(nv: NetworkView) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in sorted(nv.remote, key=lambda r: (r.ip, r.mac)):
+        out.setdefault(r.ip, r.mac)
+    return out
+
+
+def _fdb_dels(vx: str, nv: NetworkView, have: Iterable[FdbEntry]) -> list[KernelOp]:
+    unicast = _desired_unicast(nv)
+    flood = set(nv.flood)
+    dsts_of: dict[str, list[str]] = {}
+    for e in have:
+        dsts_of.setdefault(e.mac, []).append(e.dst)
+    ops: list[KernelOp] = []
+    for e in sorted(have):
+        if e.mac == ZERO_MAC:
+            if e.dst not in flood:
+                ops.append(DelFdb(vx, e.mac, e.dst))
+        elif e.mac not in unicast:
+            ops.append(DelFdb(vx, e.mac, e.dst))
+        elif e.dst != unicast[e.mac] and len(dsts_of[e.mac]) > 1:
+            # A single wrong destination is rewritten in place by PutFdb (replace); extra
+            # destinations on a unicast MAC would survive a replace, so remove them.
+            ops.append(DelFdb(vx, e.mac, e.dst))
+    return ops
+
+
+def _fdb_puts(vx: str, nv: NetworkView, have: frozenset[FdbEntry]) -> list[KernelOp]:
+    ops: list[KernelOp] = []
+    for mac, dst in sorted(_desired_unicast(nv).items()):
+        if FdbEntry(mac, dst) not in have:
+            ops.append(PutFdb(vx, mac, dst))
+    for dst in sorted(set(nv.flood)):
+        if FdbEntry(ZERO_MAC, dst) not in have:
+            ops.append(AddFlood(vx, dst))
+    return ops
+
+
+def _neigh_dels(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[KernelOp]:
+    want = _desired_neigh(nv)
+    return [DelNeigh(vx, e.ip) for e in sorted(have) if e.ip not in want]
+
+
+def _neigh_puts(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[KernelOp]:
+    by_ip = {e.ip: e for e in have}
+    ops: list[KernelOp] = []
+    for ip, mac in sorted(_desired_neigh(nv).items()):
+        cur = by_ip.get(ip)
+        if cur is None or cur.mac != mac or not cur.permanent:
+            ops.append(PutNeigh(vx, ip, mac))
+    return ops
+
+
+def _stale_link_dels(actual: KernelState, desired: set[str]) -> list[KernelOp]:
+    """Owned links nobody wants, in a stable order: veths, VXLAN devices, bridges, others.
+
+    A peer (``hdp``) whose host side (``hdv`` with the same token) still exists is not deleted
+    on its own: it goes with its partner."""
+    stale = [
+        link
+        for name, link in sorted(actual.links.items())
+        if name not in desired and is_owned(link)
+    ]
+
+    def rank(link: LinkState) -> int:
+        return {"veth": 0, "vxlan": 1, "bridge": 2}.get(link.kind, 3)
+
+    ops: list[KernelOp] = []
+    for link in sorted(stale, key=lambda lk: (rank(lk), lk.name)):
+        if link.name.startswith(_VETH_PEER):
+            partner = _VETH_HOST + link.name[len(_VETH_PEER) :]
+            if partner in actual.links:
+                continue  # goes with its partner (a veth pair dies together)
+        ops.append(DelLink(link.name))
+    return ops

@@ -1,0 +1,275 @@
+"""Op vocabulary of the kernel (bridge + VXLAN) data plane.
+
+Every op is a small frozen, hashable value. Contracts shared by all ops:
+
+* **Idempotent.** Applying an op twice leaves the kernel as applying it once (create-or-update,
+  replace semantics, "already gone" is success for deletes). That is what lets a pass that died
+  half-way simply be re-planned and re-applied.
+* **Convergent.** ``Ensure*`` ops carry the *complete* desired attributes of their object and
+  bring an existing object to them (MTU, master, up, ownership marker), so the planner has one
+  op per object instead of one per attribute.
+* **Owned only.** Drivers must refuse to modify or delete a link that does not carry the owner
+  ifalias, even if an op names it.
+* ``str(op)`` is one log line.
+* ``needs`` / ``provides`` name the links an op depends on / creates. A driver that keeps going
+  after a failed op skips later ops that need what the failed op was to provide (so one broken
+  endpoint does not abort the whole pass, and nothing is attempted on a device that is missing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ZERO_MAC = "00:00:00:00:00:00"
+VXLAN_PORT = 4789
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureBridge:
+    """A Linux bridge ``name``: MTU ``mtu``, multicast snooping off (G4), up, owned."""
+
+    name: str
+    mtu: int
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+    def __str__(self) -> str:
+        return f"ensure bridge {self.name} mtu {self.mtu} mcast_snooping 0"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureVxlan:
+    """A VXLAN device: ``vni``, ``local=vtep``, dstport ``port``, nolearning, proxy, enslaved to
+    ``bridge``, MTU ``mtu``, up, owned.
+
+    VNI, local, port, learning and proxy are fixed at creation; when they differ the planner
+    deletes the device first (``DelLink``), so a driver may treat a mismatch as an error.
+    """
+
+    name: str
+    vni: int
+    vtep: str
+    mtu: int
+    bridge: str
+    port: int = VXLAN_PORT
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.bridge})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+    def __str__(self) -> str:
+        return (
+            f"ensure vxlan {self.name} id {self.vni} local {self.vtep} dstport {self.port} "
+            f"nolearning proxy master {self.bridge} mtu {self.mtu}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureVeth:
+    """A veth pair for one endpoint: ``host_name`` in ``bridge`` (MTU, up, owned).
+
+    When created, the peer is born in the host namespace as ``peer_name`` with ``peer_mac`` and
+    ``mtu``; while the peer is still in the host namespace its MAC and MTU are kept converged.
+    Once the peer has moved (into the endpoint netns, or taken by Docker) it is not touched here.
+    """
+
+    host_name: str
+    peer_name: str
+    bridge: str
+    mtu: int
+    peer_mac: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.bridge})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({self.host_name, self.peer_name})
+
+    def __str__(self) -> str:
+        return (
+            f"ensure veth {self.host_name} master {self.bridge} mtu {self.mtu} "
+            f"peer {self.peer_name} address {self.peer_mac}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureEndpoint:
+    """The endpoint side inside netns ``netns``: interface ``ifname`` (moved in from the host
+    namespace as ``peer_name`` and renamed when needed), MAC, MTU, up, ``ip/prefixlen``, and a
+    default route via ``gateway`` when it is set.
+
+    Adds, never removes, addresses and routes inside the endpoint namespace: that namespace is
+    the workload's, not ours. Drivers fail (for this endpoint only) when ``netns`` does not exist
+    or ``ifname`` there is an interface heddle did not create.
+    """
+
+    netns: str
+    peer_name: str
+    ifname: str
+    mac: str
+    ip: str
+    prefixlen: int
+    mtu: int
+    gateway: str | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.peer_name})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        via = f" default via {self.gateway}" if self.gateway else ""
+        return (
+            f"configure endpoint {self.netns}/{self.ifname} (from {self.peer_name}) "
+            f"address {self.mac} {self.ip}/{self.prefixlen} mtu {self.mtu} up{via}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DelLink:
+    """Delete owned link ``name`` (and with it a veth's peer, or a VXLAN device's FDB and
+    neighbour entries). Absent is success; a link without the owner marker is never deleted."""
+
+    name: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"delete link {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PutFdb:
+    """Unicast VXLAN FDB entry ``mac -> dst`` on ``dev``: permanent, NTF_SELF, *replace* (so a
+    MAC that moved to another VTEP is rewritten in place)."""
+
+    dev: str
+    mac: str
+    dst: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"fdb replace {self.mac} dst {self.dst} dev {self.dev} self permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class AddFlood:
+    """All-zero FDB entry ``00:00:00:00:00:00 -> dst`` on ``dev`` with *append* semantics:
+    several zero entries coexist and form the head-end replication list."""
+
+    dev: str
+    dst: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"fdb append {ZERO_MAC} dst {self.dst} dev {self.dev} self permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class DelFdb:
+    """Remove the VXLAN FDB entry ``mac -> dst`` from ``dev`` (zero MAC included). Absent is
+    success."""
+
+    dev: str
+    mac: str
+    dst: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"fdb del {self.mac} dst {self.dst} dev {self.dev} self"
+
+
+@dataclass(frozen=True, slots=True)
+class PutNeigh:
+    """Permanent neighbour entry ``ip -> mac`` on ``dev`` (replace), answered by VXLAN proxy."""
+
+    dev: str
+    ip: str
+    mac: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"neigh replace {self.ip} lladdr {self.mac} dev {self.dev} permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class DelNeigh:
+    """Remove the neighbour entry for ``ip`` on ``dev``. Absent is success."""
+
+    dev: str
+    ip: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"neigh del {self.ip} dev {self.dev}"
+
+
+KernelOp = (
+    EnsureBridge
+    | EnsureVxlan
+    | EnsureVeth
+    | ConfigureEndpoint
+    | DelLink
+    | PutFdb
+    | AddFlood
+    | DelFdb
+    | PutNeigh
+    | DelNeigh
+)
+"""Every op the kernel planner emits and the kernel drivers (real and fake) apply."""

@@ -1,0 +1,243 @@
+"""KernelDataPlane against the real kernel, in throw-away namespaces (root only).
+
+Every test gets a fresh "host" netns and endpoint netns named ``hdt-<random>-*``; the fixture
+deletes them on teardown, even on failure, which removes every link created inside them. The
+root namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from controller.dataplane.backend import DataPlaneError
+from controller.dataplane.fake_kernel import FakeKernel
+from controller.dataplane.kernel import KernelDataPlane
+from controller.dataplane.kernel_state import FdbEntry, KernelState, LinkState, NeighEntry
+from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
+from controller.model.records import Endpoint, Host, Network
+from controller.model.view import HostView, Snapshot, host_view
+from controller.plan.kernel_ops import ConfigureEndpoint, PutFdb
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces"),
+]
+
+VNI = 0x4242
+BUSYBOX = "/bin/busybox"
+H1, H2, H3 = (
+    Host("h1", "192.0.2.1"),
+    Host("h2", "192.0.2.2", underlay_mtu=1450),
+    Host("h3", "192.0.2.3"),
+)
+
+
+@dataclass(frozen=True)
+class Lab:
+    host: str  # the throw-away netns that plays the host namespace
+    ep_a: str
+    ep_b: str
+    prefix: str
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    prefix = f"hdt-{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}-h", f"{prefix}-a", f"{prefix}-b"]
+    created: list[str] = []
+    try:
+        for name in names:
+            netns.create(name)
+            created.append(name)
+        yield Lab(names[0], names[1], names[2], prefix)
+    finally:
+        for name in created:
+            netns.remove(name)
+
+
+def snapshot(lab: Lab, *, net: Network | None = None, extra: tuple[Endpoint, ...] = ()) -> Snapshot:
+    net = net or Network("blue", VNI, "10.77.0.0/24", gateway="10.77.0.1")
+    eps = (
+        Endpoint("a", "blue", "h1", "10.77.0.10", "02:42:0a:4d:00:0a", netns=lab.ep_a),
+        Endpoint("b", "blue", "h1", "10.77.0.11", "02:42:0a:4d:00:0b", netns=lab.ep_b),
+        Endpoint("d", "blue", "h1", "10.77.0.12", "02:42:0a:4d:00:0c"),  # Docker-style
+        Endpoint("c", "blue", "h2", "10.77.0.20", "02:42:0a:4d:00:14"),
+        Endpoint("e", "blue", "h3", "10.77.0.30", "02:42:0a:4d:00:1e"),
+        Endpoint("f", "blue", "h3", "10.77.0.31", "02:42:0a:4d:00:1f"),
+        *extra,
+    )
+    return Snapshot(
+        revision=1,
+        networks={"blue": net},
+        endpoints={(e.network, e.id): e for e in eps},
+        hosts={h.name: h for h in (H1, H2, H3)},
+    )
+
+
+def view_of(snap: Snapshot) -> HostView:
+    return host_view(snap, H1)
+
+
+def converge(dp: KernelDataPlane | FakeKernel, view: HostView) -> KernelState:
+    dp.apply(dp.plan(view, dp.observe(view)))
+    state = dp.observe(view)
+    assert dp.plan(view, state) == ()
+    return state
+
+
+def ping(ns: str, ip: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [BUSYBOX, "ping", "-c", "2", "-W", "2", ip],
+        preexec_fn=lambda: netns.setns(ns, flags=0),
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def test_builds_network_as_desired_and_endpoints_ping(lab: Lab) -> None:
+    view = view_of(snapshot(lab))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+        converge(dp, view)
+        by_name = {m.get("IFLA_IFNAME"): m for m in ipr.link("dump")}
+        br, vx = by_name[bridge_name(VNI)], by_name[vxlan_name(VNI)]
+        for m in (br, vx):
+            assert m.get("IFLA_IFALIAS") == OWNER_ALIAS
+            assert m.get("IFLA_MTU") == 1400  # smallest underlay (h2: 1450) - 50
+        br_data = br.get("IFLA_LINKINFO").get("IFLA_INFO_DATA")
+        assert br_data.get("IFLA_BR_MCAST_SNOOPING") == 0
+        vx_data = vx.get("IFLA_LINKINFO").get("IFLA_INFO_DATA")
+        assert vx_data.get("IFLA_VXLAN_ID") == VNI
+        assert vx_data.get("IFLA_VXLAN_PORT") == 4789
+        assert vx_data.get("IFLA_VXLAN_LOCAL") == H1.vtep
+        assert vx_data.get("IFLA_VXLAN_LEARNING") == 0
+        assert vx_data.get("IFLA_VXLAN_PROXY") == 1
+        assert vx.get("IFLA_MASTER") == br["index"]
+        for ep in ("a", "b", "d"):
+            veth = by_name[veth_host_name("blue", ep)]
+            assert veth.get("IFLA_MASTER") == br["index"]
+            assert veth.get("IFLA_MTU") == 1400
+        fdb = {
+            (m.get("NDA_LLADDR"), m.get("NDA_DST"))
+            for m in ipr.fdb("dump")
+            if m["ifindex"] == vx["index"] and m.get("NDA_DST")
+        }
+        assert fdb == {
+            ("02:42:0a:4d:00:14", "192.0.2.2"),
+            ("02:42:0a:4d:00:1e", "192.0.2.3"),
+            ("02:42:0a:4d:00:1f", "192.0.2.3"),
+            ("00:00:00:00:00:00", "192.0.2.2"),
+            ("00:00:00:00:00:00", "192.0.2.3"),
+        }
+        neigh = {
+            (m.get("NDA_DST"), m.get("NDA_LLADDR"), m["state"])
+            for m in ipr.neigh("dump", family=socket.AF_INET)
+            if m["ifindex"] == vx["index"]
+        }
+        assert neigh == {
+            ("10.77.0.20", "02:42:0a:4d:00:14", 0x80),
+            ("10.77.0.30", "02:42:0a:4d:00:1e", 0x80),
+            ("10.77.0.31", "02:42:0a:4d:00:1f", 0x80),
+        }
+    with IPRoute(netns=lab.ep_a, flags=0) as ipa:
+        eth0 = ipa.link("get", ifname="eth0")[0]
+        assert eth0.get("IFLA_ADDRESS") == "02:42:0a:4d:00:0a"
+        assert eth0.get("IFLA_MTU") == 1400
+        addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipa.addr("dump")}
+        assert ("10.77.0.10", 24) in addrs
+        routes = [r for r in ipa.route("dump", family=socket.AF_INET) if r["dst_len"] == 0]
+        assert [r.get("RTA_GATEWAY") for r in routes] == ["10.77.0.1"]
+    result = ping(lab.ep_a, "10.77.0.11")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fdb_entry_deleted_by_hand_is_replanned(lab: Lab) -> None:
+    view = view_of(snapshot(lab))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+        converge(dp, view)
+        vx = ipr.link("get", ifname=vxlan_name(VNI))[0]["index"]
+        ipr.fdb("del", ifindex=vx, lladdr="02:42:0a:4d:00:14", dst="192.0.2.2")
+        ipr.neigh("del", ifindex=vx, dst="10.77.0.30")
+        ops = dp.plan(view, dp.observe(view))
+        assert PutFdb(vxlan_name(VNI), "02:42:0a:4d:00:14", "192.0.2.2") in ops
+        assert len(ops) == 2
+        state = converge(dp, view)
+        assert FdbEntry("02:42:0a:4d:00:14", "192.0.2.2") in state.fdb[vxlan_name(VNI)]
+        assert NeighEntry("10.77.0.30", "02:42:0a:4d:00:1e") in state.neigh[vxlan_name(VNI)]
+
+
+def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab) -> None:
+    snap = snapshot(lab)
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+        ipr.link("add", ifname="hdxyz", kind="bridge")  # looks like ours, is not
+        converge(dp, view_of(snap))
+        # MTU change, a remote endpoint leaves, a remote MAC moves to another VTEP.
+        eps = dict(snap.endpoints)
+        del eps["blue", "f"]
+        eps["blue", "c"] = replace(eps["blue", "c"], host="h3")
+        net = replace(snap.networks["blue"], mtu=1300)
+        snap2 = replace(snap, networks={"blue": net}, endpoints=eps)
+        state = converge(dp, view_of(snap2))
+        assert state.links[vxlan_name(VNI)].mtu == 1300
+        assert state.endpoints[lab.ep_a, "eth0"].mtu == 1300
+        assert state.fdb[vxlan_name(VNI)] == {
+            FdbEntry("02:42:0a:4d:00:14", "192.0.2.3"),
+            FdbEntry("02:42:0a:4d:00:1e", "192.0.2.3"),
+            FdbEntry("00:00:00:00:00:00", "192.0.2.3"),
+        }
+        # Everyone leaves: nothing owned remains, the foreign look-alike is untouched.
+        empty = replace(snap, endpoints={})
+        state = converge(dp, view_of(empty))
+        assert [lk.name for lk in state.links.values() if lk.owned] == []
+        assert "hdxyz" in state.links
+        with IPRoute(netns=lab.ep_a, flags=0) as ipa:
+            assert [m.get("IFLA_IFNAME") for m in ipa.link("dump")] == ["lo"]
+
+
+def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab) -> None:
+    ghost = f"{lab.prefix}-g"
+    g = Endpoint("g", "blue", "h1", "10.77.0.40", "02:42:0a:4d:00:28", netns=ghost)
+    view = view_of(snapshot(lab, extra=(g,)))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        with pytest.raises(DataPlaneError) as err:
+            dp.apply(dp.plan(view, dp.observe(view)))
+        assert [type(op) for op, _ in err.value.failures] == [ConfigureEndpoint]
+        assert ghost in str(err.value)
+        assert not os.path.exists(f"/run/netns/{ghost}")  # never created by accident (P2)
+        ops = dp.plan(view, dp.observe(view))
+        assert ops == (err.value.op,)  # everything else converged
+    assert ping(lab.ep_a, "10.77.0.11").returncode == 0
+
+
+def _normalise(state: KernelState) -> KernelState:
+    """Drop what the kernel assigns (ifindex, MACs it generates) and foreign links."""
+    links: dict[str, LinkState] = {}
+    for name, lk in state.links.items():
+        keep_mac = name.startswith("hdp")  # the peer MAC is ours
+        links[name] = replace(lk, index=0, mac=lk.mac if keep_mac else "")
+    return replace(state, links=links)
+
+
+def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab) -> None:
+    snap = snapshot(lab)
+    eps = dict(snap.endpoints)
+    del eps["blue", "e"]
+    steps = [
+        view_of(snap),
+        view_of(replace(snap, endpoints=eps)),
+        view_of(replace(snap, endpoints={})),
+    ]
+    fake = FakeKernel(H1.vtep, netns=(lab.ep_a, lab.ep_b))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        for view in steps:
+            real_state = converge(dp, view)
+            fake_state = converge(fake, view)
+            assert _normalise(real_state) == _normalise(fake_state)
