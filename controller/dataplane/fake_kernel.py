@@ -9,7 +9,8 @@ that both drivers end in equal observed states.
 
 Test hooks: ``add_netns`` / ``remove_netns``, ``add_foreign_link`` / ``add_foreign_iface``
 (objects heddle must never touch), ``fail_next(op_type)`` (failure injection), ``drop_fdb``
-(simulate someone deleting an entry by hand), and ``applied`` (every op applied, in order).
+(simulate someone deleting an entry by hand), ``set_mtu``, ``move_peer`` (Docker taking a
+peer), and ``applied`` (every op applied, in order).
 """
 
 from __future__ import annotations
@@ -121,6 +122,15 @@ class FakeKernel:
     def fail_next(self, op_type: type, reason: str = "injected failure") -> None:
         """The next op of ``op_type`` fails with ``reason`` (without changing any state)."""
         self._fail.append((op_type, reason))
+
+    def move_peer(self, peer_name: str, netns: str) -> None:
+        """Move a veth end from the host namespace into ``netns`` (what Docker does with an
+        endpoint whose ``netns`` is ``None``)."""
+        peer = self._links.pop(peer_name)
+        self.add_netns(netns)
+        iface = _Iface(peer_name, owned=peer.owned, partner=peer.partner, mac=peer.mac)
+        iface.mtu = peer.mtu
+        self._netns[netns].ifaces[peer_name] = iface
 
     def drop_fdb(self, dev: str, mac: str, dst: str) -> None:
         """Remove an FDB entry behind heddle's back (drift)."""

@@ -1,0 +1,327 @@
+"""plan_kernel on FakeKernel: end states, idempotence, ownership, failure policy. No root."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controller.dataplane.backend import DataPlaneError
+from controller.dataplane.fake_kernel import FakeKernel
+from controller.dataplane.kernel_state import FdbEntry, KernelState, NeighEntry
+from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
+from controller.model.records import Endpoint, Host, Network
+from controller.model.view import HostView, Snapshot, host_view
+from controller.plan.kernel import endpoint_keys, plan_kernel
+from controller.plan.kernel_ops import (
+    ZERO_MAC,
+    AddFlood,
+    ConfigureEndpoint,
+    DelFdb,
+    DelLink,
+    DelNeigh,
+    EnsureBridge,
+    EnsureVeth,
+    EnsureVxlan,
+    KernelOp,
+    PutFdb,
+)
+
+H1, H2, H3 = Host("h1", "192.0.2.1"), Host("h2", "192.0.2.2"), Host("h3", "192.0.2.3")
+BLUE = Network("blue", 100, "10.1.0.0/24", gateway="10.1.0.1")
+RED = Network("red", 200, "10.2.0.0/24")
+BR, VX = bridge_name(100), vxlan_name(100)
+
+
+def ep(eid: str, host: str, n: int, net: str = "blue", netns: str | None = "ns") -> Endpoint:
+    octet = 1 if net == "blue" else 2
+    ns = f"{netns}-{eid}" if netns else None
+    return Endpoint(eid, net, host, f"10.{octet}.0.{n}", f"02:00:0a:0{octet}:00:{n:02x}", ns)
+
+
+def snap(*eps: Endpoint, nets: tuple[Network, ...] = (BLUE, RED)) -> Snapshot:
+    return Snapshot(
+        revision=1,
+        networks={n.name: n for n in nets},
+        endpoints={(e.network, e.id): e for e in eps},
+        hosts={h.name: h for h in (H1, H2, H3)},
+    )
+
+
+def view(*eps: Endpoint, nets: tuple[Network, ...] = (BLUE, RED), host: Host = H1) -> HostView:
+    return host_view(snap(*eps, nets=nets), host)
+
+
+def fake_for(*views: HostView) -> FakeKernel:
+    fk = FakeKernel(H1.vtep)
+    for v in views:
+        for netns, _ in endpoint_keys(v):
+            fk.add_netns(netns)
+    return fk
+
+
+def converge(fk: FakeKernel, v: HostView) -> KernelState:
+    """One pass, then the invariant: planning again on a fresh observation yields ()."""
+    for netns, _ in endpoint_keys(v):
+        fk.add_netns(netns)
+    fk.apply(plan_kernel(v, fk.observe(v)))
+    state = fk.observe(v)
+    assert plan_kernel(v, state) == ()
+    return state
+
+
+def owned(state: KernelState) -> set[str]:
+    return {name for name, lk in state.links.items() if lk.owned}
+
+
+A, B = ep("a", "h1", 10), ep("b", "h1", 11)
+C, D, E = ep("c", "h2", 20), ep("d", "h3", 30), ep("e", "h3", 31)
+
+
+def test_from_empty_builds_every_object() -> None:
+    v = view(A, B, C, D)
+    fk = fake_for(v)
+    state = converge(fk, v)
+    assert owned(state) == {
+        BR,
+        VX,
+        veth_host_name("blue", "a"),
+        veth_host_name("blue", "b"),
+    }  # peers moved into their namespaces
+    assert state.links[VX].master == BR
+    assert state.links[BR].mcast_snooping is False
+    vx = state.links[VX].vxlan
+    assert vx is not None
+    assert (vx.vni, vx.local, vx.port, vx.learning, vx.proxy) == (100, H1.vtep, 4789, False, True)
+    assert state.fdb[VX] == {
+        FdbEntry(C.mac, H2.vtep),
+        FdbEntry(D.mac, H3.vtep),
+        FdbEntry(ZERO_MAC, H2.vtep),
+        FdbEntry(ZERO_MAC, H3.vtep),
+    }
+    assert state.neigh[VX] == {NeighEntry(C.ip, C.mac), NeighEntry(D.ip, D.mac)}
+    side = state.endpoints["ns-a", "eth0"]
+    assert (side.mac, side.mtu, side.up, side.gateway) == (A.mac, 1450, True, "10.1.0.1")
+    assert side.addresses == {"10.1.0.10/24"}
+    assert all(lk.mtu == 1450 for lk in state.links.values())
+
+
+def test_plan_is_pure_deterministic_and_creates_before_users() -> None:
+    v = view(A, B, C, D)
+    empty = KernelState()
+    ops = plan_kernel(v, empty)
+    assert ops == plan_kernel(v, empty)
+    provided: set[str] = set()
+    for op in ops:
+        assert op.needs <= provided, f"{op} before what it needs"
+        provided |= op.provides
+        assert str(op) and "\n" not in str(op)
+
+
+def test_applying_the_same_ops_twice_is_harmless() -> None:
+    v = view(A, C)
+    fk = fake_for(v)
+    ops = plan_kernel(v, fk.observe(v))
+    fk.apply(ops)
+    first = fk.observe(v)
+    fk.apply(ops)
+    assert fk.observe(v) == first
+
+
+def test_remote_endpoints_added_moved_and_removed() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C))
+    state = converge(fk, view(A, C, D, E))
+    assert state.fdb[VX] >= {FdbEntry(D.mac, H3.vtep), FdbEntry(E.mac, H3.vtep)}
+    assert NeighEntry(E.ip, E.mac) in state.neigh[VX]
+    moved = replace(C, host="h3")  # C's MAC now lives behind h3
+    ops = plan_kernel(view(A, moved, D), fk.observe(view(A, moved, D)))
+    assert PutFdb(VX, C.mac, H3.vtep) in ops  # rewritten in place (replace), not del + add
+    assert DelFdb(VX, C.mac, H2.vtep) not in ops
+    state = converge(fk, view(A, moved, D))
+    assert state.fdb[VX] == {
+        FdbEntry(C.mac, H3.vtep),
+        FdbEntry(D.mac, H3.vtep),
+        FdbEntry(ZERO_MAC, H3.vtep),
+    }
+    assert state.neigh[VX] == {NeighEntry(C.ip, C.mac), NeighEntry(D.ip, D.mac)}
+    state = converge(fk, view(A))
+    assert state.fdb[VX] == frozenset()
+    assert state.neigh[VX] == frozenset()
+
+
+def test_flood_list_follows_member_hosts() -> None:
+    fk = fake_for()
+    state = converge(fk, view(A, C))
+    assert {e.dst for e in state.fdb[VX] if e.mac == ZERO_MAC} == {H2.vtep}
+    state = converge(fk, view(A, C, D))
+    assert {e.dst for e in state.fdb[VX] if e.mac == ZERO_MAC} == {H2.vtep, H3.vtep}
+    ops = plan_kernel(view(A, D), fk.observe(view(A, D)))
+    assert DelFdb(VX, ZERO_MAC, H2.vtep) in ops
+    assert AddFlood(VX, H3.vtep) not in ops
+    state = converge(fk, view(A, D))
+    assert {e.dst for e in state.fdb[VX] if e.mac == ZERO_MAC} == {H3.vtep}
+
+
+def test_last_local_endpoint_leaving_removes_the_network_devices() -> None:
+    r1, r2 = ep("r1", "h1", 10, net="red"), ep("r2", "h2", 11, net="red")
+    fk = fake_for()
+    converge(fk, view(A, B, C, r1, r2))
+    state = converge(fk, view(A, C, r1, r2))  # b leaves: its veth goes, the network stays
+    assert veth_host_name("blue", "b") not in state.links
+    assert {BR, VX} <= owned(state)
+    ops = plan_kernel(view(C, r1), fk.observe(view(C, r1)))
+    # blue goes (no local endpoint left) with no per-entry deletes: the device takes them along;
+    # red loses r2's entries first, then links are deleted.
+    assert not any(isinstance(op, DelFdb | DelNeigh) and op.dev == VX for op in ops)
+    kinds = [type(op) for op in ops]
+    first_link_del = kinds.index(DelLink)
+    assert all(k not in (DelFdb, DelNeigh) for k in kinds[first_link_del:])
+    assert ops[first_link_del:][:3] == (
+        DelLink(veth_host_name("blue", "a")),
+        DelLink(VX),
+        DelLink(BR),
+    )
+    state = converge(fk, view(C, r1))
+    assert owned(state) == {bridge_name(200), vxlan_name(200), veth_host_name("red", "r1")}
+    assert VX not in state.fdb
+    state = converge(fk, view())
+    assert owned(state) == set()
+    assert fk.observe(view()) == KernelState()
+
+
+def test_unowned_objects_are_never_deleted_or_adopted() -> None:
+    fk = fake_for()
+    fk.add_foreign_link("hdxyz")
+    fk.add_foreign_link(BR)  # a look-alike holding the name we want
+    fk.add_foreign_link("eth0")
+    v = view(A, C)
+    for netns, _ in endpoint_keys(v):
+        fk.add_netns(netns)
+    ops = plan_kernel(v, fk.observe(v))
+    assert not any(isinstance(op, DelLink) for op in ops)
+    assert EnsureBridge(BR, 1450) in ops
+    with pytest.raises(DataPlaneError) as err:
+        fk.apply(ops)
+    assert err.value.op == EnsureBridge(BR, 1450)
+    assert "not owned" in str(err.value)
+    assert err.value.skipped  # everything that needed the bridge
+    state = fk.observe(v)
+    assert state.links[BR].owned is False
+    assert "hdxyz" in state.links
+    assert "eth0" not in state.links  # not ours by name: not even reported
+    assert plan_kernel(view(), state) == ()  # nothing owned: nothing to delete
+
+
+def test_foreign_interface_in_endpoint_netns_is_not_touched() -> None:
+    fk = fake_for()
+    fk.add_foreign_iface("ns-a", "eth0")
+    v = view(A, C)
+    with pytest.raises(DataPlaneError) as err:
+        fk.apply(plan_kernel(v, fk.observe(v)))
+    assert isinstance(err.value.op, ConfigureEndpoint)
+    side = fk.observe(v).endpoints["ns-a", "eth0"]
+    assert (side.owned, side.addresses) == (False, frozenset())
+
+
+def test_mtu_change_reaches_every_object() -> None:
+    fk = fake_for()
+    converge(fk, view(A, B, C))
+    small = view(A, B, C, nets=(replace(BLUE, mtu=1300), RED))
+    state = converge(fk, small)
+    assert {lk.mtu for lk in state.links.values()} == {1300}
+    assert {s.mtu for s in state.endpoints.values()} == {1300}
+    fk.set_mtu(VX, 1500)  # drift
+    ops = plan_kernel(small, fk.observe(small))
+    assert [type(op) for op in ops] == [EnsureVxlan]
+
+
+def test_vtep_change_recreates_the_vxlan_device() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C))
+    moved_host = Host("h1", "192.0.2.9")
+    v = view(A, C, host=moved_host)
+    ops = plan_kernel(v, fk.observe(v))
+    assert ops.index(DelLink(VX)) < ops.index(EnsureVxlan(VX, 100, "192.0.2.9", 1450, BR))
+    assert PutFdb(VX, C.mac, H2.vtep) in ops  # the new device starts empty
+    fk.apply(ops)
+    state = fk.observe(v)
+    assert plan_kernel(v, state) == ()
+    attrs = state.links[VX].vxlan
+    assert attrs is not None
+    assert attrs.local == "192.0.2.9"
+
+
+def test_failed_op_skips_its_dependants_only_and_next_pass_repairs() -> None:
+    v = view(A, B, C)
+    fk = fake_for(v)
+    fk.fail_next(EnsureVeth)
+    with pytest.raises(DataPlaneError) as err:
+        fk.apply(plan_kernel(v, fk.observe(v)))
+    failed_veth = err.value.op
+    assert isinstance(failed_veth, EnsureVeth)
+    assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint]
+    state = fk.observe(v)
+    assert FdbEntry(C.mac, H2.vtep) in state.fdb[VX]  # independent ops still applied
+    assert plan_kernel(v, state)[0] == failed_veth
+    converge(fk, v)
+
+
+def test_missing_endpoint_netns_fails_only_that_endpoint() -> None:
+    v = view(A, B, C)
+    fk = FakeKernel(H1.vtep, netns=("ns-a",))  # ns-b does not exist
+    with pytest.raises(DataPlaneError) as err:
+        fk.apply(plan_kernel(v, fk.observe(v)))
+    assert len(err.value.failures) == 1
+    assert "ns-b does not exist" in str(err.value)
+    state = fk.observe(v)
+    assert state.endpoints["ns-b", "eth0"].netns_exists is False
+    assert state.endpoints["ns-a", "eth0"].present
+    fk.add_netns("ns-b")
+    converge(fk, v)
+
+
+def test_docker_endpoint_peer_stays_in_host_namespace_until_taken() -> None:
+    dock = ep("k", "h1", 12, netns=None)
+    fk = fake_for()
+    state = converge(fk, view(dock, C))
+    peer = state.links[veth_peer_name("blue", "k")]
+    assert (peer.mac, peer.mtu, peer.master) == (dock.mac, 1450, None)
+    assert state.endpoints == {}
+    fk.move_peer(veth_peer_name("blue", "k"), "docker-ns")  # Docker takes it
+    assert plan_kernel(view(dock, C), fk.observe(view(dock, C))) == ()
+    state = converge(fk, view(C, A))
+    assert veth_host_name("blue", "k") not in state.links
+
+
+def test_stale_entries_and_drift_are_repaired() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C, D))
+    fk.drop_fdb(VX, C.mac, H2.vtep)
+    ops = plan_kernel(view(A, C, D), fk.observe(view(A, C, D)))
+    assert ops == (PutFdb(VX, C.mac, H2.vtep),)
+    converge(fk, view(A, C, D))
+
+
+def test_endpoint_moving_between_networks_and_namespaces() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C))
+    a_red = replace(ep("a", "h1", 10, net="red"), netns="ns-a")
+    state = converge(fk, view(a_red, C))
+    assert veth_host_name("blue", "a") not in state.links
+    assert state.endpoints["ns-a", "eth0"].addresses == {"10.2.0.10/24"}
+
+
+def _ops_only(ops: tuple[KernelOp, ...], kind: type) -> list[KernelOp]:
+    return [op for op in ops if isinstance(op, kind)]
+
+
+def test_owned_link_of_wrong_kind_is_replaced() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C))
+    state = fk.observe(view(A, C))
+    links = dict(state.links)
+    links[BR] = replace(links[BR], kind="vxlan")
+    ops = plan_kernel(view(A, C), replace(state, links=links))
+    assert _ops_only(ops, DelLink) == [DelLink(BR)]
+    assert _ops_only(ops, EnsureBridge) == [EnsureBridge(BR, 1450)]
