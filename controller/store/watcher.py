@@ -123,9 +123,11 @@ class Watcher:
         while not self._stop.is_set():
             retryer = tenacity.Retrying(
                 retry=tenacity.retry_if_exception_type(StoreUnavailable),
-                wait=tenacity.wait_exponential_jitter(
-                    initial=self._initial_backoff, max=self._max_backoff, jitter=0.5
-                ),
+                # exponential from initial_backoff plus up to 0.5 s of jitter, capped in total
+                wait=tenacity.wait_exponential(
+                    multiplier=self._initial_backoff, max=max(0.0, self._max_backoff - 0.5)
+                )
+                + tenacity.wait_random(0, min(0.5, self._max_backoff)),
                 stop=tenacity.stop_when_event_set(self._stop),
                 sleep=self._sleep,
                 before_sleep=self._before_sleep,
