@@ -305,7 +305,13 @@ def run_agent(args: argparse.Namespace) -> int:
     trigger = Trigger()
     cache = Cache()
 
+    agent_pid = os.getpid()
+
     def on_signal(signum: int, _frame: object) -> None:
+        if os.getpid() != agent_pid:  # a short-lived child (pyroute2's netns helper) inherited us
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         log.info("signal %d: stopping", signum)
         stop.set()
         trigger.fire()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from controller.model.errors import HeddleError
 from controller.model.records import Host
 from controller.model.view import HostView, Snapshot, host_view
 from controller.reconcile.trigger import Trigger
@@ -101,7 +102,10 @@ class Reconciler(Generic[S, O]):
                 applied,
             )
         except Exception as exc:  # a pass must never kill the agent
-            log.exception("pass at revision %d failed", snap.revision)
+            if isinstance(exc, HeddleError):  # expected (a missing netns, etcd down): no trace
+                log.warning("pass at revision %d failed: %s", snap.revision, exc)
+            else:
+                log.exception("pass at revision %d failed", snap.revision)
             result = PassResult(
                 snap.revision,
                 started,

@@ -1,0 +1,194 @@
+"""The reconcile pass and loop on stateful fakes: MemoryKV → Cache → Reconciler → FakeKernel.
+
+Asserts end states (what the fake kernel holds, what status says), not call sequences.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from controller.dataplane.fake_kernel import FakeKernel
+from controller.desired import DesiredState
+from controller.model import codec
+from controller.model.records import Host
+from controller.plan.kernel_ops import ConfigureEndpoint
+from controller.reconcile.loop import PassResult, Reconciler
+from controller.reconcile.status import StatusWriter
+from controller.reconcile.trigger import Trigger
+from controller.store import keys
+from controller.store.cache import Cache
+from controller.store.memory import MemoryKV
+
+H1 = Host("h1", "172.31.253.1")
+H2 = Host("h2", "172.31.253.2", underlay_mtu=9000)
+
+
+def world() -> tuple[MemoryKV, Cache, FakeKernel, DesiredState]:
+    kv = MemoryKV()
+    for h in (H1, H2):
+        kv.put_raw(keys.host(h.name), codec.encode_host(h))
+    return kv, Cache(), FakeKernel(H1.vtep, netns=("c1", "c2", "c3")), DesiredState(kv)
+
+
+def sync(kv: MemoryKV, cache: Cache) -> None:
+    cache.replace_all(kv.list(keys.ROOT))
+
+
+def make(
+    cache: Cache,
+    fk: FakeKernel,
+    kv: MemoryKV | None = None,
+    trigger: Trigger | None = None,
+    resync: float = 30.0,
+) -> Reconciler[object, object]:
+    on_result = StatusWriter(kv, H1.name) if kv is not None else (lambda r: None)
+    return Reconciler(
+        H1,
+        cache.snapshot,
+        fk,
+        trigger or Trigger(),
+        on_result,  # type: ignore[arg-type]
+        resync_interval=resync,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )
+
+
+def test_pass_converges_and_second_pass_is_empty() -> None:
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24", gateway="10.1.0.1")
+    local = ds.create_endpoint("blue", "h1", netns="c1")
+    remote = ds.create_endpoint("blue", "h2", netns="x")
+    sync(kv, cache)
+    rec = make(cache, fk, kv)
+    desired_rev = kv.revision
+    first = rec.run_pass()
+    assert first.ok and first.changes > 0
+    assert rec.run_pass().changes == 0
+    state = fk.observe(rec_view(cache))
+    vx = [link for link in state.links.values() if link.kind == "vxlan"]
+    assert len(vx) == 1 and vx[0].mtu == 1450  # min(1500, 9000) - 50
+    assert {(f.mac, f.dst) for f in state.fdb[vx[0].name]} >= {(remote.mac, H2.vtep)}
+    assert {(n.ip, n.mac) for n in state.neigh[vx[0].name]} == {(remote.ip, remote.mac)}
+    assert state.endpoints[("c1", "eth0")].present
+    assert any(a.startswith(local.ip + "/") for a in state.endpoints[("c1", "eth0")].addresses)
+    status = codec.decode_status(kv.get(keys.status("h1")).value)  # type: ignore[union-attr]
+    assert status.ok and status.revision == desired_rev
+
+
+def rec_view(cache: Cache):  # type: ignore[no-untyped-def]
+    from controller.model.view import host_view
+
+    return host_view(cache.snapshot(), H1)
+
+
+def test_last_endpoint_leaving_removes_everything_owned_only() -> None:
+    kv, cache, fk, ds = world()
+    fk.add_foreign_link("hdmine-not")  # looks like ours by name, but has no owner marker
+    ds.create_network("blue", "10.1.0.0/24")
+    ep = ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    rec = make(cache, fk)
+    rec.run_pass()
+    ds.remove_endpoint("blue", ep.id)
+    sync(kv, cache)
+    assert rec.run_pass().ok
+    state = fk.observe(rec_view(cache))
+    assert [link.name for link in state.links.values() if link.owned] == []
+    assert "hdmine-not" in state.links
+
+
+def test_bad_records_are_reported_and_skipped() -> None:
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    good = ds.create_endpoint("blue", "h1", netns="c1")
+    kv.put_raw(keys.endpoint("blue", "garbage"), "{not json")
+    kv.put_raw(
+        keys.endpoint("nonet", "e1"),
+        codec.encode_endpoint(
+            good.__class__("e1", "nonet", "h1", "10.9.0.2", "02:00:0a:09:00:02", "c2")
+        ),
+    )
+    kv.put_raw(
+        keys.endpoint("blue", "e2"),
+        codec.encode_endpoint(
+            good.__class__("e2", "blue", "ghost", "10.1.0.77", "02:00:0a:01:00:4d", "c2")
+        ),
+    )
+    sync(kv, cache)
+    result = make(cache, fk, kv).run_pass()
+    assert result.ok
+    assert len(result.problems) == 3
+    joined = " ".join(result.problems)
+    assert "garbage" in joined and "nonet" in joined and "ghost" in joined
+    status = codec.decode_status(kv.get(keys.status("h1")).value)  # type: ignore[union-attr]
+    assert len(status.skipped) == 3
+    assert fk.observe(rec_view(cache)).endpoints[("c1", "eth0")].present
+
+
+def test_failure_is_reported_then_repaired_by_the_loop() -> None:
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    fk.fail_next(ConfigureEndpoint)
+    results: list[PassResult] = []
+    trigger = Trigger()
+    rec = Reconciler(
+        H1,
+        cache.snapshot,
+        fk,
+        trigger,
+        results.append,
+        resync_interval=30,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )
+    t = threading.Thread(target=rec.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (results and results[-1].ok):
+        time.sleep(0.01)
+    rec.stop()
+    t.join(5)
+    assert not results[0].ok and "injected failure" in (results[0].error or "")
+    assert results[-1].ok
+    assert rec.run_pass().changes == 0
+
+
+def test_wake_up_runs_a_pass_and_idle_loop_does_not_spin() -> None:
+    kv, cache, fk, ds = world()
+    sync(kv, cache)
+    trigger = Trigger()
+    results: list[PassResult] = []
+    rec = Reconciler(H1, cache.snapshot, fk, trigger, results.append, resync_interval=30)
+    t = threading.Thread(target=rec.run, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    idle_passes = len(results)
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    trigger.fire()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(r.changes for r in results):
+        time.sleep(0.01)
+    rec.stop()
+    t.join(5)
+    assert idle_passes == 1
+    assert any(r.changes for r in results)
+
+
+def test_status_writer_skips_identical_quiet_passes() -> None:
+    kv = MemoryKV()
+    w = StatusWriter(kv, "h1", heartbeat=60)
+    r = PassResult(5, time.time(), 0.001, 0, True, None, ())
+    w(r)
+    rev = kv.revision
+    w(PassResult(5, time.time(), 0.001, 0, True, None, ()))
+    assert kv.revision == rev  # nothing new to say
+    w(PassResult(6, time.time(), 0.001, 2, True, None, ()))
+    assert kv.revision == rev + 1
+    kv.available = False
+    w(PassResult(7, time.time(), 0.001, 0, False, "boom", ()))  # must not raise
