@@ -65,28 +65,56 @@ class DependentOp(Protocol):
 D = TypeVar("D", bound=DependentOp)
 
 
-def apply_all(ops: Iterable[D], apply_one: Callable[[D], None]) -> None:
-    """Apply ``ops`` in order with ``apply_one``; the failure policy shared by every driver.
+def apply_all(
+    ops: Iterable[D],
+    apply_one: Callable[[D], None],
+    *,
+    batchable: Callable[[D], bool] | None = None,
+    apply_batch: Callable[[Sequence[D]], Sequence[str | None]] | None = None,
+    batch_size: int = 256,
+) -> None:
+    """Apply ``ops`` in order; the failure policy shared by every driver.
 
     An op whose ``apply_one`` raises ``OpFailed`` is recorded and marks what it ``provides`` as
-    broken; later ops that ``need`` something broken are skipped (and marked broken in turn).
-    Every other op is still applied, so one bad endpoint (say, its netns is missing) does not
-    stop the rest of the host from converging. Raises ``DataPlaneError`` at the end if any op
-    failed. Any other exception is a bug and propagates at once.
+    broken; later ops that ``need`` something broken are skipped (and mark what they provide as
+    broken in turn). Every other op is still applied, so one bad endpoint (say, its netns is
+    missing) does not stop the rest of the host from converging. Raises ``DataPlaneError`` at
+    the end if any op failed. Any other exception is a bug and propagates at once.
+
+    Optionally, runs of consecutive ops for which ``batchable(op)`` holds (ops that provide
+    nothing, such as FDB entries) go to ``apply_batch`` in chunks of at most ``batch_size``;
+    it returns one failure reason (or ``None``) per op, in order.
     """
     failures: list[tuple[object, str]] = []
     skipped: list[object] = []
     broken: set[str] = set()
+    pending: list[D] = []
+
+    def flush() -> None:
+        if pending and apply_batch is not None:
+            for op, reason in zip(pending, apply_batch(pending), strict=True):
+                if reason is not None:
+                    failures.append((op, reason))
+                    broken.update(op.provides)
+        pending.clear()
+
     for op in ops:
         if op.needs & broken:
             skipped.append(op)
             broken |= op.provides
             continue
+        if batchable is not None and apply_batch is not None and batchable(op):
+            pending.append(op)
+            if len(pending) >= batch_size:
+                flush()
+            continue
+        flush()
         try:
             apply_one(op)
         except OpFailed as exc:
             failures.append((op, exc.reason))
             broken |= op.provides
+    flush()
     if failures:
         first, reason = failures[0]
         raise DataPlaneError(first, reason, failures, skipped)

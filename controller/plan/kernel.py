@@ -228,63 +228,68 @@ def _side_ok(side: EndpointSide | None, ep: Endpoint, nv: NetworkView, mtu: int)
 
 
 def _desired_unicast(nv: NetworkView) -> dict[str, str]:
-    """MAC -> VTEP. A MAC claimed twice is realised once (first in sorted order), so the plan
-    still converges; the view is where such a conflict should be reported."""
+    """MAC -> VTEP. A MAC claimed twice is realised once (smallest VTEP), so the plan still
+    converges; the view is where such a conflict should be reported."""
     out: dict[str, str] = {}
-    for r in sorted(nv.remote, key=lambda r: (r.mac, r.vtep, r.ip)):
-        out.setdefault(r.mac, r.vtep)
+    for r in nv.remote:
+        cur = out.get(r.mac)
+        if cur is None or r.vtep < cur:
+            out[r.mac] = r.vtep
     return out
 
 
 def _desired_neigh(nv: NetworkView) -> dict[str, str]:
+    """IP -> MAC; an address claimed twice is realised once (smallest MAC)."""
     out: dict[str, str] = {}
-    for r in sorted(nv.remote, key=lambda r: (r.ip, r.mac)):
-        out.setdefault(r.ip, r.mac)
+    for r in nv.remote:
+        cur = out.get(r.ip)
+        if cur is None or r.mac < cur:
+            out[r.ip] = r.mac
     return out
 
 
 def _fdb_dels(vx: str, nv: NetworkView, have: Iterable[FdbEntry]) -> list[KernelOp]:
     unicast = _desired_unicast(nv)
     flood = set(nv.flood)
-    dsts_of: dict[str, list[str]] = {}
+    dsts_of: dict[str, int] = {}
     for e in have:
-        dsts_of.setdefault(e.mac, []).append(e.dst)
-    ops: list[KernelOp] = []
-    for e in sorted(have):
+        dsts_of[e.mac] = dsts_of.get(e.mac, 0) + 1
+    stale: list[tuple[str, str]] = []
+    for e in have:
         if e.mac == ZERO_MAC:
             if e.dst not in flood:
-                ops.append(DelFdb(vx, e.mac, e.dst))
+                stale.append((e.mac, e.dst))
         elif e.mac not in unicast:
-            ops.append(DelFdb(vx, e.mac, e.dst))
-        elif e.dst != unicast[e.mac] and len(dsts_of[e.mac]) > 1:
+            stale.append((e.mac, e.dst))
+        elif e.dst != unicast[e.mac] and dsts_of[e.mac] > 1:
             # A single wrong destination is rewritten in place by PutFdb (replace); extra
             # destinations on a unicast MAC would survive a replace, so remove them.
-            ops.append(DelFdb(vx, e.mac, e.dst))
-    return ops
+            stale.append((e.mac, e.dst))
+    return [DelFdb(vx, mac, dst) for mac, dst in sorted(stale)]
 
 
-def _fdb_puts(vx: str, nv: NetworkView, have: frozenset[FdbEntry]) -> list[KernelOp]:
+def _fdb_puts(vx: str, nv: NetworkView, have: Iterable[FdbEntry]) -> list[KernelOp]:
+    present = {(e.mac, e.dst) for e in have}
     ops: list[KernelOp] = []
     for mac, dst in sorted(_desired_unicast(nv).items()):
-        if FdbEntry(mac, dst) not in have:
+        if (mac, dst) not in present:
             ops.append(PutFdb(vx, mac, dst))
     for dst in sorted(set(nv.flood)):
-        if FdbEntry(ZERO_MAC, dst) not in have:
+        if (ZERO_MAC, dst) not in present:
             ops.append(AddFlood(vx, dst))
     return ops
 
 
 def _neigh_dels(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[KernelOp]:
     want = _desired_neigh(nv)
-    return [DelNeigh(vx, e.ip) for e in sorted(have) if e.ip not in want]
+    return [DelNeigh(vx, ip) for ip in sorted(e.ip for e in have if e.ip not in want)]
 
 
 def _neigh_puts(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[KernelOp]:
-    by_ip = {e.ip: e for e in have}
+    by_ip = {e.ip: (e.mac, e.permanent) for e in have}
     ops: list[KernelOp] = []
     for ip, mac in sorted(_desired_neigh(nv).items()):
-        cur = by_ip.get(ip)
-        if cur is None or cur.mac != mac or not cur.permanent:
+        if by_ip.get(ip) != (mac, True):
             ops.append(PutNeigh(vx, ip, mac))
     return ops
 

@@ -24,7 +24,14 @@ from controller.dataplane.kernel_state import FdbEntry, KernelState, LinkState, 
 from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
-from controller.plan.kernel_ops import ConfigureEndpoint, PutFdb
+from controller.plan.kernel_ops import (
+    AddFlood,
+    ConfigureEndpoint,
+    DelFdb,
+    DelNeigh,
+    PutFdb,
+    PutNeigh,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -241,3 +248,27 @@ def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab) -> None:
             real_state = converge(dp, view)
             fake_state = converge(fake, view)
             assert _normalise(real_state) == _normalise(fake_state)
+
+
+def test_entry_ops_report_per_op_results(lab: Lab) -> None:
+    view = view_of(snapshot(lab))
+    vx = vxlan_name(VNI)
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        converge(dp, view)
+        good = PutNeigh(vx, "10.77.0.99", "02:42:0a:4d:00:63")
+        with pytest.raises(DataPlaneError) as err:
+            dp.apply(
+                [
+                    PutFdb("hdxnope", "02:42:0a:4d:00:63", "192.0.2.9"),  # no such device
+                    DelFdb(vx, "02:42:0a:4d:00:99", "192.0.2.9"),  # absent: fine
+                    DelNeigh(vx, "10.77.0.98"),  # absent: fine
+                    AddFlood(vx, "192.0.2.2"),  # present already: fine
+                    good,
+                ]
+            )
+        assert [op for op, _ in err.value.failures] == [
+            PutFdb("hdxnope", "02:42:0a:4d:00:63", "192.0.2.9")
+        ]
+        state = dp.observe(view)
+        assert NeighEntry("10.77.0.99", "02:42:0a:4d:00:63") in state.neigh[vx]
+        assert dp.plan(view, state) == (DelNeigh(vx, "10.77.0.99"),)

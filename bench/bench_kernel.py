@@ -1,0 +1,196 @@
+"""Benchmark of the kernel data plane at 5,000 remote endpoints over 50 remote VTEPs (root).
+
+Measures, in one throw-away host netns (``hdt-b<random>-h``, deleted afterwards even on error):
+
+* first pass: observe + plan + apply from nothing (bridge, vxlan, 1 local endpoint,
+  5,000 FDB + 5,000 neighbour + 50 flood entries),
+* no-op pass: observe + plan on the converged host (must plan nothing),
+* incremental pass: one remote endpoint added and one removed,
+* baseline: the same FDB + neighbour + flood entries written by a plain pyroute2 loop (one
+  request per entry) onto a fresh VXLAN device, so the first pass can be reported as a ratio
+  to raw netlink.
+
+Prints a table and writes JSON to ``bench/results/kernel-<UTC timestamp>.json``.
+Run: ``.venv/bin/python bench/bench_kernel.py [--remotes 5000] [--vteps 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+from pyroute2 import IPRoute, netns
+
+from controller.dataplane.kernel import KernelDataPlane
+from controller.model.records import Endpoint, Host, Network
+from controller.model.view import HostView, Snapshot, host_view
+from controller.plan.kernel_ops import ZERO_MAC
+
+T = TypeVar("T")
+RESULTS = Path(__file__).resolve().parent / "results"
+LOCAL = Host("h0", "198.51.100.1")
+NET = Network("bench", 0xBE, "10.200.0.0/16")
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def build_snapshot(remotes: int, vteps: int, ep_ns: str) -> Snapshot:
+    hosts = {LOCAL.name: LOCAL}
+    for i in range(vteps):
+        h = Host(f"r{i}", f"198.51.{101 + i // 250}.{1 + i % 250}")
+        hosts[h.name] = h
+    base = int(ipaddress.IPv4Address("10.200.1.0"))
+    eps: dict[tuple[str, str], Endpoint] = {}
+    local = Endpoint("local", NET.name, LOCAL.name, "10.200.0.10", "02:be:0a:c8:00:0a", ep_ns)
+    eps[NET.name, local.id] = local
+    for i in range(remotes):
+        ip = ipaddress.IPv4Address(base + i)
+        p = ip.packed
+        mac = f"02:be:{p[0]:02x}:{p[1]:02x}:{p[2]:02x}:{p[3]:02x}"
+        e = Endpoint(f"e{i}", NET.name, f"r{i % vteps}", str(ip), mac)
+        eps[NET.name, e.id] = e
+    return Snapshot(revision=1, networks={NET.name: NET}, endpoints=eps, hosts=hosts)
+
+
+def one_pass(dp: KernelDataPlane, view: HostView) -> dict[str, float | int]:
+    state, t_obs = timed(lambda: dp.observe(view))
+    ops, t_plan = timed(lambda: dp.plan(view, state))
+    _, t_apply = timed(lambda: dp.apply(ops))
+    return {
+        "ops": len(ops),
+        "observe_s": t_obs,
+        "plan_s": t_plan,
+        "apply_s": t_apply,
+        "total_s": t_obs + t_plan + t_apply,
+    }
+
+
+def raw_baseline(ns: str, view: HostView) -> dict[str, float | int]:
+    """The same entries, one plain pyroute2 request each, on a fresh VXLAN device."""
+    nv = view.networks[0]
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link(
+            "add",
+            ifname="hdtraw",
+            kind="vxlan",
+            vxlan_id=0xBF,
+            vxlan_local=LOCAL.vtep,
+            vxlan_port=4789,
+            vxlan_learning=0,
+            vxlan_proxy=1,
+        )
+        idx = ipr.link("get", ifname="hdtraw")[0]["index"]
+
+        def write() -> int:
+            n = 0
+            for r in nv.remote:
+                ipr.fdb("replace", ifindex=idx, lladdr=r.mac, dst=r.vtep, state=0xC0, flags=2)
+                ipr.neigh("replace", ifindex=idx, dst=r.ip, lladdr=r.mac, state=0x80)
+                n += 2
+            for vtep in nv.flood:
+                ipr.fdb("append", ifindex=idx, lladdr=ZERO_MAC, dst=vtep)
+                n += 1
+            return n
+
+        n, t = timed(write)
+        ipr.link("del", index=idx)
+    return {"ops": n, "total_s": t}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--remotes", type=int, default=5000)
+    ap.add_argument("--vteps", type=int, default=50)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_kernel needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+
+    prefix = f"hdt-b{uuid.uuid4().hex[:6]}"
+    host_ns, ep_ns = f"{prefix}-h", f"{prefix}-e"
+    created: list[str] = []
+    try:
+        for name in (host_ns, ep_ns):
+            netns.create(name)
+            created.append(name)
+        snap = build_snapshot(args.remotes, args.vteps, ep_ns)
+        view = host_view(snap, LOCAL)
+        with KernelDataPlane(LOCAL.vtep, netns=host_ns) as dp:
+            first = one_pass(dp, view)
+            noop = one_pass(dp, view)
+            assert noop["ops"] == 0, f"no-op pass planned {noop['ops']} ops"
+            eps = dict(snap.endpoints)
+            gone = eps.pop((NET.name, "e0"))
+            new = replace(gone, id="enew", ip="10.200.255.1", mac="02:be:0a:c8:ff:01")
+            eps[NET.name, new.id] = new
+            view2 = host_view(replace(snap, endpoints=eps), LOCAL)
+            incr = one_pass(dp, view2)
+            after = one_pass(dp, view2)
+            assert after["ops"] == 0, f"pass after the change planned {after['ops']} ops"
+        raw = raw_baseline(host_ns, view)
+    finally:
+        for name in created:
+            netns.remove(name)
+
+    entries = 2 * args.remotes + args.vteps
+    ratio = float(first["apply_s"]) / float(raw["total_s"])
+    rows = [
+        ("first pass (observe+plan+apply)", first),
+        ("no-op pass (observe+plan)", noop),
+        ("incremental (+1/-1 remote)", incr),
+        ("raw pyroute2 loop (entries only)", raw),
+    ]
+    print(f"kernel data plane: {args.remotes} remote endpoints over {args.vteps} VTEPs")
+    print(f"{'pass':36} {'ops':>7} {'observe':>9} {'plan':>9} {'apply':>9} {'total':>9}")
+    for label, r in rows:
+
+        def cell(key: str, r: dict[str, float | int] = r) -> str:
+            return f"{float(r[key]) * 1000:7.1f}ms" if key in r else f"{'-':>9}"
+
+        print(
+            f"{label:36} {int(r['ops']):7d} {cell('observe_s')} {cell('plan_s')} "
+            f"{cell('apply_s')} {cell('total_s')}"
+        )
+    print(f"first-pass apply / raw loop = {ratio:.2f}x  ({entries} FDB+neigh+flood entries)")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = RESULTS / f"kernel-{stamp}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "remotes": args.remotes,
+                "vteps": args.vteps,
+                "entries": entries,
+                "first_pass": first,
+                "noop_pass": noop,
+                "incremental_pass": incr,
+                "raw_pyroute2_loop": raw,
+                "apply_vs_raw_ratio": ratio,
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+                "loadavg": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
