@@ -218,7 +218,7 @@ class EtcdKV:
         """
         raw = prefix.encode()
         req = etcdrpc.RangeRequest(
-            key=raw,
+            key=raw or b"\0",  # "" means every key: [\0, \0) is etcd's "all keys" range
             range_end=utils.prefix_range_end(raw) if raw else b"\0",
             revision=revision or 0,
             sort_order=etcdrpc.RangeRequest.ASCEND,

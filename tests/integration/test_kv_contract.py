@@ -337,6 +337,18 @@ def test_compaction_boundary(store: Store) -> None:
     assert [i.key for i in kv.list(P, r3).items] == [P + "b"]
 
 
+def test_compact_future_revision_is_refused(store: Store) -> None:
+    """etcd refuses to compact past its current revision ("required revision is a future
+    revision"); EtcdKV reports that as StoreUnavailable and nothing is compacted."""
+    if store.name == "memory":
+        pytest.xfail("MemoryKV clamps compact(revision > current) to the current revision")
+    kv = store.kv
+    r1 = put(kv, P + "a", "1")
+    with pytest.raises(StoreUnavailable, match="future revision"):
+        kv.compact(r1 + 100)
+    assert kv.list(P, r1).revision == r1
+
+
 def test_progress_notifications(store: Store) -> None:
     """An idle watch gets empty batches carrying the current revision (etcd server run with
     --experimental-watch-progress-notify-interval=1s by EtcdServer)."""
