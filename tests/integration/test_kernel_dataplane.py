@@ -70,6 +70,12 @@ def lab() -> Iterator[Lab]:
             netns.remove(name)
 
 
+@pytest.fixture(params=[True, False], ids=["raw-netlink", "pyroute2"])
+def fast(request: pytest.FixtureRequest) -> bool:
+    """Both entry paths of KernelDataPlane (``fast_netlink``) must behave the same."""
+    return bool(request.param)
+
+
 def snapshot(lab: Lab, *, net: Network | None = None, extra: tuple[Endpoint, ...] = ()) -> Snapshot:
     net = net or Network("blue", VNI, "10.77.0.0/24", gateway="10.77.0.1")
     eps = (
@@ -110,9 +116,12 @@ def ping(ns: str, ip: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def test_builds_network_as_desired_and_endpoints_ping(lab: Lab) -> None:
+def test_builds_network_as_desired_and_endpoints_ping(lab: Lab, fast: bool) -> None:
     view = view_of(snapshot(lab))
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
         converge(dp, view)
         by_name = {m.get("IFLA_IFNAME"): m for m in ipr.link("dump")}
         br, vx = by_name[bridge_name(VNI)], by_name[vxlan_name(VNI)]
@@ -166,9 +175,12 @@ def test_builds_network_as_desired_and_endpoints_ping(lab: Lab) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_fdb_entry_deleted_by_hand_is_replanned(lab: Lab) -> None:
+def test_fdb_entry_deleted_by_hand_is_replanned(lab: Lab, fast: bool) -> None:
     view = view_of(snapshot(lab))
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
         converge(dp, view)
         vx = ipr.link("get", ifname=vxlan_name(VNI))[0]["index"]
         ipr.fdb("del", ifindex=vx, lladdr="02:42:0a:4d:00:14", dst="192.0.2.2")
@@ -181,9 +193,12 @@ def test_fdb_entry_deleted_by_hand_is_replanned(lab: Lab) -> None:
         assert NeighEntry("10.77.0.30", "02:42:0a:4d:00:1e") in state.neigh[vxlan_name(VNI)]
 
 
-def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab) -> None:
+def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab, fast: bool) -> None:
     snap = snapshot(lab)
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp, IPRoute(netns=lab.host, flags=0) as ipr:
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
         ipr.link("add", ifname="hdxyz", kind="bridge")  # looks like ours, is not
         converge(dp, view_of(snap))
         # MTU change, a remote endpoint leaves, a remote MAC moves to another VTEP.
@@ -209,11 +224,11 @@ def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab) -> None:
             assert [m.get("IFLA_IFNAME") for m in ipa.link("dump")] == ["lo"]
 
 
-def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab) -> None:
+def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool) -> None:
     ghost = f"{lab.prefix}-g"
     g = Endpoint("g", "blue", "h1", "10.77.0.40", "02:42:0a:4d:00:28", netns=ghost)
     view = view_of(snapshot(lab, extra=(g,)))
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
         with pytest.raises(DataPlaneError) as err:
             dp.apply(dp.plan(view, dp.observe(view)))
         assert [type(op) for op, _ in err.value.failures] == [ConfigureEndpoint]
@@ -233,7 +248,7 @@ def _normalise(state: KernelState) -> KernelState:
     return replace(state, links=links)
 
 
-def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab) -> None:
+def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab, fast: bool) -> None:
     snap = snapshot(lab)
     eps = dict(snap.endpoints)
     del eps["blue", "e"]
@@ -243,17 +258,17 @@ def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab) -> None:
         view_of(replace(snap, endpoints={})),
     ]
     fake = FakeKernel(H1.vtep, netns=(lab.ep_a, lab.ep_b))
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
         for view in steps:
             real_state = converge(dp, view)
             fake_state = converge(fake, view)
             assert _normalise(real_state) == _normalise(fake_state)
 
 
-def test_entry_ops_report_per_op_results(lab: Lab) -> None:
+def test_entry_ops_report_per_op_results(lab: Lab, fast: bool) -> None:
     view = view_of(snapshot(lab))
     vx = vxlan_name(VNI)
-    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
         converge(dp, view)
         good = PutNeigh(vx, "10.77.0.99", "02:42:0a:4d:00:63")
         with pytest.raises(DataPlaneError) as err:
