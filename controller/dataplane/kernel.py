@@ -692,7 +692,10 @@ class KernelDataPlane:
             self._host().link("add", ifname=name, **kwarg)
         except NetlinkError as exc:
             if _code(exc) == errno.EEXIST:
-                raise OpFailed(f"link {name} appeared concurrently; retry next pass") from exc
+                raise OpFailed(
+                    f"cannot create {name}: a link of that name (or of its veth peer's name, "
+                    "or a VXLAN device with the same VNI and port) already exists"
+                ) from exc
             raise
         return self._mark(name)
 

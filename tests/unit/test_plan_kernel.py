@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
-from controller.dataplane.backend import DataPlaneError
+from controller.dataplane.backend import DataPlaneError, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.dataplane.kernel_state import FdbEntry, KernelState, NeighEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
@@ -325,3 +326,28 @@ def test_owned_link_of_wrong_kind_is_replaced() -> None:
     ops = plan_kernel(view(A, C), replace(state, links=links))
     assert _ops_only(ops, DelLink) == [DelLink(BR)]
     assert _ops_only(ops, EnsureBridge) == [EnsureBridge(BR, 1450)]
+
+
+def test_apply_all_batches_entry_runs_and_keeps_per_op_results() -> None:
+    seen: list[list[str]] = []
+    ops: list[KernelOp] = [
+        EnsureBridge(BR, 1450),
+        PutFdb(VX, C.mac, H2.vtep),
+        PutFdb(VX, D.mac, H3.vtep),
+        AddFlood(VX, H2.vtep),
+        EnsureVeth("hdv1", "hdp1", BR, 1450, A.mac),
+        DelNeigh(VX, C.ip),
+    ]
+
+    def one(op: KernelOp) -> None:
+        seen.append([str(op)])
+
+    def batch(chunk: Sequence[KernelOp]) -> list[str | None]:
+        seen.append([str(op) for op in chunk])
+        return ["boom" if isinstance(op, AddFlood) else None for op in chunk]
+
+    with pytest.raises(DataPlaneError) as err:
+        apply_all(ops, one, batchable=lambda op: not op.provides, apply_batch=batch, batch_size=2)
+    assert [len(call) for call in seen] == [1, 2, 1, 1, 1]  # bridge, 2+1 entries, veth, neigh
+    assert err.value.failures == ((AddFlood(VX, H2.vtep), "boom"),)
+    assert err.value.skipped == ()
