@@ -106,7 +106,7 @@ def _root_link_exists(name: str) -> bool:
         return _link_index(ipr, name) is not None
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """Environment for lab children: the checkout first on ``PYTHONPATH``, unbuffered output."""
     env = dict(os.environ)
     paths = [str(_REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -331,7 +331,7 @@ class Lab:
         with open(log_path, "ab") as log:
             proc = popen_in_netns(
                 None, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=_child_env(), cwd=self.workdir,
+                start_new_session=True, env=child_env(), cwd=self.workdir,
             )  # fmt: skip
         self._children[proc.pid] = proc
         keeper = self._ref_of(proc)
@@ -404,7 +404,7 @@ class Lab:
             log.flush()
             proc = popen_in_netns(
                 h.netns, self.agent_argv(host), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, env=_child_env(),
+                stderr=subprocess.STDOUT, start_new_session=True, env=child_env(),
                 cwd=self.workdir,
             )  # fmt: skip
         self._children[proc.pid] = proc

@@ -1,0 +1,86 @@
+"""Desired-state scenarios on a lab: endpoints in their own namespaces, convergence, cleanup.
+
+Shared by the e2e tests, the demo-like benchmarks and anyone scripting a lab. ``Scenario``
+remembers everything it created and ``cleanup`` removes it (networks with ``force``, then the
+endpoint namespaces), so a test or benchmark never leaves objects for the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from controller.desired import DesiredState
+from controller.lab.probes import owned_links, wait_status
+from controller.lab.topology import Lab
+from controller.model.errors import NotFound
+from controller.store.keys import ENDPOINTS
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An endpoint created by a scenario: where it lives and how to reach it."""
+
+    network: str
+    id: str
+    host: str
+    netns: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class Scenario:
+    """Creates networks and endpoints (each endpoint in its own namespace) and removes them.
+
+    ``converge`` waits until every agent has passed the revision of the newest endpoint record,
+    so a caller never races the reconciler. Not thread-safe.
+    """
+
+    lab: Lab
+    desired: DesiredState
+    networks: list[str] = field(default_factory=list)
+    placed: list[Placed] = field(default_factory=list)
+
+    def network(self, name: str, subnet: str, vni: int | None = None) -> None:
+        self.desired.create_network(name, subnet, vni=vni)
+        self.networks.append(name)
+
+    def endpoint(self, network: str, host: str, name: str, ip: str | None = None) -> Placed:
+        """Create namespace ``<prefix>-<name>`` and the endpoint ``name`` of ``network`` in it."""
+        ns = self.lab.add_netns(name)
+        ep = self.desired.create_endpoint(network, host, netns=ns, ip=ip, endpoint_id=name)
+        p = Placed(network, ep.id, host, ns, ep.ip, ep.mac)
+        self.placed.append(p)
+        return p
+
+    def remove(self, p: Placed) -> None:
+        """Remove the endpoint from the desired state (its namespace stays until cleanup)."""
+        self.desired.remove_endpoint(p.network, p.id)
+
+    def converge(self, timeout: float = 30.0) -> None:
+        probe = self.lab.etcd_http()
+        items, _ = probe.list(ENDPOINTS)
+        rev = max((it.mod_revision for it in items), default=0)
+        wait_status(probe, [h.name for h in self.lab.hosts], rev, timeout)
+
+    def cleanup(self) -> None:
+        for name in self.networks:
+            with contextlib.suppress(NotFound):
+                self.desired.remove_network(name, force=True)
+        for p in self.placed:
+            self.lab.remove_netns(p.netns)
+        self.networks.clear()
+        self.placed.clear()
+
+
+def wait_no_owned_links(lab: Lab, timeout: float = 15.0) -> dict[str, list[str]]:
+    """Wait until no host has a heddle-owned link; return what is left per host (empty = ok)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {h.name: [ln.name for ln in owned_links(h.netns)] for h in lab.hosts}
+        left = {k: v for k, v in left.items() if v}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)

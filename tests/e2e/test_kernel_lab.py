@@ -1,0 +1,266 @@
+"""End-to-end: three lab hosts with real agents (kernel backend) and a real etcd.
+
+One lab serves the whole module (``conftest.lab``); every test creates its own networks and
+endpoints through the desired-state API and removes them afterwards (``overlay`` fixture), so
+tests do not see each other's objects. Traffic only flows between namespaces the tests create.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute
+
+from controller.lab.capture import capturing, ipv4_from, judge
+from controller.lab.pinger import PingResult, parse_result, ping
+from controller.lab.probes import forge_neighbour, links, wait_ping
+from controller.lab.scenario import Placed, Scenario, wait_no_owned_links
+from controller.lab.topology import Lab, child_env
+from controller.model.naming import vxlan_name
+
+LAB_PREFIX = "hle"
+NTF_SELF = 0x02
+
+
+def _pairs(eps: list[Placed]) -> list[tuple[Placed, Placed]]:
+    return [(a, b) for a in eps for b in eps if a.network == b.network and a.host != b.host]
+
+
+def _spread(ov: Scenario, network: str, tag: str, ip_base: str | None = None) -> list[Placed]:
+    """One endpoint of ``network`` on each lab host; host k gets ``ip_base + k`` if given."""
+    out = []
+    for k, h in enumerate(ov.lab.hosts, start=1):
+        ip = f"{ip_base}{k}" if ip_base else None
+        out.append(ov.endpoint(network, h.name, f"{tag}{k}", ip=ip))
+    return out
+
+
+@contextmanager
+def continuous_ping(
+    lab: Lab, src: Placed, dst: Placed, duration: float, interval: float = 0.005
+) -> Iterator[list[PingResult]]:
+    """Ping ``dst`` from ``src`` in another process for ``duration`` s; result after the block."""
+    argv = [sys.executable, "-m", "controller.lab.pinger", dst.ip, "--duration", str(duration),
+            "--interval", str(interval), "--wait", "2"]  # fmt: skip
+    proc = lab.popen(
+        src.netns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+    )
+    out: list[PingResult] = []
+    try:
+        time.sleep(0.5)  # interpreter start-up; the ping is running from here on
+        yield out
+        stdout, stderr = proc.communicate(timeout=duration + 30)
+        assert stdout, f"pinger produced no result: {stderr.decode()}"
+        out.append(parse_result(stdout.decode()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _first_pass_changes(lab: Lab, host: str) -> int:
+    """``changes=N`` of the first pass logged after the lab's last start marker for ``host``."""
+    text = lab.agent_log(host).read_text(errors="replace")
+    tail = text.rsplit("--- lab: starting agent", 1)[-1]
+    m = re.search(r"pass revision=\d+ changes=(\d+)", tail)
+    assert m, f"no pass logged by the restarted agent {host}:\n{tail[-2000:]}"
+    return int(m.group(1))
+
+
+def test_pairs_ping_and_overlapping_networks_are_isolated(overlay: Scenario) -> None:
+    overlay.network("blue", "10.20.0.0/24", vni=5001)
+    overlay.network("green", "10.20.0.0/24", vni=5002)
+    blue = _spread(overlay, "blue", "b", ip_base="10.20.0.1")
+    green = _spread(overlay, "green", "g", ip_base="10.20.0.2")
+    overlay.converge()
+    for a, b in _pairs(blue + green):
+        assert wait_ping(a.netns, b.ip, timeout=10.0), f"{a.network}: {a.host} -> {b.host} {b.ip}"
+    # Green addresses (.21-.23) exist only in green: a reply or a packet arriving at the green
+    # endpoint would be a leak. The forged ARP entry sends blue frames to green's real MAC.
+    for src, victim in ((blue[0], green[1]), (green[2], blue[0])):
+        for forged in (False, True):
+            if forged:
+                forge_neighbour(src.netns, victim.ip, victim.mac)
+            with capturing("eth0", victim.netns) as cap:
+                res = ping(src.netns, victim.ip, count=5, interval=0.02, wait=0.5)
+                time.sleep(0.2)
+            what = f"{src.network} {src.ip} -> {victim.network} {victim.ip} forged={forged}"
+            assert res.received == 0, what
+            assert ipv4_from(cap.frames, src.ip) == 0, what
+
+
+def test_endpoint_added_and_removed(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("addrm", "10.21.0.0/24", vni=5003)
+    a = overlay.endpoint("addrm", "h1", "ar1")
+    b = overlay.endpoint("addrm", "h2", "ar2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    c = overlay.endpoint("addrm", "h3", "ar3")
+    assert wait_ping(a.netns, c.ip, timeout=10.0), "new endpoint never became reachable"
+    overlay.remove(c)
+    deadline = time.monotonic() + 10.0
+    while ping(a.netns, c.ip, count=2, interval=0.02, wait=0.3).received:
+        assert time.monotonic() < deadline, "removed endpoint still reachable"
+        time.sleep(0.2)
+    assert ping(a.netns, b.ip, count=3).ok, "removing one endpoint broke another"
+    overlay.cleanup()
+    left = wait_no_owned_links(lab)
+    assert not left, f"owned links left after removing everything: {left}"
+
+
+def test_underlay_carries_only_vxlan_unicast(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("wire", "10.22.0.0/24", vni=5004)
+    eps = _spread(overlay, "wire", "w")
+    overlay.converge()
+    for a, b in _pairs(eps):
+        assert wait_ping(a.netns, b.ip, timeout=10.0)
+    # Warm-up: underlay neighbours resolved (ARP between VTEPs is the underlay's business, so
+    # it must already be done), and the hosts' start-up chatter of new devices has passed.
+    for h in lab.hosts:
+        for o in lab.hosts:
+            if o.name != h.name:
+                ping(h.netns, o.vtep, count=1, wait=0.5)
+    time.sleep(2.0)
+    vteps = [h.vtep for h in lab.hosts]
+    with capturing(lab.underlay_bridge) as cap:
+        for a, b in _pairs(eps):
+            ping(a.netns, b.ip, count=10, interval=0.01, wait=0.5)
+    verdict = judge(cap.frames, vteps)
+    print(f"underlay capture: {verdict}")
+    assert verdict.vxlan >= 6 * 10 * 2, verdict  # every request and reply was VXLAN
+    assert verdict.clean, verdict.violations
+
+
+def test_agent_killed_and_restarted_under_load(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("load", "10.23.0.0/24", vni=5005)
+    a = overlay.endpoint("load", "h1", "ld1")
+    b = overlay.endpoint("load", "h2", "ld2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    with continuous_ping(lab, a, b, duration=10.0) as result:
+        for host in ("h1", "h2"):
+            lab.kill_agent(host, signal.SIGKILL)
+            time.sleep(0.5)
+            lab.start_agent(host, wait=True)
+            assert _first_pass_changes(lab, host) == 0, f"restarted agent {host} changed things"
+    res = result[0]
+    print(f"ping during two agent restarts: {res.summary()}")
+    assert res.sent >= 1000, res.summary()
+    assert res.loss == 0 and res.errors == 0, f"lost {res.lost[:20]} ({res.summary()})"
+    status = lab.etcd_http().status_of("h2")
+    assert status is not None and status[0]["ok"] is True
+
+
+def test_etcd_outage_does_not_affect_traffic(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("outage", "10.24.0.0/24", vni=5006)
+    a = overlay.endpoint("outage", "h1", "eo1")
+    b = overlay.endpoint("outage", "h2", "eo2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    with continuous_ping(lab, a, b, duration=12.0, interval=0.01) as result:
+        lab.freeze_etcd()
+        try:
+            time.sleep(10.0)
+        finally:
+            lab.thaw_etcd()
+    res = result[0]
+    print(f"ping during the etcd outage: {res.summary()}")
+    assert res.loss == 0 and res.errors == 0, f"lost {res.lost[:20]} ({res.summary()})"
+    assert all(lab.agent_running(h.name) for h in lab.hosts), "an agent died during the outage"
+    c = overlay.endpoint("outage", "h3", "eo3")  # written after etcd is back
+    assert wait_ping(a.netns, c.ip, timeout=20.0), "change written after the outage not applied"
+
+
+def _fdb_entries(netns: str, vxlan: str) -> set[tuple[str, str]]:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname=vxlan)[0]
+        return {
+            (str(m.get("NDA_LLADDR")), str(m.get("NDA_DST")))
+            for m in ipr.fdb("dump", ifindex=idx)
+            if m.get("NDA_DST") is not None
+        }
+
+
+def test_fdb_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("drift", "10.25.0.0/24", vni=5007)
+    a = overlay.endpoint("drift", "h1", "dr1")
+    b = overlay.endpoint("drift", "h2", "dr2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    h1, vx = lab.host("h1"), vxlan_name(5007)
+    entry = (b.mac, lab.host("h2").vtep)
+    assert entry in _fdb_entries(h1.netns, vx)
+    with IPRoute(netns=h1.netns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname=vx)[0]
+        ipr.fdb("del", ifindex=idx, lladdr=b.mac, dst=entry[1])
+    assert entry not in _fdb_entries(h1.netns, vx)
+    deadline = time.monotonic() + 5 * 2.0
+    while entry not in _fdb_entries(h1.netns, vx):
+        assert time.monotonic() < deadline, "FDB entry not restored by the periodic resync"
+        time.sleep(0.2)
+    assert ping(a.netns, b.ip, count=3).ok
+
+
+def test_mtu_largest_df_packet_fits_and_one_more_byte_fails(overlay: Scenario) -> None:
+    overlay.network("mtu", "10.26.0.0/24", vni=5008)
+    a = overlay.endpoint("mtu", "h1", "mt1")
+    b = overlay.endpoint("mtu", "h2", "mt2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    eth0 = next(ln for ln in links(a.netns) if ln.name == "eth0")
+    assert eth0.mtu == 1450  # 1500 underlay - 50 (IPv4 VXLAN)
+    fits = ping(a.netns, b.ip, count=3, size=1450 - 28, df=True)
+    print(f"DF 1450: {fits.summary()}")
+    assert fits.ok, fits.summary()
+    too_big = ping(a.netns, b.ip, count=3, size=1450 - 28 + 1, df=True)
+    print(f"DF 1451: {too_big.summary()}")
+    assert too_big.received == 0, too_big.summary()
+
+
+def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> None:
+    overlay.network("sane", "10.27.0.0/24", vni=5009)
+    a = overlay.endpoint("sane", "h1", "sa1")
+    b = overlay.endpoint("sane", "h2", "sa2")
+    overlay.converge()
+    probe = lab.etcd_http()
+
+    def record(net: str, eid: str, host: str, ip: str) -> str:
+        mac = "02:00:0a:1b:00:" + ip.rsplit(".", 1)[1].zfill(2)[-2:]
+        return json.dumps({"id": eid, "network": net, "host": host, "ip": ip, "mac": mac})
+
+    bad = {
+        "/heddle/v1/endpoints/sane/bad": "{not json",
+        "/heddle/v1/endpoints/nonet/orphan": record("nonet", "orphan", "h1", "10.27.0.50"),
+        "/heddle/v1/endpoints/sane/nohost": record("sane", "nohost", "h9", "10.27.0.51"),
+    }
+    try:
+        for key, value in bad.items():
+            probe.put(key, value)
+        deadline = time.monotonic() + 15.0
+        while True:
+            statuses = {h.name: probe.status_of(h.name) for h in lab.hosts}
+            reported = {
+                h: json.dumps(st[0].get("skipped", [])) if st else "" for h, st in statuses.items()
+            }
+            words = ("sane/bad", "orphan", "nohost")
+            if all(w in text for text in reported.values() for w in words):
+                break
+            assert time.monotonic() < deadline, (
+                f"bad records not reported by every agent: {statuses}"
+            )
+            time.sleep(0.2)
+        print(f"statuses with bad records: {statuses}")
+        assert all(st and st[0]["ok"] for st in statuses.values()), statuses
+        assert ping(a.netns, b.ip, count=3).ok, "good endpoints broke"
+        c = overlay.endpoint("sane", "h3", "sa3")
+        assert wait_ping(a.netns, c.ip, timeout=10.0), "new endpoint not applied next to bad ones"
+    finally:
+        for key in bad:
+            probe.delete(key)
