@@ -165,6 +165,13 @@ def _plan_endpoint(
         recreate_dels.append(DelLink(hv))
         host = None
     peer = actual.links.get(pv)
+    if host is not None and is_owned(host) and ep.netns is not None and peer is None:
+        side = actual.endpoints.get((ep.netns, ep.ifname))
+        if side is not None and side.netns_exists and not side.present:
+            # The peer is neither in the host namespace nor where it belongs: it sits in a
+            # namespace this endpoint no longer names (its netns changed). Start over.
+            recreate_dels.append(DelLink(hv))
+            host = None
     fresh = host is None or not is_owned(host)
     peer_ok = peer is None or not is_owned(peer) or (peer.mac == ep.mac and peer.mtu == mtu)
     host_ok = (

@@ -351,3 +351,16 @@ def test_apply_all_batches_entry_runs_and_keeps_per_op_results() -> None:
     assert [len(call) for call in seen] == [1, 2, 1, 1, 1]  # bridge, 2+1 entries, veth, neigh
     assert err.value.failures == ((AddFlood(VX, H2.vtep), "boom"),)
     assert err.value.skipped == ()
+
+
+def test_endpoint_whose_netns_changed_is_rebuilt_in_the_new_one() -> None:
+    fk = fake_for()
+    converge(fk, view(A, C))
+    a_moved = replace(A, netns="ns-x")
+    fk.add_netns("ns-x")
+    ops = plan_kernel(view(a_moved, C), fk.observe(view(a_moved, C)))
+    assert ops[0] == DelLink(veth_host_name("blue", "a"))
+    state = converge(fk, view(a_moved, C))
+    assert state.endpoints["ns-x", "eth0"].addresses == {"10.1.0.10/24"}
+    old = fk.observe(view(A, C)).endpoints["ns-a", "eth0"]
+    assert not old.present
