@@ -390,3 +390,24 @@ def test_store_down(store: Store) -> None:
     ):
         with pytest.raises(StoreUnavailable):
             call()
+
+
+def test_etcd_fails_over_to_a_live_url(store: Store) -> None:
+    """With several URLs, a dead one costs at most one failed call (then it is skipped for
+    ``time_retry``), and errors name the URLs."""
+    if store.server is None:
+        pytest.skip("failover is an EtcdKV property")
+    kv = EtcdKV(["http://127.0.0.1:1", store.server.url], timeout=2.0)
+    try:
+        failures = 0
+        for i in range(6):
+            try:
+                put(kv, P + "f", str(i))
+            except StoreUnavailable as exc:
+                assert "127.0.0.1:1" in str(exc)
+                failures += 1
+        assert failures <= 1
+        got = kv.get(P + "f")
+        assert got is not None and got.value == b"5"
+    finally:
+        kv.close()
