@@ -1,0 +1,161 @@
+"""Data plane: overlay TCP throughput against the underlay, and loss during agent restarts.
+
+On a fresh 3-host lab (kernel backend, real agents):
+1. iperf3 TCP, ``--seconds`` s per run, between two endpoints on h1 and h2 (overlay, VXLAN
+   through the agents' bridges) and between h1's and h2's underlay addresses (the floor: same
+   veths and bridge, no encapsulation). Runs are interleaved (underlay, overlay, underlay, ...)
+   so that load drifts on this shared machine hit both alike; median of ``--runs`` each, ratio.
+2. A continuous ping (200 packets/s, raw socket, separate process) from the h1 endpoint to the h2
+   endpoint while the agents of h1 and h2 are each SIGKILLed and restarted: packets lost.
+
+Run (root): .venv/bin/python bench/bench_dataplane.py [--runs 3 --seconds 5]
+Prints a table and writes bench/results/dataplane-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.desired import DesiredState
+from controller.lab.nsutil import run_in_netns
+from controller.lab.pinger import PingResult, parse_result
+from controller.lab.probes import wait_ping
+from controller.lab.scenario import Scenario
+from controller.lab.topology import Lab, child_env
+from controller.output import table
+from controller.store.etcd import EtcdKV
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
+    """One iperf3 TCP run; receiver-side Gbit/s (``end.sum_received``)."""
+    server = lab.popen(
+        server_ns, ["iperf3", "-s", "-1", "-B", server_ip],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _attempt in range(20):  # until the server listens
+            time.sleep(0.2)
+            r = run_in_netns(
+                client_ns, ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
+                timeout=seconds + 30,
+            )  # fmt: skip
+            try:
+                out = json.loads(r.stdout)
+            except ValueError:
+                out = {"error": f"no JSON (rc {r.returncode}): {r.stderr[-300:]}"}
+            if "connect" not in str(out.get("error", "")):
+                break
+        if "error" in out or "sum_received" not in out.get("end", {}):
+            raise RuntimeError(f"iperf3 to {server_ip}: {out.get('error', 'no result')}")
+        return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        server.kill()
+        server.wait()
+
+
+def restart_loss(lab: Lab, src_ns: str, dst_ip: str) -> tuple[PingResult, list[int]]:
+    """Ping at 200 pps while both agents restart (SIGKILL); the result and the new PIDs."""
+    argv = [sys.executable, "-m", "controller.lab.pinger", dst_ip, "--duration", "10",
+            "--interval", "0.005", "--wait", "2"]  # fmt: skip
+    proc = lab.popen(src_ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+    pids = []
+    try:
+        time.sleep(1.0)
+        for host in ("h1", "h2"):
+            lab.kill_agent(host, signal.SIGKILL)
+            time.sleep(0.5)
+            pids.append(lab.start_agent(host, wait=True))
+        out, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not out:
+        raise RuntimeError(f"pinger failed: {err.decode()}")
+    return parse_result(out.decode()), pids
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    args = p.parse_args()
+    under: list[float] = []
+    over: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
+        lab = Lab(
+            Path(tmp) / "lab",
+            prefix="hbd",
+            mgmt_subnet="172.31.244.0/24",
+            underlay_subnet="172.31.243.0/24",
+        )
+        lab.up(hosts=3)
+        kv = EtcdKV([lab.etcd_url])
+        try:
+            sc = Scenario(lab, DesiredState(kv))
+            sc.network("dp", "10.41.0.0/24", vni=6002)
+            a = sc.endpoint("dp", "h1", "d1")
+            b = sc.endpoint("dp", "h2", "d2")
+            sc.converge()
+            if wait_ping(a.netns, b.ip, timeout=20) is None:
+                raise RuntimeError("overlay not reachable; see the agent logs")
+            h1, h2 = lab.host("h1"), lab.host("h2")
+            for _ in range(args.runs):
+                under.append(iperf(lab, h1.netns, h2.netns, h2.vtep, args.seconds))
+                over.append(iperf(lab, a.netns, b.netns, b.ip, args.seconds))
+            loss, pids = restart_loss(lab, a.netns, b.ip)
+        finally:
+            kv.close()
+            lab.down()
+    mu, mo = statistics.median(under), statistics.median(over)
+    res: dict[str, Any] = {
+        "underlay_gbps": under,
+        "overlay_gbps": over,
+        "underlay_median_gbps": mu,
+        "overlay_median_gbps": mo,
+        "ratio": mo / mu,
+        "restart": {
+            "sent": loss.sent,
+            "received": loss.received,
+            "lost": loss.loss,
+            "errors": loss.errors,
+            "new_agent_pids": pids,
+        },
+        "env": {"kernel": platform.release(), "python": platform.python_version()},
+    }
+    print(f"TCP throughput, iperf3 {args.seconds} s x {args.runs}, interleaved (Gbit/s)")
+    print(
+        table(
+            ["path", "runs", "median"],
+            [
+                ["underlay h1 -> h2 (ul0)", " ".join(f"{x:.2f}" for x in under), f"{mu:.2f}"],
+                ["overlay d1@h1 -> d2@h2", " ".join(f"{x:.2f}" for x in over), f"{mo:.2f}"],
+                ["overlay / underlay", "", f"{mo / mu:.2f}"],
+            ],
+        )
+    )
+    print(
+        f"\nping 200 pps across two agent restarts (SIGKILL + start): "
+        f"{loss.received}/{loss.sent} received, {loss.loss} lost, {loss.errors} send errors"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"dataplane-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(res, indent=2))
+    print(f"results: {out}")
+    return 0 if loss.loss == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
