@@ -13,7 +13,6 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 from controller.model.errors import StoreUnavailable
 from controller.store.kv import (
@@ -76,8 +75,10 @@ class MemoryKV:
             if revision is None or revision == self._revision:
                 items = tuple(kv for k, kv in sorted(self._data.items()) if k.startswith(prefix))
                 return Listing(items, self._revision)
-            if revision <= self._compacted:
+            if revision < self._compacted:  # etcd still serves the compaction point itself
                 raise Compacted(self._compacted)
+            if revision > self._revision:
+                raise StoreUnavailable("memory store: required revision is a future revision")
             return Listing(self._state_at(prefix, revision), revision)
 
     def _state_at(self, prefix: str, revision: int) -> tuple[KeyValue, ...]:
@@ -99,9 +100,23 @@ class MemoryKV:
             self._check()
             ok = all(self._holds(c) for c in txn.compares)
             ops = txn.success if ok else txn.failure
+            self._refuse_overlaps(ops)
             if self._apply(ops):
                 self._lock.notify_all()
             return TxnResult(ok, self._revision)
+
+    @staticmethod
+    def _refuse_overlaps(ops: tuple[TxnOp, ...]) -> None:
+        """etcd refuses a branch that writes one key twice or puts a key it also deletes."""
+        puts = [op.key for op in ops if isinstance(op, Put)]
+        deletes = [op for op in ops if not isinstance(op, Put)]
+        clash = len(set(puts)) != len(puts) or any(
+            (k == d.key) if isinstance(d, Delete) else k.startswith(d.prefix)
+            for k in puts
+            for d in deletes
+        )
+        if clash:
+            raise StoreUnavailable("memory store: duplicate key given in txn request")
 
     def _holds(self, c: Compare) -> bool:
         kv = self._data.get(c.key)
@@ -207,7 +222,9 @@ class MemoryKV:
     def compact(self, revision: int) -> None:
         with self._lock:
             self._check()
-            self._compacted = max(self._compacted, min(revision, self._revision))
+            if revision > self._revision:
+                raise StoreUnavailable("memory store: required revision is a future revision")
+            self._compacted = max(self._compacted, revision)
             self._lock.notify_all()
 
     def close(self) -> None:
@@ -235,6 +252,7 @@ class _MemoryWatch:
         self._prefix = prefix
         self._next = start_revision
         self._cancelled = False
+        self.progress_interval = 0.5
 
     def cancel(self) -> None:
         with self._kv._lock:
@@ -242,21 +260,29 @@ class _MemoryWatch:
             self._kv._lock.notify_all()
 
     def __iter__(self) -> Iterator[WatchBatch]:
-        kv = self._kv
         while True:
-            with kv._lock:
-                while True:
-                    if self._cancelled:
-                        return
-                    if not kv._available:
-                        raise StoreUnavailable("memory store made unavailable")
-                    events = kv._events_since(self._prefix, self._next)
-                    if events:
-                        break
-                    if not kv._lock.wait(timeout=0.5):
-                        kv._expire_leases()
-                batch_rev = events[-1].kv.mod_revision
-                self._next = batch_rev + 1
-                # etcd delivers deletions with an empty value; keep a copy detached from history
-                batch = tuple(replace(e) for e in events)
-            yield WatchBatch(batch, batch_rev)
+            batch = self._next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def _next_batch(self) -> WatchBatch | None:
+        """The next batch of events, or an empty progress batch after an idle interval (as
+        etcd sends when asked for progress notifications); None once cancelled."""
+        kv = self._kv
+        with kv._lock:
+            while True:
+                if self._cancelled:
+                    return None
+                if not kv._available:
+                    raise StoreUnavailable("memory store made unavailable")
+                events = kv._events_since(self._prefix, self._next)
+                if events:
+                    rev = events[-1].kv.mod_revision
+                    self._next = rev + 1
+                    return WatchBatch(tuple(events), rev)
+                if not kv._lock.wait(timeout=self.progress_interval):
+                    kv._expire_leases()
+                    if not kv._events_since(self._prefix, self._next):
+                        self._next = max(self._next, kv._revision + 1)
+                        return WatchBatch((), kv._revision)

@@ -200,8 +200,6 @@ def test_txn_is_atomic(store: Store) -> None:
 def test_txn_rejects_overlapping_ops(store: Store) -> None:
     """etcd refuses a transaction branch that both puts and deletes the same key (INVALID_ARGUMENT
     "duplicate key given in txn request"), and applies nothing."""
-    if store.name == "memory":
-        pytest.xfail("MemoryKV applies Put(k) + DeletePrefix(covering k) in one txn; etcd refuses")
     kv = store.kv
     put(kv, P + "a", "1")
     before = kv.list(P)
@@ -332,16 +330,12 @@ def test_compaction_boundary(store: Store) -> None:
     kv.compact(r3)
     err = _watch_error(kv, r3)
     assert isinstance(err, Compacted), err
-    if store.name == "memory":
-        pytest.xfail("MemoryKV raises Compacted for list(revision == compacted); etcd lists it")
     assert [i.key for i in kv.list(P, r3).items] == [P + "b"]
 
 
 def test_compact_future_revision_is_refused(store: Store) -> None:
     """etcd refuses to compact past its current revision ("required revision is a future
     revision"); EtcdKV reports that as StoreUnavailable and nothing is compacted."""
-    if store.name == "memory":
-        pytest.xfail("MemoryKV clamps compact(revision > current) to the current revision")
     kv = store.kv
     r1 = put(kv, P + "a", "1")
     with pytest.raises(StoreUnavailable, match="future revision"):
@@ -352,8 +346,6 @@ def test_compact_future_revision_is_refused(store: Store) -> None:
 def test_progress_notifications(store: Store) -> None:
     """An idle watch gets empty batches carrying the current revision (etcd server run with
     --experimental-watch-progress-notify-interval=1s by EtcdServer)."""
-    if store.name == "memory":
-        pytest.xfail("MemoryKV never sends progress notifications (etcd does, if requested)")
     kv = store.kv
     rev = put(kv, "/outside", "moves the revision")
     c = Collector(kv.watch(P, 1))
