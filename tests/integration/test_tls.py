@@ -65,3 +65,24 @@ def test_plaintext_against_tls_is_unavailable(tls_server: tuple[EtcdServer, Serv
             kv.get("/tls/k")
     finally:
         kv.close()
+
+
+def test_cli_over_tls(tls_server: tuple[EtcdServer, ServerTLS]) -> None:
+    """The operator's path: ``heddle --etcd https://... --cacert --cert --key``."""
+    import json
+    import subprocess
+    import sys
+
+    server, pki = tls_server
+    base = [sys.executable, "-m", "controller", "--etcd", server.url, "--cacert", str(pki.ca_cert)]
+    auth = ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    r = subprocess.run(
+        [*base, *auth, "-o", "json", "network", "create", "tls-net", "--subnet", "10.77.0.0/24"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "tls-net"
+    r = subprocess.run([*base, "network", "ls"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "etcd unavailable" in r.stderr  # no client certificate
