@@ -74,7 +74,11 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
                 ep = desired.create_endpoint(net, host, netns=ns, ip=ip, endpoint_id=f"{net}-{k}")
                 eps.append(DemoEndpoint(net, host, ns, ep.ip, ep.mac))
         rev = max(it.mod_revision for it in probe.list(ENDPOINTS)[0])
-        wait_status(probe, hosts, rev, timeout=30.0)
+        try:
+            wait_status(probe, hosts, rev, timeout=30.0)
+        except TimeoutError as exc:
+            logs = ", ".join(str(lab.agent_log(h)) for h in hosts)
+            raise HeddleError(f"the agents did not converge: {exc} (logs: {logs})") from None
         pairs = [(a, b) for a in eps for b in eps if a.network == b.network and a.host != b.host]
         for a, b in pairs:
             if wait_ping(a.netns, b.ip, timeout=20.0) is None:
