@@ -15,10 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from controller.lab.capture import capturing, ipv4_from, judge
+from controller.lab.nsutil import is_running, read_sysctl, run_in_netns
 from controller.lab.pinger import PingResult, parse_result, ping
 from controller.lab.probes import forge_neighbour, links, wait_ping
 from controller.lab.scenario import Placed, Scenario, wait_no_owned_links
@@ -116,25 +118,33 @@ def test_endpoint_added_and_removed(lab: Lab, overlay: Scenario) -> None:
 
 
 def test_underlay_carries_only_vxlan_unicast(lab: Lab, overlay: Scenario) -> None:
+    """While endpoints ping each other, the underlay sees nothing but VXLAN unicast.
+
+    Warm-up: the VTEPs resolve each other first (underlay ARP is the underlay's business; what
+    may still appear is the kernel's *unicast* re-probe between VTEPs, which ``judge`` accepts),
+    and every pair has pinged once (the endpoints' own ARP is answered by the local VTEP).
+    The capture then covers the first seconds of the overlay's life, with traffic, on purpose:
+    a correct data plane floods nothing at any time, so the window need not avoid anything.
+    """
+    for h in lab.hosts:
+        for o in lab.hosts:
+            if o.name != h.name:
+                assert ping(h.netns, o.vtep, count=1, wait=0.5).ok
     overlay.network("wire", "10.22.0.0/24", vni=5004)
     eps = _spread(overlay, "wire", "w")
     overlay.converge()
     for a, b in _pairs(eps):
         assert wait_ping(a.netns, b.ip, timeout=10.0)
-    # Warm-up: underlay neighbours resolved (ARP between VTEPs is the underlay's business, so
-    # it must already be done), and the hosts' start-up chatter of new devices has passed.
-    for h in lab.hosts:
-        for o in lab.hosts:
-            if o.name != h.name:
-                ping(h.netns, o.vtep, count=1, wait=0.5)
-    time.sleep(2.0)
     vteps = [h.vtep for h in lab.hosts]
+    sent = 0
     with capturing(lab.underlay_bridge) as cap:
-        for a, b in _pairs(eps):
-            ping(a.netns, b.ip, count=10, interval=0.01, wait=0.5)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            for a, b in _pairs(eps):
+                sent += ping(a.netns, b.ip, count=5, interval=0.01, wait=0.5).received
     verdict = judge(cap.frames, vteps)
     print(f"underlay capture: {verdict}")
-    assert verdict.vxlan >= 6 * 10 * 2, verdict  # every request and reply was VXLAN
+    assert verdict.vxlan >= 2 * sent, verdict  # every request and reply was VXLAN
     assert verdict.clean, verdict.violations
 
 
@@ -264,3 +274,34 @@ def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> No
     finally:
         for key in bad:
             probe.delete(key)
+
+
+def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path) -> None:
+    """The lab itself (no agents): isolation properties while up, no trace after down."""
+    forwarding = read_sysctl(None, "net/ipv4/ip_forward")
+    lab = Lab(tmp_path / "lab", prefix="hlt", mgmt_subnet="172.31.242.0/24",
+              underlay_subnet="172.31.241.0/24")  # fmt: skip
+    lab.up(hosts=2, agents=False)
+    try:
+        rec = lab.record
+        h1, h2 = lab.host("h1"), lab.host("h2")
+        assert ping(h1.netns, h2.vtep, count=3).ok, "underlay h1 -> h2"
+        health = run_in_netns(
+            h1.netns, ["etcdctl", "--endpoints", lab.etcd_url, "endpoint", "health"]
+        )
+        assert health.returncode == 0, health.stderr
+        for h in lab.hosts:
+            assert read_sysctl(h.netns, "net/bridge/bridge-nf-call-iptables") == "0"
+            with IPRoute(netns=h.netns, flags=0) as ipr:
+                assert not [r for r in ipr.get_routes(family=2) if r["dst_len"] == 0]
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=lab.underlay_bridge)[0]
+            assert not ipr.get_addr(index=idx), "the underlay bridge must have no address"
+    finally:
+        lab.down()
+    assert read_sysctl(None, "net/ipv4/ip_forward") == forwarding
+    assert not [p for p in Path("/run/netns").glob("hlt-*")]
+    with IPRoute() as ipr:
+        assert not [m for m in ipr.get_links() if str(m.get("IFLA_IFNAME")).startswith("hlt-")]
+    assert not (tmp_path / "lab").exists()
+    assert not any(is_running(r) for r in (rec.etcd, rec.etcd_keeper) if r is not None)
