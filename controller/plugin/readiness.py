@@ -27,15 +27,17 @@ Probe = Callable[[str, str], bool]
 
 
 class KernelProbe:
-    """Reads this process's network namespace. Thread-safe (one netlink socket, locked)."""
+    """Reads the links of ``netns`` (None: this process's namespace, which is the agent's).
+    Thread-safe (one netlink socket, locked, opened on first use and after an error)."""
 
-    def __init__(self) -> None:
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
         self._lock = threading.Lock()
         self._ipr: Any = None
 
     def _link(self, name: str) -> Any:
         if self._ipr is None:
-            self._ipr = IPRoute()
+            self._ipr = IPRoute() if self._netns is None else IPRoute(netns=self._netns, flags=0)
         try:
             return self._ipr.link("get", ifname=name)[0]
         except NetlinkError as exc:
