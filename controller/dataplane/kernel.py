@@ -250,6 +250,12 @@ def _entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
 
 
 _ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh)
+
+#: ``addr_gen_mode none``: no IPv6 link-local address, hence no DAD, router solicitations or
+#: MLD reports. heddle's overlays are IPv4; without this every bridge, VXLAN device and veth
+#: sends IPv6 multicast that the overlay head-end replicates to every member host. (It cannot
+#: go into the create request: the kernel rejects IFLA_AF_SPEC there, so it is a second set.)
+_NO_IPV6_ADDRESSES = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
 _TOLERATED: dict[type, frozenset[int]] = {
     AddFlood: frozenset({errno.EEXIST}),
     DelFdb: frozenset({errno.ENOENT}),
@@ -682,6 +688,7 @@ class KernelDataPlane:
         idx = int(msg["index"])
         try:
             ipr.link("set", index=idx, ifalias=OWNER_ALIAS)
+            ipr.link("set", index=idx, IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
         except NetlinkError:
             ipr.link("del", index=idx)
             raise
@@ -774,6 +781,8 @@ class KernelDataPlane:
                     raise OpFailed(f"veth peer {op.peer_name} did not arrive in {op.netns}")
             idx = int(moved["index"])
             ns.link("set", index=idx, state="down", ifname=op.ifname)
+            # A move re-creates the device's IPv6 state with the namespace defaults.
+            ns.link("set", index=idx, IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
         else:
             idx = int(msg["index"])
         ns.link("set", index=idx, address=op.mac, mtu=op.mtu)

@@ -134,11 +134,10 @@ def _plan_network(
     if not _vxlan_ok(vxlan, want, br, mtu):
         builds.append(EnsureVxlan(vx, vni, vtep, mtu, br))
 
-    for ep in nv.local:
-        builds.extend(_plan_endpoint(nv, ep, br, mtu, actual, desired, recreate_dels))
-
     # Entries: compare with what the device holds now; a device about to be (re)created holds
-    # nothing, so every desired entry is planned.
+    # nothing, so every desired entry is planned. They go in before the endpoints come up: an
+    # endpoint's first ARP is answered by the VXLAN proxy only from an existing neighbour entry
+    # (otherwise it is dropped and the endpoint's resolver waits a full second to retry).
     kept = vxlan is not None and is_owned(vxlan)
     have_fdb = actual.fdb.get(vx, frozenset()) if kept else frozenset()
     have_neigh = actual.neigh.get(vx, frozenset()) if kept else frozenset()
@@ -146,6 +145,9 @@ def _plan_network(
     entry_dels.extend(_neigh_dels(vx, nv, have_neigh))
     builds.extend(_fdb_puts(vx, nv, have_fdb))
     builds.extend(_neigh_puts(vx, nv, have_neigh))
+
+    for ep in nv.local:
+        builds.extend(_plan_endpoint(nv, ep, br, mtu, actual, desired, recreate_dels))
 
 
 def _plan_endpoint(
