@@ -1,0 +1,363 @@
+"""Op vocabulary of the Open vSwitch data plane (OVSDB rows, OpenFlow tables, host links).
+
+Contracts shared by every op (the same as ``kernel_ops``):
+
+* **Idempotent and convergent.** ``Ensure*`` ops carry the complete desired attributes of their
+  object and create it or bring it to them; deletes treat "already gone" as success.
+* **Owned only.** OVSDB rows heddle creates carry ``external_ids:heddle-owner=heddle``; drivers
+  refuse to modify or delete a bridge or port without it. Flows carry ``flows.COOKIE``.
+* ``needs`` / ``provides`` name what an op depends on / creates, for ``backend.apply_all``:
+  kernel links by name (as in ``kernel_ops``), ``ovs:<bridge>`` for a bridge, ``flows:<bridge>``
+  for a bridge's table.
+* ``str(op)`` is one log line.
+
+The endpoint side of a veth (move into the namespace, rename, MAC, address, MTU, route) and link
+deletion are the kernel backend's ``ConfigureEndpoint`` and ``DelLink``, reused as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.model.naming import OWNER_ALIAS
+from controller.plan.flows import Flow
+from controller.plan.kernel_ops import VXLAN_PORT, ConfigureEndpoint, DelLink
+
+OWNER_KEY = "heddle-owner"
+OWNER_VALUE = OWNER_ALIAS
+NETWORK_KEY = "heddle-network"
+ENDPOINT_KEY = "heddle-endpoint"
+RESTORE_KEY = "heddle-flow-restore"
+"""Bridge ``external_ids`` key set while a flow restore is in progress (``BeginFlowRestore``)."""
+FLOW_RESTORE_WAIT = "flow-restore-wait"
+
+__all__ = [
+    "VXLAN_PORT",
+    "ArmFlowRestoreWait",
+    "BeginFlowRestore",
+    "ConfigureEndpoint",
+    "DelLink",
+    "DelOvsBridge",
+    "DelOvsPort",
+    "DisableTxChecksum",
+    "EndFlowRestore",
+    "EnsureOvsBridge",
+    "EnsureOvsPort",
+    "EnsurePortVeth",
+    "EnsureUnderlay",
+    "ModFlows",
+    "OvsOp",
+    "ReplaceFlows",
+]
+
+
+def bridge_token(bridge: str) -> str:
+    return f"ovs:{bridge}"
+
+
+def flows_token(bridge: str) -> str:
+    return f"flows:{bridge}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureOvsBridge:
+    """Bridge ``name`` (with its internal port) in ``fail_mode=secure``, ``datapath_type``,
+    ``other_config:hwaddr`` = ``hwaddr`` (unset when ``None``), owned.
+
+    Secure, because in standalone mode a restarted ovs-vswitchd installs a NORMAL flow and
+    bridges every network together until the flows are back (notes R4)."""
+
+    name: str
+    datapath_type: str
+    hwaddr: str | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.name)})
+
+    def __str__(self) -> str:
+        hw = f" hwaddr {self.hwaddr}" if self.hwaddr else ""
+        return f"ovs ensure bridge {self.name} datapath {self.datapath_type} fail_mode secure{hw}"
+
+
+@dataclass(frozen=True, slots=True)
+class DelOvsBridge:
+    """Delete owned bridge ``name`` and its ports. Absent is success."""
+
+    name: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"ovs delete bridge {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureOvsPort:
+    """Port + interface ``name`` on ``bridge``: ``type`` ("" for a system device, "vxlan"),
+    ``options``, pinned ``ofport_request=ofport``, owned, and for an endpoint port
+    ``external_ids`` naming the endpoint (``network``/``endpoint``).
+
+    Drivers wait until ovs-vswitchd has applied the change and fail clearly if the interface got
+    ofport -1 (device missing, bad options) or another ofport than requested. ``link`` is the
+    kernel device this port opens when heddle creates it (an endpoint veth), else ``None``."""
+
+    bridge: str
+    name: str
+    ofport: int
+    type: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+    network: str | None = None
+    endpoint: str | None = None
+    link: str | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        extra = {self.link} if self.link else set()
+        return frozenset({bridge_token(self.bridge), *extra})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        kind = f" type {self.type}" if self.type else ""
+        opts = "".join(f" {k}={v}" for k, v in self.options)
+        who = f" endpoint {self.network}/{self.endpoint}" if self.endpoint else ""
+        return f"ovs ensure port {self.bridge}/{self.name} ofport {self.ofport}{kind}{opts}{who}"
+
+
+@dataclass(frozen=True, slots=True)
+class DelOvsPort:
+    """Remove owned port ``name`` from ``bridge``. Absent is success."""
+
+    bridge: str
+    name: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"ovs delete port {self.bridge}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceFlows:
+    """Make ``flows`` the whole table of ``bridge`` in one atomic bundle
+    (``ovs-ofctl --bundle replace-flows``): used when the table has none of our flows (a new
+    bridge, a restarted ovs-vswitchd) or most of it changes. Never flush-then-add."""
+
+    bridge: str
+    flows: tuple[Flow, ...]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.bridge)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({flows_token(self.bridge)})
+
+    def __str__(self) -> str:
+        return f"flows replace {self.bridge}: {len(self.flows)} flows (bundle)"
+
+
+@dataclass(frozen=True, slots=True)
+class ModFlows:
+    """Delete ``delete`` (strict, cookie-scoped) and add ``add`` on ``bridge`` in one atomic
+    bundle: an incremental change that costs O(change), not O(table). Adding a flow whose key
+    exists replaces its actions, so a changed flow is only in ``add``."""
+
+    bridge: str
+    add: tuple[Flow, ...]
+    delete: tuple[Flow, ...]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.bridge)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({flows_token(self.bridge)})
+
+    def __str__(self) -> str:
+        return f"flows modify {self.bridge}: +{len(self.add)} -{len(self.delete)} (bundle)"
+
+
+@dataclass(frozen=True, slots=True)
+class ArmFlowRestoreWait:
+    """Set ``Open_vSwitch:other_config:flow-restore-wait=true`` and keep it so.
+
+    ovs-vswitchd reads the key only at start-up (and until it first sees it false): armed, a
+    restarted ovs-vswitchd keeps the datapath's flows and processes no packets until the agent
+    has put the flows back and released it (``EndFlowRestore``), instead of running on an empty
+    table. A running ovs-vswitchd ignores the key once released, so keeping it armed is free."""
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return "ovs set other_config:flow-restore-wait=true"
+
+
+@dataclass(frozen=True, slots=True)
+class BeginFlowRestore:
+    """Write-ahead marker before re-installing flows into a possibly waiting ovs-vswitchd:
+    ``external_ids:heddle-flow-restore=pending`` on ``bridge``. If the agent dies before
+    ``EndFlowRestore``, the next pass sees the marker and releases ovs-vswitchd then, so it can
+    never stay waiting behind a table that looks converged."""
+
+    bridge: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.bridge)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"ovs begin flow restore (marker on {self.bridge})"
+
+
+@dataclass(frozen=True, slots=True)
+class EndFlowRestore:
+    """Release ovs-vswitchd after the flows are in: ``flow-restore-wait=false``, wait until
+    ovs-vswitchd has applied that configuration, then re-arm (``rearm``) and remove the marker
+    from ``bridge``. Skipped when a flow install of this pass (``tables``) failed."""
+
+    bridge: str
+    tables: tuple[str, ...]
+    rearm: bool = True
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.bridge), *(flows_token(b) for b in self.tables)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        again = ", re-arm" if self.rearm else ""
+        return f"ovs end flow restore: flow-restore-wait=false{again} (marker on {self.bridge})"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsurePortVeth:
+    """A veth pair for an endpoint whose host side ``host_name`` is an OVS port: host side MTU,
+    up, owned (no Linux bridge master: unlike ``kernel_ops.EnsureVeth``).
+
+    When created, the peer is born in the host namespace as ``peer_name`` with ``peer_mac`` and
+    ``mtu``, and, with ``tx_checksum_off``, TX checksum offload off (the userspace datapath
+    forwards partial checksums as they are: TCP breaks otherwise; the setting moves with the
+    device, so Docker-style endpoints get it too). While the peer is still in the host namespace
+    its MAC and MTU are kept converged."""
+
+    host_name: str
+    peer_name: str
+    mtu: int
+    peer_mac: str
+    tx_checksum_off: bool = False
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({self.host_name, self.peer_name})
+
+    def __str__(self) -> str:
+        tx = " tx-checksum off" if self.tx_checksum_off else ""
+        return (
+            f"ensure veth {self.host_name} mtu {self.mtu} peer {self.peer_name} "
+            f"address {self.peer_mac}{tx}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DisableTxChecksum:
+    """TX checksum offload off on ``ifname`` inside ``netns`` (``ethtool -K ifname tx off``).
+    Fails for this endpoint only when the namespace or interface is missing."""
+
+    netns: str
+    ifname: str
+    peer_name: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.peer_name})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"ethtool -K {self.netns}/{self.ifname} tx off"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureUnderlay:
+    """OVS userspace tunnelling (``netdev`` datapath): the underlay NIC ``nic`` is up with ARP
+    off and without the VTEP address; the VTEP ``vtep/prefixlen`` is on ``phy`` (br-phy's
+    internal port), which is up. ``prefixlen`` comes from where the address was found; ``None``
+    means it is on neither device, which drivers report as a failure (heddle does not invent
+    underlay addressing). Never removes other addresses."""
+
+    nic: str
+    phy: str
+    vtep: str
+    prefixlen: int | None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.phy), flows_token(self.phy)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        plen = self.prefixlen if self.prefixlen is not None else "?"
+        return f"underlay: {self.vtep}/{plen} on {self.phy} up, {self.nic} up arp off no address"
+
+
+OvsOp = (
+    EnsureOvsBridge
+    | DelOvsBridge
+    | EnsureOvsPort
+    | DelOvsPort
+    | ReplaceFlows
+    | ModFlows
+    | ArmFlowRestoreWait
+    | BeginFlowRestore
+    | EndFlowRestore
+    | EnsurePortVeth
+    | DisableTxChecksum
+    | EnsureUnderlay
+    | ConfigureEndpoint
+    | DelLink
+)
+"""Every op the ovs planner emits and the ovs drivers (real and fake) apply."""
