@@ -1,0 +1,217 @@
+"""``OvsDataPlane``: the Open vSwitch backend (DESIGN.md §3, issue 5).
+
+It combines four drivers, each addressed explicitly at one OVS instance or namespace:
+
+* ``Ovsdb`` (``dataplane.ovsdb``): bridges and ports through the OVSDB IDL; writes wait for
+  ovs-vswitchd and fail clearly on ofport -1;
+* ``OpenFlow`` (``dataplane.openflow``): whole tables and deltas in atomic ``ovs-ofctl``
+  bundles, observed by cookie;
+* ``KernelDataPlane`` (the kernel backend, reused as it is): observation of heddle's links and of
+  the endpoint sides, and the ``ConfigureEndpoint`` / ``DelLink`` ops;
+* ``HostLinks`` (``dataplane.ovs_host``): veths without a bridge master, TX checksum offload,
+  the userspace-tunnelling underlay.
+
+ovs-vswitchd restarts: a new ovs-vswitchd has empty tables, which the next pass sees and fixes
+(``plan.ovs``). To make that pass happen at once, a ``VswitchdWatch`` holds an OpenFlow
+connection to the integration bridge and calls ``on_change`` (the reconciler's wake-up) when it
+breaks and when it comes back; with ``restore_wait`` the restarted ovs-vswitchd also waits for
+the flows (``ArmFlowRestoreWait``) instead of forwarding on an empty table.
+
+Failure policy: ``backend.apply_all`` (an op that fails is recorded, dependent ops are skipped,
+the rest is applied, one ``DataPlaneError`` at the end). Not thread-safe apart from the watch
+thread, which only calls ``on_change``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Self
+
+from pyroute2 import NetlinkError
+
+from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
+from controller.dataplane.kernel import KernelDataPlane
+from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
+from controller.dataplane.ovs_host import HostLinks, set_tx_checksum, tx_checksum
+from controller.dataplane.ovs_state import OvsState
+from controller.dataplane.ovsdb import Ovsdb, OvsdbError
+from controller.model.view import HostView
+from controller.plan.kernel import endpoint_keys
+from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
+from controller.plan.ovs import plan_ovs
+from controller.plan.ovs_ops import (
+    ArmFlowRestoreWait,
+    BeginFlowRestore,
+    DelOvsBridge,
+    DelOvsPort,
+    DisableTxChecksum,
+    EndFlowRestore,
+    EnsureOvsBridge,
+    EnsureOvsPort,
+    EnsurePortVeth,
+    EnsureUnderlay,
+    ModFlows,
+    OvsOp,
+    ReplaceFlows,
+)
+from controller.plan.ovsdb import DEFAULT_BRIDGE, DEFAULT_PHY_BRIDGE, Datapath, OvsLayout
+
+log = logging.getLogger("heddle.ovs")
+
+
+class OvsDataPlane:
+    """The ovs backend: ``observe`` / ``plan`` (pure, ``plan_ovs``) / ``apply`` / ``close``.
+
+    ``vtep``: this host's VTEP (the planner reads it from the view; kept for parity with
+    ``KernelDataPlane``). ``ovsdb``: the OVSDB remote (``--ovsdb``, e.g.
+    ``unix:/var/run/openvswitch/db.sock``). ``datapath``: ``system`` or ``netdev``
+    (``--ovs-datapath``); ``netdev`` needs ``underlay_dev`` (``--underlay-dev``), the NIC that
+    carries the VTEP, which the agent then puts into br-phy, moving the VTEP address onto br-phy.
+    ``rundir``: where ovs-vswitchd's ``<bridge>.mgmt`` sockets are (default: the directory of a
+    ``unix:`` OVSDB socket, else ``/var/run/openvswitch``). ``netns``: the namespace to manage as
+    the host (``None``, production: the agent's own; ovs-vswitchd must run in it).
+    ``restore_wait``: keep ``flow-restore-wait`` armed (switch-wide; turn off on a shared OVS).
+    ``on_change``: called from a watch thread when ovs-vswitchd goes away or comes back (pass the
+    reconciler's ``Trigger.fire``); ``None`` starts no thread.
+
+    Raises ``InvalidRecord`` for an impossible layout; nothing else at construction (connections
+    open on first use)."""
+
+    def __init__(
+        self,
+        vtep: str,
+        *,
+        ovsdb: str,
+        datapath: Datapath = "system",
+        underlay_dev: str | None = None,
+        rundir: str | None = None,
+        bridge: str = DEFAULT_BRIDGE,
+        phy_bridge: str = DEFAULT_PHY_BRIDGE,
+        netns: str | None = None,
+        restore_wait: bool = True,
+        on_change: Callable[[], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.vtep = vtep
+        self.layout = OvsLayout(
+            datapath=datapath,
+            bridge=bridge,
+            underlay_dev=underlay_dev,
+            phy_bridge=phy_bridge,
+            restore_wait=restore_wait,
+        )
+        self.netns = netns
+        self.ovsdb = Ovsdb(ovsdb, timeout)
+        self.openflow = OpenFlow(rundir or rundir_of(ovsdb), timeout=max(timeout, 30.0))
+        self._kernel = KernelDataPlane(vtep, netns=netns)
+        self._host = HostLinks(netns)
+        self._on_change = on_change
+        self._watch: VswitchdWatch | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the watch, close every connection. Idempotent; the instance reopens on use."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        self.ovsdb.close()
+        self._kernel.close()
+        self._host.close()
+
+    def _ensure_watch(self) -> None:
+        if self._on_change is not None and self._watch is None:
+            path = self.openflow.mgmt_socket(self.layout.bridge)
+            self._watch = VswitchdWatch(path, self._on_change).start()
+
+    # -- observe ------------------------------------------------------------------------------
+
+    def observe(self, view: HostView) -> OvsState:
+        """Heddle's OVSDB rows, its flows on its bridges, its links and endpoint sides, and in
+        ``netdev`` mode TX checksum state and the underlay. Read-only. Raises ``DataPlaneError``
+        when OVSDB, ovs-vswitchd or the host namespace cannot be read."""
+        self._ensure_watch()
+        try:
+            db = self.ovsdb.observe(self.layout.bridges)
+            flows = {
+                name: self.openflow.dump(name)
+                for name in self.layout.bridges
+                if name in db.bridges and db.bridges[name].owned
+            }
+        except (OvsdbError, OpenFlowError) as exc:
+            raise DataPlaneError("observe", f"cannot read Open vSwitch: {exc}") from exc
+        kernel = self._kernel.observe(view)
+        if not self.layout.netdev:
+            return OvsState(ovsdb=db, flows=flows, kernel=kernel)
+        assert self.layout.underlay_dev is not None
+        try:
+            tx = {key: tx_checksum(*key) for key in endpoint_keys(view)}
+            underlay = self._host.observe_underlay(self.layout.underlay_dev, self.layout.phy_bridge)
+        except (NetlinkError, OSError) as exc:
+            raise DataPlaneError("observe", f"cannot read host links: {exc}") from exc
+        return OvsState(ovsdb=db, flows=flows, kernel=kernel, tx_checksum=tx, underlay=underlay)
+
+    # -- plan / apply -------------------------------------------------------------------------
+
+    def plan(self, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:
+        """Pure; see ``controller.plan.ovs.plan_ovs``."""
+        return plan_ovs(self.layout, view, actual)
+
+    def apply(self, ops: Sequence[OvsOp]) -> None:
+        """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""
+        apply_all(ops, self._apply_one)
+
+    def _apply_one(self, op: OvsOp) -> None:
+        try:
+            self._dispatch(op)
+        except (OvsdbError, OpenFlowError) as exc:
+            raise OpFailed(str(exc)) from exc
+        except DataPlaneError as exc:  # from the kernel backend, one op at a time
+            raise OpFailed(exc.reason) from exc
+        except NetlinkError as exc:
+            raise OpFailed(f"netlink: {exc}") from exc
+        except OSError as exc:
+            raise OpFailed(str(exc)) from exc
+
+    def _dispatch(self, op: OvsOp) -> None:
+        match op:
+            case EnsureOvsBridge():
+                self.ovsdb.ensure_bridge(op)
+            case DelOvsBridge():
+                self.ovsdb.del_bridge(op.name)
+            case EnsureOvsPort():
+                self.ovsdb.ensure_port(op)
+            case DelOvsPort():
+                self.ovsdb.del_port(op.bridge, op.name)
+            case ReplaceFlows():
+                self.openflow.replace(op.bridge, op.flows)
+            case ModFlows():
+                self.openflow.modify(op.bridge, op.add, op.delete)
+            case ArmFlowRestoreWait():
+                self.ovsdb.set_flow_restore_wait(True)
+            case BeginFlowRestore():
+                self.ovsdb.set_restore_marker(op.bridge, pending=True)
+            case EndFlowRestore():
+                self.ovsdb.set_flow_restore_wait(False, wait=True)
+                if op.rearm:
+                    self.ovsdb.set_flow_restore_wait(True)
+                self.ovsdb.set_restore_marker(op.bridge, pending=False)
+            case EnsurePortVeth():
+                self._host.ensure_port_veth(op)
+            case DisableTxChecksum():
+                set_tx_checksum(op.netns, op.ifname, on=False)
+            case EnsureUnderlay():
+                self._host.ensure_underlay(op)
+            case ConfigureEndpoint() | DelLink():
+                self._kernel.apply([op])

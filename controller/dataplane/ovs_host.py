@@ -1,0 +1,237 @@
+"""Host-side kernel work of the ovs backend that the kernel backend's driver does not do:
+veth pairs without a Linux bridge master, TX checksum offload, and the underlay of OVS
+userspace tunnelling (``netdev``). pyroute2 and one ``SIOCETHTOOL`` ioctl; no binaries.
+
+Facts (notes/ovs_userspace.md): a frame a container sends with a partial checksum reaches the
+userspace datapath raw through AF_PACKET and leaves with a bad checksum, so TCP breaks unless TX
+checksum offload is off on the container's interface (gotcha 1; the setting is per device and
+moves with it between namespaces). Userspace tunnelling needs the VTEP address on br-phy's
+internal port (up), and the NIC without it and with ARP off, or the kernel answers ARP for the
+VTEP from the NIC with the NIC's MAC (§3, gotcha 3).
+
+Ownership is the kernel backend's: links heddle creates carry the ``OWNER_ALIAS`` ifalias; a link
+without it is never changed. The underlay NIC and br-phy's device are not heddle's links: only
+the flags and the VTEP address named by the op are changed on them.
+
+Not thread-safe: one reconciler thread per instance.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from typing import Any
+
+from pyroute2 import IPRoute, NetlinkError
+from pyroute2 import netns as pyroute2_netns
+
+from controller.dataplane.backend import OpFailed
+from controller.dataplane.ovs_state import UnderlayState
+from controller.model.naming import OWNER_ALIAS
+from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
+
+IFF_UP = 0x1
+IFF_NOARP = 0x80
+SIOCETHTOOL = 0x8946
+ETHTOOL_GTXCSUM = 0x16
+ETHTOOL_STXCSUM = 0x17
+NETNS_DIR = "/run/netns"
+
+Msg = Any  # a parsed pyroute2 message (untyped library)
+
+
+def _code(exc: NetlinkError) -> int:
+    return int(getattr(exc, "code", 0) or 0)
+
+
+def _socket_in(netns: str | None) -> socket.socket:
+    """A UDP socket in ``netns`` (``None``: ours), for ioctls on that namespace's devices.
+
+    ``setns`` is per thread and a socket keeps the namespace it was created in, so a short-lived
+    thread joins the namespace (never creating it) and makes the socket."""
+    if netns is None:
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        raise FileNotFoundError(errno.ENOENT, f"network namespace {netns} does not exist")
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)
+            box["sock"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name=f"heddle-ethtool-{netns}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    sock: socket.socket = box["sock"]
+    return sock
+
+
+def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+    """One ``struct ethtool_value`` ioctl; returns the value the kernel wrote back."""
+    buf = array.array("B", struct.pack("II", cmd, data))
+    addr, _ = buf.buffer_info()
+    ifreq = struct.pack("16sP", ifname.encode(), addr).ljust(40, b"\0")
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack("II", buf.tobytes())[1])
+
+
+def tx_checksum(netns: str | None, ifname: str) -> bool | None:
+    """Whether TX checksum offload is on for ``ifname`` in ``netns``; ``None`` when the
+    namespace or the interface is missing. Read-only."""
+    try:
+        sock = _socket_in(netns)
+    except FileNotFoundError:
+        return None
+    try:
+        return bool(_ethtool(sock, ifname, ETHTOOL_GTXCSUM))
+    except OSError as exc:
+        if exc.errno in (errno.ENODEV, errno.ENXIO):
+            return None
+        raise
+    finally:
+        sock.close()
+
+
+def set_tx_checksum(netns: str | None, ifname: str, on: bool) -> None:
+    """``ethtool -K ifname tx on|off`` in ``netns``. Raises ``OSError``."""
+    sock = _socket_in(netns)
+    try:
+        _ethtool(sock, ifname, ETHTOOL_STXCSUM, 1 if on else 0)
+    finally:
+        sock.close()
+
+
+def _addresses(ipr: IPRoute, index: int) -> frozenset[str]:
+    return frozenset(
+        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+        for a in ipr.addr("dump", family=socket.AF_INET)
+        if a["index"] == index
+    )
+
+
+class HostLinks:
+    """The host-namespace side (``netns``; ``None``: this process's namespace). One pyroute2
+    socket, opened on first use; ``close()`` closes it (idempotent)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._ipr: IPRoute | None = None
+
+    def _host(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = IPRoute() if self.netns is None else IPRoute(netns=self.netns, flags=0)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _get(self, name: str) -> Msg | None:
+        try:
+            return self._host().link("get", ifname=name)[0]
+        except NetlinkError as exc:
+            if _code(exc) in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+
+    # -- veth ---------------------------------------------------------------------------------
+
+    def ensure_port_veth(self, op: EnsurePortVeth) -> None:
+        """See ``EnsurePortVeth``. Raises ``OpFailed`` for a link heddle does not own."""
+        ipr = self._host()
+        msg = self._get(op.host_name)
+        if msg is not None and msg.get("IFLA_IFALIAS") != OWNER_ALIAS:
+            raise OpFailed(f"link {op.host_name} exists and is not owned by heddle")
+        if msg is None:
+            if self._get(op.peer_name) is not None:
+                raise OpFailed(f"peer name {op.peer_name} is taken in the host namespace")
+            try:
+                ipr.link(
+                    "add",
+                    ifname=op.host_name,
+                    kind="veth",
+                    mtu=op.mtu,
+                    peer={"ifname": op.peer_name, "address": op.peer_mac, "mtu": op.mtu},
+                )
+            except NetlinkError as exc:
+                if _code(exc) == errno.EEXIST:
+                    raise OpFailed(f"link {op.host_name} appeared concurrently") from exc
+                raise
+            self._mark(op.host_name)
+            self._mark(op.peer_name)
+            if op.tx_checksum_off:
+                set_tx_checksum(self.netns, op.peer_name, on=False)
+            msg = self._get(op.host_name)
+            if msg is None:
+                raise OpFailed(f"link {op.host_name} vanished right after it was created")
+        ipr.link("set", index=msg["index"], mtu=op.mtu, state="up")
+        peer = self._get(op.peer_name)
+        if peer is not None and peer.get("IFLA_IFALIAS") == OWNER_ALIAS:
+            ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
+
+    def _mark(self, name: str) -> None:
+        """The owner marker, right after creation (the kernel ignores it in the create
+        request); a link that cannot be marked is deleted again (it would block its name)."""
+        ipr = self._host()
+        msg = self._get(name)
+        if msg is None:
+            raise OpFailed(f"link {name} vanished right after it was created")
+        try:
+            ipr.link("set", index=msg["index"], ifalias=OWNER_ALIAS)
+        except NetlinkError:
+            ipr.link("del", index=msg["index"])
+            raise
+
+    # -- underlay -----------------------------------------------------------------------------
+
+    def observe_underlay(self, nic: str, phy: str) -> UnderlayState:
+        """The NIC's and br-phy's device state (see ``UnderlayState``). Read-only."""
+        ipr = self._host()
+        n, p = self._get(nic), self._get(phy)
+        return UnderlayState(
+            nic_present=n is not None,
+            nic_up=n is not None and bool(n["flags"] & IFF_UP),
+            nic_noarp=n is not None and bool(n["flags"] & IFF_NOARP),
+            nic_addresses=_addresses(ipr, n["index"]) if n is not None else frozenset(),
+            phy_present=p is not None,
+            phy_up=p is not None and bool(p["flags"] & IFF_UP),
+            phy_addresses=_addresses(ipr, p["index"]) if p is not None else frozenset(),
+        )
+
+    def ensure_underlay(self, op: EnsureUnderlay) -> None:
+        """See ``EnsureUnderlay``: the address is added to br-phy before it leaves the NIC, so
+        the connected route never disappears. Raises ``OpFailed``."""
+        ipr = self._host()
+        nic, phy = self._get(op.nic), self._get(op.phy)
+        if nic is None:
+            raise OpFailed(f"underlay device {op.nic} does not exist")
+        if phy is None:
+            raise OpFailed(f"{op.phy} has no device yet (is ovs-vswitchd running in this netns?)")
+        if op.prefixlen is None:
+            raise OpFailed(
+                f"VTEP {op.vtep} is on neither {op.nic} nor {op.phy}: configure it on {op.nic}"
+            )
+        ipaddress.IPv4Interface(f"{op.vtep}/{op.prefixlen}")  # validates
+        ipr.link("set", index=nic["index"], flags=IFF_NOARP, change=IFF_NOARP)
+        ipr.link("set", index=nic["index"], state="up")
+        ipr.link("set", index=phy["index"], state="up")
+        ipr.addr("replace", index=phy["index"], address=op.vtep, prefixlen=op.prefixlen)
+        for a in ipr.addr("dump", family=socket.AF_INET):
+            if a["index"] == nic["index"] and a.get("IFA_ADDRESS") == op.vtep:
+                try:
+                    ipr.addr("del", index=nic["index"], address=op.vtep, prefixlen=a["prefixlen"])
+                except NetlinkError as exc:
+                    if _code(exc) != errno.EADDRNOTAVAIL:
+                        raise
