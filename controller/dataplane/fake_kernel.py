@@ -301,7 +301,19 @@ class FakeKernel:
     def _ensure_veth(self, op: EnsureVeth) -> None:
         self._bridge(op.bridge)
         lk = self._mine(op.host_name, "veth")
-        if lk is None:
+        if lk is None and op.netns is not None:
+            ns = self._netns.get(op.netns)
+            if ns is None:
+                raise OpFailed(f"network namespace {op.netns} does not exist")
+            if op.ifname in ns.ifaces:
+                raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
+            lk = _Link(op.host_name, "veth", owned=True, index=self._index(), mac=self._mac())
+            lk.partner = op.peer_name
+            iface = _Iface(op.ifname, owned=True, partner=op.host_name, mac=op.peer_mac)
+            iface.mtu = op.mtu
+            ns.ifaces[op.ifname] = iface
+            self._links[op.host_name] = lk
+        elif lk is None:
             if op.peer_name in self._links:
                 raise OpFailed(f"peer name {op.peer_name} is taken in the host namespace")
             lk = _Link(op.host_name, "veth", owned=True, index=self._index(), mac=self._mac())

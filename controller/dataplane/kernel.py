@@ -743,7 +743,9 @@ class KernelDataPlane:
         ipr = self._host()
         br = self._bridge_index(op.bridge)
         msg = self._mine(op.host_name, "veth")
-        if msg is None:
+        if msg is None and op.netns is not None:
+            idx = self._create_veth_into(op)
+        elif msg is None:
             idx = self._create(
                 op.host_name,
                 kind="veth",
@@ -757,6 +759,36 @@ class KernelDataPlane:
         peer = _get_link(ipr, op.peer_name)
         if peer is not None and _owned(peer) and _kind(peer) == "veth":
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
+
+    def _create_veth_into(self, op: EnsureVeth) -> int:
+        """Create the pair with its peer born inside ``op.netns`` as ``op.ifname`` and mark
+        both ends; on any failure nothing is left behind (deleting one end deletes both)."""
+        assert op.netns is not None
+        ns = self._ns_handle(op.netns)
+        if ns is None:
+            raise OpFailed(f"network namespace {op.netns} does not exist")
+        if _get_link(ns, op.ifname) is not None:
+            raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, op.netns), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OpFailed(f"network namespace {op.netns} does not exist") from None
+        try:
+            peer = {"ifname": op.ifname, "address": op.peer_mac, "mtu": op.mtu, "net_ns_fd": fd}
+            idx = self._create(op.host_name, kind="veth", mtu=op.mtu, peer=peer)
+        finally:
+            os.close(fd)
+        try:
+            inner = _get_link(ns, op.ifname)
+            if inner is None:
+                raise OpFailed(f"veth peer did not appear as {op.netns}/{op.ifname}")
+            ns.link("set", index=inner["index"], ifalias=OWNER_ALIAS)
+            ns.link("set", index=inner["index"], IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
+        except (NetlinkError, OpFailed):
+            self._host().link("del", index=idx)
+            self._index.pop(op.host_name, None)
+            raise
+        return idx
 
     def _configure_endpoint(self, op: ConfigureEndpoint) -> None:
         ns = self._ns_handle(op.netns)

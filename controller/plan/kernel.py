@@ -180,7 +180,7 @@ def _plan_endpoint(
         host is not None and is_owned(host) and host.master == br and host.mtu == mtu and host.up
     )
     if not (host_ok and peer_ok):
-        ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac))
+        ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac, ep.netns, ep.ifname))
     if ep.netns is not None:
         side = actual.endpoints.get((ep.netns, ep.ifname))
         if fresh or not _side_ok(side, ep, nv, mtu):

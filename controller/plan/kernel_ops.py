@@ -78,9 +78,12 @@ class EnsureVxlan:
 class EnsureVeth:
     """A veth pair for one endpoint: ``host_name`` in ``bridge`` (MTU, up, owned).
 
-    When created, the peer is born in the host namespace as ``peer_name`` with ``peer_mac`` and
-    ``mtu``; while the peer is still in the host namespace its MAC and MTU are kept converged.
-    Once the peer has moved (into the endpoint netns, or taken by Docker) it is not touched here.
+    When created with ``netns``, the peer is born directly inside that namespace as ``ifname``
+    with ``peer_mac`` and ``mtu`` (and owned): moving a device between namespaces costs the
+    kernel 15-30 ms of RCU synchronisation, creating it in place under 1 ms. Without ``netns``
+    (Docker moves the peer itself) the peer is born in the host namespace as ``peer_name``, and
+    its MAC and MTU are kept converged while it is still there. Once the peer has left the host
+    namespace it is not touched here.
     """
 
     host_name: str
@@ -88,6 +91,8 @@ class EnsureVeth:
     bridge: str
     mtu: int
     peer_mac: str
+    netns: str | None = None
+    ifname: str = "eth0"
 
     @property
     def needs(self) -> frozenset[str]:
@@ -98,9 +103,10 @@ class EnsureVeth:
         return frozenset({self.host_name, self.peer_name})
 
     def __str__(self) -> str:
+        where = f"{self.netns}/{self.ifname}" if self.netns else self.peer_name
         return (
             f"ensure veth {self.host_name} master {self.bridge} mtu {self.mtu} "
-            f"peer {self.peer_name} address {self.peer_mac}"
+            f"peer {where} address {self.peer_mac}"
         )
 
 
