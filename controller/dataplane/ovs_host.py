@@ -32,6 +32,7 @@ from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pyroute2_netns
 
 from controller.dataplane.backend import OpFailed
+from controller.dataplane.kernel import _NO_IPV6_ADDRESSES as NO_IPV6_ADDRESSES
 from controller.dataplane.ovs_state import UnderlayState
 from controller.model.naming import OWNER_ALIAS
 from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
@@ -183,13 +184,16 @@ class HostLinks:
 
     def _mark(self, name: str) -> None:
         """The owner marker, right after creation (the kernel ignores it in the create
-        request); a link that cannot be marked is deleted again (it would block its name)."""
+        request), and no IPv6 addresses (as the kernel backend does: no IPv6 multicast from
+        heddle's devices); a link that cannot be marked is deleted again (it would block its
+        name)."""
         ipr = self._host()
         msg = self._get(name)
         if msg is None:
             raise OpFailed(f"link {name} vanished right after it was created")
         try:
             ipr.link("set", index=msg["index"], ifalias=OWNER_ALIAS)
+            ipr.link("set", index=msg["index"], IFLA_AF_SPEC=NO_IPV6_ADDRESSES)
         except NetlinkError:
             ipr.link("del", index=msg["index"])
             raise

@@ -109,11 +109,14 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
                 port_dels.append(DelOvsPort(name, pname))
 
     recreate: list[OvsOp] = []
-    infra: list[OvsOp] = [
-        b
-        for b in desired_bridges(layout, view.host.vtep)
-        if not bridge_ok(b, db.bridges.get(b.name))
-    ]
+    bridges = desired_bridges(layout, view.host.vtep)
+    infra: list[OvsOp] = [b for b in bridges if not bridge_ok(b, db.bridges.get(b.name))]
+    # A bridge that is created, or gets another datapath (a new ofproto), starts empty.
+    tables = {b: actual.flows.get(b, frozenset()) for b in layout.bridges}
+    for b in bridges:
+        have = db.bridges.get(b.name)
+        if have is None or not have.owned or have.datapath_type != b.datapath_type:
+            tables[b.name] = frozenset()
     if layout.restore_wait and not db.flow_restore_wait:
         infra.append(ArmFlowRestoreWait())
     infra += [
@@ -132,10 +135,10 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
     flows = desired_flows(layout, view, actual)
     installs: dict[str, OvsOp] = {}
     for bridge in layout.bridges:
-        op = plan_flows(bridge, flows[bridge], actual.flows.get(bridge, frozenset()))
+        op = plan_flows(bridge, flows[bridge], tables[bridge])
         if op is not None:
             installs[bridge] = op
-    restarted = any(not actual.flows.get(b) for b in layout.bridges)
+    restarted = any(not tables[b] for b in layout.bridges)
     integ = db.bridges.get(layout.bridge)
     pending = integ is not None and integ.owned and integ.restore_pending
     begin: list[OvsOp] = []
