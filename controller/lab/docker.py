@@ -10,9 +10,10 @@ Recipe (shared/notes/docker_plugin.md, §1 and the addendum), per host ``hK``:
   dockerd runs and where its container netns bind mounts live, so a restarted dockerd sees its
   predecessor's.
 * **dockerd**: ``nsenter -t <holder> -m -u -n -- dockerd --iptables=false --ip6tables=false
-  --bridge=none --ip-forward=false --ip-masq=false`` with private ``--data-root``,
-  ``--exec-root``, ``--pidfile``, ``-H unix://...`` and ``--cgroup-parent /<prefix>-<host>`` (so
-  teardown finds every container process by cgroup). nsenter execs dockerd: the PID is dockerd's.
+  --bridge=none --ip-forward=false --ip-masq=false`` (and ``--live-restore`` on request) with
+  private ``--data-root``, ``--exec-root``, ``--pidfile``, ``-H unix://...`` and
+  ``--cgroup-parent /<prefix>-<host>`` (so teardown finds every container process by cgroup).
+  nsenter execs dockerd: the PID is dockerd's.
 * the host's ``/run/docker/plugins`` is ``plugin_dir(host)`` on the real filesystem, so the
   agent (root mount namespace, host netns) serves ``plugin_socket(host)`` and only that host's
   dockerd sees it as ``/run/docker/plugins/heddle.sock``.
@@ -183,9 +184,10 @@ def build_rootfs_tar(dest: Path) -> Path:
 class DockerLab:
     """One dockerd per host of ``lab``; see the module docstring."""
 
-    def __init__(self, lab: Lab, base: Path | None = None) -> None:
+    def __init__(self, lab: Lab, base: Path | None = None, live_restore: bool = False) -> None:
         self.lab = lab
         self.base = Path(base) if base is not None else default_base(lab.prefix)
+        self.live_restore = live_restore
 
     # -- record -------------------------------------------------------------------------------
     def _load(self) -> DockerRecord:
@@ -355,6 +357,7 @@ class DockerLab:
             "--cgroup-parent",
             f"/{self.cgroup_parent(name)}",
             "--debug",
+            *(["--live-restore"] if self.live_restore else []),
         ]
         with open(self.log_path(name), "ab") as log:
             log.write(f"--- lab: starting dockerd at {time.strftime('%H:%M:%S')}\n".encode())
@@ -378,13 +381,14 @@ class DockerLab:
             time.sleep(0.05)
 
     def stop_dockerd(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM dockerd (it stops its containers and containerd), SIGKILL after ``timeout``;
-        then end whatever is left in the holder's mount namespace. Idempotent."""
+        """SIGTERM dockerd, SIGKILL after ``timeout``. Without live restore dockerd stops its
+        containers and containerd, and whatever is left in the holder's mount namespace is
+        ended; with it, the containers (and their shims) keep running. Idempotent."""
         rec = self._host(name)
         if rec is None:
             return
         stop_process(rec.dockerd, timeout=timeout)
-        if rec.holder is not None:
+        if rec.holder is not None and not self.live_restore:
             for ref in _procs_in_mount_ns(rec.holder):
                 kill_process(ref, signal.SIGKILL)
         self._put_host(replace(rec, dockerd=None))
