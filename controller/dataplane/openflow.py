@@ -133,8 +133,10 @@ class VswitchdWatch:
     ``on_change`` is called (from the thread) when a connection is established and when it
     breaks: either is a moment the agent must look at the tables now (a new ovs-vswitchd has
     empty tables). It answers echo requests and ignores every
-    other message; it never sends anything that changes the switch. ``stop()`` ends it
-    (idempotent). Why a connection and not polling: a vswitchd that dies closes it at once, so
+    other message; it never sends anything that changes the switch. While the socket is absent
+    it retries every ``retry`` s, backing off to ``max_retry`` (a connect attempt on a unix
+    socket is cheap, and the retry interval is part of the traffic gap after a restart).
+    ``stop()`` ends it (idempotent). Why a connection and not polling: a vswitchd that dies closes it at once, so
     detection costs no periodic ``ovs-ofctl`` runs."""
 
     def __init__(
@@ -142,7 +144,7 @@ class VswitchdWatch:
         mgmt_socket: str,
         on_change: Callable[[], None],
         retry: float = 0.1,
-        max_retry: float = 1.0,
+        max_retry: float = 0.25,
     ) -> None:
         self.path = mgmt_socket
         self._on_change = on_change
