@@ -479,3 +479,25 @@ def test_agent_loop_restores_traffic_right_after_vswitchd_restart(lab: Lab) -> N
         finally:
             rec.stop()
             worker.join(10)
+
+
+def test_two_ovs_hosts_connect_over_userspace_tunnels(lab: Lab) -> None:
+    """h2 on the ovs backend too (its own OVS instance in the peer namespace)."""
+    h2 = replace(H2, backend="ovs")
+    snap = replace(snapshot(lab), hosts={h.name: h for h in (H1, h2, H3)})
+    peer_ovs = lab_ovs.start(lab.peer, Path(f"/tmp/{lab.prefix}-u"))
+    try:
+        with (
+            dataplane(lab) as dp1,
+            OvsDataPlane(
+                h2.vtep, ovsdb=peer_ovs.db_url, datapath="netdev", underlay_dev="ulp",
+                netns=lab.peer,
+            ) as dp2,
+        ):  # fmt: skip
+            converge(dp1, host_view(snap, H1))
+            converge(dp2, host_view(snap, h2))
+            assert wait_ping(lab.ep_a, "10.77.0.20", timeout=15) is not None
+            assert wait_ping(lab.ep_c, "10.77.0.11", timeout=15) is not None
+            assert tcp_echo(lab, lab.ep_c, lab.ep_b, "10.77.0.20") != b"mismatch"
+    finally:
+        peer_ovs.stop(remove_workdir=True)
