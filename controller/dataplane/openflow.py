@@ -136,8 +136,8 @@ class VswitchdWatch:
     other message; it never sends anything that changes the switch. While the socket is absent
     it retries every ``retry`` s, backing off to ``max_retry`` (a connect attempt on a unix
     socket is cheap, and the retry interval is part of the traffic gap after a restart).
-    ``stop()`` ends it (idempotent). Why a connection and not polling: a vswitchd that dies closes it at once, so
-    detection costs no periodic ``ovs-ofctl`` runs."""
+    ``stop()`` ends it (idempotent). Why a connection and not polling: a vswitchd that dies
+    closes it at once, so detection costs no periodic ``ovs-ofctl`` runs."""
 
     def __init__(
         self,

@@ -56,7 +56,7 @@ from controller.plan.ovs_ops import (
     OvsOp,
     ReplaceFlows,
 )
-from controller.plan.ovsdb import DEFAULT_BRIDGE, DEFAULT_PHY_BRIDGE, Datapath, OvsLayout
+from controller.plan.ovsdb import DEFAULT_BRIDGE, DEFAULT_PHY_BRIDGE, OvsLayout, parse_datapath
 
 log = logging.getLogger("heddle.ovs")
 
@@ -76,15 +76,15 @@ class OvsDataPlane:
     ``on_change``: called from a watch thread when ovs-vswitchd goes away or comes back (pass the
     reconciler's ``Trigger.fire``); ``None`` starts no thread.
 
-    Raises ``InvalidRecord`` for an impossible layout; nothing else at construction (connections
-    open on first use)."""
+    Raises ``InvalidRecord`` (a ``HeddleError``) for an unknown datapath or an impossible layout;
+    nothing else at construction (connections open on first use)."""
 
     def __init__(
         self,
         vtep: str,
         *,
         ovsdb: str,
-        datapath: Datapath = "system",
+        datapath: str = "system",
         underlay_dev: str | None = None,
         rundir: str | None = None,
         bridge: str = DEFAULT_BRIDGE,
@@ -96,7 +96,7 @@ class OvsDataPlane:
     ) -> None:
         self.vtep = vtep
         self.layout = OvsLayout(
-            datapath=datapath,
+            datapath=parse_datapath(datapath),
             bridge=bridge,
             underlay_dev=underlay_dev,
             phy_bridge=phy_bridge,

@@ -40,6 +40,15 @@ TUNNEL_PORT = "hdvxlan"
 Datapath = Literal["system", "netdev"]
 
 
+def parse_datapath(value: str) -> Datapath:
+    """``value`` as a ``Datapath``; raises ``InvalidRecord`` for anything else (a flag value)."""
+    if value == "system":
+        return "system"
+    if value == "netdev":
+        return "netdev"
+    raise InvalidRecord(f"--ovs-datapath {value!r} must be system or netdev")
+
+
 @dataclass(frozen=True, slots=True)
 class OvsLayout:
     """Static settings of one host's ovs data plane (from the agent's flags).
