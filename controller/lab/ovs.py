@@ -55,6 +55,17 @@ _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "<bridge>.mgmt"
 __all__ = ["OvsInstance", "start", "stop_workdir"]
 
 
+_SYSTEM_DIRS = frozenset({Path("/var/run/openvswitch"), Path("/run/openvswitch")})
+
+
+def _private(workdir: Path) -> Path:
+    """``workdir`` made absolute; ``LabError`` if it is the system instance's directory."""
+    absolute = Path(workdir).absolute()
+    if absolute in _SYSTEM_DIRS or absolute.resolve() in _SYSTEM_DIRS:
+        raise LabError(f"{absolute} belongs to the system Open vSwitch; use a private directory")
+    return absolute
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -218,7 +229,7 @@ def start(netns: str | None, workdir: Path) -> OvsInstance:
 
     Refuses (``LabError``) when ``workdir`` already holds a running instance or its socket paths
     would be too long. On failure, everything started is stopped again."""
-    workdir = Path(workdir).absolute()
+    workdir = _private(workdir)
     if len(str(workdir / "ovs-vswitchd.12345.ctl")) > _SOCKET_PATH_MAX:
         raise LabError(f"OVS workdir {workdir} is too long for unix socket paths")
     inst = OvsInstance(netns, workdir)
@@ -259,8 +270,9 @@ def stop_workdir(workdir: Path, remove_workdir: bool = False, timeout: float = 5
 
     Bridges are deleted first while ``ovs-vswitchd`` still runs, which removes the userspace
     datapath's tap devices (after a crash they would otherwise stay in the namespace). Never
-    raises; a daemon that ignores SIGTERM is killed after ``timeout``."""
-    inst = OvsInstance(None, Path(workdir).absolute())
+    raises (apart from ``LabError`` for the system instance's directory, which is never
+    touched); a daemon that ignores SIGTERM is killed after ``timeout``."""
+    inst = OvsInstance(None, _private(workdir))
     db, vs = inst.ovsdb_ref, inst.vswitchd_ref
     if db is not None and vs is not None and is_running(vs):
         for br in _bridges(inst):
