@@ -19,6 +19,9 @@ from controller.model.errors import HeddleError, StoreUnavailable
 from controller.output import as_json, table
 
 if TYPE_CHECKING:
+    from controller.agent import AgentConfig
+    from controller.model.records import Host
+    from controller.reconcile.trigger import Trigger
     from controller.store.kv import KV
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -261,6 +264,24 @@ def _underlay_mtu(vtep: str) -> int:
     return 1500
 
 
+def _make_dataplane(cfg: AgentConfig, host: Host, trigger: Trigger) -> Any:
+    """The configured backend. OVS notices an ovs-vswitchd restart itself and wakes the
+    reconciler (``trigger.fire``) so flows come back at once, not at the next resync."""
+    if cfg.backend == "ovs":
+        from controller.dataplane.ovs import OvsDataPlane
+
+        return OvsDataPlane(
+            host.vtep,
+            ovsdb=cfg.ovsdb or "unix:/var/run/openvswitch/db.sock",
+            datapath=cfg.ovs_datapath,
+            underlay_dev=cfg.underlay_dev,
+            on_change=trigger.fire,
+        )
+    from controller.dataplane.kernel import KernelDataPlane
+
+    return KernelDataPlane(host.vtep)
+
+
 def run_agent(args: argparse.Namespace) -> int:
     """Wire and run the agent until SIGTERM/SIGINT: membership, watcher + cache, reconciler.
 
@@ -296,10 +317,6 @@ def run_agent(args: argparse.Namespace) -> int:
         "kernel" if cfg.backend == "kernel" else "ovs",
         __version__,
     )
-    if cfg.backend != "kernel":
-        raise HeddleError(f"backend {cfg.backend!r} is not available in this build")
-    from controller.dataplane.kernel import KernelDataPlane
-
     kv = new_kv()
     stop = threading.Event()
     trigger = Trigger()
@@ -334,7 +351,7 @@ def run_agent(args: argparse.Namespace) -> int:
     )
     while not stop.is_set() and not watcher.wait_synced(1.0):
         pass
-    dataplane = KernelDataPlane(host.vtep)
+    dataplane = _make_dataplane(cfg, host, trigger)
     reconciler = Reconciler(
         host,
         cache.snapshot,
