@@ -40,7 +40,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,20 @@ class DockerRecord:
     hosts: tuple[DockerHostRecord, ...] = ()
     created_targets: tuple[str, ...] = ()
     cgroup_parents: tuple[str, ...] = field(default=())
+
+
+class PluginLab(Lab):
+    """The lab with every agent serving the Docker plugin at ``plugin_socket(host)`` (set it
+    to ``DockerLab.plugin_socket`` before ``up``) instead of ``--no-plugin``."""
+
+    plugin_socket: Callable[[str], Path] | None = None
+
+    def agent_argv(self, host: str) -> list[str]:
+        argv = super().agent_argv(host)
+        if self.plugin_socket is None:
+            return argv
+        argv = [a for a in argv if a != "--no-plugin"]
+        return [*argv, "--plugin-socket", str(self.plugin_socket(host))]
 
 
 def default_base(prefix: str) -> Path:
@@ -241,6 +255,16 @@ class DockerLab:
 
     def docker_socket(self, host: str) -> Path:
         return self.host_dir(host) / "docker.sock"
+
+    def wait_plugins(self, timeout: float = 15.0, hosts: Sequence[str] | None = None) -> bool:
+        """Wait until every host's agent serves the plugin socket; False after ``timeout``."""
+        names = list(hosts) if hosts is not None else [h.name for h in self.lab.hosts]
+        deadline = time.monotonic() + timeout
+        while not all(self.plugin_socket(n).exists() for n in names):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def cgroup_parent(self, host: str) -> str:
         return f"{self.lab.prefix}-{host}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from controller.desired import DesiredState
-from controller.lab.docker import DOCKERD, IMAGE, DockerLab
+from controller.lab.docker import DOCKERD, IMAGE, DockerLab, PluginLab
 from controller.lab.nsutil import LabError
 from controller.lab.probes import owned_links
 from controller.lab.topology import Lab
@@ -39,19 +39,6 @@ MGMT, UNDERLAY = "172.31.242.0/24", "172.31.241.0/24"
 HOSTS = ("h1", "h2")
 SLEEP = ("sleep", "3600")
 PLUGIN_WAIT = 15.0
-
-
-class PluginLab(Lab):
-    """The lab, with each agent serving the Docker plugin at ``plugin_socket(host)``."""
-
-    plugin_socket: Callable[[str], Path] | None = None
-
-    def agent_argv(self, host: str) -> list[str]:
-        argv = super().agent_argv(host)
-        if self.plugin_socket is None:
-            return argv
-        argv = [a for a in argv if a != "--no-plugin"]
-        return [*argv, "--plugin-socket", str(self.plugin_socket(host))]
 
 
 @dataclass
@@ -77,14 +64,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     kv: EtcdKV | None = None
     try:
         lab.up(hosts=len(HOSTS), resync_interval=2.0)
-        deadline = time.monotonic() + PLUGIN_WAIT
-        while not all(dl.plugin_socket(h).exists() for h in HOSTS):
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"the agents do not serve the Docker plugin at {dl.plugin_socket('h1')} "
-                    f"(is controller.plugin wired into run_agent?)"
-                )
-            time.sleep(0.1)
+        if not dl.wait_plugins(PLUGIN_WAIT):
+            pytest.fail(
+                f"the agents do not serve the Docker plugin at {dl.plugin_socket('h1')} "
+                "(is controller.plugin wired into run_agent?)"
+            )
         dl.start()
         kv = EtcdKV([lab.etcd_url])
         yield Env(lab, dl, kv)
