@@ -3,9 +3,10 @@
 ``LinkReadiness`` is the ``ReadyWaiter`` the agent gives the NetworkDriver. The endpoint record
 is written by CreateEndpoint; the agent's watcher sees it and its reconciler builds the pair
 (``veth_host_name`` in the network's bridge and up, ``veth_peer_name`` beside it, both marked
-with the owner alias). Join may hand the peer to Docker only after that, or Docker would move a
-half-configured link (or none). The check reads the kernel directly, so it is true exactly
-when the pair is usable, whichever pass built it; ``notify()`` (called after every reconcile
+with the owner alias; the ovs backend builds the same pair without a Linux bridge). Join may hand
+the peer to Docker only after that, or Docker would move a half-configured link (or none). The
+check reads the kernel directly, so it is true exactly when the pair is usable, whichever pass
+built it; ``notify()`` (called after every reconcile
 pass) only makes the waiter look again at once instead of at its next poll.
 """
 
@@ -30,8 +31,9 @@ class KernelProbe:
     """Reads the links of ``netns`` (None: this process's namespace, which is the agent's).
     Thread-safe (one netlink socket, locked, opened on first use and after an error)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, require_master: bool = True) -> None:
         self._netns = netns
+        self._require_master = require_master
         self._lock = threading.Lock()
         self._ipr: Any = None
 
@@ -52,12 +54,17 @@ class KernelProbe:
             self._ipr = None
 
     def __call__(self, network: str, endpoint_id: str) -> bool:
-        """True if the pair is built: host side owned, up and in a bridge; peer owned, here."""
+        """True if the pair is built: host side owned and up (and enslaved, with
+        ``require_master``); peer owned and still here. Both backends bring the host side up
+        last, after marking both ends (and, on the kernel backend, in the same request that
+        puts it in the bridge)."""
         with self._lock:
             host = self._link(veth_host_name(network, endpoint_id))
             if host is None or host.get("IFLA_IFALIAS") != OWNER_ALIAS:
                 return False
-            if not host["flags"] & IFF_UP or not host.get("IFLA_MASTER"):
+            if not host["flags"] & IFF_UP:
+                return False
+            if self._require_master and not host.get("IFLA_MASTER"):
                 return False
             peer = self._link(veth_peer_name(network, endpoint_id))
             return peer is not None and peer.get("IFLA_IFALIAS") == OWNER_ALIAS
@@ -71,10 +78,17 @@ class LinkReadiness:
     """A ``ReadyWaiter`` (see ``network_driver``): polls ``probe`` every ``poll_interval``
     seconds, or at once after ``notify()``. Thread-safe; any number of concurrent waiters."""
 
-    def __init__(self, probe: Probe | None = None, poll_interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        probe: Probe | None = None,
+        poll_interval: float = 0.02,
+        require_master: bool = True,
+    ) -> None:
+        """``probe`` defaults to a ``KernelProbe`` of this process's namespace;
+        ``require_master=False`` for the ovs backend (no Linux bridge on the netdev datapath)."""
         self._kernel: KernelProbe | None = None
         if probe is None:
-            self._kernel = probe = KernelProbe()
+            self._kernel = probe = KernelProbe(require_master=require_master)
         self._probe: Probe = probe
         self._poll = poll_interval
         self._cond = threading.Condition()

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute, netns
 from controller.dataplane.kernel import KernelDataPlane
 from controller.desired import DesiredState
 from controller.model import codec
-from controller.model.naming import veth_peer_name
+from controller.model.naming import OWNER_ALIAS, veth_host_name, veth_peer_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import Snapshot, host_view
 from controller.plugin import keys as pkeys
@@ -304,6 +304,18 @@ def test_kernel_probe_sees_the_pair_the_data_plane_builds() -> None:
                     dp.apply(dp.plan(view, dp.observe(view)))
                 assert waiting.result(timeout=10) is True
             assert probe("blue", "other") is False
+            # the ovs backend's pair has no Linux bridge master: only require_master=False
+            # accepts it
+            loose = KernelProbe(netns=ns, require_master=False)
+            with IPRoute(netns=ns, flags=0) as ipr:
+                hv, pv = veth_host_name("blue", "ovs1"), veth_peer_name("blue", "ovs1")
+                ipr.link("add", ifname=hv, kind="veth", peer={"ifname": pv})
+                for name in (hv, pv):
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifalias=OWNER_ALIAS)
+                ipr.link("set", index=ipr.link_lookup(ifname=hv)[0], state="up")
+            assert probe("blue", "ovs1") is False
+            assert loose("blue", "ovs1") is True
+            loose.close()
             with IPRoute(netns=ns, flags=0) as ipr:  # the peer moved away (into a container)
                 peer = ipr.link_lookup(ifname=veth_peer_name("blue", "d0c0"))[0]
                 ipr.link("set", index=peer, state="down")
