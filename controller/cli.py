@@ -295,7 +295,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from controller.agent import load_config
     from controller.membership import Membership
     from controller.model.records import Host
-    from controller.reconcile.loop import Reconciler
+    from controller.reconcile.loop import PassResult, Reconciler
     from controller.reconcile.status import StatusWriter
     from controller.reconcile.trigger import Trigger
     from controller.store import keys
@@ -342,6 +342,7 @@ def run_agent(args: argparse.Namespace) -> int:
     watcher = Watcher(new_kv, keys.ROOT, cache, trigger.fire)
     membership.start()
     watcher.start()
+    plugin, readiness = _start_plugin(cfg, kv, host)
     log.info(
         "agent %s (vtep %s, mtu %d) waiting for etcd %s",
         host.name,
@@ -352,12 +353,19 @@ def run_agent(args: argparse.Namespace) -> int:
     while not stop.is_set() and not watcher.wait_synced(1.0):
         pass
     dataplane = _make_dataplane(cfg, host, trigger)
+    status = StatusWriter(kv, host.name)
+
+    def on_result(result: PassResult) -> None:
+        status(result)
+        if readiness is not None:
+            readiness.notify()  # a Join waiting for its veth looks again at once
+
     reconciler = Reconciler(
         host,
         cache.snapshot,
         dataplane,
         trigger,
-        StatusWriter(kv, host.name),
+        on_result,
         resync_interval=cfg.resync_interval,
     )
     worker = threading.Thread(target=reconciler.run, name="reconciler", daemon=True)
@@ -367,11 +375,28 @@ def run_agent(args: argparse.Namespace) -> int:
     reconciler.stop()
     if worker.is_alive():
         worker.join(timeout=10)
+    if plugin is not None:
+        plugin.stop()
     watcher.stop()
     membership.stop()
     dataplane.close()
     kv.close()
     return 0
+
+
+def _start_plugin(cfg: AgentConfig, kv: KV, host: Host) -> tuple[Any, Any]:
+    """Serve the Docker plugin (unless ``--no-plugin``). It needs only etcd, so it is up before
+    the first pass: dockerd may call it as soon as it starts. Returns (server, readiness)."""
+    if cfg.plugin_socket is None:
+        return None, None
+    from controller.plugin.readiness import LinkReadiness
+    from controller.plugin.service import plugin_server
+
+    readiness = LinkReadiness(require_master=cfg.backend == "kernel")
+    server = plugin_server(kv, host.name, cfg.plugin_socket, readiness)
+    server.start()
+    logging.getLogger("heddle.agent").info("docker plugin on %s", cfg.plugin_socket)
+    return server, readiness
 
 
 def main(argv: Sequence[str] | None = None) -> int:
