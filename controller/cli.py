@@ -376,7 +376,8 @@ def run_agent(args: argparse.Namespace) -> int:
     if worker.is_alive():
         worker.join(timeout=10)
     if plugin is not None:
-        plugin.stop()
+        plugin.stop()  # in-flight calls finish (<= 2 s); the socket file is removed
+        readiness.close()
     watcher.stop()
     membership.stop()
     dataplane.close()
@@ -392,10 +393,18 @@ def _start_plugin(cfg: AgentConfig, kv: KV, host: Host) -> tuple[Any, Any]:
     from controller.plugin.readiness import LinkReadiness
     from controller.plugin.service import plugin_server
 
+    log = logging.getLogger("heddle.agent")
     readiness = LinkReadiness(require_master=cfg.backend == "kernel")
     server = plugin_server(kv, host.name, cfg.plugin_socket, readiness)
-    server.start()
-    logging.getLogger("heddle.agent").info("docker plugin on %s", cfg.plugin_socket)
+    try:
+        server.start()
+    except (HeddleError, OSError) as exc:
+        # The data plane is the agent's first job; a socket another process serves (or a
+        # directory we cannot write) must not stop it. The error says why Docker cannot reach us.
+        log.error("docker plugin NOT served on %s: %s", cfg.plugin_socket, exc)
+        readiness.close()
+        return None, None
+    log.info("docker plugin on %s", cfg.plugin_socket)
     return server, readiness
 
 
