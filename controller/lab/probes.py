@@ -1,13 +1,18 @@
 """Observations of a running lab shared by the demo, the e2e tests and the benchmarks.
 
-They read the kernel (pyroute2, ``flags=0`` so a typo never creates a namespace) and etcd
-(through ``EtcdHTTP``, never through the code under test) and only ever write into namespaces
+They read the kernel (pyroute2, ``flags=0`` so a typo never creates a namespace), etcd
+(through ``EtcdHTTP``) and Open vSwitch (``ovs-vsctl``/``ovs-ofctl`` on the host's private
+instance) -- never through the code under test -- and only ever write into namespaces
 the caller created (e.g. a forged neighbour entry in a container).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from controller.lab.etcd_http import EtcdHTTP, EtcdHTTPError
+from controller.lab.nsutil import call_in_netns
+from controller.lab.ovs import OvsInstance
 from controller.lab.pinger import PingResult, ping
 from controller.model.naming import OWNER_ALIAS, PREFIX
 
@@ -106,3 +113,97 @@ def wait_status(
         if pending:
             time.sleep(0.05)
     return got
+
+
+# -- Open vSwitch (ovs hosts): through ovs-vsctl / ovs-ofctl, never through the code under test --
+
+OVS_OWNER = ("heddle-owner", OWNER_ALIAS)
+OVS_ENDPOINT_KEY = "heddle-endpoint"
+OVS_COOKIE = "0x68646c65"  # "hdle": the cookie on every flow heddle installs
+
+
+def ovs_owned_interfaces(inst: OvsInstance) -> dict[str, dict[str, str]]:
+    """``{interface name: external_ids}`` of every interface heddle marked as its own."""
+    out = json.loads(
+        inst.vsctl("--format=json", "--columns=name,external_ids", "list", "Interface")
+    )
+    found: dict[str, dict[str, str]] = {}
+    for name, ids in out["data"]:
+        pairs = dict(ids[1]) if isinstance(ids, list) and ids[0] == "map" else {}
+        if pairs.get(OVS_OWNER[0]) == OVS_OWNER[1]:
+            found[str(name)] = {str(k): str(v) for k, v in pairs.items()}
+    return found
+
+
+def ovs_endpoint_ports(inst: OvsInstance) -> list[str]:
+    """Owned interfaces that stand for an endpoint (``external_ids:heddle-endpoint``)."""
+    return sorted(n for n, ids in ovs_owned_interfaces(inst).items() if OVS_ENDPOINT_KEY in ids)
+
+
+def ovs_flows(inst: OvsInstance, bridge: str = "br-heddle") -> list[str]:
+    """heddle's flows on ``bridge`` (by cookie) as ``ovs-ofctl dump-flows --no-stats`` lines."""
+    text = inst.ofctl(
+        "-O", "OpenFlow14", "--no-names", "dump-flows", "--no-stats", bridge,
+        f"cookie={OVS_COOKIE}/-1",
+    )  # fmt: skip
+    return [ln.strip() for ln in text.splitlines() if "actions=" in ln]
+
+
+def tcp_transfer(
+    src_netns: str, dst_netns: str, dst_ip: str, nbytes: int = 1 << 20, port: int = 5201,
+    timeout: float = 10.0,
+) -> float:  # fmt: skip
+    """Send ``nbytes`` over one TCP connection from ``src_netns`` to ``dst_ip`` (in
+    ``dst_netns``); return the seconds it took. Raises ``OSError``/``TimeoutError`` when the
+    bytes do not all arrive in ``timeout`` (e.g. segments dropped for bad checksums: ICMP echo
+    carries a checksum computed in software, TCP's may be left to an offload that never runs).
+
+    Both sockets are made by threads inside the namespaces and used from here."""
+
+    def listener() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((dst_ip, port))
+        s.listen(1)
+        return s
+
+    srv = call_in_netns(dst_netns, listener)
+    cli = call_in_netns(src_netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sender_error: list[BaseException] = []
+    try:
+        srv.settimeout(timeout)
+        cli.settimeout(timeout)
+        t0 = time.monotonic()
+        cli.connect((dst_ip, port))
+        conn, _ = srv.accept()
+        data = os.urandom(nbytes)
+
+        def send() -> None:
+            try:
+                cli.sendall(data)
+                cli.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                sender_error.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        with conn:
+            conn.settimeout(timeout)
+            got = bytearray()
+            deadline = t0 + timeout
+            while len(got) < nbytes:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"TCP to {dst_ip}: {len(got)}/{nbytes} bytes in {timeout}s")
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+        sender.join(timeout)
+        if bytes(got) != data:
+            raise OSError(f"TCP to {dst_ip}: got {len(got)} of {nbytes} bytes (or corrupted)")
+        if sender_error:
+            raise sender_error[0]
+        return time.monotonic() - t0
+    finally:
+        cli.close()
+        srv.close()

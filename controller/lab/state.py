@@ -22,7 +22,12 @@ VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class HostRecord:
-    """One lab host: a network namespace with ``mgmt0`` and ``ul0`` and (maybe) an agent."""
+    """One lab host: a network namespace with ``mgmt0`` and ``ul0`` and (maybe) an agent.
+
+    ``backend`` is the agent's ``--backend`` (``kernel`` or ``ovs``). ``ovs_dir``: the private
+    Open vSwitch instance's directory (``controller.lab.ovs``) of an ``ovs`` host, recorded
+    before the instance starts so ``down`` finds its daemons by their pidfiles even after an
+    ``up`` that was killed half-way; ``None`` for kernel hosts."""
 
     name: str
     netns: str
@@ -30,6 +35,7 @@ class HostRecord:
     mgmt_ip: str
     backend: str
     agent: ProcRef | None = None
+    ovs_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,10 @@ def _ref(obj: Any) -> ProcRef | None:
     return ProcRef.from_json(obj)
 
 
+def _opt_str(obj: Any) -> str | None:
+    return None if obj is None else str(obj)
+
+
 def _strs(obj: Any) -> tuple[str, ...]:
     return tuple(str(x) for x in obj or ())
 
@@ -83,6 +93,7 @@ def encode(rec: LabRecord) -> str:
                     "mgmt_ip": h.mgmt_ip,
                     "backend": h.backend,
                     "agent": ref(h.agent),
+                    "ovs_dir": h.ovs_dir,
                 }
                 for h in rec.hosts
             ],
@@ -116,6 +127,7 @@ def decode(text: str) -> LabRecord:
                     str(h["mgmt_ip"]),
                     str(h["backend"]),
                     _ref(h.get("agent")),
+                    _opt_str(h.get("ovs_dir")),
                 )
                 for h in o.get("hosts") or ()
             ),

@@ -7,6 +7,7 @@ Topology (prefix ``hlab``, N hosts)::
   hlab-hK:     mgmt0 172.31.254.K/24 (veth to hlab-mg)   ul0 172.31.253.K/24 = VTEP (to hlab-ul)
                lo up, no default route, br_netfilter off, IPv6 off on mgmt0/ul0,
                one agent process: ``python -m controller agent --host hK --vtep ...``
+               ovs hosts also: a private ovsdb-server + ovs-vswitchd (``controller.lab.ovs``)
 
 Why this shape: the underlay bridge has no address and the root netns never forwards, so data
 plane traffic can only go host netns to host netns (and never leaves the lab); the management
@@ -14,13 +15,26 @@ bridge carries only etcd traffic, so a capture on the underlay bridge sees nothi
 plane. Container (endpoint) namespaces are ``<prefix>-<name>`` with IPv6 off, so the overlay
 carries no IPv6 autoconfiguration chatter either.
 
+Backends (``up(backend=...)``): ``kernel`` (every host), ``ovs`` (every host on Open vSwitch with
+the userspace ``netdev`` datapath: there is no ``openvswitch.ko`` here) or ``mixed`` (h1 kernel,
+the others ovs: both speak VXLAN on 4789 with the same VNI). An ovs host gets its own OVS
+instance in ``<workdir>/ovs-hK``, started inside its namespace *before* its agent (the agent
+builds br-heddle/br-phy through it and moves ``ul0`` and the VTEP address into br-phy), and an
+agent with ``--backend ovs --ovsdb unix:<that dir>/db.sock --ovs-datapath netdev --underlay-dev
+ul0``. In a mixed lab the kernel hosts get TX checksum offload off on ``ul0``: a veth hands
+frames over with the checksum still to do, which the kernel receive path accepts but OVS's
+userspace datapath (AF_PACKET) sees as corrupt and drops; a real NIC computes it (lab-only).
+
 Contract:
 * ``up`` records each object before creating it (``controller.lab.state``) and calls ``down`` on
   any failure, so a failed ``up`` leaves nothing behind.
 * ``down`` works from any process (it reads the record), stops processes only by recorded
   ``ProcRef``, deletes only recorded namespaces and links, removes the workdir; idempotent.
+* ``down`` stops each recorded OVS instance by the PIDs in its pidfiles (``lab.ovs``) after the
+  agents and before the namespaces go, so no daemon keeps a deleted namespace alive.
 * ``status`` returns ``{"etcd": URL, "hosts": [{"name", "netns", "vtep", "backend",
-  "agent_pid"}]}`` with ``agent_pid`` None when that agent is not running.
+  "agent_pid"}]}`` with ``agent_pid`` None when that agent is not running; ``backend`` is the
+  host's own (``kernel`` or ``ovs``, also in a ``mixed`` lab).
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pnetns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from controller.dataplane.ovs_host import set_tx_checksum
+from controller.lab import ovs as lab_ovs
 from controller.lab import state as lab_state
 from controller.lab.etcd_http import EtcdHTTP, EtcdHTTPError
 from controller.lab.nsutil import (
@@ -65,7 +81,9 @@ from controller.lab.state import HostRecord, LabRecord
 DEFAULT_WORKDIR = Path("/run/heddle-lab")
 DEFAULT_MGMT_SUBNET = "172.31.254.0/24"
 DEFAULT_UNDERLAY_SUBNET = "172.31.253.0/24"
-BACKENDS = ("kernel",)
+BACKENDS = ("kernel", "ovs", "mixed")
+OVS_DATAPATH = "netdev"  # no openvswitch.ko on lab machines (DESIGN.md §3)
+UNDERLAY_DEV = "ul0"
 AGENT_READY_TIMEOUT = 30.0
 ETCD_READY_TIMEOUT = 30.0
 
@@ -79,6 +97,12 @@ HOST_SYSCTLS = {
     "net/bridge/bridge-nf-call-arptables": 0,
     "net/ipv6/conf/mgmt0/disable_ipv6": 1,
     "net/ipv6/conf/ul0/disable_ipv6": 1,
+}
+# ovs hosts: the bridges' devices (br-phy carries the VTEP) are created by ovs-vswitchd after
+# ``up``; they must come up without IPv6 too, or router solicitations reach the underlay.
+OVS_HOST_SYSCTLS = {
+    "net/ipv6/conf/all/disable_ipv6": 1,
+    "net/ipv6/conf/default/disable_ipv6": 1,
 }
 CONTAINER_SYSCTLS = {
     "net/ipv6/conf/all/disable_ipv6": 1,
@@ -113,6 +137,16 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def host_backends(backend: str, names: Sequence[str]) -> dict[str, str]:
+    """Each host's own backend for a lab ``backend``: ``mixed`` puts the first host on
+    ``kernel`` and the others on ``ovs``. Raises ``LabError`` for an unknown lab backend."""
+    if backend not in BACKENDS:
+        raise LabError(f"backend {backend!r} is not supported by the lab (use: kernel, ovs, mixed)")
+    if backend == "mixed":
+        return {n: "kernel" if i == 0 else "ovs" for i, n in enumerate(names)}
+    return {n: backend for n in names}
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -211,19 +245,19 @@ class Lab:
     ) -> Lab:
         """Build the lab (see the module docstring); on any failure tear down and re-raise.
 
-        ``agents=False`` builds everything but starts no agent (for lab self-tests).
+        ``backend``: ``kernel``, ``ovs`` or ``mixed`` (``host_backends``). ``agents=False``
+        builds everything (OVS instances included) but starts no agent (for lab self-tests).
         ``wait`` waits until every agent has written its first status record.
         """
         _require_root()
-        if backend not in BACKENDS:
-            raise LabError(f"backend {backend!r} is not supported by the lab (use: kernel)")
         if not 1 <= hosts <= min(99, self.mgmt_subnet.num_addresses - 3):
             raise LabError(f"hosts must be in 1..99, got {hosts}")
+        names = [f"h{k}" for k in range(1, hosts + 1)]
+        backends = host_backends(backend, names)
         if self.is_up:
             raise LabError(
                 f"a lab is already recorded in {self.workdir}; run `heddle lab down` first"
             )
-        names = [f"h{k}" for k in range(1, hosts + 1)]
         self._check_free(names)
         args = list(agent_args)
         if resync_interval is not None:
@@ -239,7 +273,11 @@ class Lab:
         try:
             self._make_bridges()
             for k, name in enumerate(names, start=1):
-                self._make_host(k, name, backend)
+                self._make_host(k, name, backends[name])
+                if backends[name] == "ovs":
+                    self._start_ovs(name)
+                elif "ovs" in backends.values():
+                    set_tx_checksum(self.netns_name(name), UNDERLAY_DEV, on=False)
             self._start_etcd()
             self._check_mgmt()
             if agents:
@@ -319,6 +357,23 @@ class Lab:
         host = HostRecord(name, ns, self._vtep(k), self._mgmt_ip(k), backend)
         self._save(replace(rec, hosts=(*rec.hosts, host)))
 
+    def _start_ovs(self, name: str) -> None:
+        """Record, then start, the private OVS instance of ovs host ``name`` in its netns."""
+        write_sysctls(self.netns_name(name), OVS_HOST_SYSCTLS)
+        workdir = self.workdir / f"ovs-{name}"
+        rec = self.record
+        hosts = tuple(replace(h, ovs_dir=str(workdir)) if h.name == name else h for h in rec.hosts)
+        self._save(replace(rec, hosts=hosts))
+        lab_ovs.start(self.host(name).netns, workdir)
+
+    def ovs(self, host: str) -> lab_ovs.OvsInstance:
+        """The OVS instance of ovs host ``host`` (for ``ovs-vsctl``/``ovs-ofctl`` probes and
+        ovs-vswitchd restarts). Raises ``LabError`` for a kernel host."""
+        h = self.host(host)
+        if h.ovs_dir is None:
+            raise LabError(f"host {host} runs the {h.backend} backend: it has no OVS instance")
+        return lab_ovs.OvsInstance(h.netns, Path(h.ovs_dir))
+
     def _start_etcd(self) -> None:
         ready = self.workdir / "etcd.ready"
         ready.unlink(missing_ok=True)
@@ -370,11 +425,16 @@ class Lab:
 
     # -- agents -------------------------------------------------------------------------------
     def agent_argv(self, host: str) -> list[str]:
+        """The agent's command line; an ovs host's agent is pointed at its own OVS instance."""
         h = self.host(host)
+        ovs: list[str] = []
+        if h.backend == "ovs":
+            ovs = ["--ovsdb", self.ovs(host).db_url, "--ovs-datapath", OVS_DATAPATH,
+                   "--underlay-dev", UNDERLAY_DEV]  # fmt: skip
         return [
             sys.executable, "-m", "controller", "--etcd", self.etcd_url, "agent",
             "--host", h.name, "--vtep", h.vtep,
-            "--backend", h.backend, "--no-plugin", *self.record.agent_args,
+            "--backend", h.backend, *ovs, "--no-plugin", *self.record.agent_args,
         ]  # fmt: skip
 
     def agent_log(self, host: str) -> Path:
@@ -543,6 +603,9 @@ class Lab:
         problems: list[str] = []
         for ref in (*rec.procs, *(h.agent for h in rec.hosts)):
             stop_process(ref)
+        for h in rec.hosts:  # after the agents (they would react), before the namespaces
+            if h.ovs_dir is not None:
+                problems += _stop_ovs(Path(h.ovs_dir))
         stop_process(rec.etcd_keeper, timeout=15.0)  # the keeper stops etcd cleanly
         stop_process(rec.etcd)
         self._reap_children()
@@ -573,6 +636,15 @@ class Lab:
         if problems:
             raise LabError("lab down incomplete: " + "; ".join(problems))
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _stop_ovs(workdir: Path) -> list[str]:
+    """Stop the OVS instance in ``workdir`` (by its pidfiles); what is still running after."""
+    lab_ovs.stop_workdir(workdir)
+    inst = lab_ovs.OvsInstance(None, workdir)
+    left = [(n, r) for n, r in (("ovsdb-server", inst.ovsdb_ref), ("ovs-vswitchd",
+            inst.vswitchd_ref)) if r is not None and is_running(r)]  # fmt: skip
+    return [f"{n} (pid {r.pid}) of {workdir} still runs" for n, r in left]
 
 
 def up(
