@@ -1,6 +1,12 @@
-"""End-to-end: three lab hosts with real agents (kernel backend) and a real etcd.
+"""End-to-end: three lab hosts with real agents and a real etcd, on every data plane backend.
 
-One lab serves the whole module (``conftest.lab``); every test creates its own networks and
+The module runs once per backend in ``LAB_BACKENDS`` (``conftest.lab`` is parametrized): the
+kernel backend, and Open vSwitch (userspace ``netdev`` datapath, one private OVS per host). The
+tests are the same on both; where a check has to look at backend objects it looks at the
+backend's own (kernel: FDB entries and ``hd*`` links with the owner ifalias; ovs: additionally
+OVS interfaces by ``external_ids`` and flows by cookie) with the same intent.
+
+One lab per backend serves the whole module; every test creates its own networks and
 endpoints through the desired-state API and removes them afterwards (``overlay`` fixture), so
 tests do not see each other's objects. Traffic only flows between namespaces the tests create.
 """
@@ -8,7 +14,9 @@ tests do not see each other's objects. Traffic only flows between namespaces the
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,17 +25,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from pyroute2 import IPRoute
 
 from controller.lab.capture import capturing, ipv4_from, judge
 from controller.lab.nsutil import is_running, read_sysctl, run_in_netns
+from controller.lab.ovs import OvsInstance
 from controller.lab.pinger import PingResult, parse_result, ping
-from controller.lab.probes import forge_neighbour, links, wait_ping
+from controller.lab.probes import (
+    OVS_COOKIE,
+    forge_neighbour,
+    links,
+    ovs_endpoint_ports,
+    ovs_flows,
+    wait_ping,
+)
 from controller.lab.scenario import Placed, Scenario, wait_no_owned_links
 from controller.lab.topology import Lab, child_env
 from controller.model.naming import vxlan_name
 
-LAB_PREFIX = "hle"
+LAB_BACKENDS = ("kernel", "ovs")
 NTF_SELF = 0x02
 
 
@@ -115,6 +132,12 @@ def test_endpoint_added_and_removed(lab: Lab, overlay: Scenario) -> None:
     overlay.cleanup()
     left = wait_no_owned_links(lab)
     assert not left, f"owned links left after removing everything: {left}"
+    for h in lab.hosts:
+        if h.backend == "ovs":  # and no OVS port or flow of an endpoint either
+            inst = lab.ovs(h.name)
+            assert not ovs_endpoint_ports(inst), f"{h.name}: endpoint ports left"
+            flows = [f for f in ovs_flows(inst) if "reg6=" in f or "in_port=" in f]
+            assert not flows, f"{h.name}: network flows left: {flows}"
 
 
 def test_underlay_carries_only_vxlan_unicast(lab: Lab, overlay: Scenario) -> None:
@@ -198,22 +221,51 @@ def _fdb_entries(netns: str, vxlan: str) -> set[tuple[str, str]]:
         }
 
 
-def test_fdb_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenario) -> None:
+def _unicast_flows(inst: OvsInstance, vni: int, mac: str) -> list[str]:
+    """Our table-20 flows that send frames for ``mac`` in ``vni`` somewhere."""
+    return [
+        f for f in ovs_flows(inst)
+        if "table=20" in f and f"dl_dst={mac}" in f and f"reg6={vni:#x}" in f
+    ]  # fmt: skip
+
+
+def _delete_forwarding_entry(lab: Lab, host: str, vni: int, mac: str, vtep: str) -> None:
+    """Delete, by hand, the entry that sends ``host``'s frames for ``mac`` to ``vtep``: the
+    FDB entry on the kernel backend, the unicast flow (``del-flows --strict``) on ovs."""
+    h = lab.host(host)
+    if h.backend == "kernel":
+        with IPRoute(netns=h.netns, flags=0) as ipr:
+            idx = ipr.link_lookup(ifname=vxlan_name(vni))[0]
+            ipr.fdb("del", ifindex=idx, lladdr=mac, dst=vtep)
+        return
+    inst = lab.ovs(host)
+    match = f"cookie={OVS_COOKIE}/-1,table=20,priority=100,reg6={vni},dl_dst={mac}"
+    inst.ofctl("-O", "OpenFlow14", "del-flows", "--strict", "br-heddle", match)
+
+
+def _has_forwarding_entry(lab: Lab, host: str, vni: int, mac: str, vtep: str) -> bool:
+    h = lab.host(host)
+    if h.backend == "kernel":
+        return (mac, vtep) in _fdb_entries(h.netns, vxlan_name(vni))
+    flows = _unicast_flows(lab.ovs(host), vni, mac)
+    return any(f"set_field:{vtep}->tun_dst" in f for f in flows)
+
+
+def test_forwarding_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenario) -> None:
+    """Drift repair: an entry deleted behind the agent's back (kernel: the FDB entry of a
+    remote MAC; ovs: the flow that tunnels to it) is back after the next periodic resync."""
     overlay.network("drift", "10.25.0.0/24", vni=5007)
     a = overlay.endpoint("drift", "h1", "dr1")
     b = overlay.endpoint("drift", "h2", "dr2")
     overlay.converge()
     assert wait_ping(a.netns, b.ip, timeout=10.0)
-    h1, vx = lab.host("h1"), vxlan_name(5007)
-    entry = (b.mac, lab.host("h2").vtep)
-    assert entry in _fdb_entries(h1.netns, vx)
-    with IPRoute(netns=h1.netns, flags=0) as ipr:
-        idx = ipr.link_lookup(ifname=vx)[0]
-        ipr.fdb("del", ifindex=idx, lladdr=b.mac, dst=entry[1])
-    assert entry not in _fdb_entries(h1.netns, vx)
+    vtep = lab.host("h2").vtep
+    assert _has_forwarding_entry(lab, "h1", 5007, b.mac, vtep)
+    _delete_forwarding_entry(lab, "h1", 5007, b.mac, vtep)
+    assert not _has_forwarding_entry(lab, "h1", 5007, b.mac, vtep)
     deadline = time.monotonic() + 5 * 2.0
-    while entry not in _fdb_entries(h1.netns, vx):
-        assert time.monotonic() < deadline, "FDB entry not restored by the periodic resync"
+    while not _has_forwarding_entry(lab, "h1", 5007, b.mac, vtep):
+        assert time.monotonic() < deadline, "entry not restored by the periodic resync"
         time.sleep(0.2)
     assert ping(a.netns, b.ip, count=3).ok
 
@@ -276,12 +328,28 @@ def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> No
             probe.delete(key)
 
 
-def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path) -> None:
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. a lab workdir). Read-only."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmd and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+@pytest.mark.parametrize("backend", LAB_BACKENDS)
+def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path, backend: str) -> None:
     """The lab itself (no agents): isolation properties while up, no trace after down."""
+    if backend != "kernel" and shutil.which("ovs-vswitchd") is None:
+        pytest.skip("needs Open vSwitch")
     forwarding = read_sysctl(None, "net/ipv4/ip_forward")
-    lab = Lab(tmp_path / "lab", prefix="hlt", mgmt_subnet="172.31.242.0/24",
-              underlay_subnet="172.31.241.0/24")  # fmt: skip
-    lab.up(hosts=2, agents=False)
+    lab = Lab(tmp_path / "lab", prefix="hlt", mgmt_subnet="172.31.236.0/24",
+              underlay_subnet="172.31.235.0/24")  # fmt: skip
+    lab.up(hosts=2, backend=backend, agents=False)
     try:
         rec = lab.record
         h1, h2 = lab.host("h1"), lab.host("h2")
@@ -297,6 +365,17 @@ def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path) -> None:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=lab.underlay_bridge)[0]
             assert not ipr.get_addr(index=idx), "the underlay bridge must have no address"
+        assert [h["backend"] for h in lab.status()["hosts"]] == [backend] * 2
+        for h in lab.hosts:
+            if backend == "ovs":  # its own OVS, running inside the host namespace
+                inst = lab.ovs(h.name)
+                assert inst.vswitchd_running()
+                vswitchd = inst.vswitchd_ref
+                assert vswitchd is not None
+                ns_of_vswitchd = os.stat(f"/proc/{vswitchd.pid}/ns/net")
+                ns_of_host = os.stat(f"/run/netns/{h.netns}")
+                assert ns_of_vswitchd.st_ino == ns_of_host.st_ino, "vswitchd not in the host"
+                inst.vsctl("show")
     finally:
         lab.down()
     assert read_sysctl(None, "net/ipv4/ip_forward") == forwarding
@@ -305,3 +384,4 @@ def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path) -> None:
         assert not [m for m in ipr.get_links() if str(m.get("IFLA_IFNAME")).startswith("hlt-")]
     assert not (tmp_path / "lab").exists()
     assert not any(is_running(r) for r in (rec.etcd, rec.etcd_keeper) if r is not None)
+    assert not _processes_mentioning(str(tmp_path / "lab")), "a lab process is still running"
