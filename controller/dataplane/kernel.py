@@ -33,13 +33,11 @@ import itertools
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from pyroute2 import IPRoute, NetlinkError
-from pyroute2 import netns as pyroute2_netns
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel_state import (
@@ -50,6 +48,7 @@ from controller.dataplane.kernel_state import (
     NeighEntry,
     VxlanAttrs,
 )
+from controller.dataplane.netns_socket import NETNS_DIR, iproute_in, socket_in
 from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, plan_kernel
@@ -72,7 +71,6 @@ IFF_UP = 0x1
 NTF_SELF = 0x02
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
-NETNS_DIR = "/run/netns"
 MAIN_TABLE = 254
 
 Msg = Any  # a parsed pyroute2 netlink message (untyped library)
@@ -95,30 +93,9 @@ RawNeigh = tuple[int, int, int, bytes | None, bytes | None]
 """(ifindex, state, flags, lladdr, dst) of one neighbour/FDB message, undecoded."""
 
 
-def _open_rtnl(netns: str | None, kind: int = socket.SOCK_RAW) -> socket.socket:
-    """A plain NETLINK_ROUTE socket in ``netns`` (``None``: this process's namespace).
-
-    A socket keeps the namespace it was created in, and ``setns`` is per thread (P4), so the
-    socket is created by a short-lived thread that joined the namespace (``flags=0``: never
-    create it, P2). The calling thread's namespace is never changed."""
-    if netns is None:
-        return socket.socket(socket.AF_NETLINK, kind, socket.NETLINK_ROUTE)
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            pyroute2_netns.setns(netns, flags=0)
-            box["sock"] = socket.socket(socket.AF_NETLINK, kind, socket.NETLINK_ROUTE)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=work, name=f"heddle-rtnl-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    sock: socket.socket = box["sock"]
-    return sock
+def _open_rtnl(netns: str | None) -> socket.socket:
+    """A plain NETLINK_ROUTE socket in ``netns`` (``None``: this process's namespace)."""
+    return socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 
 class _RawRtnl:
@@ -341,7 +318,7 @@ class KernelDataPlane:
 
     def _host(self) -> IPRoute:
         if self._ipr is None:
-            self._ipr = IPRoute() if self.netns is None else IPRoute(netns=self.netns, flags=0)
+            self._ipr = iproute_in(self.netns)
         return self._ipr
 
     def _rtnl(self) -> _RawRtnl:
@@ -369,10 +346,8 @@ class KernelDataPlane:
             return None
         if cached is None:
             try:
-                # Not IPRoute(netns=...): that forks a helper process, which in an agent with
-                # gRPC threads costs 20-30 ms per namespace; a thread that joins the namespace
-                # opens the socket in well under a millisecond.
-                ipr = IPRoute(fileno=_open_rtnl(name, socket.SOCK_DGRAM).detach())
+                # not IPRoute(netns=...): that forks (see netns_socket)
+                ipr = iproute_in(name)
             except FileNotFoundError:
                 return None
             self._ns[name] = (inode, ipr)

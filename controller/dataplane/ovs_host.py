@@ -22,17 +22,15 @@ import array
 import errno
 import fcntl
 import ipaddress
-import os
 import socket
 import struct
-import threading
 from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
-from pyroute2 import netns as pyroute2_netns
 
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.kernel import _NO_IPV6_ADDRESSES as NO_IPV6_ADDRESSES
+from controller.dataplane.netns_socket import iproute_in, socket_in
 from controller.dataplane.ovs_state import UnderlayState
 from controller.model.naming import OWNER_ALIAS
 from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
@@ -42,7 +40,6 @@ IFF_NOARP = 0x80
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
-NETNS_DIR = "/run/netns"
 
 Msg = Any  # a parsed pyroute2 message (untyped library)
 
@@ -52,30 +49,8 @@ def _code(exc: NetlinkError) -> int:
 
 
 def _socket_in(netns: str | None) -> socket.socket:
-    """A UDP socket in ``netns`` (``None``: ours), for ioctls on that namespace's devices.
-
-    ``setns`` is per thread and a socket keeps the namespace it was created in, so a short-lived
-    thread joins the namespace (never creating it) and makes the socket."""
-    if netns is None:
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
-        raise FileNotFoundError(errno.ENOENT, f"network namespace {netns} does not exist")
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            pyroute2_netns.setns(netns, flags=0)
-            box["sock"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=work, name=f"heddle-ethtool-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    sock: socket.socket = box["sock"]
-    return sock
+    """A UDP socket in ``netns`` (``None``: ours), for ioctls on that namespace's devices."""
+    return socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
 
 
 def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
@@ -131,7 +106,7 @@ class HostLinks:
 
     def _host(self) -> IPRoute:
         if self._ipr is None:
-            self._ipr = IPRoute() if self.netns is None else IPRoute(netns=self.netns, flags=0)
+            self._ipr = iproute_in(self.netns)
         return self._ipr
 
     def close(self) -> None:

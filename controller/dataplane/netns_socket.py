@@ -1,0 +1,54 @@
+"""Sockets inside a named network namespace, without changing the caller's namespace.
+
+``setns`` is per thread and a socket keeps the namespace it was created in, so a short-lived
+thread joins the namespace (``flags=0``: never creates it — pyroute2's default would) and makes
+the socket. This is also much cheaper than pyroute2's ``IPRoute(netns=...)``, which forks a
+helper process: in an agent with gRPC threads a fork costs 20-30 ms, the thread well under 1 ms.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+
+NETNS_DIR = "/run/netns"
+
+
+def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A new socket in ``netns`` (``None``: the caller's). Raises ``FileNotFoundError`` if the
+    namespace does not exist, ``OSError`` if the socket cannot be made."""
+    if netns is None:
+        return socket.socket(family, kind, proto)
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        raise FileNotFoundError(errno.ENOENT, f"network namespace {netns} does not exist")
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)
+            box["sock"] = socket.socket(family, kind, proto)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name=f"heddle-netns-{netns}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    sock: socket.socket = box["sock"]
+    return sock
+
+
+def iproute_in(netns: str | None) -> IPRoute:
+    """A pyroute2 ``IPRoute`` bound to ``netns`` (``None``: the caller's), without a fork.
+    Raises ``FileNotFoundError`` if the namespace does not exist."""
+    if netns is None:
+        return IPRoute()
+    sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+    return IPRoute(fileno=sock.detach())
