@@ -1,0 +1,180 @@
+"""The rollout, verified on booted hosts: ``ansible/site.yml`` converges, a second run changes
+nothing, testinfra finds what the roles promise, and the rolled-out agents carry traffic between
+endpoints on different hosts.
+
+The order of the tests follows the operator's: converge, re-run, inspect, use. The cross-host
+ping goes through everything the roles set up (etcd from the ``etcd`` role, agents from the
+``heddle`` role under systemd, their config files); the endpoints live in network namespaces
+inside the containers, as a container runtime's would on a VM.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import tomllib
+from typing import Any
+
+import pytest
+import testinfra
+from conftest import ETCD_HOST, ETCD_URL, REPO, Rollout
+from infra_lab import UNDERLAY
+
+HOSTS = ("hin-c1", "hin-c2", "hin-c3")
+NETWORK = "hin-blue"
+OVERLAY_SUBNET = "172.31.227.0/24"
+
+
+def heddle(*args: str) -> Any:
+    """The heddle CLI of this repository (on the test machine), against the lab's etcd."""
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/heddle"), "--etcd", ETCD_URL, "-o", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, f"heddle {' '.join(args)}: {proc.stderr}"
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def host(rollout: Rollout, name: str) -> Any:
+    return testinfra.get_host(f"ssh://{name}", ssh_config=str(rollout.lab.ssh_config))
+
+
+def test_first_run_converges(rollout: Rollout) -> None:
+    recap = rollout.first.recap
+    assert sorted(recap) == list(HOSTS), rollout.first.output[-3000:]
+    for name, (ok, changed, unreachable, failed) in recap.items():
+        assert (unreachable, failed) == (0, 0), name
+        assert changed > 0 and ok > 0, f"{name}: a first run on a fresh host must change it"
+
+
+def test_second_run_changes_nothing(rollout: Rollout) -> None:
+    recap = rollout.second.recap
+    assert sorted(recap) == list(HOSTS), rollout.second.output[-3000:]
+    changed = {name: counts[1] for name, counts in recap.items()}
+    assert changed == dict.fromkeys(HOSTS, 0), rollout.second.changed_tasks()
+    assert all(counts[3] == 0 for counts in recap.values())
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_packages_and_venv(rollout: Rollout, name: str) -> None:
+    h = host(rollout, name)
+    for pkg in ("python3-venv", "iproute2"):
+        assert h.package(pkg).is_installed, pkg
+    assert h.package("etcd-server").is_installed  # baked into the image on every host
+    venv_heddle = h.file("/opt/heddle/venv/bin/heddle")
+    assert venv_heddle.exists and venv_heddle.mode & 0o111
+    assert h.run("/opt/heddle/venv/bin/heddle --version").stdout.startswith("heddle ")
+    # Installed from the copied wheelhouse with --no-index: the wheels are on the host.
+    assert h.file("/opt/heddle/wheelhouse").is_directory
+    assert any(w.startswith("heddle-") for w in h.file("/opt/heddle/wheelhouse").listdir())
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_agent_service(rollout: Rollout, name: str) -> None:
+    h = host(rollout, name)
+    agent = h.service("heddle-agent")
+    assert agent.is_running, h.run("journalctl -u heddle-agent --no-pager | tail -30").stdout
+    assert agent.is_enabled
+    unit = h.file("/etc/systemd/system/heddle-agent.service")
+    assert unit.contains("^Before=docker.service$")
+    assert unit.contains("--config /etc/heddle/agent.toml")
+    # One agent process, run by systemd from the venv.
+    assert len(h.process.filter(comm="heddle")) == 1
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_agent_config(rollout: Rollout, name: str) -> None:
+    h = host(rollout, name)
+    f = h.file("/etc/heddle/agent.toml")
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o640)
+    config = tomllib.loads(f.content_string)
+    index = HOSTS.index(name) + 11
+    assert config == {
+        "host": name,
+        "vtep": f"{UNDERLAY}.{index}",  # from host0's address (hin-c1, c2) or heddle_vtep (c3)
+        "etcd": [ETCD_URL],
+        "backend": "kernel",
+        "resync_interval": 30.0,
+        "plugin_socket": "/run/docker/plugins/heddle.sock",
+    }
+
+
+def test_etcd_member(rollout: Rollout) -> None:
+    h = host(rollout, ETCD_HOST)
+    assert h.service("etcd").is_running and h.service("etcd").is_enabled
+    assert h.socket(f"tcp://{UNDERLAY}.11:2379").is_listening
+    assert h.file("/var/lib/etcd/heddle/member").is_directory
+    others = [host(rollout, n) for n in HOSTS if n != ETCD_HOST]
+    assert not any(o.service("etcd").is_running for o in others)
+
+
+def test_every_host_alive_in_etcd(rollout: Rollout) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {row["name"]: row for row in heddle("host", "ls")}
+        if all(rows.get(n, {}).get("alive") for n in HOSTS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(rows) == list(HOSTS), rows
+    for i, name in enumerate(HOSTS, start=11):
+        assert rows[name]["alive"], rows[name]
+        assert rows[name]["vtep"] == f"{UNDERLAY}.{i}"
+        assert rows[name]["backend"] == "kernel"
+
+
+def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
+    """One endpoint per host in a namespace of its own; every endpoint pings every other one
+    through the VXLAN tunnels the agents built between the containers."""
+    lab = rollout.lab
+    heddle("network", "create", NETWORK, "--subnet", OVERLAY_SUBNET)
+    try:
+        ips = {}
+        for name in HOSTS:
+            lab.ssh(name, "ip netns add hin-ep")
+            ips[name] = heddle("endpoint", "create", NETWORK, "--host", name, "--netns", "hin-ep")[
+                "ip"
+            ]
+        for name, ip in ips.items():
+            _wait(
+                lambda name=name, ip=ip: (
+                    f"{ip}/"
+                    in lab.ssh(
+                        name, "ip netns exec hin-ep ip -br address show eth0", check=False
+                    ).stdout
+                ),
+                f"{name}: endpoint {ip} configured by the agent",
+            )
+        for src in HOSTS:
+            for dst, ip in ips.items():
+                if dst == src:
+                    continue
+                cmd = f"ip netns exec hin-ep ping -c 1 -W 1 {ip}"
+                _wait(
+                    lambda src=src, cmd=cmd: lab.ssh(src, cmd, check=False).returncode == 0,
+                    f"ping {src} -> {dst} ({ip})",
+                )
+    finally:
+        subprocess.run(
+            [
+                str(REPO / ".venv/bin/heddle"),
+                "--etcd",
+                ETCD_URL,
+                "network",
+                "rm",
+                NETWORK,
+                "--force",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+
+
+def _wait(ok: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out: {what}")
+        time.sleep(0.3)
