@@ -104,6 +104,18 @@ def ipv4_from(frames: Iterable[bytes], src: str) -> int:
     return sum(1 for f in frames if f[12:14] == b"\x08\x00" and f[26:30] == raw)
 
 
+def from_mac(frames: Iterable[bytes], mac: str) -> int:
+    """How many frames have Ethernet source ``mac`` (``aa:bb:..``), whatever they carry."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    return sum(1 for f in frames if f[6:12] == raw)
+
+
+def arp_from(frames: Iterable[bytes], spa: str) -> int:
+    """How many frames are ARP packets with sender protocol address ``spa``."""
+    raw = ipaddress.IPv4Address(spa).packed
+    return sum(1 for f in frames if f[12:14] == b"\x08\x06" and f[28:32] == raw)
+
+
 def judge(frames: Iterable[bytes], vteps: Iterable[str]) -> Verdict:
     vset = frozenset(vteps)
     n = vx = arp = bad = 0

@@ -59,6 +59,18 @@ class PingResult:
         return self.sent - self.received
 
     @property
+    def longest_loss_run(self) -> int:
+        """The most consecutive sequence numbers lost in a row (times the interval: the
+        longest gap in connectivity the run saw)."""
+        best = run = 0
+        prev: int | None = None
+        for seq in self.lost:
+            run = run + 1 if prev is not None and seq == prev + 1 else 1
+            best = max(best, run)
+            prev = seq
+        return best
+
+    @property
     def avg_ms(self) -> float | None:
         return sum(self.rtts_ms) / len(self.rtts_ms) if self.rtts_ms else None
 

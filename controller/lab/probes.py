@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -122,22 +124,35 @@ OVS_ENDPOINT_KEY = "heddle-endpoint"
 OVS_COOKIE = "0x68646c65"  # "hdle": the cookie on every flow heddle installs
 
 
-def ovs_owned_interfaces(inst: OvsInstance) -> dict[str, dict[str, str]]:
-    """``{interface name: external_ids}`` of every interface heddle marked as its own."""
+@dataclass(frozen=True, slots=True)
+class OvsInterface:
+    """One OVSDB ``Interface`` row: its row UUID (stable while the row is kept, so a row that
+    was deleted and created again shows up as a new UUID) and its ``external_ids``."""
+
+    uuid: str
+    name: str
+    external_ids: dict[str, str]
+
+
+def ovs_owned_interfaces(inst: OvsInstance) -> dict[str, OvsInterface]:
+    """``{interface name: row}`` of every interface heddle marked as its own."""
     out = json.loads(
-        inst.vsctl("--format=json", "--columns=name,external_ids", "list", "Interface")
+        inst.vsctl("--format=json", "--columns=_uuid,name,external_ids", "list", "Interface")
     )
-    found: dict[str, dict[str, str]] = {}
-    for name, ids in out["data"]:
+    found: dict[str, OvsInterface] = {}
+    for uuid, name, ids in out["data"]:
         pairs = dict(ids[1]) if isinstance(ids, list) and ids[0] == "map" else {}
         if pairs.get(OVS_OWNER[0]) == OVS_OWNER[1]:
-            found[str(name)] = {str(k): str(v) for k, v in pairs.items()}
+            row_id = str(uuid[1]) if isinstance(uuid, list) else str(uuid)
+            ids_ = {str(k): str(v) for k, v in pairs.items()}
+            found[str(name)] = OvsInterface(row_id, str(name), ids_)
     return found
 
 
 def ovs_endpoint_ports(inst: OvsInstance) -> list[str]:
     """Owned interfaces that stand for an endpoint (``external_ids:heddle-endpoint``)."""
-    return sorted(n for n, ids in ovs_owned_interfaces(inst).items() if OVS_ENDPOINT_KEY in ids)
+    rows = ovs_owned_interfaces(inst).values()
+    return sorted(r.name for r in rows if OVS_ENDPOINT_KEY in r.external_ids)
 
 
 def ovs_flows(inst: OvsInstance, bridge: str = "br-heddle") -> list[str]:
@@ -147,6 +162,43 @@ def ovs_flows(inst: OvsInstance, bridge: str = "br-heddle") -> list[str]:
         f"cookie={OVS_COOKIE}/-1",
     )  # fmt: skip
     return [ln.strip() for ln in text.splitlines() if "actions=" in ln]
+
+
+_FLOW_STATS = re.compile(r"\b(duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]*,?\s*")
+
+
+def ovs_flow_ages(inst: OvsInstance, bridge: str = "br-heddle") -> dict[str, float]:
+    """``{flow without its counters: seconds since it was installed}`` of heddle's flows. A
+    flow that was deleted and added again (or modified) is younger than the time since."""
+    text = inst.ofctl(
+        "-O", "OpenFlow14", "--no-names", "dump-flows", bridge, f"cookie={OVS_COOKIE}/-1"
+    )  # fmt: skip
+    ages: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.search(r"duration=([0-9.]+)s", line)
+        if m is not None and "actions=" in line:
+            ages[_FLOW_STATS.sub("", line.strip())] = float(m.group(1))
+    return ages
+
+
+def leftovers(prefix: str, workdir: Path) -> list[str]:
+    """Every trace a lab with ``prefix`` in ``workdir`` could leave: namespaces and root-netns
+    links named ``<prefix>-*``, live processes whose command line names ``workdir`` (agents,
+    etcd, OVS daemons), and ``workdir`` itself. Empty when the lab is completely gone."""
+    found = [f"netns {p.name}" for p in Path("/run/netns").glob(f"{prefix}-*")]
+    with IPRoute() as ipr:
+        names = [str(m.get("IFLA_IFNAME")) for m in ipr.get_links()]
+    found += [f"link {n}" for n in names if n.startswith(f"{prefix}-")]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(workdir) in cmd and int(pid) != os.getpid():
+            found.append(f"process {pid}: {cmd.strip()}")
+    if workdir.exists():
+        found.append(f"directory {workdir}")
+    return found
 
 
 def tcp_transfer(

@@ -8,12 +8,17 @@ endpoint namespaces), so a test or benchmark never leaves objects for the next o
 from __future__ import annotations
 
 import contextlib
+import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from controller.desired import DesiredState
+from controller.lab.pinger import PingResult, parse_result
 from controller.lab.probes import owned_links, wait_status
-from controller.lab.topology import Lab
+from controller.lab.topology import Lab, child_env
 from controller.model.errors import NotFound
 from controller.store.keys import ENDPOINTS
 
@@ -84,3 +89,38 @@ def wait_no_owned_links(lab: Lab, timeout: float = 15.0) -> dict[str, list[str]]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def continuous_ping(
+    lab: Lab, src: Placed, dst: Placed, duration: float, interval: float = 0.005
+) -> Iterator[list[PingResult]]:
+    """Ping ``dst`` from ``src`` in another process (its own GIL: the test driver's work never
+    delays a probe) for ``duration`` s; the list holds the result after the block. The ping is
+    running when the block starts; ``down`` stops the process if the caller dies."""
+    argv = [sys.executable, "-m", "controller.lab.pinger", dst.ip, "--duration", str(duration),
+            "--interval", str(interval), "--wait", "2"]  # fmt: skip
+    proc = lab.popen(
+        src.netns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+    )
+    out: list[PingResult] = []
+    try:
+        time.sleep(0.5)  # interpreter start-up; the ping is running from here on
+        yield out
+        stdout, stderr = proc.communicate(timeout=duration + 30)
+        assert stdout, f"pinger produced no result (exit {proc.returncode}): {stderr.decode()}"
+        out.append(parse_result(stdout.decode()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def first_pass_changes(lab: Lab, host: str) -> int:
+    """``changes=N`` of the first pass logged after the lab's last start marker for ``host``
+    (what a restarted agent had to change: 0 when it adopted everything as it found it)."""
+    text = lab.agent_log(host).read_text(errors="replace")
+    tail = text.rsplit("--- lab: starting agent", 1)[-1]
+    m = re.search(r"pass revision=\d+ changes=(\d+)", tail)
+    assert m, f"no pass logged by the restarted agent {host}:\n{tail[-2000:]}"
+    return int(m.group(1))

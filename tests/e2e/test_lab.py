@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,17 +26,24 @@ from pyroute2 import IPRoute
 from controller.lab.capture import capturing, ipv4_from, judge
 from controller.lab.nsutil import is_running, read_sysctl, run_in_netns
 from controller.lab.ovs import OvsInstance
-from controller.lab.pinger import PingResult, parse_result, ping
+from controller.lab.pinger import ping
 from controller.lab.probes import (
     OVS_COOKIE,
     forge_neighbour,
+    leftovers,
     links,
     ovs_endpoint_ports,
     ovs_flows,
     wait_ping,
 )
-from controller.lab.scenario import Placed, Scenario, wait_no_owned_links
-from controller.lab.topology import Lab, child_env
+from controller.lab.scenario import (
+    Placed,
+    Scenario,
+    continuous_ping,
+    first_pass_changes,
+    wait_no_owned_links,
+)
+from controller.lab.topology import Lab
 from controller.model.naming import vxlan_name
 
 LAB_BACKENDS = ("kernel", "ovs")
@@ -59,38 +61,6 @@ def _spread(ov: Scenario, network: str, tag: str, ip_base: str | None = None) ->
         ip = f"{ip_base}{k}" if ip_base else None
         out.append(ov.endpoint(network, h.name, f"{tag}{k}", ip=ip))
     return out
-
-
-@contextmanager
-def continuous_ping(
-    lab: Lab, src: Placed, dst: Placed, duration: float, interval: float = 0.005
-) -> Iterator[list[PingResult]]:
-    """Ping ``dst`` from ``src`` in another process for ``duration`` s; result after the block."""
-    argv = [sys.executable, "-m", "controller.lab.pinger", dst.ip, "--duration", str(duration),
-            "--interval", str(interval), "--wait", "2"]  # fmt: skip
-    proc = lab.popen(
-        src.netns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
-    )
-    out: list[PingResult] = []
-    try:
-        time.sleep(0.5)  # interpreter start-up; the ping is running from here on
-        yield out
-        stdout, stderr = proc.communicate(timeout=duration + 30)
-        assert stdout, f"pinger produced no result: {stderr.decode()}"
-        out.append(parse_result(stdout.decode()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _first_pass_changes(lab: Lab, host: str) -> int:
-    """``changes=N`` of the first pass logged after the lab's last start marker for ``host``."""
-    text = lab.agent_log(host).read_text(errors="replace")
-    tail = text.rsplit("--- lab: starting agent", 1)[-1]
-    m = re.search(r"pass revision=\d+ changes=(\d+)", tail)
-    assert m, f"no pass logged by the restarted agent {host}:\n{tail[-2000:]}"
-    return int(m.group(1))
 
 
 def test_pairs_ping_and_overlapping_networks_are_isolated(overlay: Scenario) -> None:
@@ -182,7 +152,7 @@ def test_agent_killed_and_restarted_under_load(lab: Lab, overlay: Scenario) -> N
             lab.kill_agent(host, signal.SIGKILL)
             time.sleep(0.5)
             lab.start_agent(host, wait=True)
-            assert _first_pass_changes(lab, host) == 0, f"restarted agent {host} changed things"
+            assert first_pass_changes(lab, host) == 0, f"restarted agent {host} changed things"
     res = result[0]
     print(f"ping during two agent restarts: {res.summary()}")
     assert res.sent >= 1000, res.summary()
@@ -328,19 +298,6 @@ def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> No
             probe.delete(key)
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (e.g. a lab workdir). Read-only."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmd and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmd}")
-    return found
-
-
 @pytest.mark.parametrize("backend", LAB_BACKENDS)
 def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path, backend: str) -> None:
     """The lab itself (no agents): isolation properties while up, no trace after down."""
@@ -379,9 +336,5 @@ def test_lab_topology_and_teardown_leave_nothing(tmp_path: Path, backend: str) -
     finally:
         lab.down()
     assert read_sysctl(None, "net/ipv4/ip_forward") == forwarding
-    assert not [p for p in Path("/run/netns").glob("hlt-*")]
-    with IPRoute() as ipr:
-        assert not [m for m in ipr.get_links() if str(m.get("IFLA_IFNAME")).startswith("hlt-")]
-    assert not (tmp_path / "lab").exists()
+    assert not leftovers("hlt", tmp_path / "lab")
     assert not any(is_running(r) for r in (rec.etcd, rec.etcd_keeper) if r is not None)
-    assert not _processes_mentioning(str(tmp_path / "lab")), "a lab process is still running"

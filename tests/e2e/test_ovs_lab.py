@@ -1,0 +1,251 @@
+"""End-to-end, Open vSwitch only: what the ovs backend promises beyond the shared suite.
+
+``test_lab.py`` runs the whole backend-neutral suite on ovs too (cross-host ping, isolation,
+underlay carries only VXLAN unicast -- so no ARP crosses it --, restarts, etcd outage, drift,
+MTU). This module adds, on a 3-host ovs lab (userspace ``netdev`` datapath, one private OVS per
+host):
+
+* anti-spoofing: an endpoint that takes another MAC or address inside its namespace reaches
+  nobody -- checked with its agent stopped, so it is the flows that drop, not a repair;
+* agent restarts adopt OVSDB rows and flows: no packet lost, the first pass changes nothing,
+  and no interface row or flow is re-created;
+* an ovs-vswitchd restart (crash and clean stop): the agent's watch re-installs the flows at once
+  (the lab's periodic resync is 30 s here, so it cannot be what repairs them); the traffic gap
+  is measured and printed;
+* ``down`` removes every trace of an ovs lab after an ``up`` that failed or was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from controller.lab.capture import arp_from, capturing, from_mac, ipv4_from
+from controller.lab.nsutil import LabError
+from controller.lab.pinger import ping
+from controller.lab.probes import (
+    forge_neighbour,
+    leftovers,
+    ovs_flow_ages,
+    ovs_flows,
+    ovs_owned_interfaces,
+    wait_ping,
+)
+from controller.lab.scenario import Placed, Scenario, continuous_ping, first_pass_changes
+from controller.lab.topology import Lab, child_env
+
+LAB_BACKENDS = ("ovs",)
+LAB_NETS = {"ovs": ("hlv", "172.31.230.0/24", "172.31.229.0/24")}
+LAB_RESYNC_INTERVAL = 30.0
+SPOOF_MAC = "02:00:00:00:66:66"
+INTERVAL = 0.005
+
+
+def _set_mac(netns: str, mac: str) -> None:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname="eth0")[0]
+        ipr.link("set", index=idx, state="down")
+        ipr.link("set", index=idx, address=mac)
+        ipr.link("set", index=idx, state="up")
+
+
+def _set_ip(netns: str, old: str, new: str, prefixlen: int = 24) -> None:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname="eth0")[0]
+        # In this order: deleting a primary address deletes its secondaries with it.
+        ipr.addr("del", index=idx, address=old, prefixlen=prefixlen)
+        ipr.addr("add", index=idx, address=new, prefixlen=prefixlen)
+
+
+def _flush_neighbours(netns: str) -> None:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname="eth0")[0]
+        for n in ipr.get_neighbours(ifindex=idx, family=2):
+            ipr.neigh("del", ifindex=idx, dst=n.get("NDA_DST"))
+
+
+@contextmanager
+def _capture_all(victims: list[Placed]) -> Iterator[dict[str, list[bytes]]]:
+    """Capture on every victim's eth0; ``{netns: frames}`` is complete after the block."""
+    frames: dict[str, list[bytes]] = {}
+    with ExitStack() as stack:
+        caps = [stack.enter_context(capturing("eth0", v.netns)) for v in victims]
+        yield frames
+        time.sleep(0.2)
+    for v, cap in zip(victims, caps, strict=True):
+        frames[v.netns] = cap.frames
+
+
+def _reaches_nobody(spoofer: Placed, victims: list[Placed], src_ip: str, src_mac: str) -> None:
+    """From ``spoofer`` (now ``src_ip``/``src_mac``) no ping is answered and no frame it sends
+    (IPv4 or ARP, by address or by MAC) arrives at any victim."""
+    with _capture_all(victims) as frames:
+        for v in victims:
+            res = ping(spoofer.netns, v.ip, count=3, interval=0.02, wait=0.3)
+            assert res.received == 0, f"{src_ip}/{src_mac} reached {v.host} {v.ip}"
+    for v in victims:
+        got = frames[v.netns]
+        seen = ipv4_from(got, src_ip) + arp_from(got, src_ip) + from_mac(got, src_mac)
+        assert seen == 0, f"{seen} frames of {src_ip}/{src_mac} arrived at {v.host} {v.ip}"
+
+
+def test_endpoint_that_changes_its_mac_or_address_reaches_nobody(
+    lab: Lab, overlay: Scenario
+) -> None:
+    overlay.network("spoof", "10.30.0.0/24", vni=5101)
+    a = overlay.endpoint("spoof", "h1", "sp1")
+    victims = [
+        overlay.endpoint("spoof", "h1", "sp2"),  # same host: dropped at the same bridge
+        overlay.endpoint("spoof", "h2", "sp3"),
+        overlay.endpoint("spoof", "h3", "sp4"),
+    ]
+    overlay.converge()
+    for v in victims:
+        assert wait_ping(a.netns, v.ip, timeout=10.0), f"no baseline to {v.host}"
+    # The agent would put the namespace back on its next pass; without it only the flows act.
+    lab.stop_agent("h1")
+    try:
+        for v in victims:  # IPv4 frames go out at once, with no ARP in front of them
+            forge_neighbour(a.netns, v.ip, v.mac)
+        _set_mac(a.netns, SPOOF_MAC)
+        _reaches_nobody(a, victims, a.ip, SPOOF_MAC)
+        _flush_neighbours(a.netns)  # now it has to ARP with the new MAC
+        _reaches_nobody(a, victims, a.ip, SPOOF_MAC)
+        _set_mac(a.netns, a.mac)
+        assert wait_ping(a.netns, victims[1].ip, timeout=5.0), "own MAC again: must work"
+
+        for new_ip in ("10.30.0.66", victims[2].ip):  # a free address, then a neighbour's
+            others = [v for v in victims if v.ip != new_ip]
+            _set_ip(a.netns, a.ip, new_ip)
+            try:
+                for v in others:
+                    forge_neighbour(a.netns, v.ip, v.mac)
+                _reaches_nobody(a, others, new_ip, a.mac)
+                _flush_neighbours(a.netns)
+                _reaches_nobody(a, others, new_ip, a.mac)
+            finally:
+                _set_ip(a.netns, new_ip, a.ip)
+        assert wait_ping(a.netns, victims[1].ip, timeout=5.0), "own address again: must work"
+    finally:
+        lab.start_agent("h1", wait=True)
+
+
+def test_agent_restarts_adopt_ports_and_flows(lab: Lab, overlay: Scenario) -> None:
+    """A clean stop (SIGTERM) and a crash (SIGKILL) of agents on both ends of a ping: no loss,
+    the first pass changes nothing, the OVSDB rows and the flows are the ones from before."""
+    overlay.network("adopt", "10.31.0.0/24", vni=5102)
+    a = overlay.endpoint("adopt", "h1", "ad1")
+    b = overlay.endpoint("adopt", "h2", "ad2")
+    overlay.endpoint("adopt", "h3", "ad3")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    hosts = ("h1", "h2")
+    rows = {h: ovs_owned_interfaces(lab.ovs(h)) for h in hosts}
+    ages = {h: ovs_flow_ages(lab.ovs(h)) for h in hosts}
+    t0 = time.monotonic()
+    with continuous_ping(lab, a, b, duration=6.0, interval=INTERVAL) as result:
+        lab.restart_agent("h1", wait=True)
+        assert first_pass_changes(lab, "h1") == 0, "h1 changed things after a clean restart"
+        lab.kill_agent("h2", signal.SIGKILL)
+        lab.start_agent("h2", wait=True)
+        assert first_pass_changes(lab, "h2") == 0, "h2 changed things after a crash"
+    res = result[0]
+    print(f"ping across a SIGTERM and a SIGKILL agent restart (ovs): {res.summary()}")
+    assert res.sent >= 600 and res.loss == 0 and res.errors == 0, res.summary()
+    elapsed = time.monotonic() - t0
+    for h in hosts:
+        assert ovs_owned_interfaces(lab.ovs(h)) == rows[h], f"{h}: OVSDB rows were re-created"
+        now = ovs_flow_ages(lab.ovs(h))
+        assert now.keys() == ages[h].keys(), f"{h}: the flow table changed"
+        young = [f for f, age in now.items() if age < ages[h][f] + elapsed - 1.0]
+        assert not young, f"{h}: flows re-installed: {young[:3]}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "stop"])
+def test_vswitchd_restart_flows_are_back_at_once(
+    lab: Lab, overlay: Scenario, sig: signal.Signals
+) -> None:
+    overlay.network("vsw", "10.32.0.0/24", vni=5103)
+    a = overlay.endpoint("vsw", "h1", "vs1")
+    b = overlay.endpoint("vsw", "h2", "vs2")
+    overlay.converge()
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
+    inst = lab.ovs("h2")
+    table = set(ovs_flows(inst))
+    log_mark = len(lab.agent_log("h2").read_bytes())
+    with continuous_ping(lab, a, b, duration=4.0, interval=INTERVAL) as result:
+        t0 = time.monotonic()
+        inst.restart_vswitchd(sig)
+        t_up = time.monotonic()
+        while set(ovs_flows(inst)) != table:
+            assert time.monotonic() - t_up < 10.0, "flows not re-installed within 10 s"
+            time.sleep(0.01)
+        t_flows = time.monotonic()
+    res = result[0]
+    gap = res.longest_loss_run * INTERVAL
+    print(
+        f"ovs-vswitchd {sig.name} restart: vswitchd back after {t_up - t0:.3f} s, flows "
+        f"{t_flows - t_up:.3f} s later; traffic gap {gap:.3f} s ({res.loss} lost, "
+        f"{res.summary()})"
+    )
+    assert res.errors == 0, res.summary()
+    assert res.lost == () or res.lost[-1] < res.sent - 200, "traffic did not come back"
+    assert gap < 2.0, f"gap {gap:.3f} s: not 'at once' (the resync is {LAB_RESYNC_INTERVAL} s)"
+    tail = lab.agent_log("h2").read_bytes()[log_mark:].decode(errors="replace")
+    assert "ovs-vswitchd is back" in tail, tail[-2000:]
+    assert ping(a.netns, b.ip, count=3).ok
+
+
+def _ovs_lab(workdir: Path) -> Lab:
+    return Lab(workdir, prefix="hlk", mgmt_subnet="172.31.240.0/24",
+               underlay_subnet="172.31.239.0/24")  # fmt: skip
+
+
+def test_down_after_a_failed_up_leaves_nothing(tmp_path: Path) -> None:
+    """``up`` fails after both OVS instances run (the agents reject their flags): ``up``
+    itself tears everything down."""
+    lab = _ovs_lab(tmp_path / "lab")
+    with pytest.raises(LabError, match="agent h1 is not running"):
+        lab.up(hosts=2, backend="ovs", agent_args=("--no-such-flag",))
+    assert not leftovers("hlk", tmp_path / "lab")
+
+
+def test_down_after_a_killed_up_leaves_nothing(tmp_path: Path) -> None:
+    """The process running ``up`` is SIGKILLed while the second host's OVS starts; a later
+    ``down`` (another process, from the record alone) removes everything."""
+    workdir = tmp_path / "lab"
+    code = (
+        "import sys; from pathlib import Path; from controller.lab.topology import Lab; "
+        "Lab(Path(sys.argv[1]), prefix='hlk', mgmt_subnet='172.31.240.0/24', "
+        "underlay_subnet='172.31.239.0/24').up(hosts=3, backend='ovs')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(workdir)], env=child_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30.0
+        while not (workdir / "ovs-h2" / "ovsdb-server.pid").exists():
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                pytest.fail(f"up ended before the kill: {proc.stderr.read().decode()[-1500:]}")
+            assert time.monotonic() < deadline, "the second OVS instance never started"
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        assert leftovers("hlk", workdir), "nothing to clean up: the kill came too late"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _ovs_lab(workdir).down()
+    left = leftovers("hlk", workdir)
+    assert not left, left
