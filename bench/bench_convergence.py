@@ -1,19 +1,21 @@
 """Convergence: endpoint written to etcd -> first successful ping from another host.
 
-On a fresh 3-host lab (kernel backend, real agents, real etcd), a fixed peer endpoint lives on
-h1. For each of ``--endpoints`` new endpoints (alternating h2 and h3):
+On a fresh 3-host lab (``--backend kernel`` or ``ovs``: every host on that backend, real agents,
+real etcd; ovs is the userspace ``netdev`` datapath with one private OVS per host), a fixed peer
+endpoint lives on h1. For each of ``--endpoints`` new endpoints (alternating h2 and h3):
 1. create its namespace (not timed: that is the container runtime's job);
 2. start a raw-socket pinger in the peer namespace sending every 1 ms to the new address;
 3. write the endpoint (``DesiredState.create_endpoint``; t0 just before the write);
 4. the latency is the monotonic time of the first echo reply minus t0.
 It therefore covers etcd commit, watch delivery to two agents, both agents' passes (local veth +
-address on one host, FDB + neighbour entries on the peer's host) and the first ARP/ICMP round.
-The peer's eth0 resolves neighbours with a 10 ms retransmit time (default 1 s), so the probe's own
-ARP retries add at most ~10 ms instead of up to a second. (The new endpoint's ARP for the peer
-is answered at once by its VTEP: the network already exists on h2 and h3.)
+address on one host; on the peer's host FDB + neighbour entries (kernel) or the unicast and
+ARP-responder flows (ovs)) and the first ARP/ICMP round. The peer's eth0 resolves neighbours
+with a 10 ms retransmit time (default 1 s), so the probe's own ARP retries add at most ~10 ms
+instead of up to a second. (The new endpoint's ARP for the peer is answered at once by its VTEP
+or its bridge's ARP responder: the network already exists on h2 and h3.)
 
-Run (root): .venv/bin/python bench/bench_convergence.py [--endpoints 60]
-Prints a table and writes bench/results/convergence-<time>.json.
+Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs] [--endpoints 60]
+Prints a table and writes bench/results/convergence[-ovs]-<time>.json.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from controller.output import table
 from controller.store.etcd import EtcdKV
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LABS = {  # backend -> lab prefix, management and underlay subnets (distinct: both may run at once)
+    "kernel": ("hbc", "172.31.246.0/24", "172.31.245.0/24"),
+    "ovs": ("hbo", "172.31.248.0/24", "172.31.247.0/24"),
+}
 FAST_ARP = {"net/ipv4/neigh/eth0/retrans_time_ms": 10}
 
 
@@ -101,15 +107,12 @@ def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--endpoints", type=int, default=60)
+    p.add_argument("--backend", choices=tuple(LABS), default="kernel")
     args = p.parse_args()
+    prefix, mgmt, underlay = LABS[args.backend]
     with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
-        lab = Lab(
-            Path(tmp) / "lab",
-            prefix="hbc",
-            mgmt_subnet="172.31.246.0/24",
-            underlay_subnet="172.31.245.0/24",
-        )
-        lab.up(hosts=3)
+        lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
+        lab.up(hosts=3, backend=args.backend)
         try:
             samples, failures = measure(lab, args.endpoints)
         finally:
@@ -117,6 +120,7 @@ def main() -> int:
     lat = [float(s["first_reply_ms"]) for s in samples]  # type: ignore[arg-type]
     wr = [float(s["write_ms"]) for s in samples]  # type: ignore[arg-type]
     summary = {
+        "backend": args.backend,
         "n": len(lat),
         "failures": failures,
         "p50_ms": percentile(lat, 50) if lat else None,
@@ -133,12 +137,13 @@ def main() -> int:
         ["etcd write (txn) only", f"{percentile(wr, 50):.1f}", f"{percentile(wr, 90):.1f}",
          f"{percentile(wr, 99):.1f}", f"{min(wr):.1f}", f"{max(wr):.1f}"],
     ] if lat else []  # fmt: skip
-    print(f"Convergence over {len(lat)} endpoints on a 3-host lab (ms)")
+    print(f"Convergence over {len(lat)} endpoints on a 3-host {args.backend} lab (ms)")
     print(table(["measure", "p50", "p90", "p99", "min", "max"], rows))
     if failures:
         print(f"{len(failures)} endpoint(s) never answered: {failures[:5]}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"convergence-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    tag = "" if args.backend == "kernel" else f"-{args.backend}"
+    out = RESULTS / f"convergence{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     env = {"kernel": platform.release(), "python": platform.python_version()}
     out.write_text(json.dumps({"summary": summary, "samples": samples, "env": env}, indent=2))
     print(f"results: {out}")
