@@ -28,8 +28,7 @@ from infra_rootfs import ensure_rootfs
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT_REASON = "infra tests need root (debootstrap, systemd-nspawn, bridges, mounts)"
-ETCD_HOST = "hin-c1"
-ETCD_URL = f"http://{UNDERLAY}.11:2379"
+HOSTS = ("hin-c1", "hin-c2", "hin-c3")
 _RECAP = re.compile(
     r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -63,20 +62,58 @@ class PlaybookRun:
 
 
 @dataclass(frozen=True)
+class Scenario:
+    """What the inventory asks for: the etcd members, and whether etcd speaks TLS with client
+    certificates (to peers and to the agents)."""
+
+    name: str
+    etcd_members: tuple[str, ...]
+    tls: bool
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{UNDERLAY}.{HOSTS.index(m) + 11}:2379" for m in self.etcd_members]
+
+
+SCENARIOS = (
+    Scenario("etcd1", ("hin-c1",), tls=False),
+    Scenario("etcd3-tls", HOSTS, tls=True),
+)
+
+
+@dataclass(frozen=True)
 class Rollout:
+    scenario: Scenario
     lab: Lab
+    pki: Path
     first: PlaybookRun
     second: PlaybookRun
-    wheelhouse_seconds: float
-    lab_seconds: float
+
+    def cli(self) -> list[str]:
+        """The heddle CLI of this repository (on the test machine), against the lab's etcd."""
+        argv = [str(REPO / ".venv/bin/heddle"), "--etcd", ",".join(self.scenario.etcd_urls)]
+        if self.scenario.tls:
+            argv += ["--cacert", str(self.pki / "ca.pem"), "--cert", str(self.pki / "client.pem")]
+            argv += ["--key", str(self.pki / "client-key.pem")]
+        return argv
 
 
-def _inventory() -> str:
-    """Group ``etcd``: one member. Two hosts name their underlay interface, one gives its
-    VTEP address, so both ways of configuring the role are exercised."""
+def _inventory(scenario: Scenario, pki: Path) -> str:
+    """Two hosts name their underlay interface, one gives its VTEP address, so both ways of
+    configuring the heddle role are exercised."""
+    members = "".join(
+        f"{m} etcd_address={UNDERLAY}.{HOSTS.index(m) + 11}\n" for m in scenario.etcd_members
+    )
+    tls = ""
+    if scenario.tls:
+        tls = (
+            f"etcd_tls=true\netcd_tls_src_dir={pki}\nheddle_etcd_tls=true\n"
+            f"heddle_etcd_cacert_src={pki}/ca.pem\nheddle_etcd_cert_src={pki}/client.pem\n"
+            f"heddle_etcd_key_src={pki}/client-key.pem\n"
+        )
     return (
-        "[etcd]\n"
-        f"{ETCD_HOST} etcd_address={UNDERLAY}.11\n\n"
+        f"[etcd]\n{members}\n"
         "[heddle]\n"
         "hin-c1 heddle_underlay_interface=host0\n"
         "hin-c2 heddle_underlay_interface=host0\n"
@@ -84,7 +121,32 @@ def _inventory() -> str:
         "[all:vars]\n"
         "ansible_user=root\n"
         "ansible_python_interpreter=/usr/bin/python3\n"
+        f"{tls}"
     )
+
+
+def make_pki(d: Path) -> None:
+    """A throw-away CA, a certificate per lab host (server and client use: etcd members talk
+    to each other with it, SANs: its underlay address and 127.0.0.1), and one client
+    certificate for the agents and the test's CLI. The layout the etcd role's README asks for."""
+    d.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem",
+            "-out", "ca.pem", "-days", "1", "-subj", "/CN=hin-lab-ca")  # fmt: skip
+    certs = {name: (f"IP:{UNDERLAY}.{i},IP:127.0.0.1", "serverAuth,clientAuth")
+             for i, name in enumerate(HOSTS, start=11)}  # fmt: skip
+    certs["client"] = ("", "clientAuth")
+    for name, (san, usage) in certs.items():
+        ext = d / f"{name}.ext"
+        ext.write_text((f"subjectAltName={san}\n" if san else "") + f"extendedKeyUsage={usage}\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem",
+                "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "1",
+                "-extfile", ext.name)  # fmt: skip
 
 
 def build_wheelhouse(dest: Path) -> None:
@@ -147,28 +209,69 @@ def run_playbook(lab: Lab, workdir: Path, wheelhouse: Path) -> PlaybookRun:
 
 
 @pytest.fixture(scope="session")
-def rollout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.skip(ROOT_REASON)
-    work = tmp_path_factory.mktemp("hin-infra")
-    rootfs = ensure_rootfs()
     started = time.monotonic()
-    build_wheelhouse(work / "wheelhouse")
-    wheelhouse_seconds = time.monotonic() - started
-    (work / "inventory.ini").write_text(_inventory())
-    lab = Lab(rootfs, work / "lab")
+    dest = tmp_path_factory.mktemp("hin-wheelhouse") / "wheels"
+    build_wheelhouse(dest)
+    TIMINGS["wheelhouse"] = time.monotonic() - started
+    return dest
+
+
+@pytest.fixture(scope="session", params=SCENARIOS, ids=[s.name for s in SCENARIOS])
+def rollout(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path
+) -> Iterator[Rollout]:
+    """A booted lab with the scenario's inventory rolled out twice. One lab at a time: pytest
+    finishes every test of one scenario and tears its lab down before the next one boots."""
+    scenario: Scenario = request.param
+    started = time.monotonic()
+    ensure_rootfs()
+    TIMINGS.setdefault("rootfs", time.monotonic() - started)
+    work = tmp_path_factory.mktemp(f"hin-{scenario.name}")
+    pki = work / "pki"
+    if scenario.tls:
+        make_pki(pki)
+    (work / "inventory.ini").write_text(_inventory(scenario, pki))
+    lab = Lab(ensure_rootfs(), work / "lab")
     try:
         started = time.monotonic()
         lab.up()
-        lab_seconds = time.monotonic() - started
-        first = run_playbook(lab, work, work / "wheelhouse")
-        second = run_playbook(lab, work, work / "wheelhouse")
-        yield Rollout(lab, first, second, wheelhouse_seconds, lab_seconds)
+        TIMINGS[f"{scenario.name}: boot"] = time.monotonic() - started
+        first = run_playbook(lab, work, wheelhouse)
+        second = run_playbook(lab, work, wheelhouse)
+        for n, run_ in (("first", first), ("second", second)):
+            TIMINGS[f"{scenario.name}: {n} run"] = run_.seconds
+            RECAPS[f"{scenario.name}: {n} run"] = {h: c[1] for h, c in run_.recap.items()}
+        yield Rollout(scenario, lab, pki, first, second)
     finally:
-        logs = tmp_path_factory.mktemp("hin-infra-logs")
+        logs = tmp_path_factory.mktemp(f"hin-{scenario.name}-logs")
         for c in lab.containers:
             (logs / f"{c.name}-console.log").write_text(lab.console(c))
+            if c.process is not None and c.process.poll() is None:
+                journal = lab.ssh(c.name, "journalctl --no-pager -n 300", check=False).stdout
+                (logs / f"{c.name}-journal.log").write_text(journal)
+        started = time.monotonic()
         problems = lab.down()
+        TIMINGS[f"{scenario.name}: teardown"] = time.monotonic() - started
         shutil.rmtree(work, ignore_errors=True)
         if problems:
             pytest.fail(f"infra lab teardown: {problems}")
+
+
+TIMINGS: dict[str, float] = {}
+RECAPS: dict[str, dict[str, int]] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Durations and ``changed`` counts of the rollout, for the README and for regressions
+    that make the lab slow."""
+    if not TIMINGS:
+        return
+    tr = terminalreporter
+    tr.section("heddle infra rollout")
+    for what, seconds in TIMINGS.items():
+        tr.write_line(f"{what}: {seconds:.1f} s")
+    for what, changed in RECAPS.items():
+        tr.write_line(f"{what}: changed " + ", ".join(f"{h}={n}" for h, n in changed.items()))

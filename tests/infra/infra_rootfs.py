@@ -56,7 +56,7 @@ DISABLED_UNITS = (
     "fstrim.timer",
     "getty@tty1.service",
 )
-_FIXUP_VERSION = "2"
+_FIXUP_VERSION = "3"
 
 
 def cache_key() -> str:
@@ -114,9 +114,14 @@ def ensure_rootfs() -> Path:
 
 def _fixup(root: Path) -> None:
     """Image-level settings every container shares; per-container ones go in its overlay."""
-    for unit in DISABLED_UNITS:
-        for link in (root / "etc/systemd/system").glob(f"*.wants/{unit}"):
-            link.unlink()
+    # `systemctl --root` edits the tree offline and removes alias links too (etcd2.service),
+    # which would otherwise keep `systemctl is-enabled etcd` saying "enabled".
+    subprocess.run(
+        ["systemctl", f"--root={root}", "disable", "--quiet", *DISABLED_UNITS],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     # A minimal image: no machine identity (each container gets its own), no apt lists (the
     # roles must work without refreshing them), no downloaded .debs.
     (root / "etc/machine-id").write_text("")

@@ -18,18 +18,17 @@ from typing import Any
 
 import pytest
 import testinfra
-from conftest import ETCD_HOST, ETCD_URL, REPO, Rollout
+from conftest import HOSTS, Rollout
 from infra_lab import UNDERLAY
 
-HOSTS = ("hin-c1", "hin-c2", "hin-c3")
 NETWORK = "hin-blue"
 OVERLAY_SUBNET = "172.31.227.0/24"
 
 
-def heddle(*args: str) -> Any:
+def heddle(rollout: Rollout, *args: str) -> Any:
     """The heddle CLI of this repository (on the test machine), against the lab's etcd."""
     proc = subprocess.run(
-        [str(REPO / ".venv/bin/heddle"), "--etcd", ETCD_URL, "-o", "json", *args],
+        [*rollout.cli(), "-o", "json", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -92,29 +91,57 @@ def test_agent_config(rollout: Rollout, name: str) -> None:
     assert (f.user, f.group, f.mode) == ("root", "root", 0o640)
     config = tomllib.loads(f.content_string)
     index = HOSTS.index(name) + 11
-    assert config == {
+    expected: dict[str, Any] = {
         "host": name,
         "vtep": f"{UNDERLAY}.{index}",  # from host0's address (hin-c1, c2) or heddle_vtep (c3)
-        "etcd": [ETCD_URL],
+        "etcd": rollout.scenario.etcd_urls,
         "backend": "kernel",
         "resync_interval": 30.0,
         "plugin_socket": "/run/docker/plugins/heddle.sock",
     }
+    if rollout.scenario.tls:
+        tls = {"cacert": "etcd-ca.pem", "cert": "etcd-client.pem", "key": "etcd-client-key.pem"}
+        expected |= {k: f"/etc/heddle/{v}" for k, v in tls.items()}
+        key = h.file("/etc/heddle/etcd-client-key.pem")
+        assert (key.user, key.mode) == ("root", 0o600)
+    assert config == expected
 
 
-def test_etcd_member(rollout: Rollout) -> None:
-    h = host(rollout, ETCD_HOST)
-    assert h.service("etcd").is_running and h.service("etcd").is_enabled
-    assert h.socket(f"tcp://{UNDERLAY}.11:2379").is_listening
+@pytest.mark.parametrize("name", HOSTS)
+def test_etcd_service(rollout: Rollout, name: str) -> None:
+    """Members run etcd from the role's data directory; other hosts do not run it at all
+    (the package is in their image, its unit stays disabled)."""
+    h = host(rollout, name)
+    etcd = h.service("etcd")
+    if name not in rollout.scenario.etcd_members:
+        assert not etcd.is_running and not etcd.is_enabled
+        return
+    assert etcd.is_running and etcd.is_enabled
+    address = f"{UNDERLAY}.{HOSTS.index(name) + 11}"
+    assert h.socket(f"tcp://{address}:2379").is_listening
     assert h.file("/var/lib/etcd/heddle/member").is_directory
-    others = [host(rollout, n) for n in HOSTS if n != ETCD_HOST]
-    assert not any(o.service("etcd").is_running for o in others)
+
+
+def test_etcd_cluster_members(rollout: Rollout) -> None:
+    """Every member of the inventory's etcd group joined one cluster, advertising the URLs the
+    agents were configured with."""
+    s = rollout.scenario
+    ctl = "ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:2379 -w json member list"
+    if s.tls:
+        ctl += " --cacert /etc/etcd/tls/ca.pem --cert /etc/etcd/tls/member.pem"
+        ctl += " --key /etc/etcd/tls/member-key.pem"
+    else:
+        ctl = ctl.replace("https://", "http://")
+    out = host(rollout, s.etcd_members[0]).check_output(ctl)
+    members = json.loads(out)["members"]
+    assert sorted(m["name"] for m in members) == sorted(s.etcd_members)
+    assert sorted(u for m in members for u in m["clientURLs"]) == sorted(s.etcd_urls)
 
 
 def test_every_host_alive_in_etcd(rollout: Rollout) -> None:
     deadline = time.monotonic() + 30
     while True:
-        rows = {row["name"]: row for row in heddle("host", "ls")}
+        rows = {row["name"]: row for row in heddle(rollout, "host", "ls")}
         if all(rows.get(n, {}).get("alive") for n in HOSTS) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -129,14 +156,14 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
     """One endpoint per host in a namespace of its own; every endpoint pings every other one
     through the VXLAN tunnels the agents built between the containers."""
     lab = rollout.lab
-    heddle("network", "create", NETWORK, "--subnet", OVERLAY_SUBNET)
+    heddle(rollout, "network", "create", NETWORK, "--subnet", OVERLAY_SUBNET)
     try:
         ips = {}
         for name in HOSTS:
             lab.ssh(name, "ip netns add hin-ep")
-            ips[name] = heddle("endpoint", "create", NETWORK, "--host", name, "--netns", "hin-ep")[
-                "ip"
-            ]
+            ips[name] = heddle(
+                rollout, "endpoint", "create", NETWORK, "--host", name, "--netns", "hin-ep"
+            )["ip"]
         for name, ip in ips.items():
             _wait(
                 lambda name=name, ip=ip: (
@@ -159,9 +186,7 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
     finally:
         subprocess.run(
             [
-                str(REPO / ".venv/bin/heddle"),
-                "--etcd",
-                ETCD_URL,
+                *rollout.cli(),
                 "network",
                 "rm",
                 NETWORK,
