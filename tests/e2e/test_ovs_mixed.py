@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from controller.dataplane.ovs_host import tx_checksum
 from controller.lab.capture import capturing, judge
 from controller.lab.pinger import ping
 from controller.lab.probes import tcp_transfer, wait_ping
@@ -37,6 +38,12 @@ def test_mixed_lab_connects_every_pair_of_a_network(lab: Lab, overlay: Scenario)
     for a, b in pairs:
         assert wait_ping(a.netns, b.ip, timeout=10.0), f"{a.host} {a.ip} -> {b.host} {b.ip}"
 
+    # What keeps TCP intact across the userspace datapath: the ovs agents turn TX checksum
+    # offload off on their endpoints' eth0, the lab on the kernel host's ul0.
+    assert tx_checksum(lab.host("h1").netns, "ul0") is False
+    for e in eps:
+        if lab.host(e.host).backend == "ovs":
+            assert tx_checksum(e.netns, "eth0") is False, f"{e.id}: TX checksum offload on"
     by_host = {h: next(e for e in eps if e.host == h) for h in ("h1", "h2", "h3")}
     for src, dst in (("h1", "h2"), ("h2", "h1"), ("h2", "h3"), ("h3", "h1")):
         a, b = by_host[src], by_host[dst]
