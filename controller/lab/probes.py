@@ -183,8 +183,9 @@ def ovs_flow_ages(inst: OvsInstance, bridge: str = "br-heddle") -> dict[str, flo
 
 def leftovers(prefix: str, workdir: Path) -> list[str]:
     """Every trace a lab with ``prefix`` in ``workdir`` could leave: namespaces and root-netns
-    links named ``<prefix>-*``, live processes whose command line names ``workdir`` (agents,
-    etcd, OVS daemons), and ``workdir`` itself. Empty when the lab is completely gone."""
+    links named ``<prefix>-*``, live processes whose command line names ``workdir`` (etcd, OVS
+    daemons, ovs agents) or that run in it (every lab child starts there), and ``workdir``
+    itself. Empty when the lab is completely gone."""
     found = [f"netns {p.name}" for p in Path("/run/netns").glob(f"{prefix}-*")]
     with IPRoute() as ipr:
         names = [str(m.get("IFLA_IFNAME")) for m in ipr.get_links()]
@@ -192,9 +193,11 @@ def leftovers(prefix: str, workdir: Path) -> list[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
         except OSError:
             continue
-        if str(workdir) in cmd and int(pid) != os.getpid():
+        inside = cwd == str(workdir) or cwd.startswith(f"{workdir}/")
+        if (str(workdir) in cmd or inside) and int(pid) != os.getpid():
             found.append(f"process {pid}: {cmd.strip()}")
     if workdir.exists():
         found.append(f"directory {workdir}")
