@@ -69,6 +69,7 @@ class Scenario:
     name: str
     etcd_members: tuple[str, ...]
     tls: bool
+    backend: str = "kernel"  # ovs: Open vSwitch with the userspace (netdev) datapath
 
     @property
     def etcd_urls(self) -> list[str]:
@@ -79,6 +80,8 @@ class Scenario:
 SCENARIOS = (
     Scenario("etcd1", ("hin-c1",), tls=False),
     Scenario("etcd3-tls", HOSTS, tls=True),
+    # netdev: no openvswitch.ko on these machines (nor /proc/modules, so ovs-ctl skips modprobe)
+    Scenario("ovs-netdev", ("hin-c1",), tls=False, backend="ovs"),
 )
 
 
@@ -101,7 +104,8 @@ class Rollout:
 
 def _inventory(scenario: Scenario, pki: Path) -> str:
     """Two hosts name their underlay interface, one gives its VTEP address, so both ways of
-    configuring the heddle role are exercised."""
+    configuring the heddle role are exercised. The ovs backend's netdev datapath needs both (the
+    agent moves the address from the interface onto br-phy)."""
     members = "".join(
         f"{m} etcd_address={UNDERLAY}.{HOSTS.index(m) + 11}\n" for m in scenario.etcd_members
     )
@@ -112,16 +116,26 @@ def _inventory(scenario: Scenario, pki: Path) -> str:
             f"heddle_etcd_cacert_src={pki}/ca.pem\nheddle_etcd_cert_src={pki}/client.pem\n"
             f"heddle_etcd_key_src={pki}/client-key.pem\n"
         )
+    if scenario.backend == "ovs":
+        hosts = "".join(
+            f"{h} heddle_vtep={UNDERLAY}.{i} heddle_underlay_interface=host0\n"
+            for i, h in enumerate(HOSTS, start=11)
+        )
+        backend = "heddle_backend=ovs\nopenvswitch_datapath_type=netdev\n"
+    else:
+        hosts = (
+            "hin-c1 heddle_underlay_interface=host0\n"
+            "hin-c2 heddle_underlay_interface=host0\n"
+            f"hin-c3 heddle_vtep={UNDERLAY}.13\n"
+        )
+        backend = ""
     return (
         f"[etcd]\n{members}\n"
-        "[heddle]\n"
-        "hin-c1 heddle_underlay_interface=host0\n"
-        "hin-c2 heddle_underlay_interface=host0\n"
-        f"hin-c3 heddle_vtep={UNDERLAY}.13\n\n"
+        f"[heddle]\n{hosts}\n"
         "[all:vars]\n"
         "ansible_user=root\n"
         "ansible_python_interpreter=/usr/bin/python3\n"
-        f"{tls}"
+        f"{tls}{backend}"
     )
 
 
@@ -198,7 +212,7 @@ def run_playbook(lab: Lab, workdir: Path, wheelhouse: Path) -> PlaybookRun:
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=300,
     )
     output = proc.stdout + proc.stderr
     recap = {m[1]: (int(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in _RECAP.finditer(output)}
@@ -246,18 +260,29 @@ def rollout(
             RECAPS[f"{scenario.name}: {n} run"] = {h: c[1] for h, c in run_.recap.items()}
         yield Rollout(scenario, lab, pki, first, second)
     finally:
-        logs = tmp_path_factory.mktemp(f"hin-{scenario.name}-logs")
-        for c in lab.containers:
-            (logs / f"{c.name}-console.log").write_text(lab.console(c))
-            if c.process is not None and c.process.poll() is None:
-                journal = lab.ssh(c.name, "journalctl --no-pager -n 300", check=False).stdout
-                (logs / f"{c.name}-journal.log").write_text(journal)
-        started = time.monotonic()
-        problems = lab.down()
-        TIMINGS[f"{scenario.name}: teardown"] = time.monotonic() - started
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            _keep_logs(lab, tmp_path_factory.mktemp(f"hin-{scenario.name}-logs"))
+        finally:
+            started = time.monotonic()
+            problems = lab.down()
+            TIMINGS[f"{scenario.name}: teardown"] = time.monotonic() - started
+            shutil.rmtree(work, ignore_errors=True)
         if problems:
             pytest.fail(f"infra lab teardown: {problems}")
+
+
+def _keep_logs(lab: Lab, logs: Path) -> None:
+    """Console and journal of every container, for diagnosis after the lab is gone. Best
+    effort and bounded in time: a wedged host must not keep the lab from being torn down."""
+    for c in lab.containers:
+        (logs / f"{c.name}-console.log").write_text(lab.console(c))
+        if c.process is None or c.process.poll() is not None:
+            continue
+        try:
+            journal = lab.ssh(c.name, "journalctl --no-pager -n 300", check=False, timeout=15)
+            (logs / f"{c.name}-journal.log").write_text(journal.stdout)
+        except (subprocess.SubprocessError, OSError) as exc:
+            (logs / f"{c.name}-journal.log").write_text(f"not collected: {exc}\n")
 
 
 TIMINGS: dict[str, float] = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from controller.dataplane.ovs_host import set_tx_checksum
 
 PREFIX = "hin"
 BRIDGE = f"{PREFIX}-br"
@@ -121,6 +124,11 @@ class Lab:
         run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         self.bridge_created = True
         run(["ip", "address", "add", f"{UNDERLAY}.1/24", "dev", BRIDGE])
+        # Packets the test machine sends into the lab leave with full checksums, as from a real
+        # NIC: with TX checksum offload on, veths hand them over unchecksummed, and the ovs
+        # backend's userspace datapath (AF_PACKET on the container's underlay interface) passes
+        # them on as they are, so the container's own stack drops every TCP segment.
+        set_tx_checksum(None, BRIDGE, on=False)
         run(["ip", "link", "set", BRIDGE, "up"])
 
     def _prepare(self, c: Container) -> None:
@@ -214,7 +222,7 @@ class Lab:
             + "Host *\n  User root\n"
             + f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             + "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-            + "  ConnectTimeout 5\n"
+            + "  ConnectTimeout 5\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
             # One connection per host shared by ssh, Ansible and testinfra; closed in down().
             + f"  ControlMaster auto\n  ControlPath {self.workdir}/cm-%n\n  ControlPersist 120s\n"
         )
@@ -250,19 +258,33 @@ class Lab:
             return (c.dir / "console.log").read_text(errors="replace")[-3000:]
         return ""
 
+    def _close_master(self, host: str) -> None:
+        """End the shared SSH connection to ``host``: ``ssh -O exit``, then by its PID if it
+        is wedged (a connection whose TCP path broke under it)."""
+        base = ["ssh", "-F", str(self.ssh_config)]
+        pid = None
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            check = subprocess.run(
+                [*base, "-O", "check", host], capture_output=True, text=True, timeout=5
+            )
+            m = re.search(r"pid=(\d+)", check.stderr)
+            pid = int(m[1]) if m else None
+        if pid is None:
+            return
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run([*base, "-O", "exit", host], capture_output=True, timeout=5)
+        with contextlib.suppress(OSError):  # still our master (not a reused PID): kill it
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ssh":
+                os.kill(pid, signal.SIGKILL)
+
     # -- down -----------------------------------------------------------------------------
 
     def down(self) -> list[str]:
         """Undo everything recorded; return the problems met (it never stops half way)."""
         problems: list[str] = []
         for c in self.containers:
-            if self.ssh_config.exists():  # the shared SSH master connections
-                with contextlib.suppress(subprocess.SubprocessError, OSError):
-                    subprocess.run(
-                        ["ssh", "-F", str(self.ssh_config), "-O", "exit", c.name],
-                        capture_output=True,
-                        timeout=10,
-                    )
+            if self.ssh_config.exists():
+                self._close_master(c.name)
             if c.process is not None and c.process.poll() is None:
                 # SIGTERM: nspawn asks the container's systemd to power off cleanly.
                 c.process.send_signal(signal.SIGTERM)

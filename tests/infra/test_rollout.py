@@ -68,6 +68,13 @@ def test_packages_and_venv(rollout: Rollout, name: str) -> None:
     assert h.run("/opt/heddle/venv/bin/heddle --version").stdout.startswith("heddle ")
     # Installed from the copied wheelhouse with --no-index: the wheels are on the host.
     assert h.file("/opt/heddle/wheelhouse").is_directory
+    ovs = h.service("openvswitch-switch")
+    if rollout.scenario.backend == "ovs":
+        assert h.package("openvswitch-switch").is_installed
+        assert ovs.is_enabled and h.service("ovs-vswitchd").is_running
+        assert h.check_output("ovs-vsctl br-exists br-phy && echo yes") == "yes"
+    else:
+        assert not ovs.is_enabled  # the openvswitch role only runs for the ovs backend
     assert any(w.startswith("heddle-") for w in h.file("/opt/heddle/wheelhouse").listdir())
 
 
@@ -95,10 +102,12 @@ def test_agent_config(rollout: Rollout, name: str) -> None:
         "host": name,
         "vtep": f"{UNDERLAY}.{index}",  # from host0's address (hin-c1, c2) or heddle_vtep (c3)
         "etcd": rollout.scenario.etcd_urls,
-        "backend": "kernel",
+        "backend": rollout.scenario.backend,
         "resync_interval": 30.0,
         "plugin_socket": "/run/docker/plugins/heddle.sock",
     }
+    if rollout.scenario.backend == "ovs":
+        expected |= {"ovs_datapath": "netdev", "underlay_dev": "host0"}
     if rollout.scenario.tls:
         tls = {"cacert": "etcd-ca.pem", "cert": "etcd-client.pem", "key": "etcd-client-key.pem"}
         expected |= {k: f"/etc/heddle/{v}" for k, v in tls.items()}
@@ -149,7 +158,7 @@ def test_every_host_alive_in_etcd(rollout: Rollout) -> None:
     for i, name in enumerate(HOSTS, start=11):
         assert rows[name]["alive"], rows[name]
         assert rows[name]["vtep"] == f"{UNDERLAY}.{i}"
-        assert rows[name]["backend"] == "kernel"
+        assert rows[name]["backend"] == rollout.scenario.backend
 
 
 def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
