@@ -66,6 +66,11 @@ def test_packages_and_venv(rollout: Rollout, name: str) -> None:
     venv_heddle = h.file("/opt/heddle/venv/bin/heddle")
     assert venv_heddle.exists and venv_heddle.mode & 0o111
     assert h.run("/opt/heddle/venv/bin/heddle --version").stdout.startswith("heddle ")
+    # Offline: no way out of the lab, and no apt index was ever fetched.
+    assert "default" not in h.check_output("ip route")
+    assert not h.file("/var/lib/apt/lists").listdir() or all(
+        f in ("lock", "partial", "auxfiles") for f in h.file("/var/lib/apt/lists").listdir()
+    )
     # Installed from the copied wheelhouse with --no-index: the wheels are on the host.
     assert h.file("/opt/heddle/wheelhouse").is_directory
     ovs = h.service("openvswitch-switch")
