@@ -92,6 +92,16 @@ class Rollout:
     pki: Path
     first: PlaybookRun
     second: PlaybookRun
+    # host -> the agent's MainPID after the first and after the second run
+    agent_pids: tuple[dict[str, str], dict[str, str]]
+    workdir: Path
+    wheelhouse: Path
+
+    def agent_pid(self, host: str) -> str:
+        return _main_pid(self.lab, host)
+
+    def run_again(self, *extra: str) -> PlaybookRun:
+        return run_playbook(self.lab, self.workdir, self.wheelhouse, *extra)
 
     def cli(self) -> list[str]:
         """The heddle CLI of this repository (on the test machine), against the lab's etcd."""
@@ -182,7 +192,7 @@ def build_wheelhouse(dest: Path) -> None:
     shutil.rmtree(src)
 
 
-def run_playbook(lab: Lab, workdir: Path, wheelhouse: Path) -> PlaybookRun:
+def run_playbook(lab: Lab, workdir: Path, wheelhouse: Path, *extra: str) -> PlaybookRun:
     """``ansible-playbook ansible/site.yml`` over the lab's SSH config, isolated from any
     ansible.cfg or ~/.ansible of the machine (an empty config file, private temp dirs)."""
     cfg = workdir / "ansible.cfg"
@@ -208,6 +218,7 @@ def run_playbook(lab: Lab, workdir: Path, wheelhouse: Path) -> PlaybookRun:
             str(REPO / "ansible/site.yml"),
             "-e",
             f"heddle_wheelhouse={wheelhouse}",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -254,11 +265,14 @@ def rollout(
         lab.up()
         TIMINGS[f"{scenario.name}: boot"] = time.monotonic() - started
         first = run_playbook(lab, work, wheelhouse)
+        pids_first = {h: _main_pid(lab, h) for h in HOSTS}
         second = run_playbook(lab, work, wheelhouse)
+        pids_second = {h: _main_pid(lab, h) for h in HOSTS}
         for n, run_ in (("first", first), ("second", second)):
             TIMINGS[f"{scenario.name}: {n} run"] = run_.seconds
             RECAPS[f"{scenario.name}: {n} run"] = {h: c[1] for h, c in run_.recap.items()}
-        yield Rollout(scenario, lab, pki, first, second)
+        pids = (pids_first, pids_second)
+        yield Rollout(scenario, lab, pki, first, second, pids, work, wheelhouse)
     finally:
         try:
             _keep_logs(lab, tmp_path_factory.mktemp(f"hin-{scenario.name}-logs"))
@@ -269,6 +283,11 @@ def rollout(
             shutil.rmtree(work, ignore_errors=True)
         if problems:
             pytest.fail(f"infra lab teardown: {problems}")
+
+
+def _main_pid(lab: Lab, host: str) -> str:
+    out = lab.ssh(host, "systemctl show --property MainPID --value heddle-agent")
+    return out.stdout.strip()
 
 
 def _keep_logs(lab: Lab, logs: Path) -> None:
