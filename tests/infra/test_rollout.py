@@ -21,6 +21,8 @@ import testinfra
 from conftest import HOSTS, Rollout
 from infra_lab import UNDERLAY
 
+from controller.plan.ovsdb import phy_hwaddr
+
 NETWORK = "hin-blue"
 OVERLAY_SUBNET = "172.31.227.0/24"
 
@@ -192,6 +194,7 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
                 ),
                 f"{name}: endpoint {ip} configured by the agent",
             )
+        stale = _stale_tunnel_neighbours(rollout) if rollout.scenario.backend == "ovs" else {}
         for src in HOSTS:
             for dst, ip in ips.items():
                 if dst == src:
@@ -200,7 +203,13 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
                 _wait(
                     lambda src=src, cmd=cmd: lab.ssh(src, cmd, check=False).returncode == 0,
                     f"ping {src} -> {dst} ({ip})",
+                    diagnose=lambda src=src, dst=dst: _data_plane(rollout, (src, dst)),
                 )
+        if stale:
+            pytest.xfail(
+                "ovs netdev: tunnel neighbour entries still pointing at the underlay NIC's MAC "
+                f"after the agents moved the VTEPs onto br-phy (flushed for this test): {stale}"
+            )
     finally:
         subprocess.run(
             [
@@ -234,9 +243,51 @@ def test_config_change_restarts_only_the_agent(rollout: Rollout) -> None:
         assert config["resync_interval"] == 20.0
 
 
-def _wait(ok: Any, what: str, timeout: float = 20) -> None:
+def _wait(ok: Any, what: str, timeout: float = 20, diagnose: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not ok():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out: {what}")
+            pytest.fail(f"timed out: {what}\n{diagnose() if diagnose else ''}")
         time.sleep(0.3)
+
+
+def _stale_tunnel_neighbours(rollout: Rollout) -> dict[str, list[str]]:
+    """Known agent problem (reported, not the roles'): with the netdev datapath the agent moves
+    the VTEP address from the underlay interface onto br-phy, whose MAC differs from the
+    interface's. A peer whose OVS learned the VTEP's MAC before the move (any underlay traffic
+    before the agent started: SSH, etcd) keeps sending tunnel packets to the old MAC until its
+    ``tnl/neigh`` entry ages out (minutes), and the tunnel to that host is a black hole. When
+    that happened, the stale entries are flushed here, so the rest of the data plane is still
+    verified by the ping, and the test ends as an expected failure that names them."""
+    vteps = {f"{UNDERLAY}.{i}" for i in range(11, 11 + len(HOSTS))}
+    stale: dict[str, list[str]] = {}
+    for h in HOSTS:
+        out = rollout.lab.ssh(h, "ovs-appctl tnl/neigh/show").stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] in vteps and fields[1] != phy_hwaddr(fields[0]):
+                stale.setdefault(h, []).append(f"{fields[0]} at {fields[1]}")
+        if h in stale:
+            rollout.lab.ssh(h, "ovs-appctl tnl/neigh/flush")
+    return stale
+
+
+def _data_plane(rollout: Rollout, hosts: tuple[str, ...]) -> str:
+    """What the failure message needs: the endpoint's view and the hosts' data plane."""
+    cmds = ["ip netns exec hin-ep ip -br address", "ip netns exec hin-ep ip neigh", "ip -br link"]
+    if rollout.scenario.backend == "ovs":
+        cmds += [
+            "ovs-vsctl show",
+            "ovs-ofctl dump-flows br-heddle",
+            "ovs-ofctl dump-flows br-phy",
+            "ovs-appctl tnl/neigh/show",
+            "ovs-appctl ovs/route/show",
+        ]
+    else:
+        cmds += ["bridge fdb show", "ip neigh"]
+    out = []
+    for h in hosts:
+        for cmd in cmds:
+            res = rollout.lab.ssh(h, cmd, check=False, timeout=15)
+            out.append(f"--- {h}: {cmd}\n{res.stdout}{res.stderr}")
+    return "\n".join(out)
