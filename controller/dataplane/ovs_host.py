@@ -207,10 +207,44 @@ class HostLinks:
         ipr.link("set", index=nic["index"], state="up")
         ipr.link("set", index=phy["index"], state="up")
         ipr.addr("replace", index=phy["index"], address=op.vtep, prefixlen=op.prefixlen)
+        moved = False
         for a in ipr.addr("dump", family=socket.AF_INET):
             if a["index"] == nic["index"] and a.get("IFA_ADDRESS") == op.vtep:
                 try:
                     ipr.addr("del", index=nic["index"], address=op.vtep, prefixlen=a["prefixlen"])
+                    moved = True
                 except NetlinkError as exc:
                     if _code(exc) != errno.EADDRNOTAVAIL:
                         raise
+        if moved:
+            # The VTEP now answers from br-phy's MAC. Peers that resolved it while it was on the
+            # NIC (kernel ARP caches, OVS tnl/neigh caches) would keep sending tunnel packets to
+            # the NIC's MAC until their entry ages out: tell them now, as a NIC failover would.
+            phy_mac = str(phy.get("IFLA_ADDRESS"))
+            try:
+                announce_address(self.netns, op.phy, op.vtep, phy_mac)
+            except OSError as exc:
+                raise OpFailed(f"gratuitous ARP for {op.vtep} on {op.phy} failed: {exc}") from exc
+
+
+def _garp(op: int, mac: str, ip: str) -> bytes:
+    """A gratuitous ARP frame (request or reply): sender and target address are both ``ip``."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = ipaddress.IPv4Address(ip).packed
+    eth = b"\xff" * 6 + hw + struct.pack("!H", 0x0806)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + hw + addr + b"\x00" * 6 + addr
+    return eth + arp
+
+
+def announce_address(netns: str | None, ifname: str, ip: str, mac: str) -> None:
+    """Send gratuitous ARP (a request and a reply) for ``ip`` at ``mac`` out of ``ifname``.
+
+    Linux updates an existing neighbour entry from either; OVS's tunnel-neighbour cache snoops
+    gratuitous ARP of both kinds. Raises ``OSError``."""
+    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    try:
+        sock.bind((ifname, 0))
+        for op in (1, 2):
+            sock.send(_garp(op, mac, ip))
+    finally:
+        sock.close()

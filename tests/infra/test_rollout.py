@@ -205,11 +205,10 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
                     f"ping {src} -> {dst} ({ip})",
                     diagnose=lambda src=src, dst=dst: _data_plane(rollout, (src, dst)),
                 )
-        if stale:
-            pytest.xfail(
-                "ovs netdev: tunnel neighbour entries still pointing at the underlay NIC's MAC "
-                f"after the agents moved the VTEPs onto br-phy (flushed for this test): {stale}"
-            )
+        assert not stale, (
+            "ovs netdev: tunnel neighbour entries still pointing at the underlay NIC's MAC "
+            f"after the agents moved the VTEPs onto br-phy (flushed for the pings): {stale}"
+        )
     finally:
         subprocess.run(
             [
@@ -252,13 +251,12 @@ def _wait(ok: Any, what: str, timeout: float = 20, diagnose: Any = None) -> None
 
 
 def _stale_tunnel_neighbours(rollout: Rollout) -> dict[str, list[str]]:
-    """Known agent problem (reported, not the roles'): with the netdev datapath the agent moves
-    the VTEP address from the underlay interface onto br-phy, whose MAC differs from the
-    interface's. A peer whose OVS learned the VTEP's MAC before the move (any underlay traffic
-    before the agent started: SSH, etcd) keeps sending tunnel packets to the old MAC until its
-    ``tnl/neigh`` entry ages out (minutes), and the tunnel to that host is a black hole. When
-    that happened, the stale entries are flushed here, so the rest of the data plane is still
-    verified by the ping, and the test ends as an expected failure that names them."""
+    """With the netdev datapath the agent moves the VTEP address from the underlay interface
+    onto br-phy, whose MAC differs from the interface's. A peer whose OVS learned the VTEP's MAC
+    before the move (any underlay traffic before the agent started: SSH, etcd) would keep sending
+    tunnel packets to the old MAC until its ``tnl/neigh`` entry ages out (minutes); the agent
+    announces the move with gratuitous ARP so that never happens. Entries found stale anyway are
+    returned (the test fails, naming them) and flushed, so the pings still check the rest."""
     vteps = {f"{UNDERLAY}.{i}" for i in range(11, 11 + len(HOSTS))}
     stale: dict[str, list[str]] = {}
     for h in HOSTS:
