@@ -42,7 +42,7 @@ def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int
     """One iperf3 TCP run; receiver-side Gbit/s (``end.sum_received``)."""
     server = lab.popen(
         server_ns, ["iperf3", "-s", "-1", "-B", server_ip],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         for _attempt in range(20):  # until the server listens
@@ -58,7 +58,11 @@ def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int
             if "connect" not in str(out.get("error", "")):
                 break
         if "error" in out or "sum_received" not in out.get("end", {}):
-            raise RuntimeError(f"iperf3 to {server_ip}: {out.get('error', 'no result')}")
+            server.kill()
+            said = server.communicate()[0].decode(errors="replace")[-400:]
+            raise RuntimeError(
+                f"iperf3 to {server_ip}: {out.get('error', 'no result')}; server said: {said}"
+            )
         return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
         server.kill()

@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     up = lab.add_parser("up", help="start a lab (etcd + N hosts with agents)")
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
-    up.add_argument("--docker", action="store_true")
+    up.add_argument("--docker", action="store_true", help="also a private dockerd per host")
     lab.add_parser("down", help="remove every trace of the lab")
     lab.add_parser("status", help="show the lab")
     lab.add_parser("demo", help="start a 3-host lab if needed and run the demo checks")
@@ -229,7 +229,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     from controller.lab import commands
 
     if args.action == "up":
-        st = commands.lab_up(args.hosts, args.backend)
+        st = commands.lab_up(args.hosts, args.backend, docker=args.docker)
         print(as_json(st) if args.output == "json" else _lab_table(st))
     elif args.action == "down":
         commands.lab_down()
@@ -243,13 +243,14 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _lab_table(st: dict[str, Any]) -> str:
+    docker = any("docker_host" in h for h in st.get("hosts", []))
+    heads = ["host", "netns", "vtep", "backend", "agent pid"] + (["docker host"] if docker else [])
     rows = [
         [h["name"], h["netns"], h["vtep"], h["backend"], h.get("agent_pid")]
+        + ([h.get("docker_host")] if docker else [])
         for h in st.get("hosts", [])
     ]
-    return f"etcd: {st.get('etcd')}\n" + table(
-        ["host", "netns", "vtep", "backend", "agent pid"], rows
-    )
+    return f"etcd: {st.get('etcd')}\n" + table(heads, rows)
 
 
 def _underlay_mtu(vtep: str) -> int:

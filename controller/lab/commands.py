@@ -9,30 +9,71 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.lab.nsutil import LabError
 from controller.lab.topology import Lab
 
 
-def lab_up(hosts: int = 3, backend: str = "kernel") -> dict[str, Any]:
-    """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``."""
-    lab = Lab()
-    lab.up(hosts=hosts, backend=backend)
-    return lab.status()
+def lab_up(hosts: int = 3, backend: str = "kernel", docker: bool = False) -> dict[str, Any]:
+    """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``.
+
+    With ``docker``, every host also runs a private dockerd (Debian's ``docker.io``) whose
+    ``/run/docker/plugins`` holds that host's agent's plugin socket; ``docker_host`` in the
+    status is its ``DOCKER_HOST``. On failure nothing is left behind."""
+    if not docker:
+        lab = Lab()
+        lab.up(hosts=hosts, backend=backend)
+        return lab.status()
+    from controller.lab.docker import DockerLab, PluginLab
+
+    plab = PluginLab()
+    dl = DockerLab(plab)
+    plab.plugin_socket = dl.plugin_socket
+    try:
+        plab.up(hosts=hosts, backend=backend)
+        if not dl.wait_plugins():
+            raise LabError("the agents did not start serving the Docker plugin; see their logs")
+        dl.start()
+    except BaseException:
+        try:
+            dl.down()
+        finally:
+            plab.down()
+        raise
+    return lab_status()
 
 
 def lab_down() -> None:
-    """Remove every trace of the lab (idempotent: no lab is not an error)."""
-    Lab().down()
+    """Remove every trace of the lab, its dockerds included (idempotent: no lab is not an
+    error)."""
+    from controller.lab.docker import DockerLab
+
+    lab = Lab()
+    try:
+        DockerLab(lab).down()
+    finally:
+        lab.down()
 
 
 def lab_status() -> dict[str, Any]:
-    """``{"etcd": URL, "hosts": [{"name", "netns", "vtep", "backend", "agent_pid"}]}``."""
-    return Lab().status()
+    """``{"etcd": URL, "hosts": [{"name", "netns", "vtep", "backend", "agent_pid",
+    "docker_host"?}]}`` (``docker_host`` only for a lab started with ``docker``)."""
+    from controller.lab.docker import DockerLab
+
+    lab = Lab()
+    status = lab.status()
+    dl = DockerLab(lab)
+    for h in status.get("hosts", []):
+        sock = dl.docker_socket(h["name"])
+        if sock.exists():
+            h["docker_host"] = f"unix://{sock}"
+    return status
 
 
 def lab_demo() -> int:
     """Bring up a 3-host lab unless one is up, run the demo, return its exit code.
 
-    A lab this call started is torn down afterwards; an existing lab is left running.
+    A lab this call started is torn down afterwards (``lab up`` keeps one for exploring); an
+    existing lab is left running.
     """
     from controller.lab.demo import run_demo  # imports the etcd client: only when needed
 
