@@ -33,6 +33,7 @@ import itertools
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -305,14 +306,24 @@ class KernelDataPlane:
     look into.
     """
 
-    def __init__(self, vtep: str, *, netns: str | None = None, fast_netlink: bool = True) -> None:
+    def __init__(
+        self,
+        vtep: str,
+        *,
+        netns: str | None = None,
+        fast_netlink: bool = True,
+        endpoint_ttl: float = 10.0,
+    ) -> None:
         self.vtep = vtep
         self.netns = netns
         self.fast_netlink = fast_netlink
+        self.endpoint_ttl = endpoint_ttl
         self._ipr: IPRoute | None = None
         self._raw: _RawRtnl | None = None
         self._ns: dict[str, tuple[int, IPRoute]] = {}
         self._index: dict[str, int] = {}
+        # netns -> (when read, its inode, what its endpoint interfaces looked like)
+        self._sides: dict[str, tuple[float, int | None, dict[str, EndpointSide]]] = {}
 
     # -- sockets ----------------------------------------------------------------------------
 
@@ -381,6 +392,12 @@ class KernelDataPlane:
         """One link dump, one FDB dump and one IPv4 neighbour dump of the host namespace, plus
         the endpoint sides of ``view`` (a link, address and route dump per endpoint netns).
         The FDB/neighbour dumps go through ``_RawRtnl`` (raw socket, struct parsing).
+
+        An endpoint namespace read less than ``endpoint_ttl`` seconds ago, and not touched by
+        an apply since, is not read again: with many local endpoints those reads would dominate
+        every event-driven pass (about 1 ms each), while the host-side state that other hosts'
+        changes touch is always read. Drift inside an endpoint namespace is therefore repaired
+        within ``endpoint_ttl`` (and the agent's periodic resync), not at the very next pass.
 
         Read-only. Raises ``DataPlaneError`` if the host namespace cannot be read."""
         try:
@@ -465,7 +482,20 @@ class KernelDataPlane:
             by_ns.setdefault(netns, []).append(ifname)
         for gone in set(self._ns) - set(by_ns):  # no endpoint there any more: drop the socket
             self._ns.pop(gone)[1].close()
+        now = time.monotonic()
+        for gone in set(self._sides) - set(by_ns):
+            del self._sides[gone]
         for netns, ifnames in by_ns.items():
+            cached = self._sides.get(netns)
+            if (
+                cached is not None
+                and now - cached[0] < self.endpoint_ttl
+                and cached[1] == _netns_inode(netns)
+                and all(i in cached[2] for i in ifnames)
+            ):
+                for ifname in ifnames:
+                    out[netns, ifname] = cached[2][ifname]
+                continue
             ns = self._ns_handle(netns)
             if ns is None:
                 for ifname in ifnames:
@@ -498,6 +528,11 @@ class KernelDataPlane:
                     addresses=frozenset(addrs.get(m["index"], ())),
                     gateway=gateway,
                 )
+            self._sides[netns] = (
+                now,
+                _netns_inode(netns),
+                {i: out[netns, i] for i in ifnames},
+            )
         return out
 
     # -- plan / apply -----------------------------------------------------------------------
@@ -510,6 +545,7 @@ class KernelDataPlane:
         """Apply ``ops`` in order (see the module docstring for the failure policy).
 
         Raises ``DataPlaneError`` naming the first failed op and listing all failures."""
+        self._forget_sides(ops)
         try:
             if self.fast_netlink:
                 apply_all(
@@ -519,6 +555,16 @@ class KernelDataPlane:
                 apply_all(ops, self._apply_one)
         finally:
             self._index.clear()  # the next observe rebuilds it
+
+    def _forget_sides(self, ops: Sequence[KernelOp]) -> None:
+        """Drop the remembered endpoint sides these ops may change (all of them for a link
+        delete, whose peer may sit in any namespace), so the next observe reads them again."""
+        for op in ops:
+            if isinstance(op, DelLink):
+                self._sides.clear()
+                return
+            if isinstance(op, ConfigureEndpoint | EnsureVeth) and op.netns is not None:
+                self._sides.pop(op.netns, None)
 
     def _apply_one(self, op: KernelOp) -> None:
         try:
