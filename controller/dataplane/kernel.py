@@ -312,7 +312,7 @@ class KernelDataPlane:
         *,
         netns: str | None = None,
         fast_netlink: bool = True,
-        endpoint_ttl: float = 10.0,
+        endpoint_ttl: float = 0.0,
     ) -> None:
         self.vtep = vtep
         self.netns = netns
@@ -393,11 +393,12 @@ class KernelDataPlane:
         the endpoint sides of ``view`` (a link, address and route dump per endpoint netns).
         The FDB/neighbour dumps go through ``_RawRtnl`` (raw socket, struct parsing).
 
-        An endpoint namespace read less than ``endpoint_ttl`` seconds ago, and not touched by
-        an apply since, is not read again: with many local endpoints those reads would dominate
-        every event-driven pass (about 1 ms each), while the host-side state that other hosts'
-        changes touch is always read. Drift inside an endpoint namespace is therefore repaired
-        within ``endpoint_ttl`` (and the agent's periodic resync), not at the very next pass.
+        With ``endpoint_ttl`` > 0 (the agent: 3/4 of its resync interval, at most 10 s), an
+        endpoint namespace read less than that long ago, and not touched by an apply since, is
+        not read again: with many local endpoints those reads (about 1 ms each) would dominate
+        every event-driven pass, while the host-side state that other hosts' changes touch is
+        always read. Drift inside an endpoint namespace is then repaired within the resync
+        interval rather than at the very next pass. 0 (the default) reads every time.
 
         Read-only. Raises ``DataPlaneError`` if the host namespace cannot be read."""
         try:

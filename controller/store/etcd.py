@@ -29,6 +29,12 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+# heddle never uses a gRPC client across fork (clients are made after it). gRPC's fork support
+# would instead restart its poller threads in every forked child, and a child that closes its
+# descriptors before exec (subprocess with preexec_fn, as the lab does to enter a namespace)
+# then aborts in epoll_wait ("Bad file descriptor"). Read once, when grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 import pyetcd
 from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc, utils

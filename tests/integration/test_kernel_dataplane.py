@@ -291,3 +291,29 @@ def test_entry_ops_report_per_op_results(lab: Lab, fast: bool) -> None:
         state = dp.observe(view)
         assert NeighEntry("10.77.0.99", "02:42:0a:4d:00:63") in state.neigh[vx]
         assert dp.plan(view, state) == (DelNeigh(vx, "10.77.0.99"),)
+
+
+def test_endpoint_ttl_rereads_namespaces_after_it_expires(lab: Lab) -> None:
+    """With ``endpoint_ttl`` an endpoint namespace is read again once the TTL has passed (the
+    agent's resync), while host-side drift is seen at every pass."""
+    import time
+
+    view = view_of(snapshot(lab))
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, endpoint_ttl=0.5) as dp,
+        IPRoute(netns=lab.ep_a, flags=0) as ipa,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
+        converge(dp, view)
+        eth0 = ipa.link("get", ifname="eth0")[0]["index"]
+        ipa.link("set", index=eth0, mtu=1300)  # drift inside the endpoint's namespace
+        vx = ipr.link("get", ifname=vxlan_name(VNI))[0]["index"]
+        ipr.fdb("del", ifindex=vx, lladdr="02:42:0a:4d:00:14", dst="192.0.2.2")
+        ops = dp.plan(view, dp.observe(view))
+        assert ops == (PutFdb(vxlan_name(VNI), "02:42:0a:4d:00:14", "192.0.2.2"),)
+        dp.apply(ops)
+        time.sleep(0.6)
+        ops = dp.plan(view, dp.observe(view))
+        assert [type(op) for op in ops] == [ConfigureEndpoint]
+        converge(dp, view)
+        assert ipa.link("get", ifname="eth0")[0].get("IFLA_MTU") == view.networks[0].mtu
