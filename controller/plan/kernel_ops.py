@@ -165,8 +165,23 @@ class DelLink:
         return f"delete link {self.name}"
 
 
+class _EntryOp:
+    """Shared by the FDB and neighbour ops: each needs its VXLAN device and creates no link."""
+
+    __slots__ = ()
+    dev: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.dev})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+
 @dataclass(frozen=True, slots=True)
-class PutFdb:
+class PutFdb(_EntryOp):
     """Unicast VXLAN FDB entry ``mac -> dst`` on ``dev``: permanent, NTF_SELF, *replace* (so a
     MAC that moved to another VTEP is rewritten in place)."""
 
@@ -174,40 +189,24 @@ class PutFdb:
     mac: str
     dst: str
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({self.dev})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
-
     def __str__(self) -> str:
         return f"fdb replace {self.mac} dst {self.dst} dev {self.dev} self permanent"
 
 
 @dataclass(frozen=True, slots=True)
-class AddFlood:
+class AddFlood(_EntryOp):
     """All-zero FDB entry ``00:00:00:00:00:00 -> dst`` on ``dev`` with *append* semantics:
     several zero entries coexist and form the head-end replication list."""
 
     dev: str
     dst: str
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({self.dev})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
-
     def __str__(self) -> str:
         return f"fdb append {ZERO_MAC} dst {self.dst} dev {self.dev} self permanent"
 
 
 @dataclass(frozen=True, slots=True)
-class DelFdb:
+class DelFdb(_EntryOp):
     """Remove the VXLAN FDB entry ``mac -> dst`` from ``dev`` (zero MAC included). Absent is
     success."""
 
@@ -215,52 +214,28 @@ class DelFdb:
     mac: str
     dst: str
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({self.dev})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
-
     def __str__(self) -> str:
         return f"fdb del {self.mac} dst {self.dst} dev {self.dev} self"
 
 
 @dataclass(frozen=True, slots=True)
-class PutNeigh:
+class PutNeigh(_EntryOp):
     """Permanent neighbour entry ``ip -> mac`` on ``dev`` (replace), answered by VXLAN proxy."""
 
     dev: str
     ip: str
     mac: str
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({self.dev})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
-
     def __str__(self) -> str:
         return f"neigh replace {self.ip} lladdr {self.mac} dev {self.dev} permanent"
 
 
 @dataclass(frozen=True, slots=True)
-class DelNeigh:
+class DelNeigh(_EntryOp):
     """Remove the neighbour entry for ``ip`` on ``dev``. Absent is success."""
 
     dev: str
     ip: str
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({self.dev})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return f"neigh del {self.ip} dev {self.dev}"
