@@ -20,53 +20,24 @@ Run: ``.venv/bin/python bench/bench_kernel.py [--remotes 5000] [--vteps 50]``.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
+from scale_view import NET, build_snapshot, local_host, timed
 
 from controller.dataplane.kernel import KernelDataPlane
-from controller.model.records import Endpoint, Host, Network
-from controller.model.view import HostView, Snapshot, host_view
+from controller.model.view import HostView, host_view
 from controller.plan.kernel_ops import ZERO_MAC
 
-T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
-LOCAL = Host("h0", "198.51.100.1")
-NET = Network("bench", 0xBE, "10.200.0.0/16")
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def build_snapshot(remotes: int, vteps: int, ep_ns: str) -> Snapshot:
-    hosts = {LOCAL.name: LOCAL}
-    for i in range(vteps):
-        h = Host(f"r{i}", f"198.51.{101 + i // 250}.{1 + i % 250}")
-        hosts[h.name] = h
-    base = int(ipaddress.IPv4Address("10.200.1.0"))
-    eps: dict[tuple[str, str], Endpoint] = {}
-    local = Endpoint("local", NET.name, LOCAL.name, "10.200.0.10", "02:be:0a:c8:00:0a", ep_ns)
-    eps[NET.name, local.id] = local
-    for i in range(remotes):
-        ip = ipaddress.IPv4Address(base + i)
-        p = ip.packed
-        mac = f"02:be:{p[0]:02x}:{p[1]:02x}:{p[2]:02x}:{p[3]:02x}"
-        e = Endpoint(f"e{i}", NET.name, f"r{i % vteps}", str(ip), mac)
-        eps[NET.name, e.id] = e
-    return Snapshot(revision=1, networks={NET.name: NET}, endpoints=eps, hosts=hosts)
+LOCAL = local_host("kernel")
 
 
 def one_pass(dp: KernelDataPlane, view: HostView) -> dict[str, float | int]:
@@ -123,7 +94,7 @@ def run_mode(args: argparse.Namespace, fast: bool) -> dict[str, dict[str, float 
         for name in (host_ns, ep_ns):
             netns.create(name)
             created.append(name)
-        snap = build_snapshot(args.remotes, args.vteps, ep_ns)
+        snap = build_snapshot(args.remotes, args.vteps, ep_ns, "kernel")
         view = host_view(snap, LOCAL)
         with KernelDataPlane(LOCAL.vtep, netns=host_ns, fast_netlink=fast) as dp:
             first = one_pass(dp, view)

@@ -24,7 +24,6 @@ Run: ``.venv/bin/python bench/bench_ovs.py [--remotes 5000] [--vteps 50] [--repe
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import platform
@@ -35,49 +34,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
+from scale_view import NET, build_snapshot, local_host, timed
 
 from controller.dataplane.ovs import OvsDataPlane
 from controller.lab import ovs as lab_ovs
-from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.flows import Flow
 from controller.plan.ovs import desired_flows
 
-T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
-LOCAL = Host("h0", "198.51.100.1", backend="ovs")
-NET = Network("bench", 0xBE, "10.200.0.0/16")
+LOCAL = local_host("ovs")
 RAW_BRIDGE = "br-raw"
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def build_snapshot(remotes: int, vteps: int, ep_ns: str) -> Snapshot:
-    hosts = {LOCAL.name: LOCAL}
-    for i in range(vteps):
-        h = Host(f"r{i}", f"198.51.{101 + i // 250}.{1 + i % 250}", backend="ovs")
-        hosts[h.name] = h
-    base = int(ipaddress.IPv4Address("10.200.1.0"))
-    eps: dict[tuple[str, str], Endpoint] = {}
-    local = Endpoint("local", NET.name, LOCAL.name, "10.200.0.10", "02:be:0a:c8:00:0a", ep_ns)
-    eps[NET.name, local.id] = local
-    for i in range(remotes):
-        ip = ipaddress.IPv4Address(base + i)
-        p = ip.packed
-        mac = f"02:be:{p[0]:02x}:{p[1]:02x}:{p[2]:02x}:{p[3]:02x}"
-        e = Endpoint(f"e{i}", NET.name, f"r{i % vteps}", str(ip), mac)
-        eps[NET.name, e.id] = e
-    return Snapshot(revision=1, networks={NET.name: NET}, endpoints=eps, hosts=hosts)
 
 
 def changed(snap: Snapshot) -> Snapshot:
@@ -159,7 +130,7 @@ def run(args: argparse.Namespace) -> Result:
         created = list(setup_host(prefix))
         host, _peer, ep = created
         inst = lab_ovs.start(host, workdir / "ovs")
-        snap = build_snapshot(args.remotes, args.vteps, ep)
+        snap = build_snapshot(args.remotes, args.vteps, ep, "ovs")
         view = host_view(snap, LOCAL)
         view2 = host_view(changed(snap), LOCAL)
         with OvsDataPlane(
