@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.model.errors import InvalidRecord
-from controller.model.records import BACKENDS, check_ipv4, check_label
+from controller.model.records import BACKENDS, check_label, check_vtep
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +33,13 @@ class AgentConfig:
     ovs_datapath: str = "system"
     underlay_dev: str | None = None
     plugin_socket: str | None = "/run/docker/plugins/heddle.sock"
+    allow_link_local_vteps: bool = False
 
     def __post_init__(self) -> None:
         check_label(self.host, "--host")
-        check_ipv4(self.vtep, "--vtep")
+        check_vtep(self.vtep, "--vtep", allow_link_local=self.allow_link_local_vteps)
+        if not isinstance(self.allow_link_local_vteps, bool):
+            raise InvalidRecord("allow_link_local_vteps must be true or false")
         if self.backend not in BACKENDS:
             raise InvalidRecord(f"--backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
         if not self.etcd:
@@ -55,6 +58,7 @@ _FLAG_KEYS = {
     "ovs_datapath": "ovs_datapath",
     "underlay_dev": "underlay_dev",
     "plugin_socket": "plugin_socket",
+    "allow_link_local_vteps": "allow_link_local_vteps",
 }
 
 

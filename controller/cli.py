@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--underlay-dev")
     a.add_argument("--plugin-socket")
     a.add_argument("--no-plugin", action="store_true", default=None)
+    a.add_argument(
+        "--allow-link-local-vteps",
+        action="store_true",
+        default=None,
+        help="accept hosts whose VTEP is link-local (169.254.0.0/16); refused by default",
+    )
 
     lab = sub.add_parser("lab", help="multi-host lab on network namespaces").add_subparsers(
         dest="action", required=True
@@ -209,7 +215,9 @@ def _cmd_host(args: argparse.Namespace, kv: KV) -> int:
     rows = []
     for i in infos:
         st = i.status
-        state = "-" if st is None else ("ok" if st.ok else "error: " + "; ".join(st.errors))
+        state = "-" if st is None else "ok" if st.ok else "; ".join(
+            ([f"stuck: {st.stuck}"] if st.stuck else []) + [f"error: {e}" for e in st.errors]
+        ) or "not ok"
         rows.append(
             [
                 i.host.name,
@@ -218,7 +226,7 @@ def _cmd_host(args: argparse.Namespace, kv: KV) -> int:
                 "yes" if i.alive else "no",
                 st.revision if st else None,
                 state,
-                len(st.skipped) if st else None,
+                st.skipped_count if st else None,
             ]
         )
     print(table(["name", "vtep", "backend", "alive", "revision", "status", "skipped"], rows))
@@ -356,7 +364,8 @@ def run_agent(args: argparse.Namespace) -> int:
     while not stop.is_set() and not watcher.wait_synced(1.0):
         pass
     dataplane = _make_dataplane(cfg, host, trigger)
-    status = StatusWriter(kv, host.name)
+    # Stuck: the watch has not followed etcd for 3 watch backoff caps (status says so, not ok).
+    status = StatusWriter(kv, host.name, stuck=lambda: watcher.stalled(15.0))
 
     def on_result(result: PassResult) -> None:
         status(result)
@@ -370,6 +379,7 @@ def run_agent(args: argparse.Namespace) -> int:
         trigger,
         on_result,
         resync_interval=cfg.resync_interval,
+        link_local_vteps=cfg.allow_link_local_vteps,
     )
     worker = threading.Thread(target=reconciler.run, name="reconciler", daemon=True)
     if not stop.is_set():

@@ -20,8 +20,15 @@ class HostInfo:
 
 def list_hosts(kv: KV) -> list[HostInfo]:
     """Every host with a valid record, sorted by name. Reads three prefixes; raises only
-    ``StoreUnavailable``."""
-    alive = {kv_.key[len(keys.ALIVE) :] for kv_ in kv.list(keys.ALIVE).items}
+    ``StoreUnavailable``. A host is alive only if its alive key holds a valid record; a status
+    record that does not decode counts as no status."""
+    alive = set()
+    for item in kv.list(keys.ALIVE).items:
+        try:
+            codec.decode_alive(item.value)
+        except InvalidRecord:
+            continue
+        alive.add(item.key[len(keys.ALIVE) :])
     statuses: dict[str, HostStatus] = {}
     for item in kv.list(keys.STATUS).items:
         try:

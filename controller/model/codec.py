@@ -7,29 +7,55 @@ anything else, so a bad value written by any etcd client can be logged and skipp
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from controller.model.errors import InvalidRecord
-from controller.model.records import Alive, Endpoint, Host, HostStatus, Network
+from controller.model.errors import InvalidRecord, brief
+from controller.model.json_value import load_object, load_value
+from controller.model.records import (
+    Alive,
+    Endpoint,
+    Host,
+    HostStatus,
+    Network,
+    clip_reasons,
+)
 
 _NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu"}
 _ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname"}
 _HOST_FIELDS = {"name", "vtep", "underlay_mtu", "backend", "version"}
+#: A status record of an older agent may list every skipped reason: allow more than a record.
+_MAX_STATUS_BYTES = 4 * 1024 * 1024
 
 
 def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
+D = TypeVar("D")
+
+
+def _total(decode: Callable[[bytes | str], D]) -> Callable[[bytes | str], D]:
+    """Make a decoder total: anything but ``InvalidRecord`` escaping it (a validation bug met
+    by some byte sequence) becomes ``InvalidRecord`` too, so no caller can be stopped by it."""
+
+    @functools.wraps(decode)
+    def wrapper(raw: bytes | str) -> D:
+        try:
+            return decode(raw)
+        except InvalidRecord:
+            raise
+        except Exception as exc:
+            raise InvalidRecord(f"{decode.__name__}: unexpected {type(exc).__name__}") from None
+
+    return wrapper
+
+
 def _object(raw: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRecord(f"{what}: invalid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InvalidRecord(f"{what}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return load_object(raw, what)
 
 
 def _require(obj: dict[str, Any], fields: set[str], required: set[str], what: str) -> None:
@@ -38,7 +64,7 @@ def _require(obj: dict[str, Any], fields: set[str], required: set[str], what: st
         raise InvalidRecord(f"{what}: missing field(s) {', '.join(missing)}")
     unknown = sorted(obj.keys() - fields)
     if unknown:
-        raise InvalidRecord(f"{what}: unknown field(s) {', '.join(unknown)}")
+        raise InvalidRecord(f"{what}: unknown field(s) {brief(', '.join(unknown))}")
 
 
 def encode_network(n: Network) -> str:
@@ -47,6 +73,7 @@ def encode_network(n: Network) -> str:
     )
 
 
+@_total
 def decode_network(raw: bytes | str) -> Network:
     o = _object(raw, "network")
     _require(o, _NETWORK_FIELDS, {"name", "vni", "subnet"}, "network")
@@ -70,6 +97,7 @@ def encode_endpoint(e: Endpoint) -> str:
     )
 
 
+@_total
 def decode_endpoint(raw: bytes | str) -> Endpoint:
     o = _object(raw, "endpoint")
     _require(o, _ENDPOINT_FIELDS, {"id", "network", "host", "ip", "mac"}, "endpoint")
@@ -99,6 +127,7 @@ def encode_host(h: Host) -> str:
     )
 
 
+@_total
 def decode_host(raw: bytes | str) -> Host:
     o = _object(raw, "host")
     _require(o, _HOST_FIELDS, {"name", "vtep"}, "host")
@@ -118,10 +147,17 @@ def encode_alive(a: Alive) -> str:
     return _dumps({"since": a.since, "pid": a.pid})
 
 
+@_total
 def decode_alive(raw: bytes | str) -> Alive:
     o = _object(raw, "alive")
     since, pid = o.get("since"), o.get("pid")
-    if not isinstance(since, int | float) or not isinstance(pid, int):
+    if (
+        not isinstance(since, int | float)
+        or isinstance(since, bool)
+        or not math.isfinite(since)
+        or not isinstance(pid, int)
+        or isinstance(pid, bool)
+    ):
         raise InvalidRecord("alive: needs numeric 'since' and integer 'pid'")
     return Alive(float(since), pid)
 
@@ -136,24 +172,53 @@ def encode_status(s: HostStatus) -> str:
             "changes": s.changes,
             "errors": list(s.errors),
             "skipped": list(s.skipped),
+            "skipped_count": s.skipped_count,
+            "stuck": s.stuck,
         }
     )
 
 
+def _status_int(o: dict[str, Any], name: str, default: int | None = None) -> int:
+    v = o.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 63:
+        raise InvalidRecord(f"status: {name} must be a non-negative integer")
+    return v
+
+
+def _status_texts(o: dict[str, Any], name: str) -> tuple[str, ...]:
+    v = o.get(name, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InvalidRecord(f"status: {name} must be a list of strings")
+    return clip_reasons(v)
+
+
+@_total
 def decode_status(raw: bytes | str) -> HostStatus:
-    o = _object(raw, "status")
-    try:
-        return HostStatus(
-            str(o["host"]),
-            int(o["revision"]),
-            float(o["last_pass"]),
-            bool(o["ok"]),
-            int(o.get("changes", 0)),
-            tuple(str(x) for x in o.get("errors", ())),
-            tuple(str(x) for x in o.get("skipped", ())),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRecord(f"status: {exc!r}") from None
+    """Decode a status record, clipping its reason lists (``clip_reasons``); total like every
+    decoder here. Records of older agents (no ``skipped_count``/``stuck``) read as well."""
+    o = load_object(raw, "status", _MAX_STATUS_BYTES)
+    host, last_pass, ok, stuck = o.get("host"), o.get("last_pass"), o.get("ok"), o.get("stuck")
+    if not isinstance(host, str) or len(host) > 63:
+        raise InvalidRecord("status: host must be a host name")
+    if not isinstance(last_pass, int | float) or isinstance(last_pass, bool):
+        raise InvalidRecord("status: last_pass must be a number")
+    if not isinstance(ok, bool):
+        raise InvalidRecord("status: ok must be true or false")
+    if stuck is not None and not isinstance(stuck, str):
+        raise InvalidRecord("status: stuck must be a string or null")
+    skipped_all = o.get("skipped", [])
+    skipped = _status_texts(o, "skipped")
+    return HostStatus(
+        host,
+        _status_int(o, "revision"),
+        float(last_pass),
+        ok,
+        _status_int(o, "changes", 0),
+        _status_texts(o, "errors"),
+        skipped,
+        _status_int(o, "skipped_count", len(skipped_all)),
+        clip_reasons([stuck])[0] if stuck else None,
+    )
 
 
 def encode_owner(owner: str) -> str:
@@ -162,10 +227,18 @@ def encode_owner(owner: str) -> str:
 
 
 def decode_owner(raw: bytes | str) -> str:
-    """Decode a guard value; accepts a JSON string or, leniently, a bare word written by hand."""
+    """Decode a guard value; accepts a JSON string or, leniently, a bare word written by hand.
+
+    Total: any other JSON value comes back as its compact JSON text, undecodable bytes as text
+    with replacement characters; at most ``MAX_RECORD_BYTES`` of it."""
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        value = load_value(raw, "owner")
+    except InvalidRecord:
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        return text.strip()
-    return value if isinstance(value, str) else _dumps(value)
+        return text[:1024].strip()
+    if isinstance(value, str):
+        return value
+    try:
+        return _dumps(value)
+    except (RecursionError, ValueError):
+        return brief(value)

@@ -23,3 +23,23 @@ class Exhausted(HeddleError):
 
 class StoreUnavailable(HeddleError):
     """The store (etcd) could not be reached or did not answer in time."""
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long the whole was. Pure."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def brief(value: object, limit: int = 64) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (``clip``).
+
+    Every message that quotes a value read from etcd or a request goes through this: a hostile
+    megabyte string must not be copied into logs, status records or replies. Pure; never raises.
+    """
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails (or recurses) must not turn a report into a crash
+        return f"<unprintable {type(value).__name__}>"
+    return clip(text, limit)

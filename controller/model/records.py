@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.model.errors import InvalidRecord
+from controller.model.errors import InvalidRecord, brief
 
 Backend = Literal["kernel", "ovs"]
 BACKENDS: tuple[Backend, ...] = ("kernel", "ovs")
@@ -20,6 +20,16 @@ BACKENDS: tuple[Backend, ...] = ("kernel", "ovs")
 VNI_MIN = 1
 VNI_MAX = 16_777_215
 MAX_PREFIXLEN = 30
+MIN_PREFIXLEN = 8
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+#: Ranges an overlay subnet must not touch: their addresses cannot be endpoint addresses.
+_NOT_ENDPOINT_SPACE = (
+    (_THIS_NETWORK, "'this network'"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved and broadcast"),
+)
 MTU_MIN = 576
 MTU_MAX = 9000 - 50
 
@@ -32,7 +42,7 @@ def check_label(value: object, field: str) -> str:
     """Return ``value`` if it is a DNS label (``[a-z0-9-]``, 1..63, no leading/trailing '-')."""
     if not isinstance(value, str) or not _LABEL.match(value):
         raise InvalidRecord(
-            f"{field} {value!r} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', "
+            f"{field} {brief(value)} is not a valid name: use 1-63 characters of a-z, 0-9 and '-', "
             "starting and ending with a letter or digit"
         )
     return value
@@ -41,35 +51,65 @@ def check_label(value: object, field: str) -> str:
 def check_int(value: object, field: str, lo: int, hi: int) -> int:
     """Return ``value`` if it is an int (not bool) within ``lo..hi``."""
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InvalidRecord(f"{field} {value!r} must be an integer in {lo}..{hi}")
+        raise InvalidRecord(f"{field} {brief(value)} must be an integer in {lo}..{hi}")
     return value
 
 
 def check_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
     """Parse an IPv4 address string; raise ``InvalidRecord`` naming ``field`` otherwise."""
     if not isinstance(value, str):
-        raise InvalidRecord(f"{field} {value!r} must be an IPv4 address string")
+        raise InvalidRecord(f"{field} {brief(value)} must be an IPv4 address string")
     try:
         return ipaddress.IPv4Address(value)
     except ValueError:
-        raise InvalidRecord(f"{field} {value!r} is not a valid IPv4 address") from None
+        raise InvalidRecord(f"{field} {brief(value)} is not a valid IPv4 address") from None
 
 
 def parse_subnet(value: object, field: str = "subnet") -> ipaddress.IPv4Network:
     """Parse a CIDR: strict (no host bits), IPv4, prefix length at most /30."""
     if not isinstance(value, str):
-        raise InvalidRecord(f"{field} {value!r} must be a CIDR string such as 10.1.0.0/24")
+        raise InvalidRecord(f"{field} {brief(value)} must be a CIDR string such as 10.1.0.0/24")
     try:
         net = ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
-        raise InvalidRecord(f"{field} {value!r} is not a valid IPv4 CIDR: {exc}") from None
+        why = brief(str(exc), 120)
+        raise InvalidRecord(f"{field} {brief(value)} is not a valid IPv4 CIDR: {why}") from None
     if "/" not in value:
-        raise InvalidRecord(f"{field} {value!r} needs a prefix length, such as 10.1.0.0/24")
+        raise InvalidRecord(f"{field} {brief(value)} needs a prefix length, such as 10.1.0.0/24")
     if net.prefixlen > MAX_PREFIXLEN:
         raise InvalidRecord(
             f"{field} {value} is too small: the prefix length must be at most /{MAX_PREFIXLEN}"
         )
+    if net.prefixlen < MIN_PREFIXLEN:
+        raise InvalidRecord(
+            f"{field} {value} is too large: the prefix length must be at least /{MIN_PREFIXLEN}"
+        )
+    for special, why in _NOT_ENDPOINT_SPACE:
+        if net.overlaps(special):
+            raise InvalidRecord(f"{field} {value} overlaps {special} ({why}): not for endpoints")
     return net
+
+
+def check_vtep(value: object, field: str = "vtep", *, allow_link_local: bool = False) -> str:
+    """Return ``value`` if it is a unicast IPv4 address a VXLAN peer can be reached at.
+
+    Refused: loopback, multicast, the limited broadcast and the rest of 240.0.0.0/4,
+    unspecified (0.0.0.0/8) -- an FDB or flood entry towards any of them sends a network's
+    broadcasts to every host on the underlay, or nowhere. Link-local (169.254.0.0/16) only with
+    ``allow_link_local``: it is valid on some underlays but usually a DHCP failure. Pure.
+    """
+    addr = check_ipv4(value, field)
+    bad = (
+        "loopback" if addr.is_loopback
+        else "multicast" if addr.is_multicast
+        else "broadcast or reserved" if addr.is_reserved or addr == _BROADCAST
+        else "unspecified" if addr in _THIS_NETWORK
+        else "link-local" if addr.is_link_local and not allow_link_local
+        else None
+    )  # fmt: skip
+    if bad is not None:
+        raise InvalidRecord(f"{field} {addr} is a {bad} address, not a usable unicast VTEP")
+    return str(addr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +166,15 @@ class Endpoint:
         check_label(self.host, "host")
         check_ipv4(self.ip, "ip")
         if not isinstance(self.mac, str) or not _MAC.match(self.mac):
-            raise InvalidRecord(f"mac {self.mac!r} must look like 02:00:0a:01:00:02 (lower case)")
+            raise InvalidRecord(f"mac {brief(self.mac)} must look like 02:00:0a:01:00:02 (lower)")
         if int(self.mac[:2], 16) & 1:
             raise InvalidRecord(f"mac {self.mac} is a multicast address")
         if self.netns is not None and (
             not isinstance(self.netns, str) or not _IFNAME.match(self.netns)
         ):
-            raise InvalidRecord(f"netns {self.netns!r} is not a valid namespace name")
+            raise InvalidRecord(f"netns {brief(self.netns)} is not a valid namespace name")
         if not isinstance(self.ifname, str) or not _IFNAME.match(self.ifname):
-            raise InvalidRecord(f"ifname {self.ifname!r} is not a valid interface name (<= 15)")
+            raise InvalidRecord(f"ifname {brief(self.ifname)} is not an interface name (<= 15)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +189,14 @@ class Host:
 
     def __post_init__(self) -> None:
         check_label(self.name, "host name")
-        check_ipv4(self.vtep, "vtep")
+        # link-local passes here; whether peers accept it is the agent's setting (host_view)
+        check_vtep(self.vtep, "vtep", allow_link_local=True)
         check_int(self.underlay_mtu, "underlay_mtu", MTU_MIN + 50, 9000)
         if self.backend not in BACKENDS:
-            raise InvalidRecord(f"backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
-        if not isinstance(self.version, str):
-            raise InvalidRecord(f"version {self.version!r} must be a string")
+            choices = ", ".join(BACKENDS)
+            raise InvalidRecord(f"backend {brief(self.backend)} must be one of {choices}")
+        if not isinstance(self.version, str) or len(self.version) > 64:
+            raise InvalidRecord(f"version {brief(self.version)} must be a string of <= 64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +209,12 @@ class Alive:
 
 @dataclass(frozen=True, slots=True)
 class HostStatus:
-    """What an agent last did: the revision it applied, when, and what went wrong."""
+    """What an agent last did: the revision it applied, when, and what went wrong.
+
+    Bounded whatever is in etcd: ``errors`` and ``skipped`` hold at most ``STATUS_MAX_REASONS``
+    reasons of at most ``STATUS_MAX_REASON`` characters each; ``skipped_count`` is the full
+    count. ``stuck`` says why the agent is not following etcd (None while it is).
+    """
 
     host: str
     revision: int
@@ -176,3 +223,20 @@ class HostStatus:
     changes: int = 0
     errors: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+    skipped_count: int = 0
+    stuck: str | None = None
+
+
+STATUS_MAX_REASONS = 5
+STATUS_MAX_REASON = 200
+
+
+def clip_reasons(reasons: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The first ``STATUS_MAX_REASONS`` reasons, each cut to ``STATUS_MAX_REASON`` characters.
+
+    Pure. Why: a status record is rewritten on every pass; copying every bad record's reason
+    into it made one hostile key grow etcd by megabytes per pass."""
+    out = []
+    for r in reasons[:STATUS_MAX_REASONS]:
+        out.append(r if len(r) <= STATUS_MAX_REASON else r[: STATUS_MAX_REASON - 3] + "...")
+    return tuple(out)

@@ -66,12 +66,14 @@ class HostView:
         return None
 
 
-def host_view(snap: Snapshot, host: Host) -> HostView:
+def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> HostView:
     """Reduce ``snap`` to the networks ``host`` takes part in. Pure; never raises.
 
     Records that cannot be realised are reported in ``problems`` and left out: an endpoint of an
     unknown network, an endpoint on a host with no host record (its VTEP is unknown), an endpoint
-    whose address is outside its network's subnet.
+    on a host whose VTEP is link-local unless ``link_local_vteps`` (the agent's setting; every
+    other unusable VTEP is refused when the host record is decoded), an endpoint whose address is
+    outside its network's subnet.
     """
     problems: list[str] = []
     by_net: dict[str, list[Endpoint]] = {}
@@ -82,6 +84,16 @@ def host_view(snap: Snapshot, host: Host) -> HostView:
             continue
         if ep.host != host.name and ep.host not in snap.hosts:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown host {ep.host!r}")
+            continue
+        if (
+            ep.host != host.name
+            and not link_local_vteps
+            and ipaddress.IPv4Address(snap.hosts[ep.host].vtep).is_link_local
+        ):
+            problems.append(
+                f"endpoint {net_name}/{ep_id}: host {ep.host} has a link-local VTEP "
+                "(refused unless the agent allows link-local VTEPs)"
+            )
             continue
         if ipaddress.IPv4Address(ep.ip) not in net.network:
             problems.append(f"endpoint {net_name}/{ep_id}: {ep.ip} is outside {net.subnet}")

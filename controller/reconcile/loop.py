@@ -63,6 +63,7 @@ class Reconciler(Generic[S, O]):
         resync_interval: float = 30.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
+        link_local_vteps: bool = False,
     ) -> None:
         self._host = host
         self._snapshot = snapshot
@@ -72,6 +73,7 @@ class Reconciler(Generic[S, O]):
         self._resync = resync_interval
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._link_local_vteps = link_local_vteps
         self._stop = threading.Event()
         self.passes = 0
         self.failures = 0
@@ -82,7 +84,7 @@ class Reconciler(Generic[S, O]):
         started = time.time()
         t0 = time.perf_counter()
         snap = self._snapshot()
-        view = host_view(snap, self._host)
+        view = host_view(snap, self._host, link_local_vteps=self._link_local_vteps)
         problems = tuple(snap.skipped) + view.problems
         applied: tuple[str, ...] = ()
         try:

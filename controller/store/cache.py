@@ -3,7 +3,13 @@
 Records are decoded once, when their event (or listing) arrives, with ``controller.model.codec``.
 A value that fails validation, or whose name disagrees with its key, is logged, counted and
 listed in ``skipped`` (key -> reason) -- never raised: one bad write by any etcd client must not
-stop an agent. Keys outside the collections heddle reads here (vnis, ipam, status) are ignored.
+stop an agent. Whatever an event holds, ``apply`` and ``replace_all`` consume it and move the
+revision on, so a bad batch is never retried for ever. Reasons quote a bounded prefix of the key
+and value. Keys outside the collections heddle reads here (vnis, ipam, status) are ignored.
+
+Valid records that conflict (one address, MAC or interface claimed twice, one VNI for two
+networks) are resolved when the snapshot is built (``controller.model.conflicts``: the older
+record wins) and the losers are listed in the snapshot's ``skipped`` with the reason.
 
 Thread-safe (one lock); ``snapshot()`` returns an immutable ``Snapshot`` that is built at most
 once per change, so reading it is cheap and never re-decodes.
@@ -18,7 +24,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from controller.model import codec
-from controller.model.errors import InvalidRecord
+from controller.model.conflicts import resolve
+from controller.model.errors import InvalidRecord, clip
 from controller.model.records import Alive, Endpoint, Host, Network
 from controller.model.view import Snapshot
 from controller.store import keys
@@ -37,6 +44,7 @@ class _Entry:
     """What one key currently holds: a decoded record, or the reason it was skipped."""
 
     mod_revision: int
+    create_revision: int
     kind: str
     ident: Ident | None
     record: Record | None
@@ -44,7 +52,18 @@ class _Entry:
 
 
 def _decode(kv: KeyValue) -> _Entry | None:
-    """Decode one key; None if the key is not in a collection the cache mirrors."""
+    """Decode one key; None if the key is not in a collection the cache mirrors. Never raises:
+    anything unexpected becomes a skipped entry, so no value can stop the cache."""
+    try:
+        return _decode_strict(kv)
+    except Exception as exc:
+        log.exception("decoding %s failed unexpectedly", clip(kv.key))
+        kind = keys.kind_of(kv.key) or "unknown"
+        return _Entry(kv.mod_revision, kv.create_revision, kind, None, None,
+                      f"cannot decode: {type(exc).__name__}")  # fmt: skip
+
+
+def _decode_strict(kv: KeyValue) -> _Entry | None:
     kind = keys.kind_of(kv.key)
     if kind not in _KINDS:
         return None
@@ -59,7 +78,7 @@ def _decode(kv: KeyValue) -> _Entry | None:
             ep = codec.decode_endpoint(kv.value)
             if (ep.network, ep.id) != ident:
                 raise InvalidRecord(f"endpoint {ep.network}/{ep.id} stored under the wrong key")
-            return _Entry(kv.mod_revision, kind, ident, ep, None)
+            return _Entry(kv.mod_revision, kv.create_revision, kind, ident, ep, None)
         if len(tail) != 1 or not tail[0]:
             raise InvalidRecord(f"{kind} key must be {kind}/<name>")
         ident = tail[0]
@@ -74,9 +93,9 @@ def _decode(kv: KeyValue) -> _Entry | None:
         if name != ident:
             raise InvalidRecord(f"{kind[:-1] if kind != 'alive' else kind} name {name!r} "
                                 f"disagrees with its key")  # fmt: skip
-        return _Entry(kv.mod_revision, kind, ident, record, None)
+        return _Entry(kv.mod_revision, kv.create_revision, kind, ident, record, None)
     except InvalidRecord as exc:
-        return _Entry(kv.mod_revision, kind, None, None, str(exc))
+        return _Entry(kv.mod_revision, kv.create_revision, kind, None, None, str(exc))
 
 
 class Cache:
@@ -85,8 +104,8 @@ class Cache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._networks: dict[str, Network] = {}
-        self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._networks: dict[str, tuple[int, Network]] = {}
+        self._endpoints: dict[tuple[str, str], tuple[int, Endpoint]] = {}
         self._hosts: dict[str, Host] = {}
         self._alive: dict[str, Alive] = {}
         self._skipped: dict[str, str] = {}
@@ -126,13 +145,16 @@ class Cache:
                         snap.skipped,
                     )  # fmt: skip
                 else:
+                    won = resolve(self._networks, self._endpoints)
+                    bad = sorted(self._skipped.items())
+                    invalid = (f"{clip(k)}: {why}" for k, why in bad)
                     snap = Snapshot(
                         self._revision,
-                        MappingProxyType(dict(self._networks)),
-                        MappingProxyType(dict(self._endpoints)),
+                        MappingProxyType(dict(won.networks)),
+                        MappingProxyType(dict(won.endpoints)),
                         MappingProxyType(dict(self._hosts)),
                         frozenset(self._alive),
-                        tuple(f"{k}: {why}" for k, why in sorted(self._skipped.items())),
+                        (*invalid, *won.problems),
                     )
                 self._snapshot = snap
             return snap
@@ -145,13 +167,15 @@ class Cache:
         """
         with self._lock:
             changed = False
-            for ev in batch.events:
-                if ev.kv.mod_revision <= self._revision:
-                    continue
-                entry = _decode(ev.kv) if ev.kind == "put" else None
-                changed |= self._set(ev.kv.key, entry, deleted=ev.kind == "delete")
-                self.events_applied += 1
-            self._revision = max(self._revision, batch.revision)
+            try:
+                for ev in batch.events:
+                    if ev.kv.mod_revision <= self._revision:
+                        continue
+                    entry = _decode(ev.kv) if ev.kind == "put" else None
+                    changed |= self._set(ev.kv.key, entry, deleted=ev.kind == "delete")
+                    self.events_applied += 1
+            finally:  # never leave the revision behind a batch: it would be replayed for ever
+                self._revision = max(self._revision, batch.revision)
             return changed
 
     def replace_all(self, listing: Listing) -> bool:
@@ -207,12 +231,12 @@ class Cache:
         if e.error is not None:
             self._skipped[key] = e.error
             self.invalid_records += 1
-            log.warning("skipping invalid record %s: %s", key, e.error)
+            log.warning("skipping invalid record %s: %s", clip(key), e.error)
         elif isinstance(e.record, Network):
-            self._networks[e.record.name] = e.record
+            self._networks[e.record.name] = (e.create_revision, e.record)
         elif isinstance(e.record, Host):
             self._hosts[e.record.name] = e.record
         elif isinstance(e.record, Alive):
             self._alive[str(e.ident)] = e.record
         elif isinstance(e.record, Endpoint) and isinstance(e.ident, tuple):
-            self._endpoints[e.ident] = e.record
+            self._endpoints[e.ident] = (e.create_revision, e.record)

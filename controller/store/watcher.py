@@ -71,6 +71,7 @@ class Watcher:
         self._last_error: str | None = None
         self._sessions = 0
         self._failures = 0
+        self._down_since: float | None = time.monotonic()  # not following etcd since
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -92,6 +93,19 @@ class Watcher:
     def failures(self) -> int:
         """Failed attempts (connect, list or stream) since start."""
         return self._failures
+
+    def stalled(self, after: float) -> str | None:
+        """Why the cache has not followed etcd for more than ``after`` seconds, or None.
+
+        For status: an agent whose watch keeps failing still runs resync passes on an old
+        picture, and must say so instead of looking healthy."""
+        since = self._down_since
+        if since is None or self._connected:
+            return None
+        for_s = time.monotonic() - since
+        if for_s <= after:
+            return None
+        return f"not following etcd for {for_s:.0f} s: {self._last_error or 'connecting'}"
 
     def wait_synced(self, timeout: float | None = None) -> bool:
         """Wait until the cache holds a first complete listing; False on timeout."""
@@ -139,9 +153,11 @@ class Watcher:
                 continue
             except StoreUnavailable:
                 continue  # stop() was requested during a retry; the loop condition ends it
-            except Exception:  # a bug: log it, never die, never spin
+            except Exception as exc:  # a bug: log it, never die, never spin
                 log.exception("watcher on %s: unexpected error", self._prefix)
-                self._last_error = "internal error (see log)"
+                self._last_error = f"internal error: {type(exc).__name__} (see log)"
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 self._stop.wait(self._max_backoff)
         self._connected = False
 
@@ -178,6 +194,7 @@ class Watcher:
                     if self._stop.is_set():
                         return
                     self._connected = True
+                    self._down_since = None
                     self._last_error = None
                     began = time.monotonic()
                     for batch in stream:
@@ -198,6 +215,8 @@ class Watcher:
                     raise StoreUnavailable(f"watch on {self._prefix} ended unexpectedly")
         except StoreUnavailable as exc:
             self._connected = False
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             self._failures += 1
             self._last_error = str(exc)
             if began is not None and time.monotonic() - began >= self._healthy_after:

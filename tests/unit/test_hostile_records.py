@@ -1,0 +1,275 @@
+"""What a careless or hostile etcd client can write, and what heddle does with it.
+
+Decoders are total (only ``InvalidRecord`` comes out, whatever the bytes), messages and status
+stay bounded, the cache always advances, and conflicting valid records are resolved the same way
+on every host: the older record wins. Property-based where the input is open-ended.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.model import codec
+from controller.model.conflicts import resolve
+from controller.model.errors import InvalidRecord
+from controller.model.json_value import MAX_RECORD_BYTES, load_object
+from controller.model.records import Endpoint, Host, Network, check_vtep, parse_subnet
+from controller.model.view import Snapshot, host_view
+from controller.reconcile.loop import PassResult
+from controller.reconcile.status import StatusWriter
+from controller.store import keys
+from controller.store.cache import Cache
+from controller.store.kv import Event, KeyValue, Listing, WatchBatch
+from controller.store.memory import MemoryKV
+
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    "network": codec.decode_network,
+    "endpoint": codec.decode_endpoint,
+    "host": codec.decode_host,
+    "alive": codec.decode_alive,
+    "status": codec.decode_status,
+}
+DEEP = b"[" * 5000 + b"]" * 5000
+HUGE_NAME = json.dumps({"name": "x" * 1_000_000, "vni": 1, "subnet": "10.0.0.0/24"}).encode()
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=30,
+)
+FIELDS = ["name", "vni", "subnet", "gateway", "mtu", "id", "network", "host", "ip", "mac", "netns",
+          "ifname", "vtep", "underlay_mtu", "backend", "version", "since", "pid", "revision",
+          "last_pass", "ok", "changes", "errors", "skipped", "skipped_count", "stuck"]  # fmt: skip
+record_like = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=10)
+
+
+def _only_invalid(decode: Callable[[bytes], object], raw: bytes) -> None:
+    try:
+        decode(raw)
+    except InvalidRecord as exc:
+        assert len(str(exc)) < 400, "a rejection must quote a bounded prefix only"
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@settings(max_examples=150, deadline=None)
+@given(raw=st.binary(max_size=300))
+def test_arbitrary_bytes_give_only_invalid_record(name: str, raw: bytes) -> None:
+    _only_invalid(DECODERS[name], raw)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@settings(max_examples=300, deadline=None)
+@given(obj=record_like | json_values)
+def test_arbitrary_json_gives_only_invalid_record(name: str, obj: Any) -> None:
+    _only_invalid(DECODERS[name], json.dumps(obj).encode())
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@pytest.mark.parametrize(
+    "raw",
+    [
+        DEEP,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        HUGE_NAME,
+        b'{"revision": 1e400, "host": "h1", "last_pass": 1, "ok": true}',
+        b'{"since": NaN, "pid": 1}',
+        b'{"name": "h1", "vtep": "10.0.0.1", "underlay_mtu": ' + b"9" * 5000 + b"}",
+        b"\xff\xfe\x00{",
+    ],
+    ids=["deep-list", "deep-object", "1MB", "1e400", "NaN", "5000-digit", "not-utf8"],
+)
+def test_known_killers_are_invalid_records(name: str, raw: bytes) -> None:
+    with pytest.raises(InvalidRecord) as info:
+        DECODERS[name](raw)
+    assert len(str(info.value)) < 400
+
+
+def test_a_large_value_costs_a_length_check_and_a_short_message() -> None:
+    with pytest.raises(InvalidRecord, match=f"limit of {MAX_RECORD_BYTES}") as info:
+        load_object(HUGE_NAME, "network")
+    assert len(str(info.value)) < 100
+    with pytest.raises(InvalidRecord) as info:
+        codec.decode_network(json.dumps({"name": "y" * 5000, "vni": 1, "subnet": "10.0.0.0/24"}))
+    assert len(str(info.value)) < 300 and "5002 characters" in str(info.value)
+
+
+def test_owner_decoding_is_total() -> None:
+    assert codec.decode_owner(b'"ep1"') == "ep1"
+    assert codec.decode_owner(b"ep1") == "ep1"
+    assert isinstance(codec.decode_owner(DEEP), str)
+    assert len(codec.decode_owner(b"z" * 100_000)) <= 1024
+
+
+# -- VTEPs and subnets ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "vtep",
+    ["127.0.0.1", "224.0.0.1", "239.1.1.1", "0.0.0.0", "0.1.2.3", "255.255.255.255", "240.0.0.1"],
+)
+def test_unusable_vteps_are_refused(vtep: str) -> None:
+    with pytest.raises(InvalidRecord, match="not a usable unicast VTEP"):
+        check_vtep(vtep)
+    with pytest.raises(InvalidRecord):
+        codec.decode_host(json.dumps({"name": "h9", "vtep": vtep}))
+
+
+def test_link_local_vtep_only_when_allowed() -> None:
+    with pytest.raises(InvalidRecord, match="link-local"):
+        check_vtep("169.254.1.1")
+    assert check_vtep("169.254.1.1", allow_link_local=True) == "169.254.1.1"
+    me = Host("h1", "192.0.2.1")
+    ll = Host("h2", "169.254.7.7")
+    net = Network("blue", 7, "10.1.0.0/24")
+    eps = {
+        ("blue", "a"): Endpoint("a", "blue", "h1", "10.1.0.1", "02:07:0a:01:00:01", "c1"),
+        ("blue", "b"): Endpoint("b", "blue", "h2", "10.1.0.2", "02:07:0a:01:00:02", "c1"),
+    }
+    snap = Snapshot(1, {"blue": net}, eps, {"h1": me, "h2": ll})
+    refused = host_view(snap, me)
+    assert refused.networks[0].remote == () and "link-local VTEP" in refused.problems[0]
+    allowed = host_view(snap, me, link_local_vteps=True)
+    assert [r.vtep for r in allowed.networks[0].remote] == ["169.254.7.7"]
+
+
+@pytest.mark.parametrize(
+    ("subnet", "why"),
+    [("0.0.0.0/0", "at least /8"), ("10.0.0.0/7", "at least /8"), ("127.0.0.0/24", "loopback"),
+     ("224.1.0.0/16", "multicast"), ("240.0.0.0/24", "reserved"), ("0.0.0.0/24", "this network")],
+)  # fmt: skip
+def test_subnets_without_room_for_endpoints_are_refused(subnet: str, why: str) -> None:
+    with pytest.raises(InvalidRecord, match=why):
+        parse_subnet(subnet)
+
+
+# -- conflicts: the older record wins ---------------------------------------------------------
+def _ep(i: str, ip: str, mac: str, host: str = "h1", net: str = "blue", ns: str | None = None,
+        ifname: str = "eth0") -> Endpoint:  # fmt: skip
+    return Endpoint(i, net, host, ip, mac, ns, ifname)
+
+
+def test_duplicate_address_mac_and_interface_lose_to_the_older_record() -> None:
+    blue = Network("blue", 5, "10.1.0.0/24")
+    eps = {
+        ("blue", "old"): (10, _ep("old", "10.1.0.5", "02:05:0a:01:00:05", ns="c1")),
+        ("blue", "ipdup"): (11, _ep("ipdup", "10.1.0.5", "02:05:0a:01:00:99", host="h2")),
+        ("blue", "macdup"): (12, _ep("macdup", "10.1.0.6", "02:05:0a:01:00:05", host="h2")),
+        ("blue", "nsdup"): (13, _ep("nsdup", "10.1.0.7", "02:05:0a:01:00:07", ns="c1")),
+        ("blue", "fine"): (14, _ep("fine", "10.1.0.8", "02:05:0a:01:00:08", ns="c2")),
+    }
+    r = resolve({"blue": (1, blue)}, eps)
+    assert sorted(r.endpoints) == [("blue", "fine"), ("blue", "old")]
+    text = "\n".join(r.problems)
+    assert "blue/ipdup: address 10.1.0.5 is taken by blue/old" in text
+    assert "blue/macdup: MAC 02:05:0a:01:00:05 is taken by blue/old" in text
+    assert "blue/nsdup: interface c1/eth0 on h1 is taken by blue/old" in text
+
+
+def test_the_interface_claim_spans_networks_and_the_vni_claim_takes_endpoints_along() -> None:
+    nets = {"blue": (1, Network("blue", 5, "10.1.0.0/24")),
+            "copy": (2, Network("copy", 5, "10.9.0.0/24")),
+            "red": (3, Network("red", 6, "10.1.0.0/24"))}  # fmt: skip
+    eps = {
+        ("blue", "a"): (4, _ep("a", "10.1.0.5", "02:05:0a:01:00:05", ns="c1")),
+        ("copy", "b"): (5, _ep("b", "10.9.0.5", "02:05:0a:09:00:05", net="copy")),
+        ("red", "c"): (6, _ep("c", "10.1.0.5", "02:05:0a:01:00:05", net="red", ns="c1")),
+        ("red", "d"): (7, _ep("d", "10.1.0.5", "02:05:0a:01:00:05", net="red", ns="c2")),
+    }
+    r = resolve(nets, eps)
+    assert sorted(r.networks) == ["blue", "red"]
+    # same address and MAC as blue/a is fine in another network; the same netns/ifname is not
+    assert sorted(r.endpoints) == [("blue", "a"), ("red", "d")]
+    assert any("VNI 5 is taken by network blue" in p and "1 endpoint" in p for p in r.problems)
+
+
+def test_ties_are_broken_by_key_and_a_loser_claims_nothing() -> None:
+    net = {"blue": (1, Network("blue", 5, "10.1.0.0/24"))}
+    eps = {  # one transaction: same create revision
+        ("blue", "b"): (9, _ep("b", "10.1.0.5", "02:05:0a:01:00:05")),
+        ("blue", "a"): (9, _ep("a", "10.1.0.5", "02:05:0a:01:00:06")),
+        ("blue", "c"): (10, _ep("c", "10.1.0.6", "02:05:0a:01:00:05")),
+    }
+    r = resolve(net, eps)
+    # a wins the address; b loses and so does not hold its MAC, which c may then take
+    assert sorted(r.endpoints) == [("blue", "a"), ("blue", "c")]
+    assert resolve(net, dict(reversed(list(eps.items())))) == r
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 6), st.integers(1, 4), st.integers(1, 4), st.sampled_from("ab")),
+        max_size=12,
+    )
+)
+def test_resolution_is_conflict_free_and_independent_of_arrival_order(
+    rows: list[tuple[int, int, int, str]],
+) -> None:
+    net = {"blue": (1, Network("blue", 5, "10.1.0.0/24"))}
+    eps = {
+        ("blue", f"e{i}"): (rev, _ep(f"e{i}", f"10.1.0.{ip}", f"02:05:0a:01:00:0{mac}", ns=ns))
+        for i, (rev, ip, mac, ns) in enumerate(rows)
+    }
+    r = resolve(net, eps)
+    won = list(r.endpoints.values())
+    assert len({e.ip for e in won}) == len({e.mac for e in won}) == len(won)
+    assert len({e.netns for e in won}) == len(won)
+    assert len(won) + len(r.problems) == len(eps)
+    assert resolve(net, dict(reversed(list(eps.items())))) == r
+
+
+# -- the cache never stops --------------------------------------------------------------------
+def _put(key: str, value: bytes, rev: int, created: int | None = None) -> Event:
+    return Event("put", KeyValue(key, value, created or rev, rev))
+
+
+def test_a_poisoned_batch_is_consumed_and_later_changes_apply() -> None:
+    c = Cache()
+    c.replace_all(Listing((), 1))
+    good = Network("blue", 5, "10.1.0.0/24")
+    c.apply(WatchBatch((_put(keys.network("deep"), DEEP, 2),
+                        _put(keys.network("huge"), HUGE_NAME, 2)), 2))  # fmt: skip
+    assert c.revision == 2
+    c.apply(WatchBatch((_put(keys.network("blue"), codec.encode_network(good).encode(), 3),), 3))
+    snap = c.snapshot()
+    assert dict(snap.networks) == {"blue": good} and snap.revision == 3
+    assert len(snap.skipped) == 2 and all(len(s) < 400 for s in snap.skipped)
+
+
+def test_cache_resolves_conflicts_by_create_revision() -> None:
+    c = Cache()
+    a = Endpoint("a", "blue", "h1", "10.1.0.5", "02:05:0a:01:00:05")
+    b = Endpoint("b", "blue", "h2", "10.1.0.5", "02:05:0a:01:00:06")
+    c.replace_all(Listing((
+        KeyValue(keys.endpoint("blue", "b"), codec.encode_endpoint(b).encode(), 7, 7),
+        KeyValue(keys.endpoint("blue", "a"), codec.encode_endpoint(a).encode(), 3, 9),
+    ), 9))  # fmt: skip
+    assert list(c.snapshot().endpoints) == [("blue", "a")]  # created first, modified last
+    c.apply(WatchBatch((Event("delete", KeyValue(keys.endpoint("blue", "a"), b"", 0, 10)),), 10))
+    assert list(c.snapshot().endpoints) == [("blue", "b")]  # the claim passes on at once
+
+
+# -- status stays small -----------------------------------------------------------------------
+def test_status_is_bounded_whatever_is_skipped() -> None:
+    kv = MemoryKV()
+    problems = tuple(f"/heddle/v1/networks/bad{i}: network: {'x' * 500}" for i in range(1000))
+    StatusWriter(kv, "h1", stuck=lambda: "not following etcd for 20 s: " + "y" * 5000)(
+        PassResult(7, 1.0, 0.01, 0, True, "E" * 10_000, problems)
+    )
+    raw = kv.get(keys.status("h1"))
+    assert raw is not None and len(raw.value) < 4096
+    st_ = codec.decode_status(raw.value)
+    assert st_.skipped_count == 1000 and len(st_.skipped) == 5
+    assert st_.ok is False and st_.stuck is not None and st_.stuck.startswith("not following")
+
+
+def test_status_of_an_older_agent_still_reads() -> None:
+    old = {"host": "h1", "revision": 4, "last_pass": 1.5, "ok": True, "changes": 0,
+           "errors": [], "skipped": ["a", "b", "c", "d", "e", "f", "g"]}  # fmt: skip
+    st_ = codec.decode_status(json.dumps(old))
+    assert st_.skipped_count == 7 and len(st_.skipped) == 5 and st_.stuck is None
