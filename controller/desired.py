@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from controller import ipam
 from controller.model import codec
-from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
+from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac
 from controller.model.records import Endpoint, Network, check_label
 from controller.store import keys
@@ -67,7 +67,7 @@ class DesiredState:
                 if self._try_create_network(net):
                     return net
                 if self._kv.get(keys.network(name)) is not None:
-                    raise Conflict(f"network {name!r} already exists")
+                    raise Conflict(f"network {brief(name)} already exists")
                 taken.add(candidate)
                 break  # lost a race for this VNI: re-list, someone is allocating too
             else:
@@ -88,10 +88,10 @@ class DesiredState:
 
     def _network_conflict(self, net: Network) -> Conflict:
         if self._kv.get(keys.network(net.name)) is not None:
-            return Conflict(f"network {net.name!r} already exists")
+            return Conflict(f"network {brief(net.name)} already exists")
         owner = self._kv.get(keys.vni(net.vni))
         who = codec.decode_owner(owner.value) if owner else "another network"
-        return Conflict(f"VNI {net.vni} is already used by network {who!r}")
+        return Conflict(f"VNI {net.vni} is already used by network {brief(who)}")
 
     def get_network(self, name: str) -> Network:
         return self._stored_network(name).network
@@ -100,7 +100,7 @@ class DesiredState:
         check_label(name, "network name")
         kv = self._kv.get(keys.network(name))
         if kv is None:
-            raise NotFound(f"network {name!r} does not exist")
+            raise NotFound(f"network {brief(name)} does not exist")
         return _Stored(codec.decode_network(kv.value), kv)
 
     def networks(self) -> list[Network]:
@@ -124,7 +124,7 @@ class DesiredState:
         eps = self._kv.list(keys.endpoints_of(name)).items
         if eps and not force:
             raise Conflict(
-                f"network {name!r} still has {len(eps)} endpoint(s); remove them first "
+                f"network {brief(name)} still has {len(eps)} endpoint(s); remove them first "
                 "or use --force"
             )
         vni_key = keys.vni(stored.network.vni)
@@ -141,7 +141,7 @@ class DesiredState:
             success=tuple(ops),
         )
         if not self._kv.commit(txn).succeeded:
-            raise Conflict(f"network {name!r} changed while removing it; try again")
+            raise Conflict(f"network {brief(name)} changed while removing it; try again")
         return len(eps)
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -234,12 +234,12 @@ class DesiredState:
         """After a failed endpoint txn: return if only the address was taken, else raise."""
         current = self._kv.get(keys.network(ep.network))
         if current is None or current.mod_revision != stored.kv.mod_revision:
-            raise Conflict(f"network {ep.network!r} was removed or replaced meanwhile")
+            raise Conflict(f"network {brief(ep.network)} was removed or replaced meanwhile")
         if self._kv.get(keys.endpoint(ep.network, ep.id)) is not None:
             raise Conflict(f"endpoint {ep.network}/{ep.id} already exists")
         if require_host and self._kv.get(keys.host(ep.host)) is None:
             raise NotFound(
-                f"host {ep.host!r} is not registered "
+                f"host {brief(ep.host)} is not registered "
                 f"(start `heddle agent --host {ep.host}` there first)"
             )
 
@@ -247,7 +247,9 @@ class DesiredState:
         self._raise_unless_address_race(stored, ep, require_host)
         owner = self._kv.get(keys.ipam(ep.network, ep.ip))
         who = codec.decode_owner(owner.value) if owner else "someone else"
-        return Conflict(f"address {ep.ip} in network {ep.network} is already in use by {who!r}")
+        return Conflict(
+            f"address {ep.ip} in network {ep.network} is already in use by {brief(who)}"
+        )
 
     def get_endpoint(self, network: str, endpoint_id: str) -> Endpoint:
         check_label(network, "network")

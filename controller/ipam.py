@@ -11,6 +11,7 @@ import ipaddress
 import random
 from collections.abc import Collection, Iterator
 
+from controller.model.errors import brief
 from controller.model.records import VNI_MAX, VNI_MIN, Network
 
 
@@ -40,7 +41,7 @@ def check_requested(net: Network, ip: str) -> str | None:
     try:
         addr = ipaddress.IPv4Address(ip)
     except ValueError:
-        return f"{ip!r} is not a valid IPv4 address"
+        return f"{brief(ip)} is not a valid IPv4 address"
     subnet = net.network
     if addr not in subnet:
         return f"{ip} is outside subnet {net.subnet} of network {net.name}"

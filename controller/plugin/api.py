@@ -11,13 +11,13 @@ Responses are frozen dataclasses with ``to_json()`` producing exactly the docume
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, Self
 
 from controller.model.errors import HeddleError, InvalidRecord
+from controller.model.json_value import load_value
 from controller.plugin.mapping import check_docker_id
 
 JSONObject = dict[str, Any]
@@ -52,7 +52,8 @@ class Response(Protocol):
 def parse_body(body: bytes) -> JSONObject:
     """The request object. An empty body (dockerd's argument-less calls) and ``null`` are ``{}``.
 
-    Raises ``BadRequest`` for invalid JSON/UTF-8 or a body that is not a JSON object."""
+    Raises ``BadRequest`` for invalid JSON/UTF-8, JSON nested too deeply, a body that is not a
+    JSON object -- whatever the bytes, nothing else (``json_value.load_value``)."""
     try:
         text = body.decode("utf-8")  # explicit: json.loads would guess UTF-16/32 from the bytes
     except UnicodeDecodeError as exc:
@@ -60,9 +61,9 @@ def parse_body(body: bytes) -> JSONObject:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        value = load_value(text, "request body is not valid JSON", max_bytes=len(text))
+    except InvalidRecord as exc:
+        raise BadRequest(str(exc)) from None
     if value is None:
         return {}
     if not isinstance(value, dict):

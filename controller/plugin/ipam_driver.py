@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from controller import ipam
 from controller.desired import DesiredState
 from controller.model import codec
-from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
+from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.records import check_label, parse_subnet
 from controller.plugin import api, lookup
 from controller.plugin.keys import GATEWAY_OWNER, reservation_owner
@@ -72,7 +72,7 @@ class PoolId:
             return cls(name, str(parse_subnet(subnet)))
         except InvalidRecord:
             raise api.BadRequest(
-                f"field PoolID {text!r} is not a heddle pool (heddle/<network>/<subnet>)"
+                f"field PoolID {brief(text)} is not a heddle pool (heddle/<network>/<subnet>)"
             ) from None
 
 
@@ -81,7 +81,7 @@ def _bare_ip(text: str, field: str) -> str:
     try:
         return str(ipaddress.IPv4Interface(text).ip)
     except ValueError:
-        raise api.BadRequest(f"field {field} {text!r} is not an IPv4 address") from None
+        raise api.BadRequest(f"field {field} {brief(text)} is not an IPv4 address") from None
 
 
 class IpamDriver:
@@ -115,7 +115,8 @@ class IpamDriver:
             raise InvalidRecord("heddle networks are IPv4 only: create it without --ipv6")
         if req.address_space and req.address_space not in ADDRESS_SPACES:
             raise InvalidRecord(
-                f"address space {req.address_space!r} is not heddle's ({', '.join(ADDRESS_SPACES)})"
+                f"address space {brief(req.address_space)} is not heddle's "
+                f"({', '.join(ADDRESS_SPACES)})"
             )
         if req.sub_pool and req.sub_pool != req.pool:
             raise InvalidRecord("--ip-range is not supported: addresses come from the whole subnet")
@@ -277,7 +278,9 @@ class IpamDriver:
             self._check_unchanged(stored)
             held = self._kv.get(keys.ipam(net.name, want))
             who = codec.decode_owner(held.value) if held else "someone else"
-            raise Conflict(f"address {want} in network {net.name} is already in use by {who!r}")
+            raise Conflict(
+                f"address {want} in network {net.name} is already in use by {brief(who)}"
+            )
         while True:
             order = ipam.contention_order(ipam.free_addresses(net, self._taken(stored)))
             for lost, candidate in enumerate(order, start=1):

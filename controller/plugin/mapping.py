@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from controller.model.errors import InvalidRecord
+from controller.model.errors import InvalidRecord, brief
+from controller.model.json_value import load_object
 from controller.model.records import check_ipv4, check_label
 
 _DOCKER_ID = re.compile(r"^[0-9a-f]{12,64}$")
@@ -22,7 +23,9 @@ def check_docker_id(value: object, field: str) -> str:
 
     Strict on purpose: IDs become etcd key components, so a ``/`` must never get through."""
     if not isinstance(value, str) or not _DOCKER_ID.match(value):
-        raise InvalidRecord(f"{field} {value!r} must be a Docker ID (12-64 lowercase hex digits)")
+        raise InvalidRecord(
+            f"{field} {brief(value)} must be a Docker ID (12-64 lowercase hex digits)"
+        )
     return value
 
 
@@ -64,13 +67,7 @@ def _dumps(obj: object) -> bytes:
 
 
 def _object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRecord(f"{what}: invalid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InvalidRecord(f"{what}: expected a JSON object")
-    return value
+    return load_object(raw, what)
 
 
 def encode_network(m: DockerNetwork) -> bytes:

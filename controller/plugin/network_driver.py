@@ -28,7 +28,7 @@ import logging
 from typing import Any, Protocol
 
 from controller.model import codec
-from controller.model.errors import Conflict, HeddleError, InvalidRecord, NotFound
+from controller.model.errors import Conflict, HeddleError, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac, veth_host_name, veth_peer_name
 from controller.model.records import Endpoint, check_label
 from controller.plugin import api, lookup
@@ -130,7 +130,8 @@ class NetworkDriver:
         data = req.ipv4[0]
         if data.address_space not in ADDRESS_SPACES:
             raise InvalidRecord(
-                f"addresses come from IPAM address space {data.address_space!r}, not heddle's: add "
+                f"addresses come from IPAM address space {brief(data.address_space)}, "
+                "not heddle's: add "
                 f"`--ipam-driver heddle --ipam-opt {api.NETWORK_OPTION}={name}`"
             )
         stored = lookup.network(self._kv, name)
@@ -151,7 +152,7 @@ class NetworkDriver:
                 gateway = str(ipaddress.IPv4Interface(data.gateway).ip)
             except ValueError:
                 raise api.BadRequest(
-                    f"field IPv4Data[0].Gateway {data.gateway!r} is not an IPv4 address"
+                    f"field IPv4Data[0].Gateway {brief(data.gateway)} is not an IPv4 address"
                 ) from None
         mapping = DockerNetwork(req.network_id, name, gateway)
         key = pkeys.network(self._host, req.network_id)
@@ -193,7 +194,7 @@ class NetworkDriver:
             iface = ipaddress.IPv4Interface(req.address)
         except ValueError:
             raise api.BadRequest(
-                f"field Interface.Address {req.address!r} is not an IPv4 address/prefix"
+                f"field Interface.Address {brief(req.address)} is not an IPv4 address/prefix"
             ) from None
         ip = str(iface.ip)
         if iface.network != net.network:
@@ -232,7 +233,7 @@ class NetworkDriver:
                 who = codec.decode_owner(held.value) if held else "nobody"
                 raise Conflict(
                     f"address {ip} of {net.name} is not reserved by this host's dockerd (held by "
-                    f"{who!r}): use the same name in -o {api.NETWORK_OPTION} and --ipam-opt "
+                    f"{brief(who)}): use the same name in -o {api.NETWORK_OPTION} and --ipam-opt "
                     f"{api.NETWORK_OPTION}"
                 )
         raise Conflict(f"no free heddle endpoint id for Docker endpoint {req.endpoint_id}")

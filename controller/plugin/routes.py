@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-from controller.model.errors import Conflict, HeddleError, InvalidRecord, StoreUnavailable
+from controller.model.errors import Conflict, HeddleError, InvalidRecord, StoreUnavailable, brief
 from controller.plugin import api
 from controller.plugin.ipam_driver import IpamDriver
 from controller.plugin.network_driver import NetworkDriver
@@ -122,7 +122,7 @@ def dispatch(routes: Mapping[str, Route], path: str, body: bytes) -> Reply:
     route = routes.get(path)
     if route is None:
         iface: Interface = "IpamDriver" if path.startswith("/IpamDriver.") else "NetworkDriver"
-        reply = _error(iface, 404, f"unknown plugin method {path!r}")
+        reply = _error(iface, 404, f"unknown plugin method {brief(path)}")
     else:
         try:
             reply = Reply(200, route.call(api.parse_body(body)).to_json())
@@ -130,7 +130,7 @@ def dispatch(routes: Mapping[str, Route], path: str, body: bytes) -> Reply:
             reply = _error(route.interface, _status(exc), str(exc))
         except Exception as exc:  # a bug: answer (dockerd has no timeout) and keep serving
             log.exception("plugin %s failed", path)
-            reply = _error(route.interface, 500, f"internal error in heddle's plugin: {exc!r}")
+            reply = _error(route.interface, 500, f"internal error in heddle's plugin: {brief(exc)}")
     ms = (time.perf_counter() - t0) * 1000
     if reply.status == 200:
         log.info("plugin %s status=200 ms=%.2f", path.lstrip("/"), ms)

@@ -1,11 +1,26 @@
 """``PluginServer``: HTTP/1.1 on a unix socket, one thread per connection, keep-alive.
 
-What dockerd does to a plugin (shared/notes/docker_plugin.md §4.2) and what this answers:
-POSTs with no Content-Type and a JSON (or empty) body, on several keep-alive connections at
-once, with no request timeout and no idle timeout. So: every request is served on its
-connection's thread (``ThreadingMixIn``); idle connections stay open (closing one could race a
-request dockerd is sending, which Go does not retry for a POST); answers always carry
-``Content-Length``. Bodies over ``MAX_BODY`` get 413; a non-POST gets 405.
+What dockerd does to a plugin: POSTs with no Content-Type and a JSON (or empty) body, on several
+keep-alive connections at once, with no request timeout and no idle timeout, and a ``Host``
+header that is empty (20.10) or ``plugin.moby.localhost`` (26). So: every request is served on
+its connection's thread (``ThreadingMixIn``); answers always carry ``Content-Length``.
+
+Whoever else can open the socket must not be able to hold the agent's memory or threads:
+
+* bodies: ``Content-Length`` or chunked, at most ``MAX_BODY`` bytes either way (413 beyond);
+  a chunk size is 1-8 hex digits and nothing else (RFC 9112 ``chunk-size``; ``-1``, ``0x10``,
+  ``+5`` or a missing CRLF are 400), so no size can turn a read into "read to the end";
+* ``IDLE_TIMEOUT`` between requests on a connection (long: closing a connection dockerd is
+  about to reuse could race its next POST, which Go does not retry), ``REQUEST_TIMEOUT`` for
+  each read once a request has begun (head and body);
+* at most ``MAX_CONNECTIONS`` at once; one more is answered 503 and closed at once;
+* a client that goes away is a debug line, never a traceback.
+
+Why the stdlib parser and not a library such as h11: ``http.server`` (maintained with CPython)
+already parses the request line and headers with limits (64 KiB per line, 100 headers) and
+accepts dockerd's empty ``Host``; the only hand-written HTTP here is the body framing, which is
+strict and fuzzed (tests/unit/test_plugin_fuzz.py). A library would replace no more hand code
+and add a dependency plus a connection loop of our own.
 
 Lifecycle: ``start()`` creates the parent directory, refuses a socket another live process
 serves, replaces a stale one, binds with mode 0660 and serves on a background thread.
@@ -22,23 +37,28 @@ import http.server
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import stat
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
-from controller.model.errors import HeddleError
+from controller.model.errors import HeddleError, brief
 from controller.plugin.routes import Route, dispatch
 
 log = logging.getLogger("heddle.plugin.server")
 
 MAX_BODY = 1 << 20
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 300.0
+REQUEST_TIMEOUT = 10.0
 SOCKET_MODE = 0o660
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 
@@ -47,15 +67,109 @@ class PluginServerError(HeddleError):
     """The socket could not be served (path taken by a live server or by a non-socket)."""
 
 
+class MalformedBody(HeddleError):
+    """The request body's framing is broken; the connection cannot be reused."""
+
+
+class BodyTooLarge(HeddleError):
+    """The request body is larger than the limit; the connection cannot be reused."""
+
+
+class Reader(Protocol):
+    """The slice of a buffered binary stream the body readers use."""
+
+    def readline(self, size: int, /) -> bytes: ...
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def read_chunked(rfile: Reader, limit: int) -> bytes:
+    """Read one chunked body from ``rfile``: chunk-size lines of 1-8 hex digits (extensions
+    allowed and ignored), each chunk followed by CRLF, a zero chunk, then trailer lines up to an
+    empty one. Raises ``BodyTooLarge`` past ``limit`` bytes (summed over chunks, before reading
+    them), ``MalformedBody`` for anything else, including a connection that ends early. Never
+    reads more than ``limit`` + a few KiB, whatever the peer sends."""
+    out = bytearray()
+    while True:
+        line = rfile.readline(1024)
+        m = _CHUNK_SIZE.match(line)
+        if m is None:
+            raise MalformedBody(f"bad chunk-size line {brief(line)}")
+        size = int(m.group(1), 16)
+        if size == 0:
+            for _ in range(64):  # trailer section, bounded
+                trailer = rfile.readline(1024)
+                if not trailer.endswith(b"\n"):
+                    raise MalformedBody("connection ended in the trailer section")
+                if not trailer.strip():
+                    return bytes(out)
+            raise MalformedBody("too many trailer lines")
+        if len(out) + size > limit:
+            raise BodyTooLarge(f"body larger than {limit} bytes")
+        data = rfile.read(size)
+        if len(data) != size:
+            raise MalformedBody("connection ended inside a chunk")
+        out += data
+        if rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise MalformedBody("chunk not followed by CRLF")
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: " + CONTENT_TYPE.encode()
+    + b"\r\nConnection: close\r\nContent-Length: 47\r\n\r\n"
+    + b'{"Err": "too many connections to the plugin"}\n'
+)  # fmt: skip
+_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,8})(;[^\r\n]*)?\r?\n$")
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections would block server_close forever
 
-    def __init__(self, path: str, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self,
+        path: str,
+        routes: Mapping[str, Route],
+        limits: tuple[int, float, float],
+    ) -> None:
         self.routes = routes
+        self.max_connections, self.idle_timeout, self.request_timeout = limits
         self.conn_lock = threading.Lock()
         self.conns: dict[socket.socket, bool] = {}  # connection -> busy serving a request
+        self.active = 0  # accepted and not yet closed (counted before the thread starts)
+        self.refused = 0
         super().__init__(path, _Handler, bind_and_activate=False)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conn_lock:
+            full = self.active >= self.max_connections
+            if full:
+                self.refused += 1
+            else:
+                self.active += 1
+        if not full:
+            super().process_request(request, client_address)
+            return
+        log.warning("plugin: %d connections open; refusing one more", self.max_connections)
+        with contextlib.suppress(OSError):
+            request.settimeout(0.2)
+            request.sendall(_BUSY)
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.conn_lock:
+                self.active -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # the client went away or stalled: nothing to report
+            log.debug("plugin connection ended: %r", exc)
+        else:
+            log.exception("plugin connection failed")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +180,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         with self.server.conn_lock:
             self.server.conns[self.connection] = False
+
+    def handle_one_request(self) -> None:
+        self.connection.settimeout(self.server.idle_timeout)  # waiting for a request line
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(self.server.request_timeout)  # begun: headers and body
+        return super().parse_request()
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
@@ -94,14 +216,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return self._chunked()
         raw = self.headers.get("Content-Length", "0") or "0"
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError(raw)
-        except ValueError:
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
             self.close_connection = True
-            self._send(400, {"Err": f"invalid Content-Length {raw!r}"})
+            self._send(400, {"Err": f"invalid Content-Length {brief(raw)}"})
             return None
+        length = int(raw)
         if length > MAX_BODY:
             self.close_connection = True
             self._send(413, {"Err": f"request body larger than {MAX_BODY} bytes"})
@@ -109,35 +228,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _chunked(self) -> bytes | None:
-        out = bytearray()
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                self._send(400, {"Err": "malformed chunked body"})
-                return None
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers
-                    pass
-                return bytes(out)
-            if len(out) + size > MAX_BODY:
-                self.close_connection = True
-                self._send(413, {"Err": f"request body larger than {MAX_BODY} bytes"})
-                return None
-            out += self.rfile.read(size)
-            self.rfile.readline(1024)  # CRLF after the chunk
+        """A chunked body (RFC 9112 §7.1), strictly: see the module docstring."""
+        try:
+            return read_chunked(self.rfile, MAX_BODY)
+        except BodyTooLarge:
+            self.close_connection = True
+            self._send(413, {"Err": f"request body larger than {MAX_BODY} bytes"})
+        except MalformedBody as exc:
+            self.close_connection = True
+            self._send(400, {"Err": f"malformed chunked body: {exc}"})
+        return None
 
     def _send(self, status: int, body: dict[str, object]) -> None:
         data = json.dumps(body).encode() + b"\n"
-        self.send_response(status)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except _GONE as exc:  # the caller hung up before its answer: nothing to tell it
+            log.debug("plugin client went away before its answer: %r", exc)
+            self.close_connection = True
 
     def _not_allowed(self) -> None:
         # Any body is left unread: close the connection rather than misparse it.
@@ -156,9 +270,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class PluginServer:
     """Serves ``routes`` on the unix socket ``path``; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        routes: Mapping[str, Route],
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         self.path = Path(path)
         self._routes = routes
+        self._limits = (max_connections, idle_timeout, request_timeout)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._inode: int | None = None
@@ -172,7 +294,7 @@ class PluginServer:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._clear_stale()
-            server = _Server(str(self.path), self._routes)
+            server = _Server(str(self.path), self._routes, self._limits)
             try:
                 server.server_bind()
                 os.chmod(self.path, SOCKET_MODE)
