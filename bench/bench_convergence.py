@@ -53,7 +53,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _probe(netns: str, ip: str, out: list[PingResult]) -> None:
+def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
+    """Ping ``ip`` every 1 ms from ``netns`` until the first reply (or 20 s); append the result."""
     out.append(ping(netns, ip, count=None, interval=0.001, until_first_reply=True, timeout=20.0))
 
 
@@ -80,7 +81,9 @@ def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
             ip = f"10.40.0.{10 + i}"
             ns = lab.add_netns(f"c{i}")
             result: list[PingResult] = []
-            pinger = threading.Thread(target=_probe, args=(peer_ns, ip, result), daemon=True)
+            pinger = threading.Thread(
+                target=first_reply_probe, args=(peer_ns, ip, result), daemon=True
+            )
             pinger.start()
             time.sleep(0.02)  # the pinger is sending before the write
             t0 = time.monotonic()

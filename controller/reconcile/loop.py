@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from controller.model.errors import HeddleError
+from controller.model.errors import HeddleError, clip
 from controller.model.records import Host
 from controller.model.view import HostView, Snapshot, host_view
 from controller.reconcile.trigger import Trigger
@@ -78,6 +78,7 @@ class Reconciler(Generic[S, O]):
         self.passes = 0
         self.failures = 0
         self.last: PassResult | None = None
+        self._reported: frozenset[str] = frozenset()
 
     def run_pass(self) -> PassResult:
         """Realise the current snapshot once. Never raises: failures are in the result."""
@@ -86,6 +87,7 @@ class Reconciler(Generic[S, O]):
         snap = self._snapshot()
         view = host_view(snap, self._host, link_local_vteps=self._link_local_vteps)
         problems = tuple(snap.skipped) + view.problems
+        self._report(problems)
         applied: tuple[str, ...] = ()
         try:
             actual = self._driver.observe(view)
@@ -136,6 +138,13 @@ class Reconciler(Generic[S, O]):
         except Exception:
             log.exception("status callback failed")
         return result
+
+    def _report(self, problems: tuple[str, ...]) -> None:
+        """Log each problem once, when it first appears (every pass logs only the count)."""
+        now = frozenset(problems)
+        for p in sorted(now - self._reported):
+            log.warning("skipped: %s", clip(p, 300))
+        self._reported = now
 
     def run(self) -> None:
         """Loop until ``stop()``: pass on wake-up or resync; back off on failure."""

@@ -231,7 +231,7 @@ class Cache:
         if e.error is not None:
             self._skipped[key] = e.error
             self.invalid_records += 1
-            log.warning("skipping invalid record %s: %s", clip(key), e.error)
+            log.debug("invalid record %s: %s", clip(key), e.error)  # reported by each pass
         elif isinstance(e.record, Network):
             self._networks[e.record.name] = (e.create_revision, e.record)
         elif isinstance(e.record, Host):
