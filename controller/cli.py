@@ -350,7 +350,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from controller.store.watcher import Watcher
 
     membership = Membership(kv, host)
-    watcher = Watcher(new_kv, keys.ROOT, cache, trigger.fire)
+    watcher = Watcher(new_kv, keys.ROOT, cache, trigger.fire_desired)
     membership.start()
     watcher.start()
     plugin, readiness = _start_plugin(cfg, kv, host)
@@ -391,6 +391,7 @@ def run_agent(args: argparse.Namespace) -> int:
     if plugin is not None:
         plugin.stop()  # in-flight calls finish (<= 2 s); the socket file is removed
         readiness.close()
+    status.close()
     watcher.stop()
     membership.stop()
     dataplane.close()

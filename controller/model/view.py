@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ class HostView:
         return None
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _ip_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _link_local(vtep: str) -> bool:
+    return ipaddress.IPv4Address(vtep).is_link_local
+
+
 def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> HostView:
     """Reduce ``snap`` to the networks ``host`` takes part in. Pure; never raises.
 
@@ -74,10 +85,16 @@ def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> 
     on a host whose VTEP is link-local unless ``link_local_vteps`` (the agent's setting; every
     other unusable VTEP is refused when the host record is decoded), an endpoint whose address is
     outside its network's subnet.
+
+    Only networks with an endpoint on this host are looked at: a change in any other network
+    is no concern of this host (its problems are reported by the hosts it concerns). Addresses
+    are parsed once per process (``_ip_int``), so a pass does not re-parse every endpoint.
     """
     problems: list[str] = []
     by_net: dict[str, list[Endpoint]] = {}
-    for (net_name, ep_id), ep in sorted(snap.endpoints.items()):
+    mine = {net for (net, _), ep in snap.endpoints.items() if ep.host == host.name}
+    subnets: dict[str, tuple[int, int]] = {}
+    for (net_name, ep_id), ep in sorted(kv for kv in snap.endpoints.items() if kv[0][0] in mine):
         net = snap.networks.get(net_name)
         if net is None:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown network {net_name!r}")
@@ -85,17 +102,16 @@ def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> 
         if ep.host != host.name and ep.host not in snap.hosts:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown host {ep.host!r}")
             continue
-        if (
-            ep.host != host.name
-            and not link_local_vteps
-            and ipaddress.IPv4Address(snap.hosts[ep.host].vtep).is_link_local
-        ):
+        if ep.host != host.name and not link_local_vteps and _link_local(snap.hosts[ep.host].vtep):
             problems.append(
                 f"endpoint {net_name}/{ep_id}: host {ep.host} has a link-local VTEP "
                 "(refused unless the agent allows link-local VTEPs)"
             )
             continue
-        if ipaddress.IPv4Address(ep.ip) not in net.network:
+        if net_name not in subnets:
+            subnets[net_name] = (int(net.network.network_address), int(net.network.netmask))
+        base, mask = subnets[net_name]
+        if _ip_int(ep.ip) & mask != base:
             problems.append(f"endpoint {net_name}/{ep_id}: {ep.ip} is outside {net.subnet}")
             continue
         by_net.setdefault(net_name, []).append(ep)

@@ -14,6 +14,7 @@ not following etcd; a stuck agent's status is not ``ok`` even if its passes succ
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,16 @@ log = logging.getLogger("heddle.status")
 
 
 class StatusWriter:
-    """Callable ``on_result`` hook for the reconciler. Not thread-safe (one reconciler)."""
+    """Callable ``on_result`` hook for the reconciler; thread-safe (the flush timer calls in).
+
+    Three speeds: a result that says something new about the data plane (changes applied,
+    ``ok``/errors/``stuck`` changed) is written at once; a *quiet* one (only the revision or the
+    skipped records moved: a change elsewhere, a hostile writer's stream of bad records) at most
+    every ``quiet_interval`` seconds, the last one flushed by a timer so it is never lost; an
+    identical one only as a heartbeat. Why: every status write is an etcd write that every
+    agent's watch receives; one write per bad record per host multiplied a hostile writer's
+    load on etcd by the number of hosts.
+    """
 
     def __init__(
         self,
@@ -36,13 +46,18 @@ class StatusWriter:
         host: str,
         heartbeat: float = 30.0,
         stuck: Callable[[], str | None] = lambda: None,
+        quiet_interval: float = 1.0,
     ) -> None:
         self._kv = kv
         self._host = host
         self._stuck = stuck
         self._heartbeat = heartbeat
-        self._last_key: tuple[object, ...] | None = None
+        self._quiet = quiet_interval
+        self._lock = threading.Lock()
+        self._last: HostStatus | None = None
         self._last_write = 0.0
+        self._pending: HostStatus | None = None
+        self._timer: threading.Timer | None = None
 
     def __call__(self, result: PassResult) -> None:
         stuck = self._stuck()
@@ -57,15 +72,39 @@ class StatusWriter:
             skipped_count=len(result.problems),
             stuck=clip_reasons([stuck])[0] if stuck else None,
         )
-        key = (status.revision, status.ok, status.errors, status.skipped, status.skipped_count,
-               status.stuck)  # fmt: skip
-        now = time.monotonic()
-        if (
-            key == self._last_key
-            and not result.changes
-            and now - self._last_write < self._heartbeat
-        ):
-            return
+        with self._lock:
+            now = time.monotonic()
+            last = self._last
+            since = now - self._last_write
+            if last is not None and not status.changes and _health(status) == _health(last):
+                if _progress(status) == _progress(last) and since < self._heartbeat:
+                    return
+                if since < self._quiet:
+                    self._pending = status
+                    if self._timer is None:
+                        self._timer = threading.Timer(self._quiet - since, self._flush)
+                        self._timer.daemon = True
+                        self._timer.start()
+                    return
+            self._pending = None
+            self._write(status, now)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._write(pending, time.monotonic())
+
+    def close(self) -> None:
+        """Publish a pending quiet status now and stop the timer. Idempotent."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._flush()
+
+    def _write(self, status: HostStatus, now: float) -> None:
         try:
             self._kv.commit(
                 Txn(success=(Put(keys.status(self._host), codec.encode_status(status).encode()),))
@@ -73,4 +112,12 @@ class StatusWriter:
         except HeddleError as exc:
             log.warning("could not publish status: %s", exc)
             return
-        self._last_key, self._last_write = key, now
+        self._last, self._last_write = status, now
+
+
+def _health(s: HostStatus) -> tuple[object, ...]:
+    return (s.ok, s.errors, s.stuck)
+
+
+def _progress(s: HostStatus) -> tuple[object, ...]:
+    return (s.revision, s.skipped, s.skipped_count)

@@ -2,24 +2,51 @@
 
 Events from the watcher only *wake* the reconciler; they never carry the work, so losing the
 detail of which key changed is fine and bursts of events collapse into one pass.
+
+Each wake says whether it may be *desired-only*: ``fire_desired()`` (the watcher: records in
+etcd changed, the data plane did not) lets the reconciler skip observing the data plane when
+this host's view did not change, while ``fire()`` (anyone else: an OVS restart, shutdown)
+always asks for a full pass. Coalescing keeps the strongest request.
 """
 
 from __future__ import annotations
 
 import threading
+from enum import Enum
+
+
+class Wake(Enum):
+    """Why ``wait`` returned."""
+
+    TIMEOUT = "timeout"  # nothing fired: the periodic resync
+    DESIRED = "desired"  # only desired-state changes (``fire_desired``)
+    FULL = "full"  # at least one ``fire``
 
 
 class Trigger:
-    """Thread-safe; ``fire`` never blocks."""
+    """Thread-safe; ``fire`` and ``fire_desired`` never block."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._full = False
 
     def fire(self) -> None:
+        """Wake for a full pass (the data plane may have changed under us)."""
+        with self._lock:
+            self._full = True
         self._event.set()
 
-    def wait(self, timeout: float | None) -> bool:
-        """Block until fired or ``timeout``; returns whether it was fired, and re-arms."""
+    def fire_desired(self) -> None:
+        """Wake because desired state changed; the data plane is as the last pass left it."""
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> Wake:
+        """Block until fired or ``timeout``; say why, and re-arm."""
         fired = self._event.wait(timeout)
-        self._event.clear()
-        return fired
+        with self._lock:
+            self._event.clear()
+            full, self._full = self._full, False
+        if not fired and not full:
+            return Wake.TIMEOUT
+        return Wake.FULL if full else Wake.DESIRED

@@ -11,7 +11,7 @@ import time
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.desired import DesiredState
 from controller.model import codec
-from controller.model.records import Host
+from controller.model.records import Endpoint, Host
 from controller.plan.kernel_ops import ConfigureEndpoint
 from controller.reconcile.loop import PassResult, Reconciler
 from controller.reconcile.status import StatusWriter
@@ -192,3 +192,95 @@ def test_status_writer_skips_identical_quiet_passes() -> None:
     assert kv.revision == rev + 1
     kv.available = False
     w(PassResult(7, time.time(), 0.001, 0, False, "boom", ()))  # must not raise
+
+
+class CountingKernel(FakeKernel):
+    """FakeKernel that counts how often the data plane was observed."""
+
+    observed = 0
+
+    def observe(self, view):  # type: ignore[no-untyped-def]
+        self.observed += 1
+        return super().observe(view)
+
+
+def test_a_desired_wake_with_an_unchanged_view_does_not_observe_the_data_plane() -> None:
+    kv, cache, _, ds = world()
+    fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    rec = make(cache, fk, kv)
+    assert rec.run_pass(full=False).changes > 0  # nothing realised yet: a full pass
+    seen = fk.observed
+    kv.put_raw(keys.network("bad"), "[[[")  # elsewhere: a bad record, reported
+    sync(kv, cache)
+    quiet = rec.run_pass(full=False)
+    assert quiet.ok and fk.observed == seen and rec.skipped_passes == 1
+    assert any("bad" in p for p in quiet.problems)
+    rec.run_pass(full=True)  # a resync or a data-plane wake always observes
+    assert fk.observed == seen + 1
+    ds.create_endpoint("blue", "h2", netns="x")  # this host's view changes: observed
+    sync(kv, cache)
+    assert rec.run_pass(full=False).changes > 0 and fk.observed == seen + 2
+
+
+def test_after_a_failed_pass_a_desired_wake_observes_again() -> None:
+    kv, cache, _, ds = world()
+    fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    fk.fail_next(ConfigureEndpoint)
+    rec = make(cache, fk, kv)
+    assert not rec.run_pass().ok
+    before = fk.observed
+    assert rec.run_pass(full=False).ok and fk.observed == before + 1
+
+
+def test_trigger_keeps_the_strongest_wake() -> None:
+    from controller.reconcile.trigger import Wake
+
+    t = Trigger()
+    assert t.wait(0.01) is Wake.TIMEOUT
+    t.fire_desired()
+    assert t.wait(0.01) is Wake.DESIRED
+    t.fire_desired()
+    t.fire()
+    t.fire_desired()
+    assert t.wait(0.01) is Wake.FULL
+    assert t.wait(0.01) is Wake.TIMEOUT
+
+
+def test_quiet_status_updates_are_coalesced_and_the_last_one_is_flushed() -> None:
+    kv = MemoryKV()
+    w = StatusWriter(kv, "h1", heartbeat=60, quiet_interval=0.3)
+    w(PassResult(5, time.time(), 0.001, 1, True, None, ()))
+    rev = kv.revision
+    for r in range(6, 16):  # a storm of quiet passes: revision and skipped move only
+        w(PassResult(r, time.time(), 0.001, 0, True, None, (f"bad{r}",)))
+    assert kv.revision == rev  # none written yet
+    w(PassResult(16, time.time(), 0.001, 0, False, "boom", ()))  # health changed: at once
+    assert kv.revision == rev + 1
+    w(PassResult(17, time.time(), 0.001, 0, False, "boom", ("bad17",)))
+    time.sleep(0.6)  # the timer publishes the trailing quiet update
+    st = codec.decode_status(kv.get(keys.status("h1")).value)  # type: ignore[union-attr]
+    assert st.revision == 17 and st.skipped_count == 1 and kv.revision == rev + 2
+    w.close()
+
+
+def test_new_problems_alone_do_not_observe_the_data_plane() -> None:
+    kv, cache, _, ds = world()
+    fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    rec = make(cache, fk, kv)
+    rec.run_pass()
+    seen = fk.observed
+    # an endpoint on a host nobody registered: a problem of this host's view, nothing to build
+    kv.put_raw(keys.endpoint("blue", "ghost"), codec.encode_endpoint(
+        Endpoint("ghost", "blue", "nohost", "10.1.0.9", "02:00:0a:01:00:09")))  # fmt: skip
+    sync(kv, cache)
+    quiet = rec.run_pass(full=False)
+    assert fk.observed == seen and any("unknown host" in p for p in quiet.problems)
