@@ -108,7 +108,12 @@ class Reconciler(Generic[S, O]):
             result = PassResult(snap.revision, started, time.perf_counter() - t0, 0, True, None,
                                 problems)  # fmt: skip
             self.last = result
-            log.debug("pass revision=%d: view unchanged, data plane not observed", snap.revision)
+            log.info(
+                "pass revision=%d changes=0 ok=True duration_ms=%.1f problems=%d view=unchanged",
+                snap.revision,
+                result.duration * 1000,
+                len(problems),
+            )
             self._publish(result)
             return result
         applied: tuple[str, ...] = ()
