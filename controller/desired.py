@@ -172,6 +172,8 @@ class DesiredState:
             netns,
             ifname,
         )
+        if netns is not None:
+            self._check_interface_free(host, netns, ifname)
         # Host registration and id uniqueness are compares in the allocation txn itself (one
         # round trip less each); a failed txn is diagnosed afterwards.
         if ip is not None:
@@ -183,6 +185,23 @@ class DesiredState:
                 return ep
             raise self._endpoint_conflict(stored, ep, require_host)
         return self._allocate(stored, eid, host, netns, ifname, require_host)
+
+    def _check_interface_free(self, host: str, netns: str, ifname: str) -> None:
+        """Refuse a second endpoint with this host's ``netns``/``ifname`` (in any network).
+
+        A courtesy check, not a guard: two writers racing past it both succeed, and then the
+        agents keep the older record (``controller/model/conflicts.py``) and report the other.
+        One range read of the endpoints; raises ``Conflict``."""
+        for item in self._kv.list(keys.ENDPOINTS).items:
+            try:
+                other = codec.decode_endpoint(item.value)
+            except InvalidRecord:
+                continue
+            if (other.host, other.netns, other.ifname) == (host, netns, ifname):
+                raise Conflict(
+                    f"interface {ifname} in namespace {netns} on {host} is already endpoint "
+                    f"{other.network}/{other.id}"
+                )
 
     def _allocate(
         self,

@@ -176,7 +176,11 @@ class Watcher:
 
     def _session(self) -> None:
         self._sessions += 1
-        kv = self._kv_factory()
+        try:
+            kv = self._kv_factory()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise
         began: float | None = None
         try:
             while not self._stop.is_set():
@@ -214,11 +218,7 @@ class Watcher:
                 if not self._stop.is_set():
                     raise StoreUnavailable(f"watch on {self._prefix} ended unexpectedly")
         except StoreUnavailable as exc:
-            self._connected = False
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-            self._failures += 1
-            self._last_error = str(exc)
+            self._failed(exc)
             if began is not None and time.monotonic() - began >= self._healthy_after:
                 log.warning("watcher on %s: %s; reconnecting", self._prefix, exc)
                 raise _HealthySessionEnded() from exc
@@ -227,6 +227,13 @@ class Watcher:
             self._connected = False
             with contextlib.suppress(Exception):
                 kv.close()
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self._connected = False
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._failures += 1
+        self._last_error = str(exc)
 
     def _notify(self) -> None:
         try:

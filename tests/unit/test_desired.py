@@ -41,6 +41,8 @@ def test_create_network_picks_lowest_free_vni(kv: MemoryKV) -> None:
         (("Bad_Name", "10.0.0.0/24"), InvalidRecord, "name"),
         (("n", "10.0.0.0/33"), InvalidRecord, "CIDR"),
         (("n", "10.0.0.0/31"), InvalidRecord, "/30"),
+        (("n", "0.0.0.0/0"), InvalidRecord, "at least /8"),
+        (("n", "127.1.0.0/16"), InvalidRecord, "loopback"),
         (("n", "10.0.0.0/24", None, "10.9.0.1"), InvalidRecord, "gateway"),
         (("n", "10.0.0.0/24", 0), InvalidRecord, "vni"),
         (("n", "10.0.0.0/24", 16_777_216), InvalidRecord, "vni"),
@@ -100,6 +102,7 @@ def test_removed_address_is_reused(kv: MemoryKV) -> None:
         ({"ifname": "x" * 16}, InvalidRecord, "ifname"),
         ({"network": "nonet"}, NotFound, "does not exist"),
         ({"endpoint_id": "fixed"}, Conflict, "already exists"),
+        ({"netns": "c9"}, Conflict, "already endpoint blue/fixed"),
     ],
 )
 def test_endpoint_refusals_write_nothing(
@@ -107,7 +110,7 @@ def test_endpoint_refusals_write_nothing(
 ) -> None:
     ds = DesiredState(kv)
     ds.create_network("blue", "10.1.0.0/24", gateway="10.1.0.1")
-    ds.create_endpoint("blue", "h1", ip="10.1.0.9", endpoint_id="fixed")
+    ds.create_endpoint("blue", "h1", ip="10.1.0.9", endpoint_id="fixed", netns="c9")
     before = dump(kv)
     args: dict[str, object] = {"network": "blue", "host": "h1"}
     args.update(kwargs)

@@ -8,6 +8,7 @@ on every host: the older record wins. Property-based where the input is open-end
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from controller.model import codec
 from controller.model.conflicts import resolve
 from controller.model.errors import InvalidRecord
 from controller.model.json_value import MAX_RECORD_BYTES, load_object
-from controller.model.records import Endpoint, Host, Network, check_vtep, parse_subnet
+from controller.model.records import Alive, Endpoint, Host, Network, check_vtep, parse_subnet
 from controller.model.view import Snapshot, host_view
 from controller.reconcile.loop import PassResult
 from controller.reconcile.status import StatusWriter
@@ -273,3 +274,39 @@ def test_status_of_an_older_agent_still_reads() -> None:
            "errors": [], "skipped": ["a", "b", "c", "d", "e", "f", "g"]}  # fmt: skip
     st_ = codec.decode_status(json.dumps(old))
     assert st_.skipped_count == 7 and len(st_.skipped) == 5 and st_.stuck is None
+
+
+# -- host ls and a stuck watcher --------------------------------------------------------------
+def test_host_list_survives_garbage_status_and_alive() -> None:
+    from controller.hosts import list_hosts
+
+    kv = MemoryKV()
+    for h in ("h1", "h2", "h3"):
+        kv.put_raw(keys.host(h), codec.encode_host(Host(h, "192.0.2.10")))
+    kv.put_raw(keys.alive("h1"), codec.encode_alive(Alive(1.0, 5)))
+    kv.put_raw(keys.alive("h2"), "garbage")
+    kv.put_raw(keys.status("h1"), '{"host":"h1","revision":1e400,"last_pass":1,"ok":true}')
+    kv.put_raw(keys.status("h2"), DEEP)
+    infos = {i.host.name: i for i in list_hosts(kv)}
+    assert infos["h1"].alive and not infos["h2"].alive and not infos["h3"].alive
+    assert all(i.status is None for i in infos.values())
+
+
+def test_a_watcher_that_cannot_follow_etcd_says_so() -> None:
+    from controller.model.errors import StoreUnavailable
+    from controller.store.watcher import Watcher
+
+    def broken() -> MemoryKV:
+        raise StoreUnavailable("etcd is down")
+
+    w = Watcher(broken, keys.ROOT, Cache(), lambda: None, initial_backoff=0.01, max_backoff=0.05)
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.stalled(60.0) is None  # not for long enough yet
+        reason = w.stalled(0.0)
+        assert reason is not None and "etcd is down" in reason
+    finally:
+        w.stop()
