@@ -204,12 +204,18 @@ class CountingKernel(FakeKernel):
         return super().observe(view)
 
 
-def test_a_desired_wake_with_an_unchanged_view_does_not_observe_the_data_plane() -> None:
+def counting_world() -> tuple[MemoryKV, Cache, CountingKernel, DesiredState]:
+    """One network with one endpoint on h1, synced into the cache, on a counting kernel."""
     kv, cache, _, ds = world()
     fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
     ds.create_network("blue", "10.1.0.0/24")
     ds.create_endpoint("blue", "h1", netns="c1")
     sync(kv, cache)
+    return kv, cache, fk, ds
+
+
+def test_a_desired_wake_with_an_unchanged_view_does_not_observe_the_data_plane() -> None:
+    kv, cache, fk, ds = counting_world()
     rec = make(cache, fk, kv)
     assert rec.run_pass(full=False).changes > 0  # nothing realised yet: a full pass
     seen = fk.observed
@@ -226,11 +232,7 @@ def test_a_desired_wake_with_an_unchanged_view_does_not_observe_the_data_plane()
 
 
 def test_after_a_failed_pass_a_desired_wake_observes_again() -> None:
-    kv, cache, _, ds = world()
-    fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
-    ds.create_network("blue", "10.1.0.0/24")
-    ds.create_endpoint("blue", "h1", netns="c1")
-    sync(kv, cache)
+    kv, cache, fk, _ = counting_world()
     fk.fail_next(ConfigureEndpoint)
     rec = make(cache, fk, kv)
     assert not rec.run_pass().ok
@@ -270,11 +272,7 @@ def test_quiet_status_updates_are_coalesced_and_the_last_one_is_flushed() -> Non
 
 
 def test_new_problems_alone_do_not_observe_the_data_plane() -> None:
-    kv, cache, _, ds = world()
-    fk = CountingKernel(H1.vtep, netns=("c1", "c2", "c3"))
-    ds.create_network("blue", "10.1.0.0/24")
-    ds.create_endpoint("blue", "h1", netns="c1")
-    sync(kv, cache)
+    kv, cache, fk, _ = counting_world()
     rec = make(cache, fk, kv)
     rec.run_pass()
     seen = fk.observed
