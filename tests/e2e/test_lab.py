@@ -261,6 +261,9 @@ def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> No
     a = overlay.endpoint("sane", "h1", "sa1")
     b = overlay.endpoint("sane", "h2", "sa2")
     overlay.converge()
+    # the path works before the bad records (ovs netdev drops a first packet towards a VTEP it
+    # has not resolved yet: not what this test is about)
+    assert wait_ping(a.netns, b.ip, timeout=10.0)
     probe = lab.etcd_http()
 
     def record(net: str, eid: str, host: str, ip: str) -> str:
@@ -281,8 +284,13 @@ def test_bad_records_are_reported_and_skipped(lab: Lab, overlay: Scenario) -> No
             reported = {
                 h: json.dumps(st[0].get("skipped", [])) if st else "" for h, st in statuses.items()
             }
-            words = ("sane/bad", "orphan", "nohost")
-            if all(w in text for text in reported.values() for w in words):
+            # An invalid value is reported by every agent; an endpoint that cannot be realised
+            # by the hosts it concerns: its own host (orphan: h1) and the hosts with an endpoint
+            # in its network (nohost: sane has endpoints on h1 and h2). h3 is not concerned.
+            expect = {"h1": ("sane/bad", "orphan", "nohost"), "h2": ("sane/bad", "nohost"),
+                      "h3": ("sane/bad",)}  # fmt: skip
+            if all(w in reported[h] for h, words in expect.items() for w in words):
+                assert "orphan" not in reported["h3"] and "nohost" not in reported["h3"]
                 break
             assert time.monotonic() < deadline, (
                 f"bad records not reported by every agent: {statuses}"
