@@ -21,7 +21,11 @@ Join (and every other plugin method) is timed by the agent itself (its ``plugin 
 status=200 ms=...`` log lines) over the timed runs plus ``--join-samples`` more heddle runs per
 case, next to the durations of the agent's passes that changed something (what Join waits for).
 
+Every case runs on each engine (``--engines``, default both: Debian's 20.10 and trixie's 26.1,
+one lab each), so each engine's heddle figure stands beside its own ``none`` and floor.
+
 Run (root): .venv/bin/python bench/bench_docker.py [--runs 10 --join-samples 20]
+            [--engines 20.10,26.1]
 Writes bench/results/docker-<UTC timestamp>.json. Prints SKIPPED (exit 0) when docker.io is not
 installed or the agent does not serve the plugin.
 """
@@ -43,7 +47,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controller.lab.docker import DOCKERD, IMAGE, DockerLab, PluginLab
+from controller.lab.docker import IMAGE, DockerLab, PluginLab
+from controller.lab.docker_engine import ENGINES
 from controller.plugin import api
 from controller.plugin.routes import Route
 from controller.plugin.server import PluginServer
@@ -213,23 +218,14 @@ def _report(runs: int, cases: dict[str, dict[str, Any]]) -> None:
             print(f"[{case}]   {k:42s} n={v['n']:3d} p50={v['p50']:7.2f} p99={v['p99']:7.2f}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--join-samples", type=int, default=20)
-    a = ap.parse_args()
-    if os.geteuid() != 0:
-        print("SKIPPED: needs root (lab namespaces, dockerd)")
-        return 0
-    if not Path(DOCKERD).exists():
-        print(f"SKIPPED: {DOCKERD} missing (apt install docker.io)")
-        return 0
+def _engine_cases(engine: str, runs: int, join_samples: int) -> dict[str, dict[str, Any]] | None:
+    """The cold and warm cases on a fresh 2-host lab running ``engine``; None to skip."""
     cases: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         lab = PluginLab(
             Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY
         )
-        dl = DockerLab(lab)
+        dl = DockerLab(lab, engine=engine)
         lab.plugin_socket = dl.plugin_socket
         floor_plugin: FloorPlugin | None = None
         floor_server: PluginServer | None = None
@@ -237,7 +233,7 @@ def main() -> int:
             lab.up(hosts=2)
             if not dl.wait_plugins(15.0):
                 print("SKIPPED: the agents do not serve the Docker plugin (--plugin-socket)")
-                return 0
+                return None
             dl.start()
             floor_plugin = FloorPlugin(lab.host("h1").netns)
             floor_server = PluginServer(
@@ -255,9 +251,9 @@ def main() -> int:
             for net in ("none", FLOOR, NETWORK) * 2:  # warm-up: image, page cache
                 _timed(dl, net)
             log = lab.agent_log("h1")
-            cases["cold"] = _measure(dl, log, a.runs, a.join_samples)
+            cases[f"{engine}/cold"] = _measure(dl, log, runs, join_samples)
             dl.docker("h1", "run", "-d", "--name", "resident", "--network", NETWORK, *sleeper)
-            cases["warm"] = _measure(dl, log, a.runs, a.join_samples)
+            cases[f"{engine}/warm"] = _measure(dl, log, runs, join_samples)
         finally:
             if floor_server is not None:
                 floor_server.stop()
@@ -265,6 +261,28 @@ def main() -> int:
                 floor_plugin.close()
             dl.down()
             lab.down()
+    return cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--join-samples", type=int, default=20)
+    ap.add_argument("--engines", default=",".join(ENGINES),
+                    help="Docker engines to run on, one lab each (default: %(default)s)")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("SKIPPED: needs root (lab namespaces, dockerd)")
+        return 0
+    if not Path("/usr/sbin/dockerd").exists():
+        print("SKIPPED: /usr/sbin/dockerd missing (apt install docker.io)")
+        return 0
+    cases: dict[str, dict[str, Any]] = {}
+    for engine in a.engines.split(","):
+        got = _engine_cases(engine.strip(), a.runs, a.join_samples)
+        if got is None:
+            return 0
+        cases.update(got)
     _report(a.runs, cases)
     result = {
         "runs": a.runs,

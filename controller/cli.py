@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from controller import __version__
+from controller.lab.docker_engine import DEFAULT_ENGINE, ENGINES
 from controller.model.errors import HeddleError, StoreUnavailable
 from controller.output import as_json, table
 
@@ -103,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     up = lab.add_parser("up", help="start a lab (etcd + N hosts with agents)")
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
-    up.add_argument("--docker", action="store_true", help="also a private dockerd per host")
+    up.add_argument(
+        "--docker",
+        nargs="?",
+        const=DEFAULT_ENGINE,
+        choices=ENGINES,
+        help="also a private dockerd per host: Debian's 20.10 (the default) or trixie's 26.1",
+    )
     lab.add_parser("down", help="remove every trace of the lab")
     lab.add_parser("status", help="show the lab")
     lab.add_parser("demo", help="start a 3-host lab if needed and run the demo checks")

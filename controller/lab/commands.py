@@ -13,20 +13,22 @@ from controller.lab.nsutil import LabError
 from controller.lab.topology import Lab
 
 
-def lab_up(hosts: int = 3, backend: str = "kernel", docker: bool = False) -> dict[str, Any]:
+def lab_up(hosts: int = 3, backend: str = "kernel", docker: str | None = None) -> dict[str, Any]:
     """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``.
 
-    With ``docker``, every host also runs a private dockerd (Debian's ``docker.io``) whose
-    ``/run/docker/plugins`` holds that host's agent's plugin socket; ``docker_host`` in the
-    status is its ``DOCKER_HOST``. On failure nothing is left behind."""
-    if not docker:
+    With ``docker`` (an engine of ``docker_engine.ENGINES``: ``"20.10"`` is Debian's
+    ``docker.io``, ``"26.1"`` trixie's, fetched on first use), every host also runs a private
+    dockerd of that engine whose ``/run/docker/plugins`` holds that host's agent's plugin socket;
+    ``docker_host`` in the status is its ``DOCKER_HOST``, ``docker_engine`` the engine. On
+    failure nothing is left behind."""
+    if docker is None:
         lab = Lab()
         lab.up(hosts=hosts, backend=backend)
         return lab.status()
     from controller.lab.docker import DockerLab, PluginLab
 
     plab = PluginLab()
-    dl = DockerLab(plab)
+    dl = DockerLab(plab, engine=docker)
     plab.plugin_socket = dl.plugin_socket
     try:
         plab.up(hosts=hosts, backend=backend)
@@ -56,7 +58,8 @@ def lab_down() -> None:
 
 def lab_status() -> dict[str, Any]:
     """``{"etcd": URL, "hosts": [{"name", "netns", "vtep", "backend", "agent_pid",
-    "docker_host"?}]}`` (``docker_host`` only for a lab started with ``docker``)."""
+    "docker_host"?, "docker_engine"?}]}`` (the docker keys only for a lab started with
+    ``docker``)."""
     from controller.lab.docker import DockerLab
 
     lab = Lab()
@@ -66,6 +69,7 @@ def lab_status() -> dict[str, Any]:
         sock = dl.docker_socket(h["name"])
         if sock.exists():
             h["docker_host"] = f"unix://{sock}"
+            h["docker_engine"] = dl.engine_name
     return status
 
 

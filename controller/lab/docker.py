@@ -9,7 +9,9 @@ Recipe (shared/notes/docker_plugin.md, §1 and the addendum), per host ``hK``:
   there whatever its flags say), writes a ready file and sleeps. Its mount namespace is where
   dockerd runs and where its container netns bind mounts live, so a restarted dockerd sees its
   predecessor's.
-* **dockerd**: ``nsenter -t <holder> -m -u -n -- dockerd --iptables=false --ip6tables=false
+* **dockerd** of the lab's engine (``controller/lab/docker_engine.py``: Debian's 20.10 or
+  trixie's 26.1, recorded so every later start uses the same one):
+  ``nsenter -t <holder> -m -u -n -- dockerd --iptables=false --ip6tables=false
   --bridge=none --ip-forward=false --ip-masq=false`` (and ``--live-restore`` on request) with
   private ``--data-root``, ``--exec-root``, ``--pidfile``, ``-H unix://...`` and
   ``--cgroup-parent /<prefix>-<host>`` (so teardown finds every container process by cgroup).
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller.lab.docker_engine import DEFAULT_ENGINE, Engine, engine
 from controller.lab.nsutil import (
     LabError,
     ProcRef,
@@ -56,7 +59,6 @@ from controller.lab.nsutil import (
 )
 from controller.lab.topology import Lab
 
-DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # Debian's client (a newer /usr/local/bin/docker may come first)
 BUSYBOX = "/bin/busybox"
 IMAGE = "heddle/busybox:latest"
@@ -121,6 +123,7 @@ class DockerHostRecord:
 @dataclass(frozen=True, slots=True)
 class DockerRecord:
     prefix: str
+    engine: str = DEFAULT_ENGINE
     hosts: tuple[DockerHostRecord, ...] = ()
     created_targets: tuple[str, ...] = ()
     cgroup_parents: tuple[str, ...] = field(default=())
@@ -198,19 +201,39 @@ def build_rootfs_tar(dest: Path) -> Path:
 class DockerLab:
     """One dockerd per host of ``lab``; see the module docstring."""
 
-    def __init__(self, lab: Lab, base: Path | None = None, live_restore: bool = False) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        base: Path | None = None,
+        live_restore: bool = False,
+        engine: str | None = None,
+    ) -> None:
+        """``engine``: one of ``docker_engine.ENGINES``; None means the one this lab's record
+        names (a lab started earlier), else ``DEFAULT_ENGINE``."""
         self.lab = lab
         self.base = Path(base) if base is not None else default_base(lab.prefix)
         self.live_restore = live_restore
+        self._engine_name = engine
+        self._engine: Engine | None = None
+
+    @property
+    def engine_name(self) -> str:
+        return self._engine_name or self._load().engine
+
+    def _the_engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = engine(self.engine_name)
+        return self._engine
 
     # -- record -------------------------------------------------------------------------------
     def _load(self) -> DockerRecord:
         try:
             o = json.loads((self.base / RECORD).read_text())
         except FileNotFoundError:
-            return DockerRecord(self.lab.prefix)
+            return DockerRecord(self.lab.prefix, self._engine_name or DEFAULT_ENGINE)
         return DockerRecord(
             str(o["prefix"]),
+            str(o.get("engine", DEFAULT_ENGINE)),
             tuple(DockerHostRecord.from_json(h) for h in o.get("hosts", ())),
             tuple(o.get("created_targets", ())),
             tuple(o.get("cgroup_parents", ())),
@@ -223,6 +246,7 @@ class DockerLab:
             json.dumps(
                 {
                     "prefix": rec.prefix,
+                    "engine": rec.engine,
                     "hosts": [h.to_json() for h in rec.hosts],
                     "created_targets": list(rec.created_targets),
                     "cgroup_parents": list(rec.cgroup_parents),
@@ -276,9 +300,11 @@ class DockerLab:
     def start(self, hosts: Sequence[str] | None = None, image: bool = True) -> None:
         """Start holder + dockerd on each host (default: all lab hosts), wait until each
         answers, import the busybox image. On failure everything is torn down and re-raised."""
-        for cmd in (DOCKERD, DOCKER, "/usr/bin/unshare", "/usr/bin/nsenter"):
+        for cmd in (DOCKER, "/usr/bin/unshare", "/usr/bin/nsenter"):
             if not Path(cmd).exists():
                 raise LabError(f"{cmd} missing (apt install docker.io util-linux)")
+        eng = self._the_engine()
+        self._save(replace(self._load(), engine=eng.name))
         names = list(hosts) if hosts is not None else [h.name for h in self.lab.hosts]
         try:
             for name in names:
@@ -364,7 +390,7 @@ class DockerLab:
             "-u",
             "-n",
             "--",
-            DOCKERD,
+            self._the_engine().dockerd,
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",
@@ -392,6 +418,7 @@ class DockerLab:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self._the_engine().env(),
             )
         rec = replace(rec, dockerd=_ref(proc))
         self._put_host(rec)

@@ -342,11 +342,42 @@ class ActivateResponse:
 
 @dataclass(frozen=True, slots=True)
 class NetworkCapabilities:
+    """``GwAllocChecker``: the engine (28 and newer; older ones ignore the field) asks
+    ``NetworkDriver.GwAllocCheck`` before creating a network whether to reserve gateways."""
+
     scope: str
     connectivity_scope: str
+    gw_alloc_checker: bool = True
 
     def to_json(self) -> JSONObject:
-        return {"Scope": self.scope, "ConnectivityScope": self.connectivity_scope}
+        return {
+            "Scope": self.scope,
+            "ConnectivityScope": self.connectivity_scope,
+            "GwAllocChecker": self.gw_alloc_checker,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GwAllocCheckRequest:
+    """``NetworkDriver.GwAllocCheck``: the options the network is about to be created with."""
+
+    options: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, o: Mapping[str, Any]) -> Self:
+        opts = o.get("Options")
+        if opts is not None and not isinstance(opts, Mapping):
+            raise BadRequest("field Options must be an object")
+        return cls(opts or _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class GwAllocCheckResponse:
+    skip_ipv4: bool
+    skip_ipv6: bool
+
+    def to_json(self) -> JSONObject:
+        return {"SkipIPv4": self.skip_ipv4, "SkipIPv6": self.skip_ipv6}
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,13 @@ class NetworkDriver:
     def capabilities(self, _: api.Empty) -> api.NetworkCapabilities:
         return api.NetworkCapabilities(SCOPE, CONNECTIVITY_SCOPE)
 
+    def gw_alloc_check(self, _: api.GwAllocCheckRequest) -> api.GwAllocCheckResponse:
+        """Docker 28+: reserve the gateways. Every heddle network has an IPv4 gateway that Join
+        names as the containers' default route, and heddle's IPAM driver (the only one it
+        accepts) is what reserves it, so nothing is skipped; IPv6 pools are refused by that
+        driver anyway."""
+        return api.GwAllocCheckResponse(skip_ipv4=False, skip_ipv6=False)
+
     def discover(self, _: api.DiscoveryRequest) -> api.Ok:
         """DiscoverNew/DiscoverDelete: heddle learns about hosts from etcd, not from Docker."""
         return api.Ok()

@@ -81,6 +81,7 @@ def build_routes(network: NetworkDriver, ipam: IpamDriver) -> Mapping[str, Route
             "/NetworkDriver.EndpointOperInfo": _nd(a.EndpointRequest.parse, n.endpoint_oper_info),
             "/NetworkDriver.Join": _nd(a.JoinRequest.parse, n.join),
             "/NetworkDriver.Leave": _nd(a.EndpointRequest.parse, n.leave),
+            "/NetworkDriver.GwAllocCheck": _nd(a.GwAllocCheckRequest.parse, n.gw_alloc_check),
             "/NetworkDriver.DiscoverNew": _nd(a.DiscoveryRequest.parse, n.discover),
             "/NetworkDriver.DiscoverDelete": _nd(a.DiscoveryRequest.parse, n.discover),
             "/NetworkDriver.ProgramExternalConnectivity": _nd(

@@ -1,5 +1,7 @@
 """End-to-end with a real Docker engine: one dockerd per lab host, the agents serving the plugin.
 
+The module runs once per engine (``docker_engine.ENGINES``: Debian 12's 20.10 and trixie's 26.1,
+fetched into a cache outside the repository on first use), with the same tests on both.
 One lab (2 hosts, prefix ``hld``) with agents started with ``--plugin-socket`` pointing into each
 host's private ``/run/docker/plugins`` (``controller.lab.docker``), and one dockerd per host
 (``--live-restore``, so a dockerd restart keeps containers running). Every test creates its own
@@ -23,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from controller.desired import DesiredState
-from controller.lab.docker import DOCKERD, IMAGE, DockerLab, PluginLab
+from controller.lab.docker import IMAGE, DockerLab, PluginLab
+from controller.lab.docker_engine import ENGINES
 from controller.lab.nsutil import LabError
 from controller.lab.probes import owned_links
 from controller.lab.topology import Lab
@@ -46,20 +49,22 @@ class Env:
     lab: PluginLab
     docker: DockerLab
     kv: EtcdKV
+    engine: str
 
     @property
     def desired(self) -> DesiredState:
         return DesiredState(self.kv)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    for path, pkg in ((DOCKERD, "docker.io"), ("/bin/busybox", "busybox-static")):
+@pytest.fixture(scope="module", params=ENGINES, ids=lambda e: f"docker-{e}")
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    for path, pkg in (("/usr/sbin/dockerd", "docker.io"), ("/bin/busybox", "busybox-static")):
         if not Path(path).exists():
             pytest.skip(f"{path} missing (apt install {pkg})")
-    workdir = tmp_path_factory.mktemp("docker-lab") / "lab"
+    engine = str(request.param)
+    workdir = tmp_path_factory.mktemp(f"docker-lab-{engine}") / "lab"
     lab = PluginLab(workdir, prefix=LAB_PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
-    dl = DockerLab(lab, live_restore=True)
+    dl = DockerLab(lab, live_restore=True, engine=engine)
     lab.plugin_socket = dl.plugin_socket
     kv: EtcdKV | None = None
     try:
@@ -71,9 +76,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             )
         dl.start()
         kv = EtcdKV([lab.etcd_url])
-        yield Env(lab, dl, kv)
+        yield Env(lab, dl, kv, engine)
     finally:
-        logs = tmp_path_factory.mktemp("docker-lab-logs")
+        logs = tmp_path_factory.mktemp(f"docker-lab-logs-{engine}")
         for log in [*workdir.glob("*.log"), *dl.base.glob("*/*.log")]:
             with contextlib.suppress(OSError):
                 shutil.copy(log, logs / f"{log.parent.name}-{log.name}")
@@ -172,6 +177,19 @@ def _wait(cond: Callable[[], bool], timeout: float = 15.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_the_engine_asked_for_runs_and_sees_heddle_networks_as_local(env: Env, dock: Dock) -> None:
+    """Each host runs the engine of this module's parameter; a heddle network is listed with
+    the driver's scope (``local``: every daemon has its own network object) on both engines."""
+    for h in HOSTS:
+        version = dock.docker(h, "version", "-f", "{{.Server.Version}}").stdout.strip()
+        assert version.startswith(env.engine), (h, version)
+    dock.network("scoped", "10.28.0.0/24")
+    for h in HOSTS:
+        ls = dock.docker(h, "network", "ls", "--filter", "name=scoped",
+                         "--format", "{{.Driver}} {{.Scope}}").stdout.split()  # fmt: skip
+        assert ls == ["heddle", "local"], (h, ls)
 
 
 def test_containers_on_two_hosts_share_one_overlay_and_networks_are_isolated(dock: Dock) -> None:

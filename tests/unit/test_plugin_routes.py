@@ -29,6 +29,7 @@ REMOTE_API = {
     "/NetworkDriver.Leave",
     "/NetworkDriver.DiscoverNew",
     "/NetworkDriver.DiscoverDelete",
+    "/NetworkDriver.GwAllocCheck",
     "/NetworkDriver.ProgramExternalConnectivity",
     "/NetworkDriver.RevokeExternalConnectivity",
     "/IpamDriver.GetCapabilities",
@@ -38,8 +39,9 @@ REMOTE_API = {
     "/IpamDriver.RequestAddress",
     "/IpamDriver.ReleaseAddress",
 }
-ARGUMENT_LESS = {
+ARGUMENT_LESS = {  # and those whose arguments are all optional
     "/Plugin.Activate",
+    "/NetworkDriver.GwAllocCheck",
     "/NetworkDriver.GetCapabilities",
     "/IpamDriver.GetCapabilities",
     "/IpamDriver.GetDefaultAddressSpaces",
@@ -86,7 +88,15 @@ def test_handshake_and_capabilities(routes: dict[str, Route]) -> None:
     assert dispatch(routes, "/NetworkDriver.GetCapabilities", b"").body == {
         "Scope": "local",
         "ConnectivityScope": "global",
+        "GwAllocChecker": True,
     }
+    # Docker 28+ then asks before each network: heddle keeps its gateway reserved
+    gw = dispatch(routes, "/NetworkDriver.GwAllocCheck",
+                  b'{"Options": {"com.docker.network.generic": {"heddle.network": "b"}}}')
+    assert (gw.status, gw.body) == (200, {"SkipIPv4": False, "SkipIPv6": False})
+    # unknown fields are ignored, unknown methods are 404 (libnetwork's "not implemented")
+    assert dispatch(routes, "/NetworkDriver.GetCapabilities", b'{"New": 1}').status == 200
+    assert dispatch(routes, "/NetworkDriver.SomethingNew", b"{}").status == 404
     assert dispatch(routes, "/IpamDriver.GetCapabilities", b"").body == {
         "RequiresMACAddress": False,
         "RequiresRequestReplay": False,
