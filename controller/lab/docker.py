@@ -304,9 +304,9 @@ class DockerLab:
             if not Path(cmd).exists():
                 raise LabError(f"{cmd} missing (apt install docker.io util-linux)")
         eng = self._the_engine()
-        self._save(replace(self._load(), engine=eng.name))
         names = list(hosts) if hosts is not None else [h.name for h in self.lab.hosts]
         try:
+            self._save(replace(self._load(), engine=eng.name))
             for name in names:
                 self.start_dockerd(name)
             if image:
