@@ -3,12 +3,12 @@
 No ``ip``/``bridge``/``sysctl`` binaries: links, addresses and routes through pyroute2; the
 FDB and neighbour tables (thousands of entries) through a small raw rtnetlink socket
 (``_RawRtnl``) because pyroute2's per-message cost dominates there, or through pyroute2 too
-with ``fast_netlink=False``. Facts this module relies on (notes/kernel_vxlan.md):
-netns handles are always opened with ``flags=0`` so a typo never *creates* a namespace (P2); a
+with ``fast_netlink=False``. Facts this module relies on (docs/platform.md):
+netns handles are always opened with ``flags=0`` so a typo never *creates* a namespace (K1); a
 veth peer cannot be brought up in the create request, so the endpoint side is configured from
-inside its namespace (P5); ``master``/``fdb``/``neigh`` take ifindexes (P7); ``fdb('replace')``
-gets explicit ``state`` and ``NTF_SELF`` or it lands in the bridge's FDB (P9); bridges get
-``mcast_snooping 0`` (G4). ``bridge-nf-call-iptables`` (G5) is per netns and global, so it is
+inside its namespace (K2); ``master``/``fdb``/``neigh`` take ifindexes (K3); ``fdb('replace')``
+gets explicit ``state`` and ``NTF_SELF`` or it lands in the bridge's FDB (K4); bridges get
+``mcast_snooping 0`` (K5). ``bridge-nf-call-iptables`` (K6) is per netns and global, so it is
 left to whoever owns the host namespace (the lab).
 
 Sockets: one ``IPRoute`` for the host namespace (this process's own, or ``netns=`` for tests
@@ -599,7 +599,7 @@ class KernelDataPlane:
 
     def _apply_entry_pyroute2(self, op: PutFdb | AddFlood | DelFdb | PutNeigh | DelNeigh) -> None:
         """One FDB/neighbour op as one pyroute2 request (``fast_netlink=False``). Explicit
-        ``state`` and ``NTF_SELF`` on replace (P9)."""
+        ``state`` and ``NTF_SELF`` on replace (K4)."""
         ipr = self._host()
         idx = self._vx_index(op.dev, missing_ok=isinstance(op, DelFdb | DelNeigh))
         if idx is None:

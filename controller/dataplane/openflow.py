@@ -3,7 +3,7 @@
 Shelling out to ``ovs-ofctl`` is the accepted way to move whole tables: it packs thousands of
 flow mods into one atomic bundle faster than Python could. Every call names the instance
 explicitly: ``OVS_RUNDIR`` selects the directory of the ``<bridge>.mgmt`` sockets (the machine
-may run other OVS instances, notes gotcha 5), and flows are read and written in OpenFlow 1.4
+may run other OVS instances, docs/platform.md O2), and flows are read and written in OpenFlow 1.4
 (bundles are native there; the canonical text ``plan.flows`` compares against is 1.4's).
 
 * ``dump`` reads only flows with our cookie (``cookie=C/-1``);

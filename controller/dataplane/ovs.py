@@ -1,4 +1,4 @@
-"""``OvsDataPlane``: the Open vSwitch backend (DESIGN.md §3, issue 5).
+"""``OvsDataPlane``: the Open vSwitch backend (README.md "Open vSwitch backend").
 
 It combines four drivers, each addressed explicitly at one OVS instance or namespace:
 

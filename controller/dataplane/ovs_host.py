@@ -2,12 +2,12 @@
 veth pairs without a Linux bridge master, TX checksum offload, and the underlay of OVS
 userspace tunnelling (``netdev``). pyroute2 and one ``SIOCETHTOOL`` ioctl; no binaries.
 
-Facts (notes/ovs_userspace.md): a frame a container sends with a partial checksum reaches the
+Facts (docs/platform.md O3, O4): a frame a container sends with a partial checksum reaches the
 userspace datapath raw through AF_PACKET and leaves with a bad checksum, so TCP breaks unless TX
-checksum offload is off on the container's interface (gotcha 1; the setting is per device and
+checksum offload is off on the container's interface (O4; the setting is per device and
 moves with it between namespaces). Userspace tunnelling needs the VTEP address on br-phy's
 internal port (up), and the NIC without it and with ARP off, or the kernel answers ARP for the
-VTEP from the NIC with the NIC's MAC (§3, gotcha 3).
+VTEP from the NIC with the NIC's MAC (O3).
 
 Ownership is the kernel backend's: links heddle creates carry the ``OWNER_ALIAS`` ifalias; a link
 without it is never changed. The underlay NIC and br-phy's device are not heddle's links: only

@@ -1,6 +1,6 @@
 """Capture on the lab's underlay bridge and judge every frame against the data-plane contract.
 
-The contract (DESIGN §3, learning-free data plane), checked by ``judge``:
+The contract (README.md: a learning-free data plane), checked by ``judge``:
 * no broadcast or multicast frame on the underlay at all;
 * every IPv4 frame is UDP to port 4789 between two VTEP addresses (VXLAN unicast);
 * inside VXLAN: no ARP and no broadcast/multicast inner frame (the VTEP answers ARP locally,

@@ -1,6 +1,6 @@
 """A real dockerd per lab host (Debian's ``docker.io``), for the Docker e2e tests and benchmarks.
 
-Recipe (shared/notes/docker_plugin.md, §1 and the addendum), per host ``hK``:
+Recipe (docs/platform.md D1-D3 for what dockerd does), per host ``hK``:
 
 * a long-lived **holder** process: entered into the host's netns, then ``unshare --mount --uts
   --propagation private``; it remounts sysfs (so ``/sys/class/net`` is the host's) with the

@@ -1,6 +1,6 @@
 """A private Open vSwitch instance (``ovsdb-server`` + ``ovs-vswitchd``) per lab host.
 
-Facts this relies on (notes/ovs_userspace.md): ``ovs-vswitchd`` must run *inside* the host's
+Facts this relies on (docs/platform.md O1, O2): ``ovs-vswitchd`` must run *inside* the host's
 network namespace (its route cache, its tap devices and its AF_PACKET ports belong to the
 namespace it runs in); every OVS tool must be pointed at one instance explicitly, because the
 machine may run others (``--db=unix:...``, ``-t <ctl>``, ``OVS_RUNDIR`` for the ``<bridge>.mgmt``

@@ -22,7 +22,7 @@ table  what
 ====== ===================================================================================
 
 br-phy (``netdev`` datapath only) gets two flows, NIC <-> LOCAL, where the userspace datapath
-pushes and pops tunnel headers (notes/ovs_userspace.md §3).
+pushes and pops tunnel headers (docs/platform.md O3).
 
 Every flow carries ``COOKIE`` (ownership: observation dumps only flows with it; deletes are
 cookie-scoped). ``Flow`` keeps a canonical form of match and actions, the one ``ovs-ofctl

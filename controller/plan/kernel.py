@@ -1,6 +1,6 @@
 """Kernel planner: ``HostView`` + observed ``KernelState`` -> ordered ``KernelOp`` tuple. Pure.
 
-What a host realises per network it has endpoints in (DESIGN.md §3): a bridge
+What a host realises per network it has endpoints in (README.md, docs/platform.md K5): a bridge
 ``bridge_name(vni)`` (multicast snooping off), a VXLAN device ``vxlan_name(vni)`` in it (VNI,
 dstport 4789, ``local`` = this host's VTEP, nolearning, proxy), one veth per local endpoint, a
 unicast FDB entry and a permanent neighbour entry per remote endpoint, and one all-zero FDB entry

@@ -1,6 +1,6 @@
 """Desired OVSDB rows of the ovs backend and their comparison with observed rows. Pure.
 
-What a host has (DESIGN.md §3, notes/ovs_userspace.md):
+What a host has (README.md "Open vSwitch backend"; docs/platform.md O3, O5):
 
 * the integration bridge ``layout.bridge``: ``fail_mode=secure``, ``datapath_type``, owned;
   on it one flow-based VXLAN port (``remote_ip=flow``, ``key=flow``, ``dst_port=4789``) pinned
@@ -92,7 +92,7 @@ class OvsLayout:
 
 def phy_hwaddr(vtep: str) -> str:
     """br-phy's MAC: fixed (peers' tunnel neighbour entries stay valid across restarts),
-    locally administered, and never the NIC's own (notes gotcha 4: with the NIC's MAC the
+    locally administered, and never the NIC's own (docs/platform.md O3: with the NIC's MAC the
     kernel answers every tunnel packet with ICMP port unreachable)."""
     packed = ipaddress.IPv4Address(vtep).packed
     return ":".join(f"{b:02x}" for b in (0x02, 0x68, *packed))

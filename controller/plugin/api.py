@@ -1,6 +1,6 @@
 """libnetwork remote API: typed requests and responses, and the parsing of request bodies.
 
-Shapes follow what a real dockerd sends (shared/notes/docker_plugin.md §3.1): JSON objects with
+Shapes follow what a real dockerd sends (docs/platform.md D2): JSON objects with
 Go-style field names, no Content-Type, an *empty* body (not ``{}``) for argument-less calls,
 ``null`` for absent maps. Parsing is pure and strict about what heddle uses and lenient about the
 rest (unknown fields are ignored: newer dockerds add fields). Every refusal is a ``BadRequest``
@@ -382,7 +382,7 @@ class GwAllocCheckResponse:
 
 @dataclass(frozen=True, slots=True)
 class CreateEndpointResponse:
-    mac: str | None  # returned only when Docker sent none (pitfall 9)
+    mac: str | None  # returned only when Docker sent none (docs/platform.md D6)
 
     def to_json(self) -> JSONObject:
         return {"Interface": {"MacAddress": self.mac}} if self.mac else {}

@@ -3,7 +3,7 @@
 ``UnixTransport`` writes raw HTTP/1.1 like Go's plugin client (``POST``, no Content-Type,
 ``Accept: application/vnd.docker.plugins.v1.2+json``, an empty body for argument-less calls,
 ``Host`` empty, one keep-alive connection). ``in_process`` calls the routing table directly.
-``DockerLike`` replays dockerd's measured call sequences (shared/notes/docker_plugin.md §3.1):
+``DockerLike`` replays dockerd's measured call sequences (docs/platform.md D1, D2):
 network create/rm, container run/stop, with dockerd's rollback when Join fails.
 
 Not used by the agent itself. ``UnixTransport`` is thread-safe (one request at a time per

@@ -1,6 +1,6 @@
 """The IpamDriver half of the plugin: pools are heddle networks, addresses the shared etcd IPAM.
 
-Semantics (the issue, DESIGN.md §4):
+Semantics (README.md "Docker"; docs/platform.md D1, D5):
 
 * A pool is a heddle network, named by ``--ipam-opt heddle.network=<name>``. ``RequestPool``
   checks it against etcd but writes nothing: with ``--subnet`` the network may not exist yet (it

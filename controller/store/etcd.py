@@ -1,7 +1,7 @@
 """``EtcdKV``: the ``KV`` seam on a real etcd v3 server. The only module importing the client.
 
 Client: ``pyetcd`` (PyPI ``etcd-sdk-python`` 0.0.7, the python-etcd3 API). Rules from
-shared/notes/etcd_clients.md, each one a measured trap:
+docs/platform.md E1-E5, each one a measured trap:
 
 * Always ``MultiEndpointEtcd3Client`` with ``failover=True`` and ``time_retry=1``: the plain
   client locks a node out for 300 s after one ``UNAVAILABLE``.
