@@ -42,8 +42,8 @@ from scale_view import NET, build_snapshot, local_host, timed
 
 from controller.dataplane.ovs import OvsDataPlane
 from controller.lab import ovs as lab_ovs
+from controller.model.flow import Flow
 from controller.model.view import HostView, Snapshot, host_view
-from controller.plan.flows import Flow
 from controller.plan.ovs import desired_flows
 
 RESULTS = Path(__file__).resolve().parent / "results"

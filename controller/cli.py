@@ -21,6 +21,7 @@ from controller.output import as_json, table
 
 if TYPE_CHECKING:
     from controller.agent import AgentConfig
+    from controller.dataplane.backend import DataPlane
     from controller.model.records import Host
     from controller.reconcile.trigger import Trigger
     from controller.store.kv import KV
@@ -280,7 +281,7 @@ def _underlay_mtu(vtep: str) -> int:
     return 1500
 
 
-def _make_dataplane(cfg: AgentConfig, host: Host, trigger: Trigger) -> Any:
+def _make_dataplane(cfg: AgentConfig, host: Host, trigger: Trigger) -> DataPlane[Any, Any]:
     """The configured backend. OVS notices an ovs-vswitchd restart itself and wakes the
     reconciler (``trigger.fire``) so flows come back at once, not at the next resync."""
     if cfg.backend == "ovs":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from controller.dataplane.backend import OpFailed, apply_all
-from controller.dataplane.kernel_state import (
+from controller.model.kernel_state import (
     EndpointSide,
     FdbEntry,
     KernelState,

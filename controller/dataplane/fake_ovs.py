@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
-from controller.dataplane.ovs_state import (
+from controller.model.flow import COOKIE, Flow
+from controller.model.ovs_state import (
     BridgeState,
     OvsdbState,
     OvsState,
@@ -33,7 +34,6 @@ from controller.dataplane.ovs_state import (
 )
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, NetworkView
-from controller.plan.flows import COOKIE, Flow
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, EnsureBridge, EnsureVeth
 from controller.plan.ovs import plan_ovs

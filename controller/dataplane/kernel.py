@@ -2,7 +2,7 @@
 
 No ``ip``/``bridge``/``sysctl`` binaries: links, addresses and routes through pyroute2; the
 FDB and neighbour tables (thousands of entries) through a small raw rtnetlink socket
-(``_RawRtnl``) because pyroute2's per-message cost dominates there, or through pyroute2 too
+(``RawRtnl``) because pyroute2's per-message cost dominates there, or through pyroute2 too
 with ``fast_netlink=False``. Facts this module relies on (docs/platform.md):
 netns handles are always opened with ``flags=0`` so a typo never *creates* a namespace (K1); a
 veth peer cannot be brought up in the create request, so the endpoint side is configured from
@@ -29,10 +29,8 @@ heddle then refuses to adopt (reported on every pass) until an operator deletes 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -41,7 +39,16 @@ from typing import Any, Self
 from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
-from controller.dataplane.kernel_state import (
+from controller.dataplane.netns_socket import NETNS_DIR, iproute_in
+from controller.dataplane.rtnetlink import (
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RawRtnl,
+    entry_request,
+    ip_text,
+)
+from controller.model.kernel_state import (
     EndpointSide,
     FdbEntry,
     KernelState,
@@ -49,7 +56,6 @@ from controller.dataplane.kernel_state import (
     NeighEntry,
     VxlanAttrs,
 )
-from controller.dataplane.netns_socket import NETNS_DIR, iproute_in, socket_in
 from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, plan_kernel
@@ -69,163 +75,9 @@ from controller.plan.kernel_ops import (
 )
 
 IFF_UP = 0x1
-NTF_SELF = 0x02
-NUD_NOARP = 0x40
-NUD_PERMANENT = 0x80
 MAIN_TABLE = 254
 
 Msg = Any  # a parsed pyroute2 netlink message (untyped library)
-
-# Raw rtnetlink for neighbour/FDB dumps and writes (see _RawRtnl).
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_RTM_NEWNEIGH, _RTM_DELNEIGH, _RTM_GETNEIGH = 28, 29, 30
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
-_NLM_F_REPLACE, _NLM_F_CREATE, _NLM_F_APPEND = 0x100, 0x400, 0x800
-_RCVBUF = 4 << 20
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-_NDA_DST, _NDA_LLADDR = 1, 2
-_NLA_TYPE_MASK = 0x3FFF
-_HDR = struct.Struct("=LHHLL")  # nlmsghdr
-_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
-_RTA = struct.Struct("=HH")
-_ERR = struct.Struct("=i")
-
-RawNeigh = tuple[int, int, int, bytes | None, bytes | None]
-"""(ifindex, state, flags, lladdr, dst) of one neighbour/FDB message, undecoded."""
-
-
-def _open_rtnl(netns: str | None) -> socket.socket:
-    """A plain NETLINK_ROUTE socket in ``netns`` (``None``: this process's namespace)."""
-    return socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-
-
-class _RawRtnl:
-    """A dedicated raw rtnetlink socket for neighbour/FDB dumps and batched entry writes,
-    packed and parsed with ``struct``.
-
-    Why: pyroute2 spends ~70 µs of Python per dumped message and ~200 µs per request (notes
-    P12), so a no-op pass at 10,000 entries cost ~0.7 s and a first pass ~2.5 s. Here a dump is
-    read in a few ms, and writes go out as one ``send`` per chunk with one ACK per message, so
-    each op still gets its own result (the kernel applies every message of a buffer, P11).
-    This socket is never shared with pyroute2, so sequence numbers cannot collide (P10)."""
-
-    def __init__(self, netns: str | None) -> None:
-        self._sock = _open_rtnl(netns)
-        self._sock.settimeout(10.0)
-        try:  # room for a whole chunk of ACKs (each is a small skb with a large truesize)
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
-        except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        self._seq = itertools.count(1)
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def write(self, msgs: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """Send ``(type, flags, payload)`` requests in one buffer; return each one's errno
-        (0 = success), in order. Raises ``OSError`` if the ACKs cannot be read."""
-        seqs = [next(self._seq) for _ in msgs]
-        buf = b"".join(
-            _HDR.pack(_HDR.size + len(payload), mtype, flags | _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
-            + payload
-            for seq, (mtype, flags, payload) in zip(seqs, msgs, strict=True)
-        )
-        self._sock.send(buf)
-        codes: dict[int, int] = {}
-        wanted = set(seqs)
-        while wanted:
-            data = self._sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
-                if mtype == _NLMSG_ERROR and mseq in wanted:
-                    codes[mseq] = -_ERR.unpack_from(data, off + _HDR.size)[0]
-                    wanted.discard(mseq)
-                off += (length + 3) & ~3
-        return [codes[seq] for seq in seqs]
-
-    def dump(self, family: int) -> Iterator[RawNeigh]:
-        seq = next(self._seq)
-        req = _HDR.pack(
-            _HDR.size + _NDMSG.size, _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
-        )
-        self._sock.send(req + _NDMSG.pack(family, 0, 0, 0, 0))
-        while True:
-            data = self._sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
-                body = off + _HDR.size
-                if mseq == seq:
-                    if mtype in (_NLMSG_DONE, _NLMSG_ERROR):
-                        code = _ERR.unpack_from(data, body)[0] if length >= _HDR.size + 4 else 0
-                        if code < 0:
-                            raise OSError(-code, f"neighbour dump: {os.strerror(-code)}")
-                        if mtype == _NLMSG_DONE or code == 0:
-                            return
-                    elif mtype == _RTM_NEWNEIGH:
-                        yield self._parse(data, body, off + length)
-                off += (length + 3) & ~3
-
-    @staticmethod
-    def _parse(data: bytes, body: int, end: int) -> RawNeigh:
-        _family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, body)
-        lladdr = dst = None
-        a = body + _NDMSG.size
-        while a + _RTA.size <= end:
-            alen, atype = _RTA.unpack_from(data, a)
-            if alen < _RTA.size:
-                break
-            atype &= _NLA_TYPE_MASK
-            if atype == _NDA_DST:
-                dst = data[a + 4 : a + alen]
-            elif atype == _NDA_LLADDR:
-                lladdr = data[a + 4 : a + alen]
-            a += (alen + 3) & ~3
-        return ifindex, state, flags, lladdr, dst
-
-
-def _ip(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-
-
-def _rta(kind: int, payload: bytes) -> bytes:
-    return _RTA.pack(_RTA.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
-def _mac(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def _entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
-    """The rtnetlink request for an FDB/neighbour op (same semantics as ``bridge``/``ip``)."""
-    inet = socket.inet_aton
-    match op:
-        case PutFdb():
-            nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(op.mac)) + _rta(_NDA_DST, inet(op.dst))
-            return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
-        case AddFlood():
-            nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(ZERO_MAC)) + _rta(_NDA_DST, inet(op.dst))
-            return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_APPEND, nd + body
-        case DelFdb():
-            nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(op.mac)) + _rta(_NDA_DST, inet(op.dst))
-            return _RTM_DELNEIGH, 0, nd + body
-        case PutNeigh():
-            nd = _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
-            body = _rta(_NDA_DST, inet(op.ip)) + _rta(_NDA_LLADDR, _mac(op.mac))
-            return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
-        case DelNeigh():
-            nd = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
-            return _RTM_DELNEIGH, 0, nd + _rta(_NDA_DST, inet(op.ip))
-    raise TypeError(f"not an entry op: {op!r}")
-
 
 _ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh)
 
@@ -233,7 +85,7 @@ _ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh)
 #: MLD reports. heddle's overlays are IPv4; without this every bridge, VXLAN device and veth
 #: sends IPv6 multicast that the overlay head-end replicates to every member host. (It cannot
 #: go into the create request: the kernel rejects IFLA_AF_SPEC there, so it is a second set.)
-_NO_IPV6_ADDRESSES = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
+NO_IPV6_ADDRESSES = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
 _TOLERATED: dict[type, frozenset[int]] = {
     AddFlood: frozenset({errno.EEXIST}),
     DelFdb: frozenset({errno.ENOENT}),
@@ -299,7 +151,7 @@ class KernelDataPlane:
     ``vtep`` is this host's underlay address (kept for logs; the planner reads it from the view).
     ``netns``: the namespace to manage as "the host"; ``None`` (production) means the agent's
     own namespace. ``fast_netlink`` (default): FDB/neighbour dumps and writes go through
-    ``_RawRtnl`` (hand-packed rtnetlink, batched; ~15x / ~30x faster at 10,000 entries);
+    ``RawRtnl`` (hand-packed rtnetlink, batched; ~15x / ~30x faster at 10,000 entries);
     ``False`` uses one pyroute2 request per entry and pyroute2 dumps, same semantics (both
     modes run the same integration tests). Raises nothing at construction; sockets open on
     first use. ``observe`` takes the ``HostView`` only to know which endpoint namespaces to
@@ -319,7 +171,7 @@ class KernelDataPlane:
         self.fast_netlink = fast_netlink
         self.endpoint_ttl = endpoint_ttl
         self._ipr: IPRoute | None = None
-        self._raw: _RawRtnl | None = None
+        self._raw: RawRtnl | None = None
         self._ns: dict[str, tuple[int, IPRoute]] = {}
         self._index: dict[str, int] = {}
         # netns -> (when read, its inode, what its endpoint interfaces looked like)
@@ -332,9 +184,9 @@ class KernelDataPlane:
             self._ipr = iproute_in(self.netns)
         return self._ipr
 
-    def _rtnl(self) -> _RawRtnl:
+    def _rtnl(self) -> RawRtnl:
         if self._raw is None:
-            self._raw = _RawRtnl(self.netns)
+            self._raw = RawRtnl(self.netns)
         return self._raw
 
     def _drop_raw(self) -> None:
@@ -391,7 +243,7 @@ class KernelDataPlane:
     def observe(self, view: HostView) -> KernelState:
         """One link dump, one FDB dump and one IPv4 neighbour dump of the host namespace, plus
         the endpoint sides of ``view`` (a link, address and route dump per endpoint netns).
-        The FDB/neighbour dumps go through ``_RawRtnl`` (raw socket, struct parsing).
+        The FDB/neighbour dumps go through ``RawRtnl`` (raw socket, struct parsing).
 
         With ``endpoint_ttl`` > 0 (the agent: 3/4 of its resync interval, at most 10 s), an
         endpoint namespace read less than that long ago, and not touched by an apply since, is
@@ -464,7 +316,7 @@ class KernelDataPlane:
             for ifindex, state, flags, lladdr, dst in self._rtnl().dump(family):
                 if ifindex in devs:
                     mac = lladdr.hex(":") if lladdr else ""
-                    yield ifindex, state, flags, mac, _ip(dst) if dst else None
+                    yield ifindex, state, flags, mac, ip_text(dst) if dst else None
             return
         ipr = self._host()
         dump = ipr.fdb("dump") if family == socket.AF_BRIDGE else ipr.neigh("dump", family=family)
@@ -649,7 +501,7 @@ class KernelDataPlane:
                 continue
             if idx is not None:
                 sent.append(i)
-                msgs.append(_entry_request(op, idx))
+                msgs.append(entry_request(op, idx))
         if not msgs:
             return results
         try:
@@ -713,7 +565,7 @@ class KernelDataPlane:
         idx = int(msg["index"])
         try:
             ipr.link("set", index=idx, ifalias=OWNER_ALIAS)
-            ipr.link("set", index=idx, IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
+            ipr.link("set", index=idx, IFLA_AF_SPEC=NO_IPV6_ADDRESSES)
         except NetlinkError:
             ipr.link("del", index=idx)
             raise
@@ -808,7 +660,7 @@ class KernelDataPlane:
             if inner is None:
                 raise OpFailed(f"veth peer did not appear as {op.netns}/{op.ifname}")
             ns.link("set", index=inner["index"], ifalias=OWNER_ALIAS)
-            ns.link("set", index=inner["index"], IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
+            ns.link("set", index=inner["index"], IFLA_AF_SPEC=NO_IPV6_ADDRESSES)
         except (NetlinkError, OpFailed):
             self._host().link("del", index=idx)
             self._index.pop(op.host_name, None)
@@ -839,7 +691,7 @@ class KernelDataPlane:
             idx = int(moved["index"])
             ns.link("set", index=idx, state="down", ifname=op.ifname)
             # A move re-creates the device's IPv6 state with the namespace defaults.
-            ns.link("set", index=idx, IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
+            ns.link("set", index=idx, IFLA_AF_SPEC=NO_IPV6_ADDRESSES)
         else:
             idx = int(msg["index"])
         ns.link("set", index=idx, address=op.mac, mtu=op.mtu)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from controller.model.errors import HeddleError
-from controller.plan.flows import COOKIE, Flow, parse_flow
+from controller.model.flow import COOKIE, Flow, parse_flow
 
 log = logging.getLogger("heddle.openflow")
 

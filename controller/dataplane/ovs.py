@@ -35,8 +35,8 @@ from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
 from controller.dataplane.ovs_host import HostLinks, set_tx_checksum, tx_checksum
-from controller.dataplane.ovs_state import OvsState
 from controller.dataplane.ovsdb import Ovsdb, OvsdbError
+from controller.model.ovs_state import OvsState
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink

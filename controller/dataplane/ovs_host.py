@@ -29,10 +29,10 @@ from typing import Any
 from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import OpFailed
-from controller.dataplane.kernel import _NO_IPV6_ADDRESSES as NO_IPV6_ADDRESSES
+from controller.dataplane.kernel import NO_IPV6_ADDRESSES
 from controller.dataplane.netns_socket import iproute_in, socket_in
-from controller.dataplane.ovs_state import UnderlayState
 from controller.model.naming import OWNER_ALIAS
+from controller.model.ovs_state import UnderlayState
 from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
 
 IFF_UP = 0x1

@@ -30,8 +30,8 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
-from controller.dataplane.ovs_state import BridgeState, OvsdbState, PortState
 from controller.model.errors import HeddleError
+from controller.model.ovs_state import BridgeState, OvsdbState, PortState
 from controller.plan.ovs_ops import (
     ENDPOINT_KEY,
     FLOW_RESTORE_WAIT,

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from controller.dataplane.kernel_state import (
-    EndpointSide,
+from controller.model.kernel_state import (
     FdbEntry,
     KernelState,
     LinkState,
@@ -31,7 +30,6 @@ from controller.dataplane.kernel_state import (
     VxlanAttrs,
 )
 from controller.model.naming import (
-    PREFIX,
     bridge_name,
     veth_host_name,
     veth_peer_name,
@@ -54,17 +52,10 @@ from controller.plan.kernel_ops import (
     PutFdb,
     PutNeigh,
 )
+from controller.plan.links import is_owned, side_ok, stale_link_dels
 
-__all__ = ["endpoint_keys", "is_owned", "netns_of_interest", "plan_kernel"]
+__all__ = ["endpoint_keys", "netns_of_interest", "plan_kernel"]
 
-_VETH_HOST = PREFIX + "v"
-_VETH_PEER = PREFIX + "p"
-
-
-def is_owned(link: LinkState) -> bool:
-    """Ownership rule: ``hd`` name prefix *and* the owner ifalias (``OWNER_ALIAS``, recorded by
-    the driver as ``LinkState.owned``); never one without the other."""
-    return link.owned and link.name.startswith(PREFIX)
 
 
 def netns_of_interest(view: HostView) -> tuple[str, ...]:
@@ -103,7 +94,7 @@ def plan_kernel(view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
     for nv in view.networks:
         _plan_network(view.host.vtep, nv, actual, desired, entry_dels, recreate_dels, builds)
 
-    return (*entry_dels, *_stale_link_dels(actual, desired), *recreate_dels, *builds)
+    return (*entry_dels, *stale_link_dels(actual, desired), *recreate_dels, *builds)
 
 
 def _plan_network(
@@ -183,7 +174,7 @@ def _plan_endpoint(
         ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac, ep.netns, ep.ifname))
     if ep.netns is not None:
         side = actual.endpoints.get((ep.netns, ep.ifname))
-        if fresh or not _side_ok(side, ep, nv, mtu):
+        if fresh or not side_ok(side, ep, nv, mtu):
             ops.append(
                 ConfigureEndpoint(
                     netns=ep.netns,
@@ -218,21 +209,6 @@ def _vxlan_ok(link: LinkState | None, want: VxlanAttrs, br: str, mtu: int) -> bo
         and link.master == br
         and link.mtu == mtu
         and link.up
-    )
-
-
-def _side_ok(side: EndpointSide | None, ep: Endpoint, nv: NetworkView, mtu: int) -> bool:
-    gateway = nv.network.gateway
-    return (
-        side is not None
-        and side.netns_exists
-        and side.present
-        and side.owned
-        and side.mac == ep.mac
-        and side.mtu == mtu
-        and side.up
-        and f"{ep.ip}/{nv.network.prefixlen}" in side.addresses
-        and (gateway is None or side.gateway == gateway)
     )
 
 
@@ -303,25 +279,3 @@ def _neigh_puts(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[Ke
     return ops
 
 
-def _stale_link_dels(actual: KernelState, desired: set[str]) -> list[KernelOp]:
-    """Owned links nobody wants, in a stable order: veths, VXLAN devices, bridges, others.
-
-    A peer (``hdp``) whose host side (``hdv`` with the same token) still exists is not deleted
-    on its own: it goes with its partner."""
-    stale = [
-        link
-        for name, link in sorted(actual.links.items())
-        if name not in desired and is_owned(link)
-    ]
-
-    def rank(link: LinkState) -> int:
-        return {"veth": 0, "vxlan": 1, "bridge": 2}.get(link.kind, 3)
-
-    ops: list[KernelOp] = []
-    for link in sorted(stale, key=lambda lk: (rank(lk), lk.name)):
-        if link.name.startswith(_VETH_PEER):
-            partner = _VETH_HOST + link.name[len(_VETH_PEER) :]
-            if partner in actual.links:
-                continue  # goes with its partner (a veth pair dies together)
-        ops.append(DelLink(link.name))
-    return ops

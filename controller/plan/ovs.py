@@ -23,13 +23,14 @@ finished. Invariant: once every op applied, planning on a fresh observation retu
 
 from __future__ import annotations
 
-from controller.dataplane.ovs_state import OvsState, UnderlayState
+from controller.model.flow import Flow
 from controller.model.naming import veth_host_name, veth_peer_name
+from controller.model.ovs_state import OvsState, UnderlayState
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
-from controller.plan.flows import Flow, render_flows, render_phy_flows
-from controller.plan.kernel import _side_ok, _stale_link_dels, is_owned
+from controller.plan.flows import render_flows, render_phy_flows
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, KernelOp
+from controller.plan.links import is_owned, side_ok, stale_link_dels
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
     BeginFlowRestore,
@@ -155,7 +156,7 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
         phy += _plan_underlay(layout, view, actual.underlay or UnderlayState())
     integ_flows = [installs[layout.bridge]] if layout.bridge in installs else []
 
-    stale: list[KernelOp] = _stale_link_dels(actual.kernel, desired_links)
+    stale: list[KernelOp] = stale_link_dels(actual.kernel, desired_links)
     link_dels = [op for op in stale if isinstance(op, DelLink)]  # only ever DelLink
     return (
         *port_dels,
@@ -205,7 +206,7 @@ def _plan_endpoint(
         ops.append(port)
     if ep.netns is not None:
         side = actual.kernel.endpoints.get((ep.netns, ep.ifname))
-        if fresh or not _side_ok(side, ep, nv, mtu):
+        if fresh or not side_ok(side, ep, nv, mtu):
             ops.append(
                 ConfigureEndpoint(
                     netns=ep.netns,

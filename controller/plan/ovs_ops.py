@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.model.flow import Flow
 from controller.model.naming import OWNER_ALIAS
-from controller.plan.flows import Flow
 from controller.plan.kernel_ops import VXLAN_PORT, ConfigureEndpoint, DelLink
 
 OWNER_KEY = "heddle-owner"

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.dataplane.ovs_state import BridgeState, OvsdbState, PortState
 from controller.model.errors import InvalidRecord
 from controller.model.naming import IFNAME_MAX, veth_host_name
+from controller.model.ovs_state import BridgeState, OvsdbState, PortState
 from controller.model.view import HostView
 from controller.plan.flows import EndpointKey
 from controller.plan.ovs_ops import VXLAN_PORT, EnsureOvsBridge, EnsureOvsPort

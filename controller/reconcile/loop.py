@@ -17,10 +17,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
+from controller.dataplane.backend import DataPlane
 from controller.model.errors import HeddleError, clip
 from controller.model.records import Host
 from controller.model.view import HostView, Snapshot, host_view
@@ -30,16 +31,6 @@ log = logging.getLogger("heddle.reconcile")
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741
-
-
-class PassDriver(Protocol[S, O]):
-    """What a data-plane backend offers a pass. ``plan`` must be pure; ``apply`` idempotent."""
-
-    def observe(self, view: HostView) -> S: ...
-
-    def plan(self, view: HostView, actual: S) -> Sequence[O]: ...
-
-    def apply(self, ops: Sequence[O]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +59,7 @@ class Reconciler(Generic[S, O]):
         self,
         host: Host,
         snapshot: Callable[[], Snapshot],
-        driver: PassDriver[S, O],
+        driver: DataPlane[S, O],
         trigger: Trigger,
         on_result: Callable[[PassResult], None] = lambda r: None,
         resync_interval: float = 30.0,

@@ -20,7 +20,7 @@ from pyroute2 import IPRoute, netns
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.dataplane.kernel import KernelDataPlane
-from controller.dataplane.kernel_state import FdbEntry, KernelState, LinkState, NeighEntry
+from controller.model.kernel_state import FdbEntry, KernelState, LinkState, NeighEntry
 from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view

@@ -28,19 +28,21 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from controller.dataplane.backend import DataPlaneError
+from controller.dataplane.fake_ovs import FakeOvs
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.ovs import OvsDataPlane
 from controller.dataplane.ovs_host import set_tx_checksum, tx_checksum
-from controller.dataplane.ovs_state import OvsState
 from controller.lab import ovs as lab_ovs
 from controller.lab.capture import capturing, classify
 from controller.lab.nsutil import call_in_netns
 from controller.lab.pinger import PingResult, ping
 from controller.lab.probes import forge_neighbour, wait_ping
+from controller.model.flow import COOKIE
 from controller.model.naming import veth_host_name
+from controller.model.ovs_state import OvsState
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
-from controller.plan.flows import COOKIE, T_ARP
+from controller.plan.flows import T_ARP
 from controller.plan.ovs_ops import (
     BeginFlowRestore,
     EndFlowRestore,
@@ -48,7 +50,7 @@ from controller.plan.ovs_ops import (
     ModFlows,
     ReplaceFlows,
 )
-from controller.plan.ovsdb import TUNNEL_OFPORT, TUNNEL_OPTIONS
+from controller.plan.ovsdb import TUNNEL_OFPORT, TUNNEL_OPTIONS, OvsLayout
 from controller.reconcile.loop import Reconciler
 from controller.reconcile.trigger import Trigger
 
@@ -309,6 +311,45 @@ def test_new_dataplane_adopts_everything_and_plans_nothing(lab: Lab) -> None:
         state = again.observe(view)
         assert again.plan(view, state) == ()
         assert state == before
+
+
+def _normalise_ovs(state: OvsState) -> OvsState:
+    """Drop what OVS and the kernel assign (OpenFlow numbers granted, interface errors,
+    ifindexes, generated MACs, numbers foreign interfaces hold): what is left is what heddle
+    asked for, which the fake must hold alike."""
+    bridges = {}
+    for name, br in state.ovsdb.bridges.items():
+        ports = {p: replace(ps, ofport=None, error=None) for p, ps in br.ports.items()}
+        bridges[name] = replace(br, ports=ports, used_ofports=frozenset())
+    links = {
+        name: replace(lk, index=0, mac=lk.mac if name.startswith("hdp") else "")
+        for name, lk in state.kernel.links.items()
+    }
+    return replace(
+        state,
+        ovsdb=replace(state.ovsdb, bridges=bridges),
+        kernel=replace(state.kernel, links=links),
+    )
+
+
+def test_contract_fake_ovs_and_real_ovs_end_in_equal_states(lab: Lab) -> None:
+    """``FakeOvs`` holds what a real OVS (and the kernel under it) holds after the same passes:
+    a network built, an endpoint removed, everything removed."""
+    steps = [
+        host_view(snapshot(lab), H1),
+        host_view(snapshot(lab, drop=("b", "f"), rev=2), H1),
+        host_view(replace(snapshot(lab, rev=3), endpoints={}), H1),
+    ]
+    layout = OvsLayout(datapath="netdev", underlay_dev="ul0")
+    fake = FakeOvs(layout, H1.vtep, netns=(lab.ep_a, lab.ep_b), nic_address=f"{H1.vtep}/24")
+    with dataplane(lab) as dp:
+        for view in steps:
+            real_state = _normalise_ovs(converge(dp, view))
+            fake.apply(fake.plan(view, fake.observe(view)))
+            fake_state = _normalise_ovs(fake.observe(view))
+            assert fake.plan(view, fake.observe(view)) == ()
+            for part in ("ovsdb", "flows", "underlay", "tx_checksum", "kernel"):
+                assert getattr(fake_state, part) == getattr(real_state, part), part
 
 
 def test_incremental_change_is_a_delta_and_removal_cleans_up(lab: Lab) -> None:

@@ -8,6 +8,7 @@ the server's, not a route's); every socket is closed and the server stopped even
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -62,13 +63,22 @@ def connect(server: PluginServer) -> Iterator[Any]:
 
 
 def _read_reply(s: socket.socket) -> bytes:
+    """One whole response (head and ``Content-Length`` body); what arrived if the peer closed."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
         if not chunk:
-            break
+            return data
         data += chunk
-    return data
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    want = int(m.group(1)) if m else 0
+    while len(body) < want:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def _closed(s: socket.socket, within: float) -> bool:
@@ -153,8 +163,11 @@ def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up(connect: Any) -
     deadline = time.monotonic() + 3
     while True:
         s = connect()
-        s.sendall(HEAD + b"Content-Length: 0\r\n\r\n")
-        reply = _read_reply(s)
+        try:  # still at the cap: a 503 and a close, maybe a reset
+            s.sendall(HEAD + b"Content-Length: 0\r\n\r\n")
+            reply = _read_reply(s)
+        except OSError:
+            reply = b""
         if reply.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -165,10 +178,10 @@ def test_a_client_that_hangs_up_is_no_traceback(
     connect: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="heddle.plugin.server")
-    for _ in range(5):
+    for _ in range(4):  # one at a time: the fixture's server serves at most 3 connections
         s = connect()
         s.sendall(b"POST /Plugin.Slow HTTP/1.1\r\nHost: \r\nContent-Length: 0\r\n\r\n")
-        s.close()  # gone before the answer
-    time.sleep(0.8)
+        s.close()  # gone before the answer (the route takes 0.3 s)
+        time.sleep(0.5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in capfd.readouterr().err

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from controller.model.flow import COOKIE, Flow, make_flow, parse_flow, parse_flows
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.flows import (
-    COOKIE,
     MULTICAST,
     T_ARP,
     T_CLASSIFY,
     T_L2,
     T_TUNNEL,
-    Flow,
-    make_flow,
-    parse_flow,
-    parse_flows,
     render_flows,
     render_phy_flows,
 )

@@ -10,12 +10,12 @@ import pytest
 
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_ovs import FakeOvs
-from controller.dataplane.ovs_state import BridgeState, OvsState, PortState
 from controller.model.errors import InvalidRecord
+from controller.model.flow import COOKIE, make_flow
 from controller.model.naming import veth_host_name, veth_peer_name
+from controller.model.ovs_state import BridgeState, OvsState, PortState
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
-from controller.plan.flows import COOKIE, make_flow
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
 from controller.plan.ovs import desired_flows, plan_ovs

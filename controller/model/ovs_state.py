@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.dataplane.kernel_state import KernelState
-from controller.plan.flows import Flow
+from controller.model.flow import Flow
+from controller.model.kernel_state import KernelState
 
 
 @dataclass(frozen=True, slots=True)
