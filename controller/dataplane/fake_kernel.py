@@ -111,6 +111,13 @@ class FakeKernel:
             if iface.partner is not None:
                 self._links.pop(iface.partner, None)
 
+    def set_master(self, name: str, master: str | None) -> None:
+        """Like another program enslaving or releasing link ``name`` (the OVS datapaths do:
+        ``system`` puts a port under ``ovs-system``, ``netdev`` leaves it without a master)."""
+        lk = self._links.get(name)
+        if lk is not None:
+            lk.master = master
+
     def add_foreign_link(self, name: str, kind: str = "bridge") -> None:
         """A host-namespace link heddle did not create (no owner marker)."""
         self._links[name] = _Link(name, kind, owned=False, index=self._index(), mac=self._mac())

@@ -400,6 +400,8 @@ class FakeOvs:
             self.kernel.apply([veth])
         except DataPlaneError as exc:
             raise OpFailed(exc.reason) from exc
+        if self.layout.netdev:  # the userspace datapath reads the port through AF_PACKET
+            self.kernel.set_master(op.host_name, None)
 
     def _ensure_underlay(self, op: EnsureUnderlay) -> None:
         if not self.nic_present:
