@@ -29,6 +29,20 @@ if TYPE_CHECKING:
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 
 
+_OUTPUT = argparse.ArgumentParser(add_help=False)
+_OUTPUT.add_argument(
+    "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
+    help="output format (also accepted before the command)",
+)  # fmt: skip
+
+
+def _leaf(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
+    """A verb's parser that also takes ``-o``: ``heddle -o json lab status`` and ``heddle lab
+    status -o json`` mean the same (the README writes the latter)."""
+    parser: argparse.ArgumentParser = group.add_parser(name, parents=[_OUTPUT], **kw)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
     p.add_argument("--version", action="version", version=f"heddle {__version__}")
@@ -47,38 +61,38 @@ def _parser() -> argparse.ArgumentParser:
     net = sub.add_parser("network", help="overlay networks").add_subparsers(
         dest="action", required=True
     )
-    c = net.add_parser("create", help="create a network")
+    c = _leaf(net, "create", help="create a network")
     c.add_argument("name")
     c.add_argument("--subnet", required=True, help="IPv4 CIDR, prefix length at most /30")
     c.add_argument("--vni", type=int, help="VXLAN network identifier (default: lowest free)")
     c.add_argument("--gateway", help="gateway address inside the subnet (optional)")
     c.add_argument("--mtu", type=int, help="overlay MTU (default: smallest underlay MTU - 50)")
-    net.add_parser("ls", help="list networks")
-    s = net.add_parser("show", help="show one network and its endpoints")
+    _leaf(net, "ls", help="list networks")
+    s = _leaf(net, "show", help="show one network and its endpoints")
     s.add_argument("name")
-    r = net.add_parser("rm", help="remove a network")
+    r = _leaf(net, "rm", help="remove a network")
     r.add_argument("name")
     r.add_argument("--force", action="store_true", help="also remove its endpoints")
 
     ep = sub.add_parser("endpoint", help="endpoints").add_subparsers(dest="action", required=True)
-    c = ep.add_parser("create", help="create an endpoint (allocates its address)")
+    c = _leaf(ep, "create", help="create an endpoint (allocates its address)")
     c.add_argument("network")
     c.add_argument("--host", required=True)
     c.add_argument("--netns", help="network namespace to move the interface into")
     c.add_argument("--ip", help="address to take (default: lowest free)")
     c.add_argument("--ifname", default="eth0")
     c.add_argument("--id", dest="endpoint_id", help="endpoint id (default: random)")
-    ls = ep.add_parser("ls", help="list endpoints")
+    ls = _leaf(ep, "ls", help="list endpoints")
     ls.add_argument("network", nargs="?")
-    s = ep.add_parser("show", help="show one endpoint")
+    s = _leaf(ep, "show", help="show one endpoint")
     s.add_argument("network")
     s.add_argument("id")
-    r = ep.add_parser("rm", help="remove an endpoint and release its address")
+    r = _leaf(ep, "rm", help="remove an endpoint and release its address")
     r.add_argument("network")
     r.add_argument("id")
 
     host = sub.add_parser("host", help="hosts").add_subparsers(dest="action", required=True)
-    host.add_parser("ls", help="list hosts, liveness and last reconcile status")
+    _leaf(host, "ls", help="list hosts, liveness and last reconcile status")
 
     a = sub.add_parser("agent", help="run the per-host agent")
     a.add_argument("--config", help="TOML file with the same keys as these flags")
@@ -102,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="multi-host lab on network namespaces").add_subparsers(
         dest="action", required=True
     )
-    up = lab.add_parser("up", help="start a lab (etcd + N hosts with agents)")
+    up = _leaf(lab, "up", help="start a lab (etcd + N hosts with agents)")
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
     up.add_argument(
@@ -112,9 +126,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         help="also a private dockerd per host: Debian's 20.10 (the default) or trixie's 26.1",
     )
-    lab.add_parser("down", help="remove every trace of the lab")
-    lab.add_parser("status", help="show the lab")
-    lab.add_parser("demo", help="start a 3-host lab if needed and run the demo checks")
+    _leaf(lab, "down", help="remove every trace of the lab")
+    _leaf(lab, "status", help="show the lab")
+    _leaf(lab, "demo", help="start a 3-host lab if needed and run the demo checks")
     return p
 
 

@@ -84,9 +84,14 @@ def lab_demo() -> int:
     lab = Lab()
     started = not lab.is_up
     if started:
+        print("starting a 3-host lab for the demo (removed again at the end; `heddle lab up`"
+              " keeps one)", flush=True)  # fmt: skip
         lab.up(hosts=3)
+    else:
+        print("using the lab that is up (it stays up)", flush=True)
     try:
         return run_demo(lab)
     finally:
         if started:
             lab.down()
+            print("removed the demo's lab", flush=True)
