@@ -53,6 +53,18 @@ def _open_rtnl(netns: str | None) -> socket.socket:
     return socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """``(offset, length, type, sequence)`` of each netlink message in one received buffer.
+    Raises ``OSError`` (EPROTO) for a header whose length cannot be right."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size:
+            raise OSError(errno.EPROTO, "malformed netlink message")
+        yield off, length, mtype, mseq
+        off += (length + 3) & ~3
+
+
 class RawRtnl:
     """A dedicated raw rtnetlink socket for neighbour/FDB dumps and batched entry writes (see
     the module docstring): a dump is read in a few ms, and writes go out as one ``send`` per
@@ -84,15 +96,10 @@ class RawRtnl:
         wanted = set(seqs)
         while wanted:
             data = self._sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
+            for off, _length, mtype, mseq in _messages(data):
                 if mtype == _NLMSG_ERROR and mseq in wanted:
                     codes[mseq] = -_ERR.unpack_from(data, off + _HDR.size)[0]
                     wanted.discard(mseq)
-                off += (length + 3) & ~3
         return [codes[seq] for seq in seqs]
 
     def dump(self, family: int) -> Iterator[RawNeigh]:
@@ -103,11 +110,7 @@ class RawRtnl:
         self._sock.send(req + _NDMSG.pack(family, 0, 0, 0, 0))
         while True:
             data = self._sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
+            for off, length, mtype, mseq in _messages(data):
                 body = off + _HDR.size
                 if mseq == seq:
                     if mtype in (_NLMSG_DONE, _NLMSG_ERROR):
@@ -118,7 +121,6 @@ class RawRtnl:
                             return
                     elif mtype == _RTM_NEWNEIGH:
                         yield self._parse(data, body, off + length)
-                off += (length + 3) & ~3
 
     @staticmethod
     def _parse(data: bytes, body: int, end: int) -> RawNeigh:

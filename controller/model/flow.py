@@ -147,17 +147,11 @@ def make_flow(
     cookie: int = COOKIE,
 ) -> Flow:
     """A ``Flow`` in canonical form. Pure; raises ``ValueError`` for a malformed action."""
-    pairs = tuple(
-        sorted(
-            (
-                (_SYNONYMS.get(k, k), "" if k in _SHORTHANDS else _canon_value(v))
-                for k, v in match.items()
-            ),
-            key=_match_key,
-        )
-    )
-    acts = tuple(_canon_action(a) for a in actions)
-    return Flow(table, priority, pairs, acts, cookie)
+    canon = {
+        _SYNONYMS.get(k, k): "" if k in _SHORTHANDS else _canon_value(v) for k, v in match.items()
+    }
+    acts = [_canon_action(a) for a in actions]
+    return make_canonical_flow(table, priority, canon, acts, cookie)
 
 
 def make_canonical_flow(
