@@ -9,6 +9,7 @@ on the command line win over the file.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class AgentConfig:
     underlay_dev: str | None = None
     plugin_socket: str | None = "/run/docker/plugins/heddle.sock"
     allow_link_local_vteps: bool = False
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.host, "--host")
@@ -46,6 +48,43 @@ class AgentConfig:
             raise InvalidRecord("--etcd needs at least one URL")
         if not 0.2 <= self.resync_interval <= 3600:
             raise InvalidRecord("--resync-interval must be between 0.2 and 3600 seconds")
+        if self.metrics is not None:
+            if not isinstance(self.metrics, str):
+                raise InvalidRecord("metrics must be a string ADDR:PORT")
+            listen_address(self.metrics)
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """``--metrics`` as ``(addr, port)``, or None when not served."""
+        return None if self.metrics is None else listen_address(self.metrics)
+
+    @property
+    def metrics_advertised(self) -> str | None:
+        """Where other hosts and the CLI reach the metrics port (published in the status
+        record): ``--metrics`` as given, or ``<vtep>:PORT`` when it binds every address."""
+        listen = self.metrics_listen
+        if listen is None:
+            return None
+        addr, port = listen
+        if addr in ("0.0.0.0", "::", ""):
+            return f"{self.vtep}:{port}"
+        return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> ``(addr, port)``. Pure.
+
+    Raises ``InvalidRecord`` (a usage error: retrying cannot help) for anything else."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRecord(f"--metrics {value!r} must be ADDR:PORT (port 1-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidRecord(f"--metrics {value!r}: {host!r} is not an IP address") from None
+    return host, int(port)
 
 
 _FLAG_KEYS = {
@@ -59,6 +98,7 @@ _FLAG_KEYS = {
     "underlay_dev": "underlay_dev",
     "plugin_socket": "plugin_socket",
     "allow_link_local_vteps": "allow_link_local_vteps",
+    "metrics": "metrics",
 }
 
 

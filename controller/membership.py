@@ -47,6 +47,7 @@ class Membership:
         self._lease: int | None = None
         self._alive = False
         self._last_error: str | None = None
+        self._last_contact: float | None = None  # time.monotonic() of the last success
         self.registrations = 0
 
     @property
@@ -57,6 +58,11 @@ class Membership:
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    @property
+    def last_contact(self) -> float | None:
+        """``time.monotonic()`` when etcd last answered a refresh or registration (None: never)."""
+        return self._last_contact
 
     @property
     def lease(self) -> int | None:
@@ -115,12 +121,14 @@ class Membership:
                         self._put_alive(self._lease)  # re-assert after an outage
                     self._alive = True
                     self._last_error = None
+                    self._last_contact = time.monotonic()
                     return True
                 log.warning("membership: lease %x lost; registering again", self._lease)
                 self._lease = None
             self._register()
             self._alive = True
             self._last_error = None
+            self._last_contact = time.monotonic()
             return True
         except StoreUnavailable as exc:
             if was_alive:

@@ -7,9 +7,10 @@ observe(view)) == ()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from controller.diag.facts import NetworkFacts
 from controller.model.errors import HeddleError
 from controller.model.view import HostView
 
@@ -139,6 +140,16 @@ class DataPlane(Protocol[S, Op]):
     def apply(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` in order, each idempotently. Raises ``DataPlaneError`` (after trying
         every op that does not depend on a failed one)."""
+        ...
+
+    def inventory(self, view: HostView, actual: S) -> Mapping[str, int]:
+        """Pure: the owned objects by kind (FDB entries, flows, ...) once ``view`` is realised
+        from ``actual``, i.e. after an ``apply`` that raised nothing (for the metrics)."""
+        ...
+
+    def facts(self, view: HostView, network: str, actual: S) -> NetworkFacts | None:
+        """Pure: what ``actual`` holds for ``network`` of ``view`` (for ``heddle trace``);
+        ``None`` if this host has no endpoint in it."""
         ...
 
     def close(self) -> None:

@@ -15,11 +15,13 @@ peer), and ``applied`` (every op applied, in order).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
 from controller.dataplane.backend import OpFailed, apply_all
+from controller.diag.facts import NetworkFacts
+from controller.diag.kernel_facts import kernel_facts
 from controller.model.kernel_state import (
     EndpointSide,
     FdbEntry,
@@ -30,7 +32,7 @@ from controller.model.kernel_state import (
 )
 from controller.model.naming import PREFIX
 from controller.model.view import HostView
-from controller.plan.kernel import endpoint_keys, plan_kernel
+from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
     AddFlood,
     ConfigureEndpoint,
@@ -194,6 +196,15 @@ class FakeKernel:
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
         return plan_kernel(view, actual)
+
+    def inventory(self, view: HostView, actual: KernelState) -> Mapping[str, int]:
+        """Pure; see ``controller.plan.kernel.owned_counts``."""
+        return owned_counts(view)
+
+    def facts(self, view: HostView, network: str, actual: KernelState) -> NetworkFacts | None:
+        """Pure; see ``controller.diag.kernel_facts``."""
+        nv = view.network(network)
+        return None if nv is None else kernel_facts(view.host, nv, actual)
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         apply_all(ops, self._apply_one)

@@ -19,11 +19,13 @@ Test hooks: ``restart_vswitchd`` / ``kill_vswitchd`` / ``start_vswitchd``, ``add
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
+from controller.diag.facts import NetworkFacts
+from controller.diag.ovs_facts import ovs_facts
 from controller.model.flow import COOKIE, Flow
 from controller.model.ovs_state import (
     BridgeState,
@@ -36,7 +38,7 @@ from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, NetworkView
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, EnsureBridge, EnsureVeth
-from controller.plan.ovs import plan_ovs
+from controller.plan.ovs import owned_counts, plan_ovs
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
     BeginFlowRestore,
@@ -216,6 +218,15 @@ class FakeOvs:
 
     def plan(self, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:
         return plan_ovs(self.layout, view, actual)
+
+    def inventory(self, view: HostView, actual: OvsState) -> Mapping[str, int]:
+        """Pure; see ``controller.plan.ovs.owned_counts``."""
+        return owned_counts(self.layout, view, actual)
+
+    def facts(self, view: HostView, network: str, actual: OvsState) -> NetworkFacts | None:
+        """Pure; see ``controller.diag.ovs_facts``."""
+        nv = view.network(network)
+        return None if nv is None else ovs_facts(self.layout, view.host, nv, actual)
 
     def apply(self, ops: Sequence[OvsOp]) -> None:
         apply_all(ops, self._apply_one)

@@ -32,7 +32,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -48,6 +48,8 @@ from controller.dataplane.rtnetlink import (
     entry_request,
     ip_text,
 )
+from controller.diag.facts import NetworkFacts
+from controller.diag.kernel_facts import kernel_facts
 from controller.model.kernel_state import (
     EndpointSide,
     FdbEntry,
@@ -58,7 +60,7 @@ from controller.model.kernel_state import (
 )
 from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.model.view import HostView
-from controller.plan.kernel import endpoint_keys, plan_kernel
+from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
     ZERO_MAC,
     AddFlood,
@@ -393,6 +395,15 @@ class KernelDataPlane:
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
         """Pure; see ``controller.plan.kernel.plan_kernel``."""
         return plan_kernel(view, actual)
+
+    def inventory(self, view: HostView, actual: KernelState) -> Mapping[str, int]:
+        """Pure; see ``controller.plan.kernel.owned_counts``."""
+        return owned_counts(view)
+
+    def facts(self, view: HostView, network: str, actual: KernelState) -> NetworkFacts | None:
+        """Pure; see ``controller.diag.kernel_facts``."""
+        nv = view.network(network)
+        return None if nv is None else kernel_facts(view.host, nv, actual)
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         """Apply ``ops`` in order (see the module docstring for the failure policy).

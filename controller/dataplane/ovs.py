@@ -25,7 +25,7 @@ thread, which only calls ``on_change``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -36,11 +36,13 @@ from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
 from controller.dataplane.ovs_host import HostLinks, set_tx_checksum, tx_checksum
 from controller.dataplane.ovsdb import Ovsdb, OvsdbError
+from controller.diag.facts import NetworkFacts
+from controller.diag.ovs_facts import ovs_facts
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
-from controller.plan.ovs import plan_ovs
+from controller.plan.ovs import owned_counts, plan_ovs
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
     BeginFlowRestore,
@@ -167,6 +169,15 @@ class OvsDataPlane:
     def plan(self, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:
         """Pure; see ``controller.plan.ovs.plan_ovs``."""
         return plan_ovs(self.layout, view, actual)
+
+    def inventory(self, view: HostView, actual: OvsState) -> Mapping[str, int]:
+        """Pure; see ``controller.plan.ovs.owned_counts``."""
+        return owned_counts(self.layout, view, actual)
+
+    def facts(self, view: HostView, network: str, actual: OvsState) -> NetworkFacts | None:
+        """Pure; see ``controller.diag.ovs_facts``."""
+        nv = view.network(network)
+        return None if nv is None else ovs_facts(self.layout, view.host, nv, actual)
 
     def apply(self, ops: Sequence[OvsOp]) -> None:
         """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""

@@ -85,6 +85,7 @@ BACKENDS = ("kernel", "ovs", "mixed")
 OVS_DATAPATH = "netdev"  # no openvswitch.ko on lab machines (docs/platform.md O3)
 UNDERLAY_DEV = "ul0"
 AGENT_READY_TIMEOUT = 30.0
+METRICS_PORT = 9101  # each agent on its own mgmt0 address
 ETCD_READY_TIMEOUT = 30.0
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{0,8}$")
@@ -434,8 +435,14 @@ class Lab:
         return [
             sys.executable, "-m", "controller", "--etcd", self.etcd_url, "agent",
             "--host", h.name, "--vtep", h.vtep,
-            "--backend", h.backend, *ovs, "--no-plugin", *self.record.agent_args,
+            "--backend", h.backend, *ovs, "--no-plugin", "--metrics", self.metrics_address(host),
+            *self.record.agent_args,
         ]  # fmt: skip
+
+    def metrics_address(self, host: str) -> str:
+        """Where the agent of ``host`` serves metrics, health and diagnostics: its management
+        address (reachable from the root namespace, where Prometheus and the CLI run)."""
+        return f"{self.host(host).mgmt_ip}:{METRICS_PORT}"
 
     def agent_log(self, host: str) -> Path:
         return self.workdir / f"{host}.log"
@@ -585,6 +592,7 @@ class Lab:
                     "netns": h.netns,
                     "vtep": h.vtep,
                     "backend": h.backend,
+                    "metrics": self.metrics_address(h.name),
                     "agent_pid": h.agent.pid
                     if h.agent is not None and is_running(h.agent)
                     else None,

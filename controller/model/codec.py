@@ -174,6 +174,7 @@ def encode_status(s: HostStatus) -> str:
             "skipped": list(s.skipped),
             "skipped_count": s.skipped_count,
             "stuck": s.stuck,
+            **({"metrics": s.metrics} if s.metrics else {}),
         }
     )
 
@@ -206,6 +207,9 @@ def decode_status(raw: bytes | str) -> HostStatus:
         raise InvalidRecord("status: ok must be true or false")
     if stuck is not None and not isinstance(stuck, str):
         raise InvalidRecord("status: stuck must be a string or null")
+    metrics = o.get("metrics")
+    if metrics is not None and (not isinstance(metrics, str) or len(metrics) > 64):
+        raise InvalidRecord("status: metrics must be ADDR:PORT or absent")
     skipped_all = o.get("skipped", [])
     skipped = _status_texts(o, "skipped")
     return HostStatus(
@@ -218,6 +222,7 @@ def decode_status(raw: bytes | str) -> HostStatus:
         skipped,
         _status_int(o, "skipped_count", len(skipped_all)),
         clip_reasons([stuck])[0] if stuck else None,
+        metrics,
     )
 
 

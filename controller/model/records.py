@@ -214,6 +214,7 @@ class HostStatus:
     Bounded whatever is in etcd: ``errors`` and ``skipped`` hold at most ``STATUS_MAX_REASONS``
     reasons of at most ``STATUS_MAX_REASON`` characters each; ``skipped_count`` is the full
     count. ``stuck`` says why the agent is not following etcd (None while it is).
+    ``metrics``: ``ADDR:PORT`` where the agent serves metrics and diagnostics (None: not served).
     """
 
     host: str
@@ -225,6 +226,7 @@ class HostStatus:
     skipped: tuple[str, ...] = ()
     skipped_count: int = 0
     stuck: str | None = None
+    metrics: str | None = None
 
 
 STATUS_MAX_REASONS = 5

@@ -54,7 +54,7 @@ from controller.plan.kernel_ops import (
 )
 from controller.plan.links import is_owned, side_ok, stale_link_dels
 
-__all__ = ["endpoint_keys", "netns_of_interest", "plan_kernel"]
+__all__ = ["endpoint_keys", "netns_of_interest", "owned_counts", "plan_kernel"]
 
 
 
@@ -63,6 +63,19 @@ def netns_of_interest(view: HostView) -> tuple[str, ...]:
     return tuple(
         sorted({ep.netns for nv in view.networks for ep in nv.local if ep.netns is not None})
     )
+
+
+def owned_counts(view: HostView) -> dict[str, int]:
+    """What the host owns once ``view`` is realised (so, after a clean apply: the backend
+    invariant), by kind: ``bridges``, ``vxlan`` devices, ``veths`` (host sides), ``fdb``
+    (unicast and flood entries), ``neigh``. Counted from the view, not from a dump."""
+    return {
+        "bridges": len(view.networks),
+        "vxlan": len(view.networks),
+        "veths": sum(len(nv.local) for nv in view.networks),
+        "fdb": sum(len(_desired_unicast(nv)) + len(nv.flood) for nv in view.networks),
+        "neigh": sum(len(_desired_neigh(nv)) for nv in view.networks),
+    }
 
 
 def endpoint_keys(view: HostView) -> tuple[tuple[str, str], ...]:

@@ -57,7 +57,7 @@ from controller.plan.ovsdb import (
     port_ok,
 )
 
-__all__ = ["desired_flows", "plan_flows", "plan_ovs"]
+__all__ = ["desired_flows", "owned_counts", "plan_flows", "plan_ovs"]
 
 
 def desired_flows(
@@ -69,6 +69,16 @@ def desired_flows(
     if layout.netdev:
         out[layout.phy_bridge] = render_phy_flows(NIC_OFPORT)
     return out
+
+
+def owned_counts(layout: OvsLayout, view: HostView, actual: OvsState) -> dict[str, int]:
+    """What the host owns once ``view`` is realised (after a clean apply), by kind: ``flows``
+    (every bridge heddle keeps) and ``ports``. Pure; counted from what the planner wants."""
+    ofports = assign_ofports(view, actual.ovsdb.bridges.get(layout.bridge))
+    return {
+        "flows": sum(len(t) for t in desired_flows(layout, view, actual).values()),
+        "ports": len(desired_ports(layout, view, ofports)),
+    }
 
 
 def plan_flows(

@@ -117,8 +117,16 @@ def _status(exc: HeddleError) -> int:
     return 500
 
 
-def dispatch(routes: Mapping[str, Route], path: str, body: bytes) -> Reply:
-    """Serve one call. Never raises; logs one line per call (method, status, milliseconds)."""
+OnCall = Callable[[str, int, float], None]
+"""Told of every call: method (``NetworkDriver.Join``; ``unknown`` for a path not served),
+HTTP status, seconds. Must not raise."""
+
+
+def dispatch(
+    routes: Mapping[str, Route], path: str, body: bytes, on_call: OnCall | None = None
+) -> Reply:
+    """Serve one call. Never raises; logs one line per call (method, status, milliseconds)
+    and tells ``on_call`` (the metrics)."""
     t0 = time.perf_counter()
     route = routes.get(path)
     if route is None:
@@ -132,7 +140,10 @@ def dispatch(routes: Mapping[str, Route], path: str, body: bytes) -> Reply:
         except Exception as exc:  # a bug: answer (dockerd has no timeout) and keep serving
             log.exception("plugin %s failed", path)
             reply = _error(route.interface, 500, f"internal error in heddle's plugin: {brief(exc)}")
-    ms = (time.perf_counter() - t0) * 1000
+    seconds = time.perf_counter() - t0
+    ms = seconds * 1000
+    if on_call is not None:
+        on_call(path.lstrip("/") if route is not None else "unknown", reply.status, seconds)
     if reply.status == 200:
         log.info("plugin %s status=200 ms=%.2f", path.lstrip("/"), ms)
     else:

@@ -51,7 +51,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 from controller.model.errors import HeddleError, brief
-from controller.plugin.routes import Route, dispatch
+from controller.plugin.routes import OnCall, Route, dispatch
 
 log = logging.getLogger("heddle.plugin.server")
 
@@ -132,8 +132,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         path: str,
         routes: Mapping[str, Route],
         limits: tuple[int, float, float],
+        on_call: OnCall | None = None,
     ) -> None:
         self.routes = routes
+        self.on_call = on_call
         self.max_connections, self.idle_timeout, self.request_timeout = limits
         self.conn_lock = threading.Lock()
         self.conns: dict[socket.socket, bool] = {}  # connection -> busy serving a request
@@ -206,7 +208,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = self._body()
             if body is None:
                 return
-            reply = dispatch(self.server.routes, urlsplit(self.path).path, body)
+            reply = dispatch(
+                self.server.routes, urlsplit(self.path).path, body, self.server.on_call
+            )
             self._send(reply.status, reply.body)
         finally:
             self._busy(False)
@@ -277,9 +281,11 @@ class PluginServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
+        on_call: OnCall | None = None,
     ) -> None:
         self.path = Path(path)
         self._routes = routes
+        self._on_call = on_call
         self._limits = (max_connections, idle_timeout, request_timeout)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -294,7 +300,7 @@ class PluginServer:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._clear_stale()
-            server = _Server(str(self.path), self._routes, self._limits)
+            server = _Server(str(self.path), self._routes, self._limits, self._on_call)
             try:
                 server.server_bind()
                 os.chmod(self.path, SOCKET_MODE)

@@ -9,6 +9,10 @@ the last successful pass realised stops after the view: the data plane already m
 (the invariant of a successful apply), and drift is the resync's job. So a change elsewhere in
 the cluster -- or a hostile writer's stream of invalid records -- costs this host a view
 computation, not a dump of the kernel or OVS. Its problems are still reported.
+
+Every pass has an id (1, 2, ...) and a trigger: ``start`` (the first), ``event`` (woken by the
+watcher or the data plane), ``resync`` (the periodic timer) or ``retry`` (the backoff after a
+failed pass). Each logs one line with both, its duration, changes and errors (``heddle.pass``).
 """
 
 from __future__ import annotations
@@ -17,25 +21,52 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from controller.dataplane.backend import DataPlane
+from controller.dataplane.backend import DataPlane, DataPlaneError
 from controller.model.errors import HeddleError, clip
 from controller.model.records import Host
 from controller.model.view import HostView, Snapshot, host_view
 from controller.reconcile.trigger import Trigger, Wake
 
 log = logging.getLogger("heddle.reconcile")
+pass_log = logging.getLogger("heddle.pass")
+TRIGGERS = ("start", "event", "resync", "retry", "manual")
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741
 
 
 @dataclass(frozen=True, slots=True)
+class ViewStats:
+    """The size of a host view: what the metrics report as local endpoints, networks, peers."""
+
+    networks: int
+    local_endpoints: int
+    peers: int
+
+
+def view_stats(view: HostView) -> ViewStats:
+    """Pure."""
+    return ViewStats(
+        len(view.networks),
+        sum(len(nv.local) for nv in view.networks),
+        len({v for nv in view.networks for v in nv.flood}),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PassResult:
-    """Outcome of one pass: the revision realised, ops applied, and what went wrong."""
+    """Outcome of one pass: the revision realised, ops applied, and what went wrong.
+
+    ``observed``: the data plane was read (False: the view was unchanged, see the module
+    docstring). ``op_counts``: ops planned (applied unless ``ok`` is False), per op type.
+    ``error_kinds``: one entry per failed op (its type) or the exception type of a pass that
+    failed otherwise. ``inventory``: owned objects by kind after a clean full pass, else None.
+    """
 
     revision: int
     started: float
@@ -45,6 +76,13 @@ class PassResult:
     error: str | None
     problems: tuple[str, ...]
     ops: tuple[str, ...] = ()
+    pass_id: int = 0
+    trigger: str = "manual"
+    observed: bool = True
+    op_counts: tuple[tuple[str, int], ...] = ()
+    error_kinds: tuple[str, ...] = ()
+    stats: ViewStats | None = None
+    inventory: Mapping[str, int] | None = None
 
 
 def _same_plane(a: HostView, b: HostView) -> bool:
@@ -77,85 +115,92 @@ class Reconciler(Generic[S, O]):
         self._backoff_max = backoff_max
         self._link_local_vteps = link_local_vteps
         self._stop = threading.Event()
+        self._pass_id = 0
         self.passes = 0
         self.failures = 0
         self.last: PassResult | None = None
         self._reported: frozenset[str] = frozenset()
         self._realised: HostView | None = None  # the view the last successful pass realised
         self.skipped_passes = 0
+        self.view: HostView | None = None  # the view of the latest pass (read by diagnostics)
+        self.first_ok = threading.Event()  # set once a full pass succeeded
 
-    def run_pass(self, full: bool = True) -> PassResult:
+    def run_pass(self, full: bool = True, trigger: str = "manual") -> PassResult:
         """Realise the current snapshot once. Never raises: failures are in the result.
 
-        ``full=False``: skip the data plane if the view equals the last realised one."""
+        ``full=False``: skip the data plane if the view equals the last realised one.
+        ``trigger``: what started the pass (one of ``TRIGGERS``; for the log and the metrics)."""
         started = time.time()
         t0 = time.perf_counter()
+        self._pass_id += 1
         snap = self._snapshot()
         view = host_view(snap, self._host, link_local_vteps=self._link_local_vteps)
+        self.view = view
+        stats = view_stats(view)
         problems = tuple(snap.skipped) + view.problems
         self._report(problems)
         if not full and self._realised is not None and _same_plane(view, self._realised):
             self.skipped_passes += 1
             result = PassResult(snap.revision, started, time.perf_counter() - t0, 0, True, None,
-                                problems)  # fmt: skip
-            self.last = result
-            log.info(
-                "pass revision=%d changes=0 ok=True duration_ms=%.1f problems=%d view=unchanged",
-                snap.revision,
-                result.duration * 1000,
-                len(problems),
-            )
-            self._publish(result)
+                                problems, pass_id=self._pass_id, trigger=trigger, observed=False,
+                                stats=stats)  # fmt: skip
+            self._finish(result, ())
             return result
         applied: tuple[str, ...] = ()
+        kinds: Counter[str] = Counter()
         self._realised = None
         try:
             actual = self._driver.observe(view)
             ops = tuple(self._driver.plan(view, actual))
             applied = tuple(str(op) for op in ops)
+            kinds.update(type(op).__name__ for op in ops)
             if ops:
                 self._driver.apply(ops)
             result = PassResult(
-                snap.revision,
-                started,
-                time.perf_counter() - t0,
-                len(ops),
-                True,
-                None,
-                problems,
-                applied,
-            )
+                snap.revision, started, time.perf_counter() - t0, len(ops), True, None, problems,
+                applied, self._pass_id, trigger, True, tuple(sorted(kinds.items())), (), stats,
+                self._driver.inventory(view, actual),
+            )  # fmt: skip
             self._realised = view
+            self.first_ok.set()
         except Exception as exc:  # a pass must never kill the agent
             if isinstance(exc, HeddleError):  # expected (a missing netns, etcd down): no trace
                 log.warning("pass at revision %d failed: %s", snap.revision, exc)
             else:
                 log.exception("pass at revision %d failed", snap.revision)
+            if isinstance(exc, DataPlaneError):
+                errors = tuple(type(op).__name__ for op, _ in exc.failures)
+            else:
+                errors = (type(exc).__name__,)
             result = PassResult(
-                snap.revision,
-                started,
-                time.perf_counter() - t0,
-                len(applied),
-                False,
-                f"{type(exc).__name__}: {exc}",
-                problems,
-                applied,
-            )
+                snap.revision, started, time.perf_counter() - t0, len(applied), False,
+                f"{type(exc).__name__}: {exc}", problems, applied, self._pass_id, trigger, True,
+                tuple(sorted(kinds.items())), errors, stats,
+            )  # fmt: skip
         self.passes += 1
         self.failures += 0 if result.ok else 1
+        self._finish(result, applied)
+        return result
+
+    def _finish(self, result: PassResult, applied: tuple[str, ...]) -> None:
         self.last = result
-        log.info(
-            "pass revision=%d changes=%d ok=%s duration_ms=%.1f problems=%d",
-            result.revision,
-            result.changes,
-            result.ok,
-            result.duration * 1000,
-            len(problems),
-        )
+        pass_log.info(
+            "pass id=%d trigger=%s revision=%d changes=%d errors=%d ok=%s duration_ms=%.1f "
+            "problems=%d%s",
+            result.pass_id, result.trigger, result.revision, result.changes,
+            len(result.error_kinds), result.ok, result.duration * 1000, len(result.problems),
+            "" if result.observed else " view=unchanged",
+            extra={"heddle": {
+                "pass_id": result.pass_id, "trigger": result.trigger,
+                "revision": result.revision, "changes": result.changes,
+                "errors": len(result.error_kinds), "ok": result.ok,
+                "duration_ms": round(result.duration * 1000, 3),
+                "problems": len(result.problems), "observed": result.observed,
+            }},
+        )  # fmt: skip
         for op in applied:
             log.debug("  %s", op)
         self._publish(result)
-        return result
 
     def _publish(self, result: PassResult) -> None:
         try:
@@ -175,9 +220,12 @@ class Reconciler(Generic[S, O]):
         delay = self._backoff_initial
         wake = Wake.FULL
         next_resync = 0.0
+        trigger = "start"
         while not self._stop.is_set():
             now, skipped = time.monotonic(), self.skipped_passes
-            result = self.run_pass(full=wake is not Wake.DESIRED or now >= next_resync)
+            result = self.run_pass(
+                full=wake is not Wake.DESIRED or now >= next_resync, trigger=trigger
+            )
             if result.ok:
                 delay = self._backoff_initial
                 if self.skipped_passes == skipped:  # the data plane was observed: resync later
@@ -187,6 +235,8 @@ class Reconciler(Generic[S, O]):
                 timeout = delay * random.uniform(0.5, 1.0)
                 delay = min(delay * 2, self._backoff_max)
             wake = self._trigger.wait(timeout)
+            retry_or_resync = "resync" if result.ok else "retry"
+            trigger = "event" if wake is not Wake.TIMEOUT else retry_or_resync
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,6 +9,7 @@ The record stays small whatever is in etcd: the number of skipped records plus t
 reasons, each cut short (``records.clip_reasons``); 1,000 bad records cost the same bytes as 5.
 ``stuck`` (from the ``stuck`` callable, normally the watcher's ``stalled``) says why the agent is
 not following etcd; a stuck agent's status is not ``ok`` even if its passes succeed.
+``metrics`` is where the agent serves metrics and diagnostics (``heddle trace`` asks there).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class StatusWriter:
         heartbeat: float = 30.0,
         stuck: Callable[[], str | None] = lambda: None,
         quiet_interval: float = 1.0,
+        metrics: str | None = None,
     ) -> None:
+        self._metrics = metrics
         self._kv = kv
         self._host = host
         self._stuck = stuck
@@ -71,6 +74,7 @@ class StatusWriter:
             skipped=clip_reasons(result.problems),
             skipped_count=len(result.problems),
             stuck=clip_reasons([stuck])[0] if stuck else None,
+            metrics=self._metrics,
         )
         with self._lock:
             now = time.monotonic()

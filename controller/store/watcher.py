@@ -71,6 +71,8 @@ class Watcher:
         self._last_error: str | None = None
         self._sessions = 0
         self._failures = 0
+        self._relists = 0
+        self._revision_seen = 0
         self._down_since: float | None = time.monotonic()  # not following etcd since
 
     # -- state --------------------------------------------------------------------------------
@@ -88,6 +90,16 @@ class Watcher:
     def reconnects(self) -> int:
         """Sessions started after the first one (each follows a failure or compaction)."""
         return max(0, self._sessions - 1)
+
+    @property
+    def relists(self) -> int:
+        """Full listings of the prefix since start (the first one included)."""
+        return self._relists
+
+    @property
+    def revision_seen(self) -> int:
+        """The newest etcd revision a listing or watch response carried (0 before any)."""
+        return self._revision_seen
 
     @property
     def failures(self) -> int:
@@ -186,6 +198,8 @@ class Watcher:
             while not self._stop.is_set():
                 if self._need_list:
                     listing = kv.list(self._prefix)
+                    self._relists += 1
+                    self._revision_seen = max(self._revision_seen, listing.revision)
                     changed = self._cache.replace_all(listing)
                     self._need_list = False
                     self._synced.set()
@@ -202,6 +216,7 @@ class Watcher:
                     self._last_error = None
                     began = time.monotonic()
                     for batch in stream:
+                        self._revision_seen = max(self._revision_seen, batch.revision)
                         if self._cache.apply(batch):
                             self._notify()
                 except Compacted as exc:

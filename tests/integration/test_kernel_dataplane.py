@@ -267,6 +267,23 @@ def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab, fast: bool) -> N
             real_state = converge(dp, view)
             fake_state = converge(fake, view)
             assert _normalise(real_state) == _normalise(fake_state)
+            # what the metrics and `heddle trace` read agree too, and the inventory counts
+            # what the kernel really holds
+            assert dp.inventory(view, real_state) == _counted(real_state)
+            assert fake.inventory(view, fake_state) == _counted(fake_state)
+            for nv in view.networks:
+                name = nv.network.name
+                assert fake.facts(view, name, fake_state) == dp.facts(view, name, real_state)
+
+
+def _counted(state: KernelState) -> dict[str, int]:
+    return {
+        "bridges": sum(1 for lk in state.links.values() if lk.owned and lk.kind == "bridge"),
+        "vxlan": sum(1 for lk in state.links.values() if lk.owned and lk.kind == "vxlan"),
+        "veths": sum(1 for n, lk in state.links.items() if lk.owned and n.startswith("hdv")),
+        "fdb": sum(len(entries) for entries in state.fdb.values()),
+        "neigh": sum(len(entries) for entries in state.neigh.values()),
+    }
 
 
 def test_entry_ops_report_per_op_results(lab: Lab, fast: bool) -> None:

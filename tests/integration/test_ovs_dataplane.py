@@ -356,6 +356,11 @@ def test_contract_fake_ovs_and_real_ovs_end_in_equal_states(lab: Lab) -> None:
                       if fake_links.get(n) != real_links.get(n)}  # fmt: skip
             assert not differ, differ
             assert fake_state.kernel == real_state.kernel
+            # what the metrics and `heddle trace` read agree too
+            assert fake.inventory(view, fake_state) == dp.inventory(view, real_state)
+            for nv in view.networks:
+                name = nv.network.name
+                assert fake.facts(view, name, fake_state) == dp.facts(view, name, real_state)
 
 
 def test_incremental_change_is_a_delta_and_removal_cleans_up(lab: Lab) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.agent import load_config
-from controller.cli import _parser
+from controller.cli.parser import build_parser as _parser
 from controller.model.errors import InvalidRecord
 
 
@@ -51,3 +51,36 @@ def test_refusals(tmp_path: Path, toml: str, argv: tuple[str, ...], needle: str)
     f.write_text(toml)
     with pytest.raises(InvalidRecord, match=needle):
         load_config(parse("--config", str(f), *argv))
+
+
+@pytest.mark.parametrize(
+    ("value", "advertised"),
+    [
+        ("10.0.0.5:9101", "10.0.0.5:9101"),
+        ("0.0.0.0:9101", "192.0.2.1:9101"),
+        ("[::1]:9200", "[::1]:9200"),
+    ],
+)
+def test_metrics_address_and_where_it_is_published(value: str, advertised: str) -> None:
+    cfg = load_config(parse("--host", "h1", "--vtep", "192.0.2.1", "--metrics", value))
+    assert cfg.metrics_advertised == advertised
+
+
+@pytest.mark.parametrize("value", ["9101", "host:9101", "10.0.0.5:0", "10.0.0.5:70000", ":9101"])
+def test_a_bad_metrics_address_is_refused(value: str) -> None:
+    with pytest.raises(InvalidRecord, match="--metrics"):
+        load_config(parse("--host", "h1", "--vtep", "192.0.2.1", "--metrics", value))
+
+
+def test_status_records_carry_the_metrics_address_and_old_ones_still_read() -> None:
+    from controller.model import codec
+    from controller.model.records import HostStatus
+
+    st = HostStatus("h1", 3, 1.0, True, metrics="10.0.0.5:9101")
+    assert codec.decode_status(codec.encode_status(st)) == st
+    old = '{"host": "h1", "revision": 3, "last_pass": 1.0, "ok": true}'
+    assert codec.decode_status(old).metrics is None
+    with pytest.raises(InvalidRecord, match="metrics"):
+        codec.decode_status(
+            '{"host": "h1", "revision": 3, "last_pass": 1, "ok": true, "metrics": 5}'
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.cli import _parser
+from controller.cli.parser import build_parser as _parser
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,279 @@
+"""``heddle agent``: the composition root of the per-host agent.
+
+``Agent`` wires the parts and starts them in order -- membership, watcher, Docker plugin and
+telemetry (they need only etcd), then, once the cache holds a full listing, the data plane, the
+status writer and the reconciler -- and stops them in the reverse order. The data plane is
+never touched before that first listing: acting on an empty picture would tear down every
+tunnel of a host whose agent restarts while etcd is down. On exit the lease is revoked (the
+host shows as not alive) and the data plane is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from controller import __version__
+from controller.agent import AgentConfig
+from controller.dataplane.backend import DataPlane
+from controller.diag.facts import NetworkFacts
+from controller.membership import Membership
+from controller.model.errors import HeddleError
+from controller.model.records import Host
+from controller.model.view import HostView
+from controller.reconcile.loop import PassResult, Reconciler
+from controller.reconcile.status import StatusWriter
+from controller.reconcile.trigger import Trigger
+from controller.store import keys
+from controller.store.cache import Cache
+from controller.store.etcd import EtcdKV, TLSFiles
+from controller.store.watcher import Watcher
+from controller.telemetry.health import Health
+from controller.telemetry.metrics import AgentMetrics, BuildInfo
+from controller.telemetry.server import NotReady, TelemetryServer
+
+log = logging.getLogger("heddle.agent")
+STUCK_AFTER = 15.0  # three watch backoff caps: the status then says the agent is stuck
+
+
+def underlay_mtu(vtep: str) -> int:
+    """MTU of the interface carrying ``vtep`` in this namespace (1500 if none carries it)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=2):
+            if addr.get("IFA_ADDRESS") == vtep:
+                links = ipr.get_links(addr["index"])
+                return int(links[0].get("IFLA_MTU")) if links else 1500
+    return 1500
+
+
+def make_dataplane(
+    cfg: AgentConfig, host: Host, trigger: Trigger | None, for_diagnostics: bool = False
+) -> DataPlane[Any, Any]:
+    """The configured backend. OVS notices an ovs-vswitchd restart itself and wakes the
+    reconciler (``trigger.fire``) so flows come back at once, not at the next resync.
+    ``for_diagnostics``: a second, read-only handle for the telemetry thread (drivers are not
+    thread-safe) that reads every endpoint namespace afresh."""
+    if cfg.backend == "ovs":
+        from controller.dataplane.ovs import OvsDataPlane
+
+        return OvsDataPlane(
+            host.vtep,
+            ovsdb=cfg.ovsdb or "unix:/var/run/openvswitch/db.sock",
+            datapath=cfg.ovs_datapath,
+            underlay_dev=cfg.underlay_dev,
+            on_change=None if trigger is None else trigger.fire,
+        )
+    from controller.dataplane.kernel import KernelDataPlane
+
+    # Endpoint namespaces are re-read at every resync, not at every event-driven pass.
+    # (75 %: a resync comes 0.8-1.2 intervals after the last pass.)
+    ttl = 0.0 if for_diagnostics else min(0.75 * cfg.resync_interval, 10.0)
+    return KernelDataPlane(host.vtep, endpoint_ttl=ttl)
+
+
+class Agent:
+    """One host's agent. ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT)."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        tls = TLSFiles(cfg.cacert, cfg.cert, cfg.key) if (cfg.cacert or cfg.cert) else None
+        self._urls = list(cfg.etcd)
+        self._tls = tls
+        self.host = Host(
+            cfg.host, cfg.vtep, cfg.underlay_mtu or underlay_mtu(cfg.vtep),
+            "kernel" if cfg.backend == "kernel" else "ovs", __version__,
+        )  # fmt: skip
+        self.kv = self._new_kv()
+        self.stopping = threading.Event()
+        self.trigger = Trigger()
+        self.cache = Cache()
+        self.membership = Membership(self.kv, self.host)
+        self.watcher = Watcher(self._new_kv, keys.ROOT, self.cache, self.trigger.fire_desired)
+        self.metrics = AgentMetrics(
+            BuildInfo(__version__, self.host.backend, self.host.name), lambda: self.watcher
+        )
+        self.reconciler: Reconciler[Any, Any] | None = None
+        self._worker: threading.Thread | None = None
+        self._dataplane: DataPlane[Any, Any] | None = None
+        self._diag_plane: DataPlane[Any, Any] | None = None
+        # One long-lived thread owns the diagnostic handle: pyroute2's sockets belong to the
+        # thread that opened them, and the HTTP server answers each request on a new thread.
+        self._diag_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heddle-diag")
+        self._status: StatusWriter | None = None
+        self._plugin: Any = None
+        self._readiness: Any = None
+        self.health = Health(
+            worker_alive=lambda: self._worker is None or self._worker.is_alive(),
+            first_pass_done=self._first_pass_done,
+            etcd_contact=lambda: self.membership.last_contact,
+        )  # fmt: skip
+        self.telemetry: TelemetryServer | None = None
+
+    def _first_pass_done(self) -> bool:
+        return self.reconciler is not None and self.reconciler.first_ok.is_set()
+
+    def _new_kv(self) -> EtcdKV:
+        return EtcdKV(self._urls, tls=self._tls)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT stop the agent (main thread only)."""
+        agent_pid = os.getpid()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if os.getpid() != agent_pid:  # a short-lived child (pyroute2's netns helper)
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            log.info("signal %d: stopping", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        self.membership.start()
+        self.watcher.start()
+        self._start_plugin()
+        self._start_telemetry()
+        log.info(
+            "agent %s (vtep %s, mtu %d) waiting for etcd %s",
+            self.host.name, self.host.vtep, self.host.underlay_mtu, ",".join(self._urls),
+        )  # fmt: skip
+        while not self.stopping.is_set() and not self.watcher.wait_synced(1.0):
+            pass
+        if not self.stopping.is_set():
+            self._start_reconciler()
+        self.stopping.wait()
+        self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask ``run`` to return. Thread- and signal-safe; idempotent."""
+        self.stopping.set()
+        self.trigger.fire()
+
+    def _start_reconciler(self) -> None:
+        cfg = self.cfg
+        self._dataplane = make_dataplane(cfg, self.host, self.trigger)
+        self._status = StatusWriter(
+            self.kv, self.host.name, stuck=lambda: self.watcher.stalled(STUCK_AFTER),
+            metrics=cfg.metrics_advertised if self.telemetry is not None else None,
+        )  # fmt: skip
+        status = self._status
+
+        def on_result(result: PassResult) -> None:
+            self.metrics.record_pass(result)
+            status(result)
+            if self._readiness is not None:
+                self._readiness.notify()  # a Join waiting for its veth looks again at once
+
+        self.reconciler = Reconciler(
+            self.host, self.cache.snapshot, self._dataplane, self.trigger, on_result,
+            resync_interval=cfg.resync_interval, link_local_vteps=cfg.allow_link_local_vteps,
+        )  # fmt: skip
+        self._worker = threading.Thread(target=self.reconciler.run, name="reconciler", daemon=True)
+        self._worker.start()
+
+    def _shutdown(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=10)
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        if self._plugin is not None:
+            self._plugin.stop()  # in-flight calls finish (<= 2 s); the socket file is removed
+            self._readiness.close()
+        if self._status is not None:
+            self._status.close()
+        self.watcher.stop()
+        self.membership.stop()
+        if self._dataplane is not None:
+            self._dataplane.close()
+        if self._diag_plane is not None:
+            self._diag_pool.submit(self._diag_plane.close).result()
+        self._diag_pool.shutdown()
+        self.kv.close()
+
+    # -- optional parts -----------------------------------------------------------------------
+    def _start_plugin(self) -> None:
+        """Serve the Docker plugin (unless ``--no-plugin``). It needs only etcd, so it is up
+        before the first pass: dockerd may call it as soon as it starts."""
+        cfg = self.cfg
+        if cfg.plugin_socket is None:
+            return
+        from controller.plugin.readiness import LinkReadiness
+        from controller.plugin.service import plugin_server
+
+        readiness = LinkReadiness(require_master=cfg.backend == "kernel")
+
+        def on_call(method: str, status: int, seconds: float) -> None:
+            self.metrics.record_plugin(method, status == 200, seconds)
+
+        server = plugin_server(
+            self.kv, self.host.name, cfg.plugin_socket, readiness, on_call=on_call
+        )
+        try:
+            server.start()
+        except (HeddleError, OSError) as exc:
+            # The data plane is the agent's first job; a socket another process serves (or a
+            # directory we cannot write) must not stop it. The error says why Docker cannot
+            # reach us.
+            log.error("docker plugin NOT served on %s: %s", cfg.plugin_socket, exc)
+            readiness.close()
+            return
+        log.info("docker plugin on %s", cfg.plugin_socket)
+        self._plugin, self._readiness = server, readiness
+
+    def _start_telemetry(self) -> None:
+        """Serve metrics, health and diagnostics (``--metrics``). Like the plugin, an address
+        that cannot be bound is logged and the agent goes on."""
+        listen = self.cfg.metrics_listen
+        if listen is None:
+            return
+        server = TelemetryServer(listen, self.metrics, self.health, self.diagnose)
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("metrics NOT served on %s: %s", self.cfg.metrics, exc)
+            return
+        log.info("metrics, health and diagnostics on %s", self.cfg.metrics)
+        self.telemetry = server
+
+    def diagnose(self, network: str) -> NetworkFacts | None:
+        """What this host's data plane holds for ``network`` now (a fresh, read-only
+        observation of that network only). Raises ``NotReady`` before the first pass and
+        ``HeddleError`` if the data plane cannot be read. Thread-safe."""
+        rec = self.reconciler
+        view = rec.view if rec is not None else None
+        if view is None:
+            raise NotReady("no pass has run yet")
+        nv = view.network(network)
+        if nv is None:
+            return None
+        facts = self._diag_pool.submit(self._observe_one, HostView(view.host, (nv,))).result()
+        return None if facts is None else replace(facts, observed_at=time.time())
+
+    def _observe_one(self, scoped: HostView) -> NetworkFacts | None:
+        """On the diagnostic thread: observe ``scoped`` (one network) with the diagnostic
+        handle, opened on first use."""
+        if self._diag_plane is None:
+            self._diag_plane = make_dataplane(self.cfg, self.host, None, for_diagnostics=True)
+        actual = self._diag_plane.observe(scoped)
+        return self._diag_plane.facts(scoped, scoped.networks[0].network.name, actual)
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    """Run the agent of ``cfg`` in this process until SIGTERM/SIGINT."""
+    agent = Agent(cfg)
+    agent.install_signals()
+    return agent.run()

@@ -1,0 +1,151 @@
+"""The ``heddle`` command line's grammar and exit codes. Pure (builds an ``argparse`` parser).
+
+Exit codes, for every verb: ``OK`` success; ``REFUSED`` a refused request (invalid input,
+conflict, not found, exhausted; for ``status`` and ``trace``: something is not healthy) with a
+message on stderr and nothing written; ``USAGE`` a usage error (argparse's own code);
+``UNAVAILABLE`` etcd unreachable (retrying later can help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from controller import __version__
+from controller.lab.docker_engine import DEFAULT_ENGINE, ENGINES
+
+OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+LOG_FORMATS = ("text", "json")
+
+_OUTPUT = argparse.ArgumentParser(add_help=False)
+_OUTPUT.add_argument(
+    "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
+    help="output format (also accepted before the command)",
+)  # fmt: skip
+
+
+def _leaf(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
+    """A verb's parser that also takes ``-o``: ``heddle -o json lab status`` and ``heddle lab
+    status -o json`` mean the same (the README writes the latter)."""
+    parser: argparse.ArgumentParser = group.add_parser(name, parents=[_OUTPUT], **kw)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole grammar: global flags, then ``network|endpoint|host|status|trace|agent|lab``."""
+    p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
+    p.add_argument("--version", action="version", version=f"heddle {__version__}")
+    p.add_argument(
+        "--etcd",
+        default=os.environ.get("HEDDLE_ETCD", DEFAULT_ETCD),
+        help="etcd URL(s), comma separated (env HEDDLE_ETCD; default %(default)s)",
+    )
+    p.add_argument("--cacert", help="CA certificate to verify etcd (enables TLS)")
+    p.add_argument("--cert", help="client certificate for etcd")
+    p.add_argument("--key", help="client key for etcd")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="log lines as text (default) or one JSON object per line, for log shippers",
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    _records(sub)
+    st = _leaf(sub, "status", help="the cluster at a glance; exit 1 if anything is unhealthy")
+    st.add_argument(
+        "--stale-after", type=float, default=90.0,
+        help="a host whose last status is older than this many seconds is unhealthy (%(default)s)",
+    )  # fmt: skip
+    tr = _leaf(sub, "trace", help="the path from an endpoint to an address, hop by hop")
+    tr.add_argument("network")
+    tr.add_argument("source", metavar="FROM", help="endpoint id or address")
+    tr.add_argument("dest", metavar="TO", help="an address in the network")
+    tr.add_argument("--timeout", type=float, default=2.0, help="per-agent request timeout")
+    _agent(sub)
+    _lab(sub)
+    return p
+
+
+def _records(sub: Any) -> None:
+    net = sub.add_parser("network", help="overlay networks").add_subparsers(
+        dest="action", required=True
+    )
+    c = _leaf(net, "create", help="create a network")
+    c.add_argument("name")
+    c.add_argument("--subnet", required=True, help="IPv4 CIDR, prefix length at most /30")
+    c.add_argument("--vni", type=int, help="VXLAN network identifier (default: lowest free)")
+    c.add_argument("--gateway", help="gateway address inside the subnet (optional)")
+    c.add_argument("--mtu", type=int, help="overlay MTU (default: smallest underlay MTU - 50)")
+    _leaf(net, "ls", help="list networks")
+    s = _leaf(net, "show", help="show one network and its endpoints")
+    s.add_argument("name")
+    r = _leaf(net, "rm", help="remove a network")
+    r.add_argument("name")
+    r.add_argument("--force", action="store_true", help="also remove its endpoints")
+
+    ep = sub.add_parser("endpoint", help="endpoints").add_subparsers(dest="action", required=True)
+    c = _leaf(ep, "create", help="create an endpoint (allocates its address)")
+    c.add_argument("network")
+    c.add_argument("--host", required=True)
+    c.add_argument("--netns", help="network namespace to move the interface into")
+    c.add_argument("--ip", help="address to take (default: lowest free)")
+    c.add_argument("--ifname", default="eth0")
+    c.add_argument("--id", dest="endpoint_id", help="endpoint id (default: random)")
+    ls = _leaf(ep, "ls", help="list endpoints")
+    ls.add_argument("network", nargs="?")
+    s = _leaf(ep, "show", help="show one endpoint")
+    s.add_argument("network")
+    s.add_argument("id")
+    r = _leaf(ep, "rm", help="remove an endpoint and release its address")
+    r.add_argument("network")
+    r.add_argument("id")
+
+    host = sub.add_parser("host", help="hosts").add_subparsers(dest="action", required=True)
+    _leaf(host, "ls", help="list hosts, liveness and last reconcile status")
+
+
+def _agent(sub: Any) -> None:
+    a = sub.add_parser("agent", help="run the per-host agent")
+    a.add_argument("--config", help="TOML file with the same keys as these flags")
+    a.add_argument("--host", dest="host_name")
+    a.add_argument("--vtep")
+    a.add_argument("--backend", choices=("kernel", "ovs"))
+    a.add_argument("--underlay-mtu", type=int, help="default: MTU of the VTEP's interface")
+    a.add_argument("--resync-interval", type=float)
+    a.add_argument("--ovsdb")
+    a.add_argument("--ovs-datapath", choices=("system", "netdev"))
+    a.add_argument("--underlay-dev")
+    a.add_argument("--plugin-socket")
+    a.add_argument("--no-plugin", action="store_true", default=None)
+    a.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics, /healthz, /readyz and diagnostics here (off by default)",
+    )
+    a.add_argument(
+        "--allow-link-local-vteps",
+        action="store_true",
+        default=None,
+        help="accept hosts whose VTEP is link-local (169.254.0.0/16); refused by default",
+    )
+
+
+def _lab(sub: Any) -> None:
+    lab = sub.add_parser("lab", help="multi-host lab on network namespaces").add_subparsers(
+        dest="action", required=True
+    )
+    up = _leaf(lab, "up", help="start a lab (etcd + N hosts with agents)")
+    up.add_argument("--hosts", type=int, default=3)
+    up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
+    up.add_argument(
+        "--docker",
+        nargs="?",
+        const=DEFAULT_ENGINE,
+        choices=ENGINES,
+        help="also a private dockerd per host: Debian's 20.10 (the default) or trixie's 26.1",
+    )
+    _leaf(lab, "down", help="remove every trace of the lab")
+    _leaf(lab, "status", help="show the lab")
+    _leaf(lab, "demo", help="start a 3-host lab if needed and run the demo checks")

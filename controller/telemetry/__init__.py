@@ -1,0 +1,1 @@
+"""What the agent tells operators: Prometheus metrics, health, diagnostics and log lines."""
