@@ -33,6 +33,7 @@ from controller.lab.etcd_server import EtcdServer
 from controller.model import codec
 from controller.model.naming import derive_mac
 from controller.model.records import Endpoint, Host, Network
+from controller.reconcile.loop import PASS_LINE
 from controller.store import keys
 from controller.store.etcd import EtcdKV
 from controller.store.kv import Put, Txn
@@ -63,10 +64,9 @@ def _wait_status(kv: EtcdKV, revision: int, timeout: float = 120.0) -> float:
 
 def _passes(log: Path) -> list[tuple[int, int, float]]:
     out = []
-    for m in re.finditer(
-        r"pass revision=(\d+) changes=(\d+) ok=True duration_ms=([\d.]+)", log.read_text()
-    ):
-        out.append((int(m[1]), int(m[2]), float(m[3])))
+    for m in PASS_LINE.finditer(log.read_text()):
+        if m["ok"] == "True":
+            out.append((int(m["revision"]), int(m["changes"]), float(m["duration_ms"])))
     return out
 
 

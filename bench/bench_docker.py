@@ -52,6 +52,7 @@ from controller.lab.docker_engine import ENGINES
 from controller.plugin import api
 from controller.plugin.routes import Route
 from controller.plugin.server import PluginServer
+from controller.reconcile.loop import PASS_LINE
 
 PREFIX = "hlb"
 MGMT, UNDERLAY = "172.31.238.0/24", "172.31.237.0/24"
@@ -178,10 +179,9 @@ def _measure(dl: DockerLab, log: Path, runs: int, join_samples: int) -> dict[str
     for m in re.finditer(r"plugin (\S+) status=200 ms=([\d.]+)", text):
         calls.setdefault(m[1], []).append(float(m[2]))
     passes = [
-        float(m[1])
-        for m in re.finditer(
-            r"pass revision=\d+ changes=[1-9]\d* ok=True duration_ms=([\d.]+)", text
-        )
+        float(m["duration_ms"])
+        for m in PASS_LINE.finditer(text)
+        if m["ok"] == "True" and int(m["changes"]) > 0
     ]
     med_none, med_floor = statistics.median(none), statistics.median(floor)
     med_heddle = statistics.median(heddle)

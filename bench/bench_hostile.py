@@ -72,8 +72,27 @@ def _clean(probe: EtcdHTTP) -> None:
         probe.delete(key)
 
 
-def _samples(sc: Scenario, peer_ns: str, first: int, n: int) -> tuple[list[float], list[float]]:
-    """(write -> first reply, etcd write alone), in ms, for ``n`` new endpoints."""
+def warm_network(sc: Scenario, net: str, vni: int) -> str:
+    """Network ``net`` (10.50.0.0/16) with a peer endpoint on h1 and one endpoint on h2 and h3,
+    converged and pinged, so every sample is "an endpoint joins a network its host already
+    has"; returns the peer's namespace."""
+    sc.network(net, "10.50.0.0/16", vni=vni)
+    peer_ns = sc.lab.add_netns("peer")
+    sc.desired.create_endpoint(net, "h1", netns=peer_ns, ip="10.50.255.2")
+    warm = [sc.endpoint(net, h, f"warm{h}", ip=f"10.50.255.{3 + k}")
+            for k, h in enumerate(("h2", "h3"))]  # fmt: skip
+    sc.converge()
+    write_sysctls(peer_ns, FAST_ARP)
+    if any(wait_ping(peer_ns, w.ip, timeout=20) is None for w in warm):
+        raise RuntimeError("the lab does not converge; see the agent logs")
+    return peer_ns
+
+
+def samples(
+    sc: Scenario, net: str, peer_ns: str, first: int, n: int
+) -> tuple[list[float], list[float]]:
+    """(write -> first reply, etcd write alone), in ms, for ``n`` new endpoints of ``net``
+    (alternating h2 and h3), each pinged from ``peer_ns`` by a 1 ms pinger started before."""
     out, writes = [], []
     for i in range(first, first + n):
         host = ("h2", "h3")[i % 2]
@@ -84,7 +103,7 @@ def _samples(sc: Scenario, peer_ns: str, first: int, n: int) -> tuple[list[float
         pinger.start()
         time.sleep(0.02)
         t0 = time.monotonic()
-        sc.desired.create_endpoint("hbn", host, netns=ns, ip=ip, endpoint_id=f"c{i}")
+        sc.desired.create_endpoint(net, host, netns=ns, ip=ip, endpoint_id=f"c{i}")
         writes.append((time.monotonic() - t0) * 1000)
         pinger.join()
         if result[0].first_reply is not None:
@@ -125,23 +144,15 @@ def main() -> int:
         probe = lab.etcd_http()
         try:
             sc = Scenario(lab, DesiredState(kv))
-            sc.network("hbn", "10.50.0.0/16", vni=6101)
+            peer_ns = warm_network(sc, "hbn", 6101)
             net = sc.desired.get_network("hbn")
-            peer_ns = lab.add_netns("peer")
-            sc.desired.create_endpoint("hbn", "h1", netns=peer_ns, ip="10.50.255.2")
-            warm = [sc.endpoint("hbn", h, f"warm{h}", ip=f"10.50.255.{3 + k}")
-                    for k, h in enumerate(("h2", "h3"))]  # fmt: skip
-            sc.converge()
-            write_sysctls(peer_ns, FAST_ARP)
-            if any(wait_ping(peer_ns, w.ip, timeout=20) is None for w in warm):
-                raise RuntimeError("the lab does not converge; see the agent logs")
 
             pids = {h.name: h.agent.pid for h in lab.hosts if h.agent is not None}
             if lab.record.etcd is not None:
                 pids["etcd"] = lab.record.etcd.pid
             cpu0 = _cpu_seconds(pids)
             t_base = time.monotonic()
-            base, base_w = _samples(sc, peer_ns, 0, args.samples)
+            base, base_w = samples(sc, "hbn", peer_ns, 0, args.samples)
             t_base = time.monotonic() - t_base
             cpu1 = _cpu_seconds(pids)
             ctx = multiprocessing.get_context("spawn")
@@ -154,7 +165,7 @@ def main() -> int:
                 try:
                     c0, t0 = _cpu_seconds(pids), time.monotonic()
                     first = args.samples * (len(phases) + 1)
-                    lat, wr = _samples(sc, peer_ns, first, args.samples)
+                    lat, wr = samples(sc, "hbn", peer_ns, first, args.samples)
                     elapsed = time.monotonic() - t0
                     phases[name] = {"lat": lat, "write": wr, "seconds": elapsed,
                                     "cpu": _cpu_used(c0, _cpu_seconds(pids)),
@@ -214,8 +225,10 @@ def main() -> int:
         row("  etcd write alone, writes outside", ctl["write"]),
         row("  etcd write alone, hostile writes", hos["write"]),
     ]))  # fmt: skip
-    print(f"p50 hostile / same writes outside: {summary['p50_ratio_hostile_to_control']:.2f}; "
-          f"hostile / no writer: {summary['p50_ratio_hostile_to_baseline']:.2f}")
+    print(
+        f"p50 hostile / same writes outside: {summary['p50_ratio_hostile_to_control']:.2f}; "
+        f"hostile / no writer: {summary['p50_ratio_hostile_to_baseline']:.2f}"
+    )
     for k in ("baseline", "control", "hostile"):
         print(f"CPU seconds, {k} phase ({summary['seconds'][k]:.1f} s): {summary['cpu_s'][k]}")
     print(f"status with {args.bad} hostile records: "

@@ -8,7 +8,6 @@ endpoint namespaces), so a test or benchmark never leaves objects for the next o
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from controller.lab.pinger import PingResult, parse_result
 from controller.lab.probes import owned_links, wait_status
 from controller.lab.topology import Lab, child_env
 from controller.model.errors import NotFound
+from controller.reconcile.loop import PASS_LINE
 from controller.store.keys import ENDPOINTS
 
 
@@ -121,6 +121,6 @@ def first_pass_changes(lab: Lab, host: str) -> int:
     (what a restarted agent had to change: 0 when it adopted everything as it found it)."""
     text = lab.agent_log(host).read_text(errors="replace")
     tail = text.rsplit("--- lab: starting agent", 1)[-1]
-    m = re.search(r"pass revision=\d+ changes=(\d+)", tail)
+    m = PASS_LINE.search(tail)
     assert m, f"no pass logged by the restarted agent {host}:\n{tail[-2000:]}"
-    return int(m.group(1))
+    return int(m["changes"])

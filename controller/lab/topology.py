@@ -179,6 +179,9 @@ class Lab:
             raise LabError(f"lab prefix {prefix!r}: use 1-9 characters a-z0-9, starting with a-z")
         self.prefix = prefix
         self.mgmt_subnet = ipaddress.IPv4Network(mgmt_subnet)
+        # Agents (re)started by this object serve --metrics on their mgmt0 address; a benchmark
+        # comparing with and without metrics turns it off before restarting them.
+        self.serve_metrics = True
         self.underlay_subnet = ipaddress.IPv4Network(underlay_subnet)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -435,7 +438,8 @@ class Lab:
         return [
             sys.executable, "-m", "controller", "--etcd", self.etcd_url, "agent",
             "--host", h.name, "--vtep", h.vtep,
-            "--backend", h.backend, *ovs, "--no-plugin", "--metrics", self.metrics_address(host),
+            "--backend", h.backend, *ovs, "--no-plugin",
+            *(["--metrics", self.metrics_address(host)] if self.serve_metrics else []),
             *self.record.agent_args,
         ]  # fmt: skip
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,12 @@ from controller.reconcile.trigger import Trigger, Wake
 
 log = logging.getLogger("heddle.reconcile")
 pass_log = logging.getLogger("heddle.pass")
+PASS_LINE = re.compile(
+    r"pass id=(?P<id>\d+) trigger=(?P<trigger>\w+) revision=(?P<revision>\d+) "
+    r"changes=(?P<changes>\d+) errors=(?P<errors>\d+) ok=(?P<ok>True|False) "
+    r"duration_ms=(?P<duration_ms>[\d.]+)"
+)
+"""Parses the text form of the per-pass log line (for the lab's checks and the benchmarks)."""
 TRIGGERS = ("start", "event", "resync", "retry", "manual")
 
 S = TypeVar("S")

@@ -229,7 +229,9 @@ def test_config_change_restarts_only_the_agent(rollout: Rollout) -> None:
     if rollout.scenario.name != "etcd1":
         pytest.skip("checked once, in the etcd1 scenario (another playbook run)")
     before = {n: rollout.agent_pid(n) for n in HOSTS}
-    run = rollout.run_again("-e", "heddle_resync_interval=20")
+    run = rollout.run_again(
+        "-e", "heddle_resync_interval=20", "-e", "heddle_metrics_listen=127.0.0.1:9101"
+    )
     assert {n: c[1] for n, c in run.recap.items()} == dict.fromkeys(HOSTS, 2), run.changed_tasks()
     assert run.changed_tasks() == [
         "TASK [heddle : Agent configuration]",
@@ -240,6 +242,13 @@ def test_config_change_restarts_only_the_agent(rollout: Rollout) -> None:
     for n in HOSTS:
         config = tomllib.loads(host(rollout, n).file("/etc/heddle/agent.toml").content_string)
         assert config["resync_interval"] == 20.0
+        assert config["metrics"] == "127.0.0.1:9101"
+    probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9101/healthz').status)"
+    for n in HOSTS:
+        _wait(
+            lambda n=n: host(rollout, n).run(f'python3 -c "{probe}"').stdout.strip() == "200",
+            f"{n}: the agent's /healthz on the address the role configured",
+        )
 
 
 def _wait(ok: Any, what: str, timeout: float = 20, diagnose: Any = None) -> None:

@@ -17,7 +17,7 @@ from controller.diag.facts import decode_facts
 from controller.model import codec
 from controller.model.records import Host
 from controller.model.view import HostView
-from controller.reconcile.loop import PassResult, Reconciler
+from controller.reconcile.loop import PASS_LINE, PassResult, Reconciler
 from controller.reconcile.trigger import Trigger
 from controller.store import keys
 from controller.store.cache import Cache
@@ -223,3 +223,5 @@ def test_the_reconciler_logs_one_structured_line_per_pass(caplog: pytest.LogCapt
     fields = lines[0].heddle  # type: ignore[attr-defined]
     assert fields["pass_id"] == result.pass_id and fields["trigger"] == "resync"
     assert fields["changes"] == result.changes and fields["errors"] == 0
+    m = PASS_LINE.search(lines[0].getMessage())  # the text form the lab and benches parse
+    assert m is not None and int(m["changes"]) == result.changes and m["trigger"] == "resync"
