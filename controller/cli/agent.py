@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -98,7 +99,9 @@ class Agent:
         self.membership = Membership(self.kv, self.host)
         self.watcher = Watcher(self._new_kv, keys.ROOT, self.cache, self.trigger.fire_desired)
         self.metrics = AgentMetrics(
-            BuildInfo(__version__, self.host.backend, self.host.name), lambda: self.watcher
+            BuildInfo(__version__, self.host.backend, self.host.name),
+            lambda: self.watcher,
+            self.drops,
         )
         self.reconciler: Reconciler[Any, Any] | None = None
         self._worker: threading.Thread | None = None
@@ -262,6 +265,15 @@ class Agent:
             return None
         facts = self._diag_pool.submit(self._observe_one, HostView(view.host, (nv,))).result()
         return None if facts is None else replace(facts, observed_at=time.time())
+
+    def drops(self) -> Mapping[str, int]:
+        """The data plane's drop counters (for the metrics), read on the diagnostic thread."""
+        return self._diag_pool.submit(self._read_drops).result(timeout=5)
+
+    def _read_drops(self) -> Mapping[str, int]:
+        if self._diag_plane is None:
+            self._diag_plane = make_dataplane(self.cfg, self.host, None, for_diagnostics=True)
+        return self._diag_plane.drops()
 
     def _observe_one(self, scoped: HostView) -> NetworkFacts | None:
         """On the diagnostic thread: observe ``scoped`` (one network) with the diagnostic

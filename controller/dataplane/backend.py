@@ -152,6 +152,12 @@ class DataPlane(Protocol[S, Op]):
         ``None`` if this host has no endpoint in it."""
         ...
 
+    def drops(self) -> Mapping[str, int]:
+        """Packets the data plane's filters dropped, by reason (``vxlan``: VXLAN not from a
+        member; ``spoof``: a forged source on an endpoint port). Reads counters the kernel or
+        OVS keeps, so it survives agent restarts. Raises ``DataPlaneError`` if unreadable."""
+        ...
+
     def close(self) -> None:
         """Release sockets/handles. Idempotent."""
         ...

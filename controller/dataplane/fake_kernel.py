@@ -31,6 +31,7 @@ from controller.model.kernel_state import (
     VxlanAttrs,
 )
 from controller.model.naming import PREFIX
+from controller.model.nft_filter import FilterSpec
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
@@ -45,6 +46,7 @@ from controller.plan.kernel_ops import (
     KernelOp,
     PutFdb,
     PutNeigh,
+    SyncFilters,
 )
 
 
@@ -88,8 +90,11 @@ class FakeKernel:
     ``vtep`` is accepted for signature parity; the planner takes the VTEP from the view.
     """
 
-    def __init__(self, vtep: str = "", netns: Iterable[str] = ()) -> None:
+    def __init__(self, vtep: str = "", netns: Iterable[str] = (), filters: bool = True) -> None:
         self.vtep = vtep
+        self.filters = filters
+        self.filter_spec: FilterSpec | None = None  # heddle's nftables tables (None: absent)
+        self.dropped: dict[str, int] = {}
         self._links: dict[str, _Link] = {}
         self._fdb: dict[str, list[FdbEntry]] = {}
         self._neigh: dict[str, dict[str, NeighEntry]] = {}
@@ -140,6 +145,10 @@ class FakeKernel:
         iface = _Iface(peer_name, owned=peer.owned, partner=peer.partner, mac=peer.mac)
         iface.mtu = peer.mtu
         self._netns[netns].ifaces[peer_name] = iface
+
+    def drop_filters(self) -> None:
+        """Delete heddle's nftables tables behind its back (drift)."""
+        self.filter_spec = None
 
     def drop_fdb(self, dev: str, mac: str, dst: str) -> None:
         """Remove an FDB entry behind heddle's back (drift)."""
@@ -192,10 +201,14 @@ class FakeKernel:
                 addresses=frozenset(iface.addresses),
                 gateway=ns.gateway[0] if ns.gateway else None,
             )
-        return KernelState(links=links, fdb=fdb, neigh=neigh, endpoints=sides)
+        spec = self.filter_spec if self.filters else None
+        vnis = tuple(v for v, _ in spec.members) if spec is not None else ()
+        return KernelState(
+            links=links, fdb=fdb, neigh=neigh, endpoints=sides, filters=spec, filter_vnis=vnis
+        )
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
-        return plan_kernel(view, actual)
+        return plan_kernel(view, actual, filters=self.filters)
 
     def inventory(self, view: HostView, actual: KernelState) -> Mapping[str, int]:
         """Pure; see ``controller.plan.kernel.owned_counts``."""
@@ -205,6 +218,10 @@ class FakeKernel:
         """Pure; see ``controller.diag.kernel_facts``."""
         nv = view.network(network)
         return None if nv is None else kernel_facts(view.host, nv, actual)
+
+    def drops(self) -> Mapping[str, int]:
+        """Counted by the fake: ``dropped`` (set by tests); the fake forwards nothing."""
+        return dict(self.dropped)
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         apply_all(ops, self._apply_one)
@@ -226,6 +243,8 @@ class FakeKernel:
                 del self._fail[i]
                 raise OpFailed(reason)
         match op:
+            case SyncFilters():
+                self.filter_spec = op.spec
             case EnsureBridge():
                 self._ensure_bridge(op)
             case EnsureVxlan():

@@ -102,7 +102,7 @@ class FakeOvs:
     ) -> None:
         self.layout = layout
         self.vtep = vtep
-        self.kernel = FakeKernel(vtep, netns)
+        self.kernel = FakeKernel(vtep, netns, filters=False)
         self.kernel.apply([EnsureBridge(SYSTEM_MASTER, 1500)])
         self.kernel.applied.clear()
         self._bridges: dict[str, _Bridge] = {}
@@ -227,6 +227,10 @@ class FakeOvs:
         """Pure; see ``controller.diag.ovs_facts``."""
         nv = view.network(network)
         return None if nv is None else ovs_facts(self.layout, view.host, nv, actual)
+
+    def drops(self) -> Mapping[str, int]:
+        """As ``OvsDataPlane.drops``."""
+        return {}
 
     def apply(self, ops: Sequence[OvsOp]) -> None:
         apply_all(ops, self._apply_one)

@@ -40,6 +40,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.netns_socket import NETNS_DIR, iproute_in
+from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
     NTF_SELF,
     NUD_NOARP,
@@ -59,6 +60,16 @@ from controller.model.kernel_state import (
     VxlanAttrs,
 )
 from controller.model.naming import OWNER_ALIAS, PREFIX
+from controller.model.nft_filter import (
+    LIST_TABLES,
+    SPOOF_DROPPED,
+    VXLAN_DROPPED,
+    FilterListing,
+    ours,
+    parse_tables,
+    render_list,
+    render_sync,
+)
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
@@ -74,6 +85,7 @@ from controller.plan.kernel_ops import (
     KernelOp,
     PutFdb,
     PutNeigh,
+    SyncFilters,
 )
 
 IFF_UP = 0x1
@@ -157,7 +169,9 @@ class KernelDataPlane:
     ``False`` uses one pyroute2 request per entry and pyroute2 dumps, same semantics (both
     modes run the same integration tests). Raises nothing at construction; sockets open on
     first use. ``observe`` takes the ``HostView`` only to know which endpoint namespaces to
-    look into.
+    look into. ``filters`` (default): also keep heddle's nftables tables -- VXLAN accepted only
+    from member VTEPs, anti-spoofing on endpoint ports (``controller.model.nft_filter``); off
+    when another backend builds on this one's links.
     """
 
     def __init__(
@@ -167,8 +181,11 @@ class KernelDataPlane:
         netns: str | None = None,
         fast_netlink: bool = True,
         endpoint_ttl: float = 0.0,
+        filters: bool = True,
     ) -> None:
         self.vtep = vtep
+        self.filters = filters
+        self._nft = Nft(netns) if filters else None
         self.netns = netns
         self.fast_netlink = fast_netlink
         self.endpoint_ttl = endpoint_ttl
@@ -239,6 +256,8 @@ class KernelDataPlane:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._nft is not None:
+            self._nft.close()
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -302,12 +321,33 @@ class KernelDataPlane:
             for ifindex, state, _flags, mac, dst in self._entries(socket.AF_INET, vx_index):
                 if dst is not None:
                     neigh[vx_index[ifindex]].add(NeighEntry(dst, mac, bool(state & NUD_PERMANENT)))
+        listing = self._filters()
         return KernelState(
             links=links,
             fdb={k: frozenset(v) for k, v in fdb.items()},
             neigh={k: frozenset(v) for k, v in neigh.items()},
             endpoints=self._observe_endpoints(endpoint_keys(view)),
+            filters=listing.spec,
+            filter_vnis=listing.vni_sets,
         )
+
+    def _filters(self) -> FilterListing:
+        """heddle's nftables tables as found (three libnftables calls, about 0.3 ms)."""
+        if self._nft is None:
+            return FilterListing(None)
+        try:
+            present = ours(self._nft.run(LIST_TABLES))
+            objects = [obj for family in present for obj in self._nft.run(render_list(family))]
+        except NftError as exc:
+            raise DataPlaneError("observe", f"cannot read nftables: {exc}") from exc
+        return parse_tables(objects)
+
+    def drops(self) -> Mapping[str, int]:
+        """The filters' drop counters, by reason (``vxlan``, ``spoof``); ``{}`` without filters
+        or before they exist. Raises ``DataPlaneError`` if nftables cannot be read."""
+        counters = self._filters().drops or {}
+        names = {VXLAN_DROPPED: "vxlan", SPOOF_DROPPED: "spoof"}
+        return {names[k]: v for k, v in counters.items() if k in names}
 
     def _entries(
         self, family: int, devs: dict[int, str]
@@ -394,7 +434,7 @@ class KernelDataPlane:
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
         """Pure; see ``controller.plan.kernel.plan_kernel``."""
-        return plan_kernel(view, actual)
+        return plan_kernel(view, actual, filters=self.filters)
 
     def inventory(self, view: HostView, actual: KernelState) -> Mapping[str, int]:
         """Pure; see ``controller.plan.kernel.owned_counts``."""
@@ -442,6 +482,13 @@ class KernelDataPlane:
 
     def _dispatch(self, op: KernelOp) -> None:
         match op:
+            case SyncFilters():
+                if self._nft is None:
+                    raise OpFailed("filters are off on this data plane")
+                try:
+                    self._nft.run(render_sync(op.spec, op.stale_vnis))
+                except NftError as exc:
+                    raise OpFailed(f"nftables: {exc}") from exc
             case EnsureBridge():
                 self._ensure_bridge(op)
             case EnsureVxlan():

@@ -177,5 +177,3 @@ def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
             nd = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
             return _RTM_DELNEIGH, 0, nd + _rta(_NDA_DST, inet(op.ip))
     raise TypeError(f"not an entry op: {op!r}")
-
-

@@ -1,7 +1,8 @@
 """``NetworkFacts`` from the kernel backend's observed state. Pure.
 
-The kernel backend accepts a VNI from any source VTEP (no filter on UDP 4789), so ``accepts``
-is ``None``: the destination's VXLAN device being up in its bridge is all that decides.
+``accepts`` comes from heddle's nftables table (``controller.model.nft_filter``): the member
+VTEPs of the network. ``None`` (any source) only when the table is missing, which the next pass
+repairs.
 """
 
 from __future__ import annotations

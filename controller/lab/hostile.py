@@ -126,4 +126,3 @@ def _free_ip(rng: random.Random, net: Network, endpoints: Iterable[Endpoint]) ->
 def hostile_keys(all_keys: Iterable[str]) -> list[str]:
     """The keys ``hostile_puts`` may have written, among ``all_keys`` (for cleanup)."""
     return [k for k in all_keys if HOSTILE_TAG in k]
-

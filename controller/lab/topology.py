@@ -575,6 +575,28 @@ class Lab:
         rec = self.record
         self._save(replace(rec, netns=tuple(n for n in rec.netns if n != full)))
 
+    def add_outsider(self, name: str, k: int = 200) -> tuple[str, str]:
+        """A namespace ``<prefix>-<name>`` on the underlay that is no lab host: ``ul0`` with
+        address ``underlay_subnet + k`` and nothing else (no agent, no etcd). Returns (netns,
+        address). For attacks: it can reach every VTEP, as anything on a shared segment can."""
+        ns = self.netns_name(name)
+        address = str(self.underlay_subnet.network_address + k)
+        root_end = f"{self.prefix}-{name}"[:15]
+        self._record_netns(ns)
+        pnetns.create(ns)
+        self._record_link(root_end)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=root_end, kind="veth", peer={"ifname": "ul0", "net_ns_fd": ns})
+            write_sysctls(None, {f"net/ipv6/conf/{root_end}/disable_ipv6": 1})
+            idx, br = _link_index(ipr, root_end), _link_index(ipr, self.underlay_bridge)
+            ipr.link("set", index=idx, master=br, state="up")
+        with IPRoute(netns=ns, flags=0) as h:
+            h.link("set", index=_link_index(h, "lo"), state="up")
+            idx = _link_index(h, "ul0")
+            h.addr("add", index=idx, address=address, prefixlen=self.underlay_subnet.prefixlen)
+            h.link("set", index=idx, state="up")
+        return ns, address
+
     # -- helper processes ---------------------------------------------------------------------
     def popen(
         self, netns: str | None, argv: Sequence[str], **kwargs: Any

@@ -166,9 +166,7 @@ def make_canonical_flow(
     Canonicalising values is most of the cost of rendering a 10,000-flow table; the renderer's
     unit test checks that every flow it makes this way is a fixed point of ``make_flow``."""
     pairs = tuple(
-        sorted(
-            ((k, "" if k in _SHORTHANDS else str(v)) for k, v in match.items()), key=_match_key
-        )
+        sorted(((k, "" if k in _SHORTHANDS else str(v)) for k, v in match.items()), key=_match_key)
     )
     return Flow(table, priority, pairs, tuple(actions), cookie)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.model.nft_filter import FilterSpec
+
 
 @dataclass(frozen=True, slots=True)
 class VxlanAttrs:
@@ -90,13 +92,17 @@ class KernelState:
     ``links``: every ``hd*`` link in the host namespace by name (owned or not).
     ``fdb`` / ``neigh``: entries per *owned* VXLAN device name (a device with none maps to an
     empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every endpoint namespace the
-    observation was asked to look into.
+    observation was asked to look into. ``filters``: what heddle's nftables tables hold (``None``
+    when they are missing, malformed, or the backend does not keep them); ``filter_vnis``: the
+    per-network sets present in them.
     """
 
     links: Mapping[str, LinkState] = field(default_factory=dict)
     fdb: Mapping[str, frozenset[FdbEntry]] = field(default_factory=dict)
     neigh: Mapping[str, frozenset[NeighEntry]] = field(default_factory=dict)
     endpoints: Mapping[tuple[str, str], EndpointSide] = field(default_factory=dict)
+    filters: FilterSpec | None = None
+    filter_vnis: tuple[int, ...] = ()
 
     def owned(self, name: str) -> LinkState | None:
         """The link called ``name`` if it exists and is heddle's, else ``None``."""

@@ -35,6 +35,7 @@ from controller.model.naming import (
     veth_peer_name,
     vxlan_name,
 )
+from controller.model.nft_filter import FilterSpec, PortGuard, make_spec
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
 from controller.plan.kernel_ops import (
@@ -51,11 +52,11 @@ from controller.plan.kernel_ops import (
     KernelOp,
     PutFdb,
     PutNeigh,
+    SyncFilters,
 )
 from controller.plan.links import is_owned, side_ok, stale_link_dels
 
-__all__ = ["endpoint_keys", "netns_of_interest", "owned_counts", "plan_kernel"]
-
+__all__ = ["desired_filters", "endpoint_keys", "netns_of_interest", "owned_counts", "plan_kernel"]
 
 
 def netns_of_interest(view: HostView) -> tuple[str, ...]:
@@ -92,12 +93,46 @@ def endpoint_keys(view: HostView) -> tuple[tuple[str, str], ...]:
     )
 
 
-def plan_kernel(view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
+def desired_filters(view: HostView) -> FilterSpec:
+    """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; per
+    local endpoint, its host-side veth guarded to the endpoint's MAC and address. Pure."""
+    return make_spec(
+        {nv.network.vni: nv.flood for nv in view.networks},
+        {
+            PortGuard(veth_host_name(ep.network, ep.id), ep.mac, ep.ip)
+            for nv in view.networks
+            for ep in nv.local
+        },
+    )
+
+
+def _filter_ops(view: HostView, actual: KernelState) -> tuple[list[KernelOp], list[KernelOp]]:
+    """(before everything, after the deletes). Additions (a new member VTEP, a new guard) are
+    in force before the FDB entries and veths that use them exist; removals take effect only
+    after the entries and links they covered are gone. Both ``[]`` when converged."""
+    want = desired_filters(view)
+    have = actual.filters
+    if have == want:
+        return [], []
+    stale = tuple(v for v in actual.filter_vnis if v not in dict(want.members))
+    if have is None:
+        return [SyncFilters(want, stale)], []
+    both = have.union(want)
+    if both == want:
+        return [SyncFilters(want, stale)], []
+    if both == have:
+        return [], [SyncFilters(want, stale)]
+    return [SyncFilters(both, ())], [SyncFilters(want, stale)]
+
+
+def plan_kernel(view: HostView, actual: KernelState, filters: bool = True) -> tuple[KernelOp, ...]:
     """The ops that turn ``actual`` into what ``view`` asks for. Pure and deterministic.
 
     Never raises for any well-formed input. ``OWNER_ALIAS`` marks what may be deleted; a link
     that has a desired name but is not owned is not adopted: the ``Ensure*`` op is still planned
     and the driver refuses it, so the conflict is reported on every pass instead of hidden.
+    ``filters``: also keep heddle's nftables tables (``SyncFilters``; off where another
+    backend builds on this planner's links).
     """
     entry_dels: list[KernelOp] = []
     recreate_dels: list[KernelOp] = []
@@ -107,7 +142,9 @@ def plan_kernel(view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
     for nv in view.networks:
         _plan_network(view.host.vtep, nv, actual, desired, entry_dels, recreate_dels, builds)
 
-    return (*entry_dels, *stale_link_dels(actual, desired), *recreate_dels, *builds)
+    first, last = _filter_ops(view, actual) if filters else ([], [])
+    link_dels = stale_link_dels(actual, desired)
+    return (*first, *entry_dels, *link_dels, *recreate_dels, *last, *builds)
 
 
 def _plan_network(
@@ -290,5 +327,3 @@ def _neigh_puts(vx: str, nv: NetworkView, have: Iterable[NeighEntry]) -> list[Ke
         if by_ip.get(ip) != (mac, True):
             ops.append(PutNeigh(vx, ip, mac))
     return ops
-
-

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.model.nft_filter import FilterSpec
+
 ZERO_MAC = "00:00:00:00:00:00"
 VXLAN_PORT = 4789
 
@@ -241,8 +243,33 @@ class DelNeigh(_EntryOp):
         return f"neigh del {self.ip} dev {self.dev}"
 
 
+@dataclass(frozen=True, slots=True)
+class SyncFilters:
+    """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
+    in one atomic batch; ``stale_vnis`` are per-network sets to delete (observed, not wanted)."""
+
+    spec: FilterSpec
+    stale_vnis: tuple[int, ...] = ()
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        vteps = sum(len(v) for _, v in self.spec.members)
+        return (
+            f"sync filters: {len(self.spec.members)} network(s), {vteps} member VTEP(s), "
+            f"{len(self.spec.guards)} guarded port(s)"
+        )
+
+
 KernelOp = (
-    EnsureBridge
+    SyncFilters
+    | EnsureBridge
     | EnsureVxlan
     | EnsureVeth
     | ConfigureEndpoint

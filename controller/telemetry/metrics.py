@@ -70,12 +70,36 @@ class _WatchCollector(Collector):
         yield from (restarts, relists, revision)
 
 
+class _DropCollector(Collector):
+    def __init__(self, drops: Callable[[], Mapping[str, int]]) -> None:
+        self._drops = drops
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counts = self._drops()
+        except Exception:  # a scrape must not fail because the data plane cannot be read
+            return
+        fam = CounterMetricFamily(
+            "heddle_filter_dropped", "packets the data plane's filters dropped, by reason "
+            "(vxlan: not from a member VTEP; spoof: forged source on an endpoint port)",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason in ("vxlan", "spoof"):
+            if reason in counts:
+                fam.add_metric([reason], counts[reason])
+        yield fam
+
+
 class AgentMetrics:
     """The metrics of one agent. ``record_pass`` and ``record_plugin`` are the only writers;
-    both are thread-safe and never raise for well-formed input."""
+    both are thread-safe and never raise for well-formed input. ``drops`` is read at scrape
+    time (the data plane's own counters)."""
 
     def __init__(
-        self, build: BuildInfo, watch: Callable[[], WatchStats | None] = lambda: None
+        self,
+        build: BuildInfo,
+        watch: Callable[[], WatchStats | None] = lambda: None,
+        drops: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
@@ -83,6 +107,7 @@ class AgentMetrics:
             {"version": build.version, "backend": build.backend, "host": build.host}
         )
         r.register(_WatchCollector(watch))
+        r.register(_DropCollector(drops))
         self.pass_duration = Histogram(
             "heddle_pass_duration_seconds",
             "reconcile pass duration; kind=full observed the data plane, kind=view stopped at an "

@@ -10,6 +10,7 @@ import pytest
 from controller.dataplane.backend import DataPlaneError, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry
+from controller.model.nft_filter import FilterSpec
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
@@ -26,6 +27,7 @@ from controller.plan.kernel_ops import (
     EnsureVxlan,
     KernelOp,
     PutFdb,
+    SyncFilters,
 )
 
 H1, H2, H3 = Host("h1", "192.0.2.1"), Host("h2", "192.0.2.2"), Host("h3", "192.0.2.3")
@@ -188,7 +190,8 @@ def test_last_local_endpoint_leaving_removes_the_network_devices() -> None:
     assert VX not in state.fdb
     state = converge(fk, view())
     assert owned(state) == set()
-    assert fk.observe(view()) == KernelState()
+    # what stays: heddle's filter tables, empty (every VXLAN packet is dropped)
+    assert fk.observe(view()) == KernelState(filters=FilterSpec())
 
 
 def test_unowned_objects_are_never_deleted_or_adopted() -> None:
@@ -211,7 +214,8 @@ def test_unowned_objects_are_never_deleted_or_adopted() -> None:
     assert state.links[BR].owned is False
     assert "hdxyz" in state.links
     assert "eth0" not in state.links  # not ours by name: not even reported
-    assert plan_kernel(view(), state) == ()  # nothing owned: nothing to delete
+    # nothing owned: nothing to delete (the filters are heddle's own tables: they empty)
+    assert plan_kernel(view(), state) == (SyncFilters(FilterSpec(), (100,)),)
 
 
 def test_foreign_interface_in_endpoint_netns_is_not_touched() -> None:
@@ -364,3 +368,38 @@ def test_endpoint_whose_netns_changed_is_rebuilt_in_the_new_one() -> None:
     assert state.endpoints["ns-x", "eth0"].addresses == {"10.1.0.10/24"}
     old = fk.observe(view(A, C)).endpoints["ns-a", "eth0"]
     assert not old.present
+
+
+# -- filters (nftables): VXLAN only from members, anti-spoofing on endpoint ports ----------------
+
+
+def test_filters_admit_a_new_member_before_its_entries_and_drop_a_leaving_one_after() -> None:
+    from controller.plan.kernel import desired_filters
+
+    fk = FakeKernel(H1.vtep, netns=("ns-a", "ns-b"))
+    a, c, d = ep("a", "h1", 10), ep("c", "h2", 20), ep("d", "h3", 30)
+    state = converge(fk, view(a, c))
+    assert state.filters == desired_filters(view(a, c))
+    assert dict(state.filters.members) == {100: (H2.vtep,)}
+    assert [g.port for g in state.filters.guards] == [veth_host_name("blue", "a")]
+
+    ops = plan_kernel(view(a, d), state)  # h3 joins, h2 leaves
+    kinds = [type(op) for op in ops]
+    first, last = kinds.index(SyncFilters), len(kinds) - 1 - kinds[::-1].index(SyncFilters)
+    union = ops[first]
+    assert isinstance(union, SyncFilters) and dict(union.spec.members)[100] == (H2.vtep, H3.vtep)
+    assert first < kinds.index(PutFdb)  # h3 admitted before its FDB entry exists
+    assert last > max(i for i, k in enumerate(kinds) if k is DelFdb)  # h2 dropped after
+    final = ops[last]
+    assert isinstance(final, SyncFilters) and dict(final.spec.members)[100] == (H3.vtep,)
+    state = converge(fk, view(a, d))
+    assert dict(state.filters.members) == {100: (H3.vtep,)}
+
+
+def test_filters_that_vanish_are_rewritten_at_once() -> None:
+    fk = FakeKernel(H1.vtep, netns=("ns-a",))
+    a, c = ep("a", "h1", 10), ep("c", "h2", 20)
+    converge(fk, view(a, c))
+    fk.drop_filters()
+    ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
+    assert [type(op) for op in ops] == [SyncFilters]

@@ -1,0 +1,282 @@
+"""The kernel backend's packet filters as data, and their nftables JSON form. Pure.
+
+Two tables, both named ``heddle`` and owned by the agent (nothing else in them, nothing of
+anyone else's touched):
+
+``inet heddle`` -- VXLAN accepted only from members. Chain ``input`` (filter hook, priority
+-200): per network a rule ``udp dport 4789 @th,96,24 <VNI> ip saddr @vni_<VNI> accept``
+(bits 96..119 of the transport header are the VXLAN header's VNI), whose set holds the VTEPs of
+the network's other member hosts; then ``udp dport 4789 counter name vxlan_dropped drop``: any
+other VXLAN packet -- unknown VNI, a non-member source, a member of another network -- is
+dropped and counted.
+
+``bridge heddle`` -- anti-spoofing on endpoint ports. Chain ``prerouting`` (priority -200, so
+before the bridge learns anything): a frame from a guarded port passes only if (port, source
+MAC, source IPv4) or, for ARP, both (port, source MAC, sender IP) and (port, sender MAC, sender
+IP) are in the set ``guards``; everything else from a guarded port (set ``guarded``) is dropped
+and counted (``spoof_dropped``). Ports heddle does not guard (the VXLAN device) pass untouched.
+
+The rules are fixed shapes; what changes are set elements and the per-network rules. A
+``FilterSpec`` is both what the planner wants and what an observation found (``parse_tables``),
+so converged means equal. ``render_sync`` writes one batch that replaces heddle's rules and
+elements and keeps the named counters (nftables applies a batch atomically: there is no moment
+without a filter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+TABLE = "heddle"
+INET_CHAIN = "input"
+BRIDGE_CHAIN = "prerouting"
+VXLAN_DROPPED = "vxlan_dropped"
+SPOOF_DROPPED = "spoof_dropped"
+PRIORITY = -200
+VXLAN_PORT = 4789
+_VNI_SET = "vni_"
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortGuard:
+    """Frames entering the bridge from ``port`` must come from ``mac`` / ``ip``."""
+
+    port: str
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    """``members``: VNI -> the VTEPs accepted for it (sorted). ``guards``: sorted by port."""
+
+    members: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    guards: tuple[PortGuard, ...] = ()
+
+    def union(self, other: FilterSpec) -> FilterSpec:
+        """Everything either allows (what is in force while a change is half-way)."""
+        merged: dict[int, set[str]] = {}
+        for vni, vteps in (*self.members, *other.members):
+            merged.setdefault(vni, set()).update(vteps)
+        return make_spec(
+            {v: tuple(s) for v, s in merged.items()}, set(self.guards) | set(other.guards)
+        )
+
+    def accepts(self, vni: int) -> tuple[str, ...] | None:
+        """The VTEPs accepted for ``vni`` (``()`` none; ``None`` is never returned here:
+        an unknown VNI is dropped)."""
+        return dict(self.members).get(vni, ())
+
+
+def make_spec(
+    members: Mapping[int, Sequence[str]], guards: Sequence[PortGuard] | set[PortGuard]
+) -> FilterSpec:
+    """A canonical ``FilterSpec`` (sorted, so equal contents compare equal)."""
+    return FilterSpec(
+        tuple(sorted((vni, tuple(sorted(set(v)))) for vni, v in members.items())),
+        tuple(sorted(set(guards))),
+    )
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _udp_4789() -> Json:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                      "right": VXLAN_PORT}}  # fmt: skip
+
+
+def vni_rule(vni: int) -> list[Json]:
+    return [
+        _udp_4789(),
+        {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 96, "len": 24}},
+                   "right": vni}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": f"@{_VNI_SET}{vni}"}},
+        {"accept": None},
+    ]  # fmt: skip
+
+
+def vxlan_tail_rule() -> list[Json]:
+    return [_udp_4789(), {"counter": VXLAN_DROPPED}, {"drop": None}]
+
+
+def _iif_concat(*fields: tuple[str, str]) -> Json:
+    parts: list[Json] = [{"meta": {"key": "iifname"}}]
+    parts += [{"payload": {"protocol": p, "field": f}} for p, f in fields]
+    return {"concat": parts}
+
+
+def bridge_rules() -> list[list[Json]]:
+    """The three fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints)."""
+    guards = "@guards"
+    return [
+        [
+            {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("arp", "saddr ip")),
+                       "right": guards}},
+            {"match": {"op": "==", "left": _iif_concat(("arp", "saddr ether"), ("arp", "saddr ip")),
+                       "right": guards}},
+            {"accept": None},
+        ],
+        [
+            {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip", "saddr")),
+                       "right": guards}},
+            {"accept": None},
+        ],
+        [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
+            {"counter": SPOOF_DROPPED},
+            {"drop": None},
+        ],
+    ]  # fmt: skip
+
+
+def _obj(kind: str, family: str, **fields: Any) -> Json:
+    return {kind: {"family": family, "table": TABLE, **fields}}
+
+
+def _chain(family: str, name: str, hook: str) -> Json:
+    return _obj("chain", family, name=name, type="filter", hook=hook, prio=PRIORITY,
+                policy="accept")  # fmt: skip
+
+
+def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
+    """One batch that makes both tables hold exactly ``spec`` (``stale_vnis``: per-network sets
+    found by the last observation and no longer wanted, deleted after the rules that used
+    them). Creates what is missing, keeps the named counters and their values."""
+    cmds: list[Json] = [
+        {"add": {"table": {"family": "inet", "name": TABLE}}},
+        {"add": _obj("counter", "inet", name=VXLAN_DROPPED)},
+        {"add": _chain("inet", INET_CHAIN, "input")},
+        {"flush": _obj("chain", "inet", name=INET_CHAIN)},
+    ]
+    wanted = {vni for vni, _ in spec.members}
+    for vni in sorted(set(stale_vnis) - wanted):
+        cmds.append({"delete": _obj("set", "inet", name=f"{_VNI_SET}{vni}")})
+    for vni, vteps in spec.members:
+        name = f"{_VNI_SET}{vni}"
+        cmds.append({"add": _obj("set", "inet", name=name, type="ipv4_addr")})
+        cmds.append({"flush": _obj("set", "inet", name=name)})
+        if vteps:
+            cmds.append({"add": _obj("element", "inet", name=name, elem=list(vteps))})
+        cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=vni_rule(vni))})
+    cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=vxlan_tail_rule())})
+
+    cmds += [
+        {"add": {"table": {"family": "bridge", "name": TABLE}}},
+        {"add": _obj("counter", "bridge", name=SPOOF_DROPPED)},
+        {"add": _obj("set", "bridge", name="guards", type=["ifname", "ether_addr", "ipv4_addr"])},
+        {"add": _obj("set", "bridge", name="guarded", type="ifname")},
+        {"add": _chain("bridge", BRIDGE_CHAIN, "prerouting")},
+        {"flush": _obj("chain", "bridge", name=BRIDGE_CHAIN)},
+        {"flush": _obj("set", "bridge", name="guards")},
+        {"flush": _obj("set", "bridge", name="guarded")},
+    ]
+    if spec.guards:
+        elems = [{"concat": [g.port, g.mac, g.ip]} for g in spec.guards]
+        cmds.append({"add": _obj("element", "bridge", name="guards", elem=elems)})
+        ports = sorted({g.port for g in spec.guards})
+        cmds.append({"add": _obj("element", "bridge", name="guarded", elem=ports)})
+    for expr in bridge_rules():
+        cmds.append({"add": _obj("rule", "bridge", chain=BRIDGE_CHAIN, expr=expr)})
+    return {"nftables": cmds}
+
+
+FAMILIES = ("inet", "bridge")
+LIST_TABLES: Json = {"nftables": [{"list": {"tables": None}}]}
+
+
+def render_list(family: str) -> Json:
+    """The command that lists heddle's table of ``family`` (one per batch: libnftables 1.0.6
+    refuses two ``list table`` commands in one JSON batch)."""
+    return {"nftables": [{"list": {"table": {"family": family, "name": TABLE}}}]}
+
+
+def ours(objects: Sequence[Json]) -> tuple[str, ...]:
+    """The families in which a ``LIST_TABLES`` answer shows a table of heddle's."""
+    return tuple(
+        o["table"]["family"]
+        for o in objects
+        if "table" in o and o["table"].get("name") == TABLE and o["table"].get("family") in FAMILIES
+    )
+
+
+def render_delete() -> Json:
+    """Remove both tables (what ``heddle`` never does on its own: for tests and teardown)."""
+    return {"nftables": [{"delete": {"table": {"family": f, "name": TABLE}}} for f in FAMILIES]}
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FilterListing:
+    """What an observation found: ``spec`` (``None`` when a table is missing or holds rules of
+    another shape -- the planner then rewrites it), the per-network sets present, counters."""
+
+    spec: FilterSpec | None
+    vni_sets: tuple[int, ...] = ()
+    drops: Mapping[str, int] | None = None
+
+
+def _elements(raw: Any) -> list[Any]:
+    return list(raw) if isinstance(raw, list) else []
+
+
+def parse_tables(objects: Sequence[Json]) -> FilterListing:
+    """Parse the ``nftables`` objects of ``nft -j list table`` for both tables. Never raises:
+    anything unexpected makes ``spec`` ``None`` (so the next apply rewrites the tables)."""
+    try:
+        return _parse(objects)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return FilterListing(None)
+
+
+def _parse(objects: Sequence[Json]) -> FilterListing:
+    tables: set[str] = set()
+    members: dict[int, list[str]] = {}
+    guards: list[PortGuard] = []
+    guarded: list[str] = []
+    rules: dict[str, list[Any]] = {"inet": [], "bridge": []}
+    drops: dict[str, int] = {}
+    chains: set[tuple[str, str]] = set()
+    for obj in objects:
+        if "table" in obj and obj["table"].get("name") == TABLE:
+            tables.add(obj["table"]["family"])
+        elif "set" in obj:
+            s = obj["set"]
+            if s["family"] == "inet" and s["name"].startswith(_VNI_SET):
+                members[int(s["name"][len(_VNI_SET) :])] = [
+                    str(e) for e in _elements(s.get("elem"))
+                ]
+            elif s["family"] == "bridge" and s["name"] == "guards":
+                for e in _elements(s.get("elem")):
+                    port, mac, ip = e["concat"]
+                    guards.append(PortGuard(str(port), str(mac), str(ip)))
+            elif s["family"] == "bridge" and s["name"] == "guarded":
+                guarded = [str(e) for e in _elements(s.get("elem"))]
+        elif "counter" in obj:
+            c = obj["counter"]
+            drops[c["name"]] = int(c.get("packets", 0))
+        elif "chain" in obj:
+            c = obj["chain"]
+            ok = c.get("hook") in ("input", "prerouting") and c.get("prio") == PRIORITY
+            if ok:
+                chains.add((c["family"], c["name"]))
+        elif "rule" in obj:
+            r = obj["rule"]
+            rules.setdefault(r["family"], []).append(r["expr"])
+    vni_sets = tuple(sorted(members))
+    shaped = (
+        tables == {"inet", "bridge"}
+        and chains == {("inet", INET_CHAIN), ("bridge", BRIDGE_CHAIN)}
+        and rules["inet"] == [vni_rule(v) for v in sorted(members)] + [vxlan_tail_rule()]
+        and rules["bridge"] == bridge_rules()
+        and sorted(set(guarded)) == sorted({g.port for g in guards})
+    )
+    spec = make_spec(members, guards) if shaped else None
+    return FilterListing(spec, vni_sets, drops)
