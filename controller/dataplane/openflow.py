@@ -107,6 +107,27 @@ class OpenFlow:
         self._parsed[bridge] = fresh
         return frozenset(fresh.values())
 
+    def packets(self, bridge: str, table: int) -> dict[tuple[int, str], int]:
+        """Packet counts of our flows in ``table`` of ``bridge``: ``(priority, match text)`` ->
+        ``n_packets`` (the match as ``ovs-ofctl`` prints it, ``""`` for match-all)."""
+        out = self._run(
+            ["--no-names", "dump-flows", bridge, f"table={table},cookie={self.cookie:#x}/-1"]
+        )
+        counts: dict[tuple[int, str], int] = {}
+        for line in out.splitlines():
+            # " cookie=0x1, duration=1s, table=0, n_packets=5, n_bytes=9, priority=1,in_port=1
+            #  actions=drop": statistics are separated by ", ", the match fields by "," only
+            left = line.split(" actions=")[0].strip()
+            chunks = left.split(", ")
+            stats = dict(c.split("=", 1) for c in chunks[:-1] if "=" in c)
+            if "n_packets" not in stats:
+                continue
+            head = chunks[-1].split(",")
+            prio = next((int(h[9:]) for h in head if h.startswith("priority=")), 32768)
+            match = ",".join(h for h in head if not h.startswith("priority="))
+            counts[prio, match] = int(stats["n_packets"])
+        return counts
+
     def replace(self, bridge: str, flows: Iterable[Flow]) -> None:
         """Make ``flows`` the whole table of ``bridge`` atomically (one bundle)."""
         text = "".join(f.text() + "\n" for f in flows)

@@ -40,6 +40,7 @@ from controller.diag.facts import NetworkFacts
 from controller.diag.ovs_facts import ovs_facts
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView
+from controller.plan.flows import P_DEFAULT, P_TUNNEL_DROP, T_CLASSIFY
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
 from controller.plan.ovs import owned_counts, plan_ovs
@@ -58,7 +59,13 @@ from controller.plan.ovs_ops import (
     OvsOp,
     ReplaceFlows,
 )
-from controller.plan.ovsdb import DEFAULT_BRIDGE, DEFAULT_PHY_BRIDGE, OvsLayout, parse_datapath
+from controller.plan.ovsdb import (
+    DEFAULT_BRIDGE,
+    DEFAULT_PHY_BRIDGE,
+    TUNNEL_OFPORT,
+    OvsLayout,
+    parse_datapath,
+)
 
 log = logging.getLogger("heddle.ovs")
 
@@ -180,9 +187,21 @@ class OvsDataPlane:
         return None if nv is None else ovs_facts(self.layout, view.host, nv, actual)
 
     def drops(self) -> Mapping[str, int]:
-        """Not counted on the ovs backend yet: non-member tunnel packets and forged
-        sources hit table 0's drop flows, whose statistics are not read. ``{}``."""
-        return {}
+        """The packet counts of table 0's drop flows (``controller.plan.flows``): ``vxlan``
+        (tunnel packets from no member, or for a VNI the sender is no member of) and ``spoof``
+        (the default drop: forged sources on endpoint ports). ``{}`` before the table exists.
+        Raises ``DataPlaneError`` if OVS cannot be read."""
+        try:
+            counts = self.openflow.packets(self.layout.bridge, T_CLASSIFY)
+        except OpenFlowError as exc:
+            raise DataPlaneError("drops", f"cannot read flow statistics: {exc}") from exc
+        out = {}
+        for (prio, match), n in counts.items():
+            if prio == P_TUNNEL_DROP and match == f"in_port={TUNNEL_OFPORT}":
+                out["vxlan"] = n
+            elif prio == P_DEFAULT and match == "":
+                out["spoof"] = n
+        return out
 
     def apply(self, ops: Sequence[OvsOp]) -> None:
         """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""

@@ -582,6 +582,8 @@ class Lab:
         ns = self.netns_name(name)
         address = str(self.underlay_subnet.network_address + k)
         root_end = f"{self.prefix}-{name}"[:15]
+        if not _NAME.match(name) or len(ns) > 15:
+            raise LabError(f"netns name {ns!r}: use a-z0-9- and at most 15 characters")
         self._record_netns(ns)
         pnetns.create(ns)
         self._record_link(root_end)
@@ -595,6 +597,9 @@ class Lab:
             idx = _link_index(h, "ul0")
             h.addr("add", index=idx, address=address, prefixlen=self.underlay_subnet.prefixlen)
             h.link("set", index=idx, state="up")
+        # As on the kernel hosts of a mixed lab: OVS's userspace datapath would drop the
+        # veth's checksum-offloaded packets as corrupt before any flow sees them.
+        set_tx_checksum(ns, UNDERLAY_DEV, on=False)
         return ns, address
 
     # -- helper processes ---------------------------------------------------------------------

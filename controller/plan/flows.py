@@ -9,7 +9,9 @@ table  what
        address, or ARP whose Ethernet/ARP sender MAC and sender address are the port's own
        (anti-spoofing) -> set reg6=VNI, IPv4 to 20, ARP to 10. From the tunnel port: only
        ``tun_id`` = VNI from the VTEP of another member host of that network -> set reg6,
-       to 30. Everything else: drop.
+       to 30; any other tunnel packet hits a drop flow of its own (priority 1: its packet
+       count is the ``vxlan`` drop counter). Everything else: the default drop (priority 0:
+       its count is the ``spoof`` drop counter -- forged sources on endpoint ports).
 10     ARP responder: a request for any endpoint of the network (local or remote) is answered
        in place and sent back out of the input port. A request for an address nobody has is
        dropped (every endpoint is known, so nobody would answer; and no ARP crosses the
@@ -41,6 +43,7 @@ T_CLASSIFY, T_ARP, T_L2, T_TUNNEL = 0, 10, 20, 30
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 P_DEFAULT, P_UNKNOWN_ARP, P_FLOOD, P_MATCH = 0, 50, 50, 100
 P_PHY = 10
+P_TUNNEL_DROP = 1
 LOCAL = "LOCAL"
 Match = Mapping[str, str | int]
 EndpointKey = tuple[str, str]
@@ -90,6 +93,7 @@ def render_flows(
     """
     t = _Table()
     t.add(T_CLASSIFY, P_DEFAULT, {}, [DROP])
+    t.add(T_CLASSIFY, P_TUNNEL_DROP, {"in_port": tunnel_ofport}, [DROP])
     t.add(T_ARP, P_DEFAULT, {}, [f"goto_table:{T_L2}"])
     t.add(T_L2, P_DEFAULT, {}, [DROP])
     t.add(T_TUNNEL, P_DEFAULT, {}, [DROP])

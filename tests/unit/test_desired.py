@@ -72,8 +72,10 @@ def test_endpoint_allocation_skips_gateway_and_is_atomic(kv: MemoryKV) -> None:
     assert dump(kv) == before
     # every endpoint has exactly its IPAM key
     eps = ds.endpoints("blue")
-    owners = {i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
-              for i in kv.list(keys.ipam_of("blue")).items}
+    owners = {
+        i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
+        for i in kv.list(keys.ipam_of("blue")).items
+    }
     assert owners == {e.ip: e.id for e in eps}
     assert len({e.mac for e in eps}) == 5
 

@@ -41,8 +41,9 @@ HUGE_NAME = json.dumps({"name": "x" * 1_000_000, "vni": 1, "subnet": "10.0.0.0/2
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
     max_leaves=30,
 )
 FIELDS = ["name", "vni", "subnet", "gateway", "mtu", "id", "network", "host", "ip", "mac", "netns",

@@ -74,8 +74,12 @@ def test_decode_endpoint_rejects_bad_values(raw: bytes) -> None:
 
 
 def test_interface_names_fit_and_are_stable() -> None:
-    for name in (bridge_name(16_777_215), vxlan_name(16_777_215), veth_host_name("n" * 63, "e"),
-                 veth_peer_name("n", "e" * 63)):
+    for name in (
+        bridge_name(16_777_215),
+        vxlan_name(16_777_215),
+        veth_host_name("n" * 63, "e"),
+        veth_peer_name("n", "e" * 63),
+    ):
         assert len(name) <= IFNAME_MAX and name.startswith("hd")
     assert veth_host_name("a", "b") == veth_host_name("a", "b") != veth_host_name("a", "c")
 

@@ -9,6 +9,7 @@ from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.flows import (
     MULTICAST,
+    P_TUNNEL_DROP,
     T_ARP,
     T_CLASSIFY,
     T_L2,
@@ -89,8 +90,10 @@ def test_classify_pins_source_mac_and_ip_per_port() -> None:
 def test_tunnel_traffic_is_admitted_per_vni_only_from_member_vteps() -> None:
     flows = table(*ALL)
     tunnel = {k: v for k, v in flows.items() if k[0] == T_CLASSIFY and ("in_port", "1") in k[2]}
-    admitted = {(dict(k[2])["tun_id"], dict(k[2])["tun_src"]) for k in tunnel}
+    admitted = {(dict(k[2])["tun_id"], dict(k[2])["tun_src"]) for k in tunnel if k[1] == 100}
     assert admitted == {("100", "192.0.2.2"), ("100", "192.0.2.3"), ("200", "192.0.2.4")}
+    # every other tunnel packet: dropped by a flow of its own (its count is the vxlan drops)
+    assert flows[T_CLASSIFY, P_TUNNEL_DROP, frozenset({("in_port", "1")})] == ["drop"]
     assert actions_of(flows, T_CLASSIFY, 100, in_port=TUN, tun_id=200, tun_src="192.0.2.4") == [
         "set_field:200->reg6",
         f"goto_table:{T_TUNNEL}",
@@ -158,12 +161,19 @@ def test_single_host_network_floods_nowhere_and_unnumbered_endpoints_get_no_flow
     assert all(("in_port", "11") not in f.match for f in flows)
     [flood] = [f for f in flows if f.table == T_L2 and f.priority == 50]
     assert flood.actions == ("drop",)
-    assert not [f for f in flows if f.table == T_CLASSIFY and ("in_port", "1") in f.match]
+    from_tunnel = [f for f in flows if f.table == T_CLASSIFY and ("in_port", "1") in f.match]
+    assert [f.priority for f in from_tunnel] == [P_TUNNEL_DROP]  # only the counted drop
 
 
 def test_no_local_endpoints_leaves_only_the_default_flows() -> None:
     flows = render_flows(view(C, D), {}, TUN)
-    assert {(f.table, f.priority) for f in flows} == {(0, 0), (10, 0), (20, 0), (30, 0)}
+    assert {(f.table, f.priority) for f in flows} == {
+        (0, 0),
+        (0, P_TUNNEL_DROP),
+        (10, 0),
+        (20, 0),
+        (30, 0),
+    }
 
 
 def test_duplicate_mac_is_realised_once_deterministically() -> None:

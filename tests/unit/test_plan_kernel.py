@@ -10,8 +10,8 @@ import pytest
 from controller.dataplane.backend import DataPlaneError, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry
-from controller.model.nft_filter import FilterSpec
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
+from controller.model.nft_filter import FilterSpec
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.kernel import endpoint_keys, plan_kernel

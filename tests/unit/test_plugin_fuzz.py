@@ -32,8 +32,10 @@ leaves = (
 )  # fmt: skip
 values = st.recursive(
     leaves,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=6)

@@ -91,8 +91,11 @@ def test_handshake_and_capabilities(routes: dict[str, Route]) -> None:
         "GwAllocChecker": True,
     }
     # Docker 28+ then asks before each network: heddle keeps its gateway reserved
-    gw = dispatch(routes, "/NetworkDriver.GwAllocCheck",
-                  b'{"Options": {"com.docker.network.generic": {"heddle.network": "b"}}}')
+    gw = dispatch(
+        routes,
+        "/NetworkDriver.GwAllocCheck",
+        b'{"Options": {"com.docker.network.generic": {"heddle.network": "b"}}}',
+    )
     assert (gw.status, gw.body) == (200, {"SkipIPv4": False, "SkipIPv6": False})
     # unknown fields are ignored, unknown methods are 404 (libnetwork's "not implemented")
     assert dispatch(routes, "/NetworkDriver.GetCapabilities", b'{"New": 1}').status == 200
