@@ -36,10 +36,13 @@ class AgentConfig:
     plugin_socket: str | None = "/run/docker/plugins/heddle.sock"
     allow_link_local_vteps: bool = False
     metrics: str | None = None
+    filters: bool = True
 
     def __post_init__(self) -> None:
         check_label(self.host, "--host")
         check_vtep(self.vtep, "--vtep", allow_link_local=self.allow_link_local_vteps)
+        if not isinstance(self.filters, bool):
+            raise InvalidRecord("filters must be true or false")
         if not isinstance(self.allow_link_local_vteps, bool):
             raise InvalidRecord("allow_link_local_vteps must be true or false")
         if self.backend not in BACKENDS:
@@ -128,6 +131,8 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
     for tls in ("cacert", "cert", "key"):
         if getattr(args, tls, None):
             values[tls] = getattr(args, tls)
+    if getattr(args, "no_filters", None):
+        values["filters"] = False
     if values.pop("no_plugin", False) or args.no_plugin:
         values["plugin_socket"] = None
     for required in ("host", "vtep"):

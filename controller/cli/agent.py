@@ -77,7 +77,7 @@ def make_dataplane(
     # Endpoint namespaces are re-read at every resync, not at every event-driven pass.
     # (75 %: a resync comes 0.8-1.2 intervals after the last pass.)
     ttl = 0.0 if for_diagnostics else min(0.75 * cfg.resync_interval, 10.0)
-    return KernelDataPlane(host.vtep, endpoint_ttl=ttl)
+    return KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
 
 
 class Agent:

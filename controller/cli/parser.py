@@ -125,6 +125,13 @@ def _agent(sub: Any) -> None:
         help="serve Prometheus metrics, /healthz, /readyz and diagnostics here (off by default)",
     )
     a.add_argument(
+        "--no-filters",
+        action="store_true",
+        default=None,
+        help="kernel backend: do not keep the nftables filters (VXLAN only from members, "
+        "anti-spoofing); for measuring their cost. Tables already there are left as they are",
+    )
+    a.add_argument(
         "--allow-link-local-vteps",
         action="store_true",
         default=None,

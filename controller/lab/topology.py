@@ -182,6 +182,7 @@ class Lab:
         # Agents (re)started by this object serve --metrics on their mgmt0 address; a benchmark
         # comparing with and without metrics turns it off before restarting them.
         self.serve_metrics = True
+        self.extra_agent_args: tuple[str, ...] = ()  # likewise, e.g. ("--no-filters",)
         self.underlay_subnet = ipaddress.IPv4Network(underlay_subnet)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -440,7 +441,7 @@ class Lab:
             "--host", h.name, "--vtep", h.vtep,
             "--backend", h.backend, *ovs, "--no-plugin",
             *(["--metrics", self.metrics_address(host)] if self.serve_metrics else []),
-            *self.record.agent_args,
+            *self.record.agent_args, *self.extra_agent_args,
         ]  # fmt: skip
 
     def metrics_address(self, host: str) -> str:

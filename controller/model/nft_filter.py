@@ -11,10 +11,10 @@ other VXLAN packet -- unknown VNI, a non-member source, a member of another netw
 dropped and counted.
 
 ``bridge heddle`` -- anti-spoofing on endpoint ports. Chain ``prerouting`` (priority -200, so
-before the bridge learns anything): a frame from a guarded port passes only if (port, source
-MAC, source IPv4) or, for ARP, both (port, source MAC, sender IP) and (port, sender MAC, sender
-IP) are in the set ``guards``; everything else from a guarded port (set ``guarded``) is dropped
-and counted (``spoof_dropped``). Ports heddle does not guard (the VXLAN device) pass untouched.
+before the bridge learns anything): a frame from a port not in the set ``guarded`` (the VXLAN
+device) passes at once; from a guarded port it passes only if (port, source MAC, source IPv4)
+or, for ARP, both (port, source MAC, sender IP) and (port, sender MAC, sender IP) are in the
+set ``guards``; everything else is dropped and counted (``spoof_dropped``).
 
 The rules are fixed shapes; what changes are set elements and the per-network rules. A
 ``FilterSpec`` is both what the planner wants and what an observation found (``parse_tables``),
@@ -112,14 +112,14 @@ def _iif_concat(*fields: tuple[str, str]) -> Json:
 
 
 def bridge_rules() -> list[list[Json]]:
-    """The three fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints)."""
+    """The four fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints).
+
+    Ordered for the common case: a frame from a port heddle does not guard (the VXLAN device)
+    costs one set lookup; an IPv4 frame from an endpoint two."""
     guards = "@guards"
     return [
         [
-            {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("arp", "saddr ip")),
-                       "right": guards}},
-            {"match": {"op": "==", "left": _iif_concat(("arp", "saddr ether"), ("arp", "saddr ip")),
-                       "right": guards}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
             {"accept": None},
         ],
         [
@@ -128,10 +128,13 @@ def bridge_rules() -> list[list[Json]]:
             {"accept": None},
         ],
         [
-            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
-            {"counter": SPOOF_DROPPED},
-            {"drop": None},
+            {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("arp", "saddr ip")),
+                       "right": guards}},
+            {"match": {"op": "==", "left": _iif_concat(("arp", "saddr ether"), ("arp", "saddr ip")),
+                       "right": guards}},
+            {"accept": None},
         ],
+        [{"counter": SPOOF_DROPPED}, {"drop": None}],
     ]  # fmt: skip
 
 
