@@ -36,6 +36,7 @@ PACKAGES = (
     "python3-pkg-resources",
     "python3-venv",
     "iproute2",
+    "nftables",
     "iputils-ping",
     "etcd-server",
     "etcd-client",

@@ -66,7 +66,7 @@ def test_second_run_changes_nothing(rollout: Rollout) -> None:
 @pytest.mark.parametrize("name", HOSTS)
 def test_packages_and_venv(rollout: Rollout, name: str) -> None:
     h = host(rollout, name)
-    for pkg in ("python3-venv", "iproute2"):
+    for pkg in ("python3-venv", "nftables", "iproute2"):
         assert h.package(pkg).is_installed, pkg
     assert h.package("etcd-server").is_installed  # baked into the image on every host
     venv_heddle = h.file("/opt/heddle/venv/bin/heddle")
