@@ -155,7 +155,10 @@ class Agent:
             pass
         if not self.stopping.is_set():
             self._start_reconciler()
-        self.stopping.wait()
+        # A timed wait: CPython runs a signal handler only in the main thread, and a SIGTERM
+        # the kernel hands to another thread does not interrupt an untimed lock wait.
+        while not self.stopping.wait(0.5):
+            pass
         self._shutdown()
         return 0
 

@@ -52,9 +52,10 @@ def test_hostile_writes_stop_nothing_and_break_no_isolation(lab: Lab, overlay: S
     written: list[HostilePut] = []
     added: list[Placed] = []
     try:
-        with continuous_ping(lab, base[0], base[1], 14.0, 0.01) as r01, continuous_ping(
-            lab, base[2], base[0], 14.0, 0.01
-        ) as r20:
+        with (
+            continuous_ping(lab, base[0], base[1], 14.0, 0.01) as r01,
+            continuous_ping(lab, base[2], base[0], 14.0, 0.01) as r20,
+        ):
             for i in range(ROUNDS):
                 live_nets = [desired.get_network("hblue"), desired.get_network("hred")]
                 # victims are endpoints that stay: a duplicate of a removed endpoint is no
