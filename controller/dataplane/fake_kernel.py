@@ -9,7 +9,8 @@ that both drivers end in equal observed states.
 
 Test hooks: ``add_netns`` / ``remove_netns``, ``add_foreign_link`` / ``add_foreign_iface``
 (objects heddle must never touch), ``fail_next(op_type)`` (failure injection), ``drop_fdb``
-(simulate someone deleting an entry by hand), ``set_mtu``, ``move_peer`` (Docker taking a
+(simulate someone deleting an entry by hand), ``drop_port_fdb`` and ``set_learning`` (the
+bridge's own FDB and port flags), ``set_mtu``, ``move_peer`` (Docker taking a
 peer), and ``applied`` (every op applied, in order).
 """
 
@@ -28,6 +29,7 @@ from controller.model.kernel_state import (
     KernelState,
     LinkState,
     NeighEntry,
+    PortFdbEntry,
     VxlanAttrs,
 )
 from controller.model.naming import PREFIX
@@ -40,12 +42,14 @@ from controller.plan.kernel_ops import (
     DelFdb,
     DelLink,
     DelNeigh,
+    DelPortFdb,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
     KernelOp,
     PutFdb,
     PutNeigh,
+    PutPortFdb,
     SyncFilters,
 )
 
@@ -63,6 +67,7 @@ class _Link:
     mcast_snooping: bool | None = None
     vxlan: VxlanAttrs | None = None
     partner: str | None = None  # veth: the other end's key (see _Peer)
+    learning: bool | None = None  # bridge ports only
 
 
 @dataclass(slots=True)
@@ -98,6 +103,7 @@ class FakeKernel:
         self._links: dict[str, _Link] = {}
         self._fdb: dict[str, list[FdbEntry]] = {}
         self._neigh: dict[str, dict[str, NeighEntry]] = {}
+        self._ports: dict[str, dict[str, str]] = {}  # bridge -> static entries, MAC -> port
         self._netns: dict[str, _Netns] = {name: _Netns() for name in netns}
         self._next_index = 2
         self._fail: list[tuple[type, str]] = []
@@ -116,14 +122,27 @@ class FakeKernel:
             return
         for iface in ns.ifaces.values():
             if iface.partner is not None:
-                self._links.pop(iface.partner, None)
+                gone = self._links.pop(iface.partner, None)
+                if gone is not None:
+                    self._release(gone)
 
     def set_master(self, name: str, master: str | None) -> None:
         """Like another program enslaving or releasing link ``name`` (the OVS datapaths do:
         ``system`` puts a port under ``ovs-system``, ``netdev`` leaves it without a master)."""
         lk = self._links.get(name)
         if lk is not None:
+            self._release(lk)
             lk.master = master
+            into = self._links.get(master) if master is not None else None
+            lk.learning = True if into is not None and into.kind == "bridge" else None
+
+    def set_learning(self, name: str, learning: bool) -> None:
+        """Turn a bridge port's learning on or off behind heddle's back (drift)."""
+        self._links[name].learning = learning
+
+    def drop_port_fdb(self, bridge: str, mac: str) -> None:
+        """Remove a static bridge FDB entry behind heddle's back (drift)."""
+        del self._ports[bridge][mac]
 
     def add_foreign_link(self, name: str, kind: str = "bridge") -> None:
         """A host-namespace link heddle did not create (no owner marker)."""
@@ -176,7 +195,13 @@ class FakeKernel:
                     master=lk.master,
                     mcast_snooping=lk.mcast_snooping,
                     vxlan=lk.vxlan,
+                    learning=lk.learning,
                 )
+        bridges = [n for n, lk in links.items() if lk.owned and lk.kind == "bridge"]
+        port_fdb = {
+            br: frozenset(PortFdbEntry(m, p) for m, p in self._ports.get(br, {}).items())
+            for br in bridges
+        }
         owned_vx = [n for n, lk in self._links.items() if lk.owned and lk.kind == "vxlan"]
         fdb = {n: frozenset(self._fdb.get(n, ())) for n in owned_vx}
         neigh = {n: frozenset(self._neigh.get(n, {}).values()) for n in owned_vx}
@@ -204,7 +229,13 @@ class FakeKernel:
         spec = self.filter_spec if self.filters else None
         vnis = tuple(v for v, _ in spec.members) if spec is not None else ()
         return KernelState(
-            links=links, fdb=fdb, neigh=neigh, endpoints=sides, filters=spec, filter_vnis=vnis
+            links=links,
+            fdb=fdb,
+            neigh=neigh,
+            port_fdb=port_fdb,
+            endpoints=sides,
+            filters=spec,
+            filter_vnis=vnis,
         )
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
@@ -278,6 +309,20 @@ class FakeKernel:
             case DelNeigh():
                 if self._mine(op.dev, "vxlan") is not None:
                     self._neigh.setdefault(op.dev, {}).pop(op.ip, None)
+            case PutPortFdb():
+                port = self._port(op.dev)
+                if port is None:
+                    raise OpFailed(f"no bridge port {op.dev} owned by heddle")
+                assert port.master is not None
+                for table in self._ports.values():  # one entry per MAC and bridge
+                    if table.get(op.mac) == op.dev:
+                        del table[op.mac]
+                self._ports.setdefault(port.master, {})[op.mac] = op.dev
+            case DelPortFdb():
+                port = self._port(op.dev)
+                table = self._ports.get(port.master or "", {}) if port is not None else {}
+                if table.get(op.mac) == op.dev:
+                    del table[op.mac]
         self.applied.append(op)
 
     def _index(self) -> int:
@@ -308,6 +353,20 @@ class FakeKernel:
         self._vx(dev)
         return self._fdb.setdefault(dev, [])
 
+    def _port(self, name: str) -> _Link | None:
+        """Owned link ``name`` enslaved to a bridge (``None``: absent or not a bridge port)."""
+        lk = self._links.get(name)
+        if lk is None or not lk.owned:
+            return None
+        master = self._links.get(lk.master) if lk.master is not None else None
+        return lk if master is not None and master.kind == "bridge" else None
+
+    def _release(self, lk: _Link) -> None:
+        """What leaving its bridge does to a port: the bridge forgets its entries."""
+        table = self._ports.get(lk.master or "", {})
+        for mac in [m for m, p in table.items() if p == lk.name]:
+            del table[mac]
+
     def _bridge(self, name: str) -> _Link:
         lk = self._mine(name, "bridge")
         if lk is None:
@@ -333,7 +392,13 @@ class FakeKernel:
             self._links[op.name] = lk
         elif lk.vxlan != want:
             raise OpFailed(f"vxlan {op.name} has {lk.vxlan}, want {want}: delete it first")
-        lk.master, lk.mtu, lk.up = op.bridge, op.mtu, True
+        self._enslave(lk, op.bridge)
+        lk.mtu, lk.up = op.mtu, True
+
+    def _enslave(self, lk: _Link, bridge: str) -> None:
+        if lk.master != bridge:
+            self._release(lk)
+        lk.master, lk.learning = bridge, False
 
     def _ensure_veth(self, op: EnsureVeth) -> None:
         self._bridge(op.bridge)
@@ -359,7 +424,8 @@ class FakeKernel:
             peer.mtu, peer.partner = op.mtu, op.host_name
             self._links[op.host_name] = lk
             self._links[op.peer_name] = peer
-        lk.master, lk.mtu, lk.up = op.bridge, op.mtu, True
+        self._enslave(lk, op.bridge)
+        lk.mtu, lk.up = op.mtu, True
         peer_here = self._links.get(op.peer_name)
         if peer_here is not None and peer_here.owned and peer_here.partner == op.host_name:
             peer_here.mac, peer_here.mtu = op.peer_mac, op.mtu
@@ -394,12 +460,14 @@ class FakeKernel:
         if not lk.owned:
             raise OpFailed(f"link {name} is not owned by heddle; refusing to delete it")
         del self._links[name]
+        self._release(lk)
+        self._ports.pop(name, None)
         if lk.kind == "vxlan":
             self._fdb.pop(name, None)
             self._neigh.pop(name, None)
         for other in self._links.values():
             if other.master == name:
-                other.master = None
+                other.master, other.learning = None, None
         if lk.partner is None or self._links.pop(lk.partner, None) is not None:
             return
         for ns in self._netns.values():  # the peer has moved into an endpoint netns

@@ -42,6 +42,7 @@ from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.netns_socket import NETNS_DIR, iproute_in
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
+    NTF_MASTER,
     NTF_SELF,
     NUD_NOARP,
     NUD_PERMANENT,
@@ -57,6 +58,7 @@ from controller.model.kernel_state import (
     KernelState,
     LinkState,
     NeighEntry,
+    PortFdbEntry,
     VxlanAttrs,
 )
 from controller.model.naming import OWNER_ALIAS, PREFIX
@@ -79,12 +81,14 @@ from controller.plan.kernel_ops import (
     DelFdb,
     DelLink,
     DelNeigh,
+    DelPortFdb,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
     KernelOp,
     PutFdb,
     PutNeigh,
+    PutPortFdb,
     SyncFilters,
 )
 
@@ -93,7 +97,9 @@ MAIN_TABLE = 254
 
 Msg = Any  # a parsed pyroute2 netlink message (untyped library)
 
-_ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh)
+_ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh, PutPortFdb, DelPortFdb)
+_PORT_OPS = (PutPortFdb, DelPortFdb)
+_DELETES = (DelFdb, DelNeigh, DelPortFdb)
 
 #: ``addr_gen_mode none``: no IPv6 link-local address, hence no DAD, router solicitations or
 #: MLD reports. heddle's overlays are IPv4; without this every bridge, VXLAN device and veth
@@ -104,6 +110,7 @@ _TOLERATED: dict[type, frozenset[int]] = {
     AddFlood: frozenset({errno.EEXIST}),
     DelFdb: frozenset({errno.ENOENT}),
     DelNeigh: frozenset({errno.ENOENT}),
+    DelPortFdb: frozenset({errno.ENOENT}),
 }
 
 
@@ -140,6 +147,16 @@ def _kind(msg: Msg) -> str:
 def _info_data(msg: Msg) -> Msg | None:
     info = msg.get("IFLA_LINKINFO")
     return info.get("IFLA_INFO_DATA") if info is not None else None
+
+
+def _port_learning(msg: Msg) -> bool | None:
+    """The bridge-port learning flag of an enslaved link (``None``: not a bridge port)."""
+    info = msg.get("IFLA_LINKINFO")
+    if info is None or info.get("IFLA_INFO_SLAVE_KIND") != "bridge":
+        return None
+    data = info.get("IFLA_INFO_SLAVE_DATA")
+    flag = data.get("IFLA_BRPORT_LEARNING") if data is not None else None
+    return None if flag is None else bool(flag)
 
 
 def _owned(msg: Msg) -> bool:
@@ -306,18 +323,32 @@ class KernelDataPlane:
                 master=names.get(m.get("IFLA_MASTER")) if m.get("IFLA_MASTER") else None,
                 mcast_snooping=snooping,
                 vxlan=_vxlan_attrs(m),
+                learning=_port_learning(m),
             )
             links[name] = link
             if link.owned and kind == "vxlan":
                 vx_index[link.index] = name
         self._index = {name: index for index, name in vx_index.items()}
+        bridges = {n for n, lk in links.items() if lk.owned and lk.kind == "bridge"}
+        ports = {
+            lk.index: (n, lk.master)
+            for n, lk in links.items()
+            if lk.owned and lk.master in bridges and lk.kind in ("veth", "vxlan")
+        }
 
         fdb: dict[str, set[FdbEntry]] = {n: set() for n in vx_index.values()}
         neigh: dict[str, set[NeighEntry]] = {n: set() for n in vx_index.values()}
+        port_fdb: dict[str, set[PortFdbEntry]] = {n: set() for n in bridges}
+        if ports or vx_index:
+            devs = {**dict.fromkeys(ports, ""), **vx_index}
+            for ifindex, state, flags, mac, dst in self._entries(socket.AF_BRIDGE, devs):
+                if flags & NTF_SELF:
+                    if dst is not None and mac and ifindex in vx_index:
+                        fdb[vx_index[ifindex]].add(FdbEntry(mac, dst))
+                elif ifindex in ports and state & NUD_NOARP and not state & NUD_PERMANENT:
+                    port, bridge = ports[ifindex]
+                    port_fdb[str(bridge)].add(PortFdbEntry(mac, port))
         if vx_index:
-            for ifindex, _state, flags, mac, dst in self._entries(socket.AF_BRIDGE, vx_index):
-                if flags & NTF_SELF and dst is not None and mac:
-                    fdb[vx_index[ifindex]].add(FdbEntry(mac, dst))
             for ifindex, state, _flags, mac, dst in self._entries(socket.AF_INET, vx_index):
                 if dst is not None:
                     neigh[vx_index[ifindex]].add(NeighEntry(dst, mac, bool(state & NUD_PERMANENT)))
@@ -326,6 +357,7 @@ class KernelDataPlane:
             links=links,
             fdb={k: frozenset(v) for k, v in fdb.items()},
             neigh={k: frozenset(v) for k, v in neigh.items()},
+            port_fdb={k: frozenset(v) for k, v in port_fdb.items()},
             endpoints=self._observe_endpoints(endpoint_keys(view)),
             filters=listing.spec,
             filter_vnis=listing.vni_sets,
@@ -503,10 +535,15 @@ class KernelDataPlane:
                 self._configure_endpoint(op)
             case DelLink():
                 self._del_link(op)
-            case PutFdb() | AddFlood() | DelFdb() | PutNeigh() | DelNeigh():
-                if not self.fast_netlink:
-                    self._apply_entry_pyroute2(op)
-                    return
+            case PutPortFdb() | DelPortFdb() if not self.fast_netlink:
+                idx = self._entry_index(op)
+                if idx is not None:
+                    self._apply_port_entry_pyroute2(op, idx)
+            case PutFdb() | AddFlood() | DelFdb() | PutNeigh() | DelNeigh() if not (
+                self.fast_netlink
+            ):
+                self._apply_entry_pyroute2(op)
+            case _:
                 reason = self._apply_entries([op])[0]
                 if reason is not None:
                     raise OpFailed(reason)
@@ -541,6 +578,18 @@ class KernelDataPlane:
             if _code(exc) not in _TOLERATED.get(type(op), frozenset()):
                 raise
 
+    def _apply_port_entry_pyroute2(self, op: PutPortFdb | DelPortFdb, idx: int) -> None:
+        try:
+            if isinstance(op, PutPortFdb):
+                self._host().fdb(
+                    "replace", ifindex=idx, lladdr=op.mac, state=NUD_NOARP, flags=NTF_MASTER
+                )
+            else:
+                self._host().fdb("del", ifindex=idx, lladdr=op.mac, flags=NTF_MASTER)
+        except NetlinkError as exc:
+            if _code(exc) not in _TOLERATED.get(type(op), frozenset()):
+                raise
+
     def _apply_entries(self, ops: Sequence[KernelOp]) -> list[str | None]:
         """FDB/neighbour ops in one raw netlink buffer; one failure reason (or None) per op.
 
@@ -554,7 +603,7 @@ class KernelDataPlane:
                 raise TypeError(f"not an entry op: {op!r}")
             devs.append(op.dev)
             try:
-                idx = self._vx_index(op.dev, missing_ok=isinstance(op, DelFdb | DelNeigh))
+                idx = self._entry_index(op)
             except OpFailed as exc:
                 results[i] = exc.reason
                 continue
@@ -596,6 +645,27 @@ class KernelDataPlane:
         if kind == "vxlan":
             self._index[name] = msg["index"]
         return msg
+
+    def _entry_index(self, op: KernelOp) -> int | None:
+        """Ifindex of the device an entry op writes to (``None``: gone, for a delete)."""
+        assert isinstance(op, _ENTRY_OPS)
+        missing_ok = isinstance(op, _DELETES)
+        if isinstance(op, _PORT_OPS):
+            return self._port_index(op.dev, missing_ok)
+        return self._vx_index(op.dev, missing_ok)
+
+    def _port_index(self, port: str, missing_ok: bool) -> int | None:
+        """Ifindex of an owned bridge port (veth or VXLAN device), cached as ``_vx_index``."""
+        idx = self._index.get(port)
+        if idx is not None:
+            return idx
+        msg = _get_link(self._host(), port)
+        if msg is None or not _owned(msg):
+            if msg is None and missing_ok:
+                return None
+            raise OpFailed(f"no bridge port {port} owned by heddle")
+        self._index[port] = int(msg["index"])
+        return int(msg["index"])
 
     def _vx_index(self, dev: str, missing_ok: bool = False) -> int | None:
         """Ifindex of owned VXLAN device ``dev``: from the cache filled by ``observe`` and by
@@ -677,6 +747,12 @@ class KernelDataPlane:
                 raise OpFailed(f"vxlan {op.name} has {have}, want {want}: delete it first")
             idx = int(msg["index"])
         self._host().link("set", index=idx, master=br, mtu=op.mtu, state="up")
+        self._no_learning(idx)
+
+    def _no_learning(self, idx: int) -> None:
+        """Learning off on bridge port ``idx``: the bridge's FDB holds only what the agent put
+        there (static entries), so no frame can move a MAC to another port."""
+        self._host().brport("set", index=idx, learning=0)
 
     def _ensure_veth(self, op: EnsureVeth) -> None:
         ipr = self._host()
@@ -695,6 +771,7 @@ class KernelDataPlane:
         else:
             idx = int(msg["index"])
         ipr.link("set", index=idx, master=br, mtu=op.mtu, state="up")
+        self._no_learning(idx)
         peer = _get_link(ipr, op.peer_name)
         if peer is not None and _owned(peer) and _kind(peer) == "veth":
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)

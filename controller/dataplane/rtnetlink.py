@@ -23,12 +23,15 @@ from controller.plan.kernel_ops import (
     AddFlood,
     DelFdb,
     DelNeigh,
+    DelPortFdb,
     KernelOp,
     PutFdb,
     PutNeigh,
+    PutPortFdb,
 )
 
 NTF_SELF = 0x02
+NTF_MASTER = 0x04
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
@@ -169,6 +172,16 @@ def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
             body = _rta(_NDA_LLADDR, _mac(op.mac)) + _rta(_NDA_DST, inet(op.dst))
             return _RTM_DELNEIGH, 0, nd + body
+        case PutPortFdb():
+            nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_NOARP, NTF_MASTER, 0)
+            return (
+                _RTM_NEWNEIGH,
+                _NLM_F_CREATE | _NLM_F_REPLACE,
+                nd + _rta(_NDA_LLADDR, _mac(op.mac)),
+            )
+        case DelPortFdb():
+            nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_MASTER, 0)
+            return _RTM_DELNEIGH, 0, nd + _rta(_NDA_LLADDR, _mac(op.mac))
         case PutNeigh():
             nd = _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
             body = _rta(_NDA_DST, inet(op.ip)) + _rta(_NDA_LLADDR, _mac(op.mac))

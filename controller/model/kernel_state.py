@@ -31,7 +31,9 @@ class LinkState:
 
     ``owned`` is ``ifalias == OWNER_ALIAS``. ``master`` is the master's *name* (``None`` when
     not enslaved). ``mcast_snooping`` is set for bridges only, ``vxlan`` for VXLAN devices only.
-    ``index`` and the MACs of bridges/vxlan/host-side veths are assigned by the kernel.
+    ``learning`` is the bridge-port learning flag of a link enslaved to a Linux bridge (``None``
+    for any other link). ``index`` and the MACs of bridges/vxlan/host-side veths are assigned by
+    the kernel.
     """
 
     name: str
@@ -44,6 +46,7 @@ class LinkState:
     master: str | None = None
     mcast_snooping: bool | None = None
     vxlan: VxlanAttrs | None = None
+    learning: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -52,6 +55,16 @@ class FdbEntry:
 
     mac: str
     dst: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortFdbEntry:
+    """A static entry in a bridge's own FDB (NTF_MASTER, NUD_NOARP): frames to ``mac`` leave
+    by bridge port ``port``. Learned (dynamic) and the bridge's local (permanent) entries are
+    not reported: heddle neither relies on nor removes them."""
+
+    mac: str
+    port: str
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -91,15 +104,17 @@ class KernelState:
 
     ``links``: every ``hd*`` link in the host namespace by name (owned or not).
     ``fdb`` / ``neigh``: entries per *owned* VXLAN device name (a device with none maps to an
-    empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every endpoint namespace the
-    observation was asked to look into. ``filters``: what heddle's nftables tables hold (``None``
-    when they are missing, malformed, or the backend does not keep them); ``filter_vnis``: the
-    per-network sets present in them.
+    empty set). ``port_fdb``: the static entries of each *owned* bridge (by bridge name; a
+    bridge with none maps to an empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every
+    endpoint namespace the observation was asked to look into. ``filters``: what heddle's
+    nftables tables hold (``None`` when they are missing, malformed, or the backend does not
+    keep them); ``filter_vnis``: the per-network sets present in them.
     """
 
     links: Mapping[str, LinkState] = field(default_factory=dict)
     fdb: Mapping[str, frozenset[FdbEntry]] = field(default_factory=dict)
     neigh: Mapping[str, frozenset[NeighEntry]] = field(default_factory=dict)
+    port_fdb: Mapping[str, frozenset[PortFdbEntry]] = field(default_factory=dict)
     endpoints: Mapping[tuple[str, str], EndpointSide] = field(default_factory=dict)
     filters: FilterSpec | None = None
     filter_vnis: tuple[int, ...] = ()

@@ -4,15 +4,18 @@ What a host realises per network it has endpoints in (README.md, docs/platform.m
 ``bridge_name(vni)`` (multicast snooping off), a VXLAN device ``vxlan_name(vni)`` in it (VNI,
 dstport 4789, ``local`` = this host's VTEP, nolearning, proxy), one veth per local endpoint, a
 unicast FDB entry and a permanent neighbour entry per remote endpoint, and one all-zero FDB entry
-per flood VTEP. Everything gets the network's overlay MTU.
+per flood VTEP. Everything gets the network's overlay MTU. The bridge learns nothing: every port
+has learning off, and the bridge's own FDB holds one static entry per MAC (local endpoints' on
+their veths, remote ones on the VXLAN device), so no frame, forged or not, can move a MAC.
 
 Order of the result (each group in view order, which is sorted, so the result is deterministic):
 
-1. stale FDB / neighbour entries on VXLAN devices that stay (a device that goes takes its entries
-   with it, so none are planned for it),
+1. stale FDB / neighbour entries on VXLAN devices that stay, and stale static bridge entries (a
+   device that goes takes its entries with it, so none are planned for it),
 2. link deletes: endpoint veths, then VXLAN devices, then bridges (and devices that must be
    re-created because a creation-time attribute changed),
-3. per network: bridge, VXLAN device, veths, endpoint sides, then FDB, flood and neighbour entries.
+3. per network: bridge, VXLAN device, FDB, flood and neighbour entries, veths and endpoint
+   sides, then the static bridge entries (their ports exist by then).
 
 Only links that are *owned* (``hd`` prefix and the owner ifalias, see ``KernelState``) are ever
 deleted. Invariant: once every op applied, planning on a fresh observation returns ``()``.
@@ -27,6 +30,7 @@ from controller.model.kernel_state import (
     KernelState,
     LinkState,
     NeighEntry,
+    PortFdbEntry,
     VxlanAttrs,
 )
 from controller.model.naming import (
@@ -46,12 +50,14 @@ from controller.plan.kernel_ops import (
     DelFdb,
     DelLink,
     DelNeigh,
+    DelPortFdb,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
     KernelOp,
     PutFdb,
     PutNeigh,
+    PutPortFdb,
     SyncFilters,
 )
 from controller.plan.links import is_owned, side_ok, stale_link_dels
@@ -180,6 +186,9 @@ def _plan_network(
     # endpoint's first ARP is answered by the VXLAN proxy only from an existing neighbour entry
     # (otherwise it is dropped and the endpoint's resolver waits a full second to retry).
     kept = vxlan is not None and is_owned(vxlan)
+    bridge_kept = bridge is not None and is_owned(bridge)
+    have_ports = actual.port_fdb.get(br, frozenset()) if bridge_kept else frozenset()
+    entry_dels.extend(_port_fdb_dels(nv, have_ports))
     have_fdb = actual.fdb.get(vx, frozenset()) if kept else frozenset()
     have_neigh = actual.neigh.get(vx, frozenset()) if kept else frozenset()
     entry_dels.extend(_fdb_dels(vx, nv, have_fdb))
@@ -189,6 +198,15 @@ def _plan_network(
 
     for ep in nv.local:
         builds.extend(_plan_endpoint(nv, ep, br, mtu, actual, desired, recreate_dels))
+    # Static bridge entries go in once their ports exist. A port that is not in this bridge
+    # yet (new, re-created, or enslaved elsewhere) holds none: joining a bridge starts empty.
+    recreated = {op.name for op in recreate_dels if isinstance(op, DelLink)}
+    joining = {
+        name
+        for name in (vx, *(veth_host_name(ep.network, ep.id) for ep in nv.local))
+        if not _in_bridge(actual.links.get(name), br) or name in recreated
+    }
+    builds.extend(_port_fdb_puts(nv, have_ports, joining))
 
 
 def _plan_endpoint(
@@ -218,7 +236,12 @@ def _plan_endpoint(
     fresh = host is None or not is_owned(host)
     peer_ok = peer is None or not is_owned(peer) or (peer.mac == ep.mac and peer.mtu == mtu)
     host_ok = (
-        host is not None and is_owned(host) and host.master == br and host.mtu == mtu and host.up
+        host is not None
+        and is_owned(host)
+        and host.master == br
+        and host.learning is False
+        and host.mtu == mtu
+        and host.up
     )
     if not (host_ok and peer_ok):
         ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac, ep.netns, ep.ifname))
@@ -240,6 +263,10 @@ def _plan_endpoint(
     return ops
 
 
+def _in_bridge(link: LinkState | None, br: str) -> bool:
+    return link is not None and is_owned(link) and link.master == br
+
+
 def _bridge_ok(link: LinkState | None, mtu: int) -> bool:
     return (
         link is not None
@@ -257,6 +284,7 @@ def _vxlan_ok(link: LinkState | None, want: VxlanAttrs, br: str, mtu: int) -> bo
         and is_owned(link)
         and link.vxlan == want
         and link.master == br
+        and link.learning is False
         and link.mtu == mtu
         and link.up
     )
@@ -281,6 +309,34 @@ def _desired_neigh(nv: NetworkView) -> dict[str, str]:
         if cur is None or r.mac < cur:
             out[r.ip] = r.mac
     return out
+
+
+def _desired_ports(nv: NetworkView) -> dict[str, str]:
+    """MAC -> bridge port: each remote MAC on the VXLAN device, each local endpoint's MAC on its
+    veth (a local endpoint wins over a remote claim of the same MAC)."""
+    vx = vxlan_name(nv.network.vni)
+    out = dict.fromkeys(_desired_unicast(nv), vx)
+    for ep in nv.local:
+        out[ep.mac] = veth_host_name(ep.network, ep.id)
+    return out
+
+
+def _port_fdb_dels(nv: NetworkView, have: Iterable[PortFdbEntry]) -> list[KernelOp]:
+    """Static entries for MACs the network no longer has (a MAC that only moved to another port
+    is moved by ``PutPortFdb``'s replace instead)."""
+    want = _desired_ports(nv)
+    return [DelPortFdb(e.port, e.mac) for e in sorted(have) if e.mac not in want]
+
+
+def _port_fdb_puts(
+    nv: NetworkView, have: Iterable[PortFdbEntry], rebuilt: set[str]
+) -> list[KernelOp]:
+    present = set(have)
+    return [
+        PutPortFdb(port, mac)
+        for mac, port in sorted(_desired_ports(nv).items())
+        if port in rebuilt or PortFdbEntry(mac, port) not in present
+    ]
 
 
 def _fdb_dels(vx: str, nv: NetworkView, have: Iterable[FdbEntry]) -> list[KernelOp]:

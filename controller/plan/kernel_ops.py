@@ -48,7 +48,7 @@ class EnsureBridge:
 @dataclass(frozen=True, slots=True)
 class EnsureVxlan:
     """A VXLAN device: ``vni``, ``local=vtep``, dstport ``port``, nolearning, proxy, enslaved to
-    ``bridge``, MTU ``mtu``, up, owned.
+    ``bridge`` as a port with learning off, MTU ``mtu``, up, owned.
 
     VNI, local, port, learning and proxy are fixed at creation; when they differ the planner
     deletes the device first (``DelLink``), so a driver may treat a mismatch as an error.
@@ -72,13 +72,14 @@ class EnsureVxlan:
     def __str__(self) -> str:
         return (
             f"ensure vxlan {self.name} id {self.vni} local {self.vtep} dstport {self.port} "
-            f"nolearning proxy master {self.bridge} mtu {self.mtu}"
+            f"nolearning proxy master {self.bridge} (port learning off) mtu {self.mtu}"
         )
 
 
 @dataclass(frozen=True, slots=True)
 class EnsureVeth:
-    """A veth pair for one endpoint: ``host_name`` in ``bridge`` (MTU, up, owned).
+    """A veth pair for one endpoint: ``host_name`` in ``bridge`` as a port with learning off
+    (MTU, up, owned).
 
     When created with ``netns``, the peer is born directly inside that namespace as ``ifname``
     with ``peer_mac`` and ``mtu`` (and owned): moving a device between namespaces costs the
@@ -168,7 +169,8 @@ class DelLink:
 
 
 class _EntryOp:
-    """Shared by the FDB and neighbour ops: each needs its VXLAN device and creates no link."""
+    """Shared by the FDB and neighbour ops: each needs its device (the VXLAN device; for the
+    bridge FDB ops, the bridge port) and creates no link."""
 
     __slots__ = ()
     dev: str
@@ -180,6 +182,32 @@ class _EntryOp:
     @property
     def provides(self) -> frozenset[str]:
         return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PutPortFdb(_EntryOp):
+    """Static entry ``mac`` in the bridge FDB, on bridge port ``dev`` (a veth or VXLAN device):
+    NTF_MASTER, NUD_NOARP, *replace* (a MAC that moved to another port is moved). Every port
+    has learning off, so these entries are how the bridge knows where a MAC lives: no frame can
+    move one."""
+
+    dev: str
+    mac: str
+
+    def __str__(self) -> str:
+        return f"fdb replace {self.mac} dev {self.dev} master static"
+
+
+@dataclass(frozen=True, slots=True)
+class DelPortFdb(_EntryOp):
+    """Remove static bridge entry ``mac`` from port ``dev``; absent (or the port gone) is
+    success."""
+
+    dev: str
+    mac: str
+
+    def __str__(self) -> str:
+        return f"fdb del {self.mac} dev {self.dev} master"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,5 +307,7 @@ KernelOp = (
     | DelFdb
     | PutNeigh
     | DelNeigh
+    | PutPortFdb
+    | DelPortFdb
 )
 """Every op the kernel planner emits and the kernel drivers (real and fake) apply."""

@@ -94,6 +94,23 @@ def test_vxlan_from_no_member_reaches_nothing_and_is_counted(lab: Lab, overlay: 
     assert wait_ping(peer.netns, victim.ip, timeout=5.0), "members still reach each other"
 
 
+def test_a_member_forging_a_local_mac_moves_nothing(lab: Lab, overlay: Scenario) -> None:
+    """A member host (its VTEP passes the filter) sends frames whose inner source is an
+    endpoint of the receiving host: the receiving bridge learns nothing, so the endpoint's MAC
+    stays on its own port and its neighbour on that host still reaches it."""
+    overlay.network("mv", "10.35.0.0/24")
+    overlay.endpoint("mv", "h1", "mv1")
+    victim = overlay.endpoint("mv", "h2", "mv2")
+    neighbour = overlay.endpoint("mv", "h2", "mv3")
+    overlay.converge()
+    assert wait_ping(neighbour.netns, victim.ip, timeout=10.0)
+    h1 = lab.host("h1")
+    vni = overlay.desired.get_network("mv").vni
+    frame = icmp_echo(victim.mac, "ff:ff:ff:ff:ff:ff", victim.ip, "10.35.0.255")
+    send_vxlan(h1.netns, h1.vtep, lab.host("h2").vtep, vni, frame, count=5)
+    assert ping(neighbour.netns, victim.ip, count=3, interval=0.02, wait=0.5).received == 3
+
+
 def test_the_filter_holds_while_the_agent_is_dead(lab: Lab, overlay: Scenario) -> None:
     overlay.network("sk", "10.33.0.0/24")
     overlay.endpoint("sk", "h1", "sk1")

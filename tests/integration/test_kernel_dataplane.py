@@ -20,7 +20,14 @@ from pyroute2 import IPRoute, netns
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_kernel import FakeKernel
 from controller.dataplane.kernel import KernelDataPlane
-from controller.model.kernel_state import FdbEntry, KernelState, LinkState, NeighEntry
+from controller.dataplane.rtnetlink import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
+from controller.model.kernel_state import (
+    FdbEntry,
+    KernelState,
+    LinkState,
+    NeighEntry,
+    PortFdbEntry,
+)
 from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
@@ -32,6 +39,7 @@ from controller.plan.kernel_ops import (
     EnsureVeth,
     PutFdb,
     PutNeigh,
+    PutPortFdb,
 )
 
 pytestmark = [
@@ -194,6 +202,48 @@ def test_fdb_entry_deleted_by_hand_is_replanned(lab: Lab, fast: bool) -> None:
         assert NeighEntry("10.77.0.30", "02:42:0a:4d:00:1e") in state.neigh[vxlan_name(VNI)]
 
 
+def test_bridge_learns_nothing_and_holds_a_static_entry_per_mac(lab: Lab, fast: bool) -> None:
+    """Learning is off on every port of heddle's bridge and each MAC has a static master entry,
+    so traffic leaves no learned entry behind; learning switched on or a static entry deleted
+    by hand is put back."""
+    view = view_of(snapshot(lab))
+    br, vx = bridge_name(VNI), vxlan_name(VNI)
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
+        state = converge(dp, view)
+        ports = {n for n, lk in state.links.items() if lk.master == br}
+        assert ports == {vx, *(veth_host_name("blue", e) for e in ("a", "b", "d"))}
+        assert all(state.links[n].learning is False for n in ports)
+        assert state.port_fdb[br] == {
+            PortFdbEntry("02:42:0a:4d:00:0a", veth_host_name("blue", "a")),
+            PortFdbEntry("02:42:0a:4d:00:0b", veth_host_name("blue", "b")),
+            PortFdbEntry("02:42:0a:4d:00:0c", veth_host_name("blue", "d")),
+            PortFdbEntry("02:42:0a:4d:00:14", vx),
+            PortFdbEntry("02:42:0a:4d:00:1e", vx),
+            PortFdbEntry("02:42:0a:4d:00:1f", vx),
+        }
+        result = ping(lab.ep_a, "10.77.0.11")
+        assert result.returncode == 0, result.stdout + result.stderr
+        br_index = ipr.link("get", ifname=br)[0]["index"]
+        learned = [
+            m.get("NDA_LLADDR")
+            for m in ipr.fdb("dump")
+            if m.get("NDA_MASTER") == br_index and not m["state"] & (NUD_NOARP | NUD_PERMANENT)
+        ]
+        assert learned == []
+        a_port = ipr.link("get", ifname=veth_host_name("blue", "a"))[0]["index"]
+        ipr.brport("set", index=a_port, learning=1)
+        vx_port = ipr.link("get", ifname=vx)[0]["index"]
+        ipr.fdb("del", ifindex=vx_port, lladdr="02:42:0a:4d:00:14", flags=NTF_MASTER)
+        ops = dp.plan(view, dp.observe(view))
+        assert PutPortFdb(vx, "02:42:0a:4d:00:14") in ops
+        assert [type(op) for op in ops].count(EnsureVeth) == 1
+        state = converge(dp, view)
+        assert state.links[veth_host_name("blue", "a")].learning is False
+
+
 def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab, fast: bool) -> None:
     snap = snapshot(lab)
     with (
@@ -235,7 +285,7 @@ def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool) -
         # the veth is born inside its namespace, so creating it is what fails; configuring it
         # is skipped as dependent
         assert [type(op) for op, _ in err.value.failures] == [EnsureVeth]
-        assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint]
+        assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint, PutPortFdb]
         assert ghost in str(err.value)
         assert not os.path.exists(f"/run/netns/{ghost}")  # never created by accident (P2)
         ops = dp.plan(view, dp.observe(view))

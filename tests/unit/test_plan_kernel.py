@@ -9,7 +9,7 @@ import pytest
 
 from controller.dataplane.backend import DataPlaneError, apply_all
 from controller.dataplane.fake_kernel import FakeKernel
-from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry
+from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
 from controller.model.nft_filter import FilterSpec
 from controller.model.records import Endpoint, Host, Network
@@ -27,6 +27,7 @@ from controller.plan.kernel_ops import (
     EnsureVxlan,
     KernelOp,
     PutFdb,
+    PutPortFdb,
     SyncFilters,
 )
 
@@ -265,7 +266,9 @@ def test_failed_op_skips_its_dependants_only_and_next_pass_repairs() -> None:
         fk.apply(plan_kernel(v, fk.observe(v)))
     failed_veth = err.value.op
     assert isinstance(failed_veth, EnsureVeth)
-    assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint]
+    skipped = err.value.skipped
+    assert [type(op) for op in skipped] == [ConfigureEndpoint, PutPortFdb]
+    assert {op.dev for op in skipped if isinstance(op, PutPortFdb)} == {failed_veth.host_name}
     state = fk.observe(v)
     assert FdbEntry(C.mac, H2.vtep) in state.fdb[VX]  # independent ops still applied
     assert plan_kernel(v, state)[0] == failed_veth
@@ -403,3 +406,54 @@ def test_filters_that_vanish_are_rewritten_at_once() -> None:
     fk.drop_filters()
     ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
     assert [type(op) for op in ops] == [SyncFilters]
+
+
+def test_bridge_learns_nothing_and_knows_every_mac_statically() -> None:
+    v = view(A, B, C)
+    state = converge(fk := fake_for(v), v)
+    ports = [lk for lk in state.links.values() if lk.master == BR]
+    assert ports and all(lk.learning is False for lk in ports)
+    ha, hb = veth_host_name("blue", "a"), veth_host_name("blue", "b")
+    assert state.port_fdb[BR] == {
+        PortFdbEntry(A.mac, ha),
+        PortFdbEntry(B.mac, hb),
+        PortFdbEntry(C.mac, VX),
+    }
+    # C moves to this host (same MAC): its entry moves from the VXLAN port to its new veth.
+    c_here = replace(C, host="h1")
+    moved = view(A, B, c_here)
+    ops = plan_kernel(moved, fk.observe(moved))
+    assert PutPortFdb(veth_host_name("blue", "c"), C.mac) in ops
+    state = converge(fk, moved)
+    assert PortFdbEntry(C.mac, veth_host_name("blue", "c")) in state.port_fdb[BR]
+    # B leaves: its veth goes, and its entry with it.
+    state = converge(fk, view(A, c_here))
+    assert all(e.mac != B.mac for e in state.port_fdb[BR])
+
+
+def test_learning_turned_on_or_a_static_entry_lost_is_repaired() -> None:
+    v = view(A, C)
+    fk = fake_for(v)
+    converge(fk, v)
+    ha = veth_host_name("blue", "a")
+    fk.set_learning(ha, True)
+    fk.set_learning(VX, True)
+    fk.drop_port_fdb(BR, C.mac)
+    ops = plan_kernel(v, fk.observe(v))
+    assert {type(op) for op in ops} == {EnsureVeth, EnsureVxlan, PutPortFdb}
+    assert PutPortFdb(VX, C.mac) in ops
+    converge(fk, v)
+
+
+def test_a_port_leaving_and_rejoining_its_bridge_gets_its_entries_back() -> None:
+    v = view(A, C)
+    fk = fake_for(v)
+    converge(fk, v)
+    fk.set_master(VX, None)  # someone releases the VXLAN port: the bridge forgets its entries
+    state = fk.observe(v)
+    assert PortFdbEntry(C.mac, VX) not in state.port_fdb[BR]
+    ops = plan_kernel(v, state)
+    assert ops.index(PutPortFdb(VX, C.mac)) > ops.index(
+        next(op for op in ops if isinstance(op, EnsureVxlan))
+    )
+    converge(fk, v)
