@@ -8,6 +8,12 @@ again; after etcd was unreachable it re-asserts the alive key on the surviving l
 is down it retries with a jittered exponential backoff capped at ``ttl/3`` (never a busy loop).
 ``stop()`` revokes the lease so the alive key disappears at once, not after ``ttl``.
 
+The host record is this agent's: on every refresh it reads ``hosts/<name>`` back, and when
+another client rewrote or deleted it (another VTEP would send every peer's traffic for this
+host elsewhere) it puts its own record back, logs a warning and counts it (``restored``,
+``notices``, which the status record and the metrics report). With per-host etcd identities
+(``controller/store/access.py``) only the operator can still do that.
+
 Thread-safe for the documented use: ``start``/``stop`` from one thread, properties from any.
 """
 
@@ -21,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from controller.model import codec
-from controller.model.errors import StoreUnavailable
+from controller.model.errors import InvalidRecord, StoreRefused, StoreUnavailable, brief
 from controller.model.records import Alive, Host
 from controller.store import keys
 from controller.store.kv import KV, Put, Txn
@@ -49,6 +55,8 @@ class Membership:
         self._last_error: str | None = None
         self._last_contact: float | None = None  # time.monotonic() of the last success
         self.registrations = 0
+        self.restored = 0  # times the host record was found changed by someone else
+        self._last_restore: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -63,6 +71,12 @@ class Membership:
     def last_contact(self) -> float | None:
         """``time.monotonic()`` when etcd last answered a refresh or registration (None: never)."""
         return self._last_contact
+
+    def notices(self) -> tuple[str, ...]:
+        """What the agent had to repair (for the status record); ``()`` while nothing was."""
+        if not self.restored:
+            return ()
+        return (f"host record restored {self.restored} time(s); last found {self._last_restore}",)
 
     @property
     def lease(self) -> int | None:
@@ -119,6 +133,7 @@ class Membership:
                 if remaining > 0:
                     if not was_alive:
                         self._put_alive(self._lease)  # re-assert after an outage
+                    self._guard_record()
                     self._alive = True
                     self._last_error = None
                     self._last_contact = time.monotonic()
@@ -150,6 +165,29 @@ class Membership:
         self._lease = lease
         self.registrations += 1
         log.info("membership: %s registered (lease %x)", self._host.name, lease)
+
+    def _guard_record(self) -> None:
+        """Read the host record back; put it back if someone else changed or deleted it.
+        Raises ``StoreUnavailable`` (not ``StoreRefused``: a refusal is logged and kept as
+        the last error, since retrying with this identity cannot help)."""
+        key = keys.host(self._host.name)
+        got = self._kv.get(key)
+        if got is not None:
+            try:
+                if codec.decode_host(got.value) == self._host:
+                    return
+            except InvalidRecord:
+                pass
+        found = "it deleted" if got is None else brief(got.value.decode(errors="replace"), 120)
+        try:
+            self._kv.commit(Txn(success=(Put(key, codec.encode_host(self._host).encode()),)))
+        except StoreRefused as exc:
+            log.error("membership: %s was changed to %s; cannot put it back: %s", key, found, exc)
+            self._last_error = str(exc)
+            return
+        self.restored += 1
+        self._last_restore = f"{found} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        log.warning("membership: %s was changed by someone else (%s); put back", key, found)
 
     def _put_alive(self, lease: int) -> None:
         self._kv.commit(

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from controller.cli.parser import OK, REFUSED, UNAVAILABLE, build_parser
-from controller.model.errors import HeddleError, StoreUnavailable
+from controller.model.errors import HeddleError, StoreRefused, StoreUnavailable
 from controller.store.kv import KV
 from controller.telemetry.logformat import configure
 
@@ -29,9 +29,10 @@ def make_kv(args: argparse.Namespace) -> KV:
 
 
 def _store_verbs() -> dict[str, Callable[[argparse.Namespace, KV], int]]:
-    from controller.cli import records, status, trace
+    from controller.cli import access, records, status, trace
 
     return {
+        "access": lambda args, kv: access.apply(args, kv),
         "network": records.network,
         "endpoint": records.endpoint,
         "host": records.host,
@@ -63,12 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_agent(load_config(args))
         except HeddleError as exc:
             return _fail(exc)
+    if args.command == "access" and args.action == "show":
+        from controller.cli.access import show
+
+        try:
+            return show(args)
+        except HeddleError as exc:
+            return _fail(exc)
     try:
         kv = make_kv(args)
     except HeddleError as exc:
         return _fail(exc)
     try:
         return _store_verbs()[args.command](args, kv)
+    except StoreRefused as exc:
+        return _fail(exc, REFUSED, "etcd refused: ")
     except StoreUnavailable as exc:
         return _fail(exc, UNAVAILABLE, "etcd unavailable: ")
     except HeddleError as exc:

@@ -102,6 +102,7 @@ class Agent:
             BuildInfo(__version__, self.host.backend, self.host.name),
             lambda: self.watcher,
             self.drops,
+            lambda: self.membership.restored,
         )
         self.reconciler: Reconciler[Any, Any] | None = None
         self._worker: threading.Thread | None = None
@@ -173,6 +174,7 @@ class Agent:
         self._status = StatusWriter(
             self.kv, self.host.name, stuck=lambda: self.watcher.stalled(STUCK_AFTER),
             metrics=cfg.metrics_advertised if self.telemetry is not None else None,
+            notices=self.membership.notices,
         )  # fmt: skip
         status = self._status
 

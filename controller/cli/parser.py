@@ -14,6 +14,7 @@ from typing import Any
 
 from controller import __version__
 from controller.lab.docker_engine import DEFAULT_ENGINE, ENGINES
+from controller.store.access import OPERATOR_USER
 
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -34,7 +35,8 @@ def _leaf(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole grammar: global flags, then ``network|endpoint|host|status|trace|agent|lab``."""
+    """The whole grammar: global flags, then
+    ``network|endpoint|host|status|trace|access|agent|lab``."""
     p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
     p.add_argument("--version", action="version", version=f"heddle {__version__}")
     p.add_argument(
@@ -63,9 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("source", metavar="FROM", help="endpoint id or address")
     tr.add_argument("dest", metavar="TO", help="an address in the network")
     tr.add_argument("--timeout", type=float, default=2.0, help="per-agent request timeout")
+    _access(sub)
     _agent(sub)
     _lab(sub)
     return p
+
+
+def _access(sub: Any) -> None:
+    acc = sub.add_parser(
+        "access", help="per-host etcd identities (users and roles, README: access)"
+    ).add_subparsers(dest="action", required=True)
+    for verb, text in (
+        ("show", "print the roles heddle would give these hosts (no etcd needed)"),
+        ("apply", "create them in etcd and turn authentication on (as etcd's root)"),
+    ):
+        a = _leaf(acc, verb, help=text)
+        a.add_argument(
+            "--host", action="append", default=[], dest="hosts", metavar="NAME",
+            help="a host name (its certificate's CN); repeat for every host",
+        )  # fmt: skip
+        a.add_argument(
+            "--operator", default=OPERATOR_USER,
+            help="the operator identity's name (its certificate's CN; %(default)s)",
+        )  # fmt: skip
 
 
 def _records(sub: Any) -> None:

@@ -91,6 +91,9 @@ def render(report: ClusterReport) -> str:
         out += [f"  {s}" for s in report.skipped[:20]]
         if len(report.skipped) > 20:
             out.append(f"  ... and {len(report.skipped) - 20} more (-o json lists all)")
+    notices = [f"  host {h.name}: {n}" for h in report.hosts for n in h.notices]
+    if notices:
+        out += ["", "notices (repaired, but someone else changed them):", *notices]
     out.append("")
     if report.healthy:
         out.append("healthy")

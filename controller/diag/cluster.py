@@ -29,6 +29,7 @@ class HostHealth:
     stuck: str | None = None
     metrics: str | None = None
     problems: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()  # repairs the agent made behind someone else (not problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ def cluster_report(
                 st.stuck if st else None,
                 st.metrics if st else None,
                 hp,
+                st.notices if st else (),
             )
         )
     per_net: dict[str, dict[str, int]] = {}

@@ -59,28 +59,44 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()}")
 
 
-def make_test_pki(directory: Path, host: str = "127.0.0.1", client_cn: str = "heddle") -> ServerTLS:
-    """Create a CA, a server certificate for ``host`` and a client certificate in ``directory``.
+def make_test_pki(
+    directory: Path,
+    host: str = "127.0.0.1",
+    client_cn: str = "heddle",
+    identities: Sequence[str] = (),
+) -> ServerTLS:
+    """Create a CA, a server certificate for ``host`` (an IP address, or several separated by
+    commas) and a client certificate with CN ``client_cn`` in ``directory``; plus one client
+    certificate per name in ``identities`` (``<name>.crt``/``<name>.key``, CN = the name: etcd's
+    user when authentication is on, see ``identity_files``).
 
-    For tests only: keys are unencrypted, valid one day. Raises ``RuntimeError`` if openssl fails.
-    """
+    For tests and the lab only: keys are unencrypted, valid one day. Raises ``RuntimeError`` if
+    openssl fails."""
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
              "ca.crt", "-days", "1", "-subj", "/CN=heddle-test-ca", cwd=d)  # fmt: skip
+    sans = ",".join(f"IP:{ip.strip()}" for ip in host.split(","))
     (d / "server.ext").write_text(
-        f"subjectAltName=IP:{host}\nextendedKeyUsage=serverAuth,clientAuth\n"
+        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
     )
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, cn in (("server", "heddle-etcd"), ("client", client_cn)):
+    issued = [("server", "heddle-etcd", "server"), ("client", client_cn, "client")]
+    issued += [(cn, cn, "client") for cn in identities]
+    for name, cn, ext in issued:
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
                  f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile",
-                 f"{name}.ext", cwd=d)  # fmt: skip
+                 f"{ext}.ext", cwd=d)  # fmt: skip
     return ServerTLS(
         d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
     )
+
+
+def identity_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """(CA, certificate, key) of identity ``name`` issued by ``make_test_pki``."""
+    return directory / "ca.crt", directory / f"{name}.crt", directory / f"{name}.key"
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -175,6 +175,7 @@ def encode_status(s: HostStatus) -> str:
             "skipped_count": s.skipped_count,
             "stuck": s.stuck,
             **({"metrics": s.metrics} if s.metrics else {}),
+            **({"notices": list(s.notices)} if s.notices else {}),
         }
     )
 
@@ -223,6 +224,7 @@ def decode_status(raw: bytes | str) -> HostStatus:
         _status_int(o, "skipped_count", len(skipped_all)),
         clip_reasons([stuck])[0] if stuck else None,
         metrics,
+        _status_texts(o, "notices"),
     )
 
 

@@ -25,6 +25,13 @@ class StoreUnavailable(HeddleError):
     """The store (etcd) could not be reached or did not answer in time."""
 
 
+class StoreRefused(StoreUnavailable):
+    """etcd answered and refused: this identity may not do that (permission denied, unknown
+    user). Retrying with the same identity cannot help. A subclass of ``StoreUnavailable`` so
+    that every loop that already survives an unreachable etcd (membership, status writer,
+    watcher) survives a refusal the same way; callers that can report it say so."""
+
+
 def clip(text: str, limit: int = 120) -> str:
     """``text`` cut to about ``limit`` characters, saying how long the whole was. Pure."""
     if len(text) <= limit:

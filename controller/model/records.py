@@ -215,6 +215,8 @@ class HostStatus:
     reasons of at most ``STATUS_MAX_REASON`` characters each; ``skipped_count`` is the full
     count. ``stuck`` says why the agent is not following etcd (None while it is).
     ``metrics``: ``ADDR:PORT`` where the agent serves metrics and diagnostics (None: not served).
+    ``notices``: what the agent had to repair that someone else broke (bounded like ``errors``;
+    for example its own host record, rewritten by another etcd client and put back).
     """
 
     host: str
@@ -227,6 +229,7 @@ class HostStatus:
     skipped_count: int = 0
     stuck: str | None = None
     metrics: str | None = None
+    notices: tuple[str, ...] = ()
 
 
 STATUS_MAX_REASONS = 5

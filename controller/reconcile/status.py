@@ -10,6 +10,8 @@ reasons, each cut short (``records.clip_reasons``); 1,000 bad records cost the s
 ``stuck`` (from the ``stuck`` callable, normally the watcher's ``stalled``) says why the agent is
 not following etcd; a stuck agent's status is not ``ok`` even if its passes succeed.
 ``metrics`` is where the agent serves metrics and diagnostics (``heddle trace`` asks there).
+``notices`` (from the ``notices`` callable, normally ``Membership.notices``) says what the agent
+had to repair behind someone else; a new notice is written at once, like an error.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class StatusWriter:
         stuck: Callable[[], str | None] = lambda: None,
         quiet_interval: float = 1.0,
         metrics: str | None = None,
+        notices: Callable[[], tuple[str, ...]] = lambda: (),
     ) -> None:
         self._metrics = metrics
+        self._notices = notices
         self._kv = kv
         self._host = host
         self._stuck = stuck
@@ -75,6 +79,7 @@ class StatusWriter:
             skipped_count=len(result.problems),
             stuck=clip_reasons([stuck])[0] if stuck else None,
             metrics=self._metrics,
+            notices=clip_reasons(list(self._notices())),
         )
         with self._lock:
             now = time.monotonic()
@@ -120,7 +125,7 @@ class StatusWriter:
 
 
 def _health(s: HostStatus) -> tuple[object, ...]:
-    return (s.ok, s.errors, s.stuck)
+    return (s.ok, s.errors, s.stuck, s.notices)
 
 
 def _progress(s: HostStatus) -> tuple[object, ...]:

@@ -1,4 +1,5 @@
-"""``EtcdKV``: the ``KV`` seam on a real etcd v3 server. The only module importing the client.
+"""``EtcdKV``: the ``KV`` seam on a real etcd v3 server. With ``etcd_access.py`` (the Auth
+service's messages) the only module importing the client.
 
 Client: ``pyetcd`` (PyPI ``etcd-sdk-python`` 0.0.7, the python-etcd3 API). Rules from
 docs/platform.md E1-E5, each one a measured trap:
@@ -13,8 +14,9 @@ docs/platform.md E1-E5, each one a measured trap:
 * Clients are created lazily and re-created in a forked child: grpc channels do not survive a
   fork. Create (or at least first use) an ``EtcdKV`` after forking.
 
-Every client/grpc failure surfaces as ``StoreUnavailable`` naming the URL(s); a compacted
-revision as ``Compacted``. Thread-safe: grpc channels are, and client creation is locked.
+Every client/grpc failure surfaces as ``StoreUnavailable`` naming the URL(s), a refusal
+(permission denied, unauthenticated) as its subclass ``StoreRefused``; a compacted revision as
+``Compacted``. Thread-safe: grpc channels are, and client creation is locked.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pyetcd
 from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc, utils
 from pyetcd import exceptions as etcd_exc
 
-from controller.model.errors import StoreUnavailable
+from controller.model.errors import StoreRefused, StoreUnavailable
 from controller.store.kv import (
     Compacted,
     Compare,
@@ -70,6 +72,7 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 _DOWN = (etcd_exc.Etcd3Exception, ValueError)  # ValueError: "Trying to use a failed node"
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 _FAILED_NODE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -199,9 +202,19 @@ class EtcdKV:
                     client._clear_old_stubs()
             text = exc.details() if hasattr(exc, "details") else str(exc)
             detail = f"{getattr(code, 'name', code)}: {text}"
+            if code in _REFUSED:
+                raise StoreRefused(
+                    f"etcd at {','.join(self.urls)} refused {what}: {text} "
+                    "(this identity may not do that)"
+                ) from None
         else:
             detail = f"{type(exc).__name__}: {exc}"
         raise StoreUnavailable(f"etcd at {','.join(self.urls)}: {what} failed: {detail}") from None
+
+    def call_auth(self, what: str, method: str, request: Any) -> Any:
+        """One call of etcd's Auth service (``method`` of ``etcdrpc.AuthStub``), for
+        ``controller/store/etcd_access.py``. Raises as every other call does."""
+        return self._unary(what, lambda c: getattr(c.authstub, method)(request, c.timeout))
 
     def _unary(self, what: str, call: Any) -> Any:
         client = self._get_client()
@@ -338,6 +351,12 @@ class EtcdKV:
             self._unary(f"compact {revision}", lambda c: c.kvstub.Compact(req, c.timeout))
         except Compacted:
             return
+
+    def __enter__(self) -> EtcdKV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Close the shared client. Idempotent; the object stays usable (reconnects lazily)."""

@@ -90,16 +90,31 @@ class _DropCollector(Collector):
         yield fam
 
 
+class _RestoreCollector(Collector):
+    def __init__(self, restored: Callable[[], int]) -> None:
+        self._restored = restored
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "heddle_host_record_restored",
+            "times this agent found its hosts/<name> record changed by another etcd client and "
+            "put it back",
+        )
+        fam.add_metric([], self._restored())
+        yield fam
+
+
 class AgentMetrics:
     """The metrics of one agent. ``record_pass`` and ``record_plugin`` are the only writers;
     both are thread-safe and never raise for well-formed input. ``drops`` is read at scrape
-    time (the data plane's own counters)."""
+    time (the data plane's own counters), ``restored`` too (``Membership.restored``)."""
 
     def __init__(
         self,
         build: BuildInfo,
         watch: Callable[[], WatchStats | None] = lambda: None,
         drops: Callable[[], Mapping[str, int]] = dict,
+        restored: Callable[[], int] = lambda: 0,
     ) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
@@ -108,6 +123,7 @@ class AgentMetrics:
         )
         r.register(_WatchCollector(watch))
         r.register(_DropCollector(drops))
+        r.register(_RestoreCollector(restored))
         self.pass_duration = Histogram(
             "heddle_pass_duration_seconds",
             "reconcile pass duration; kind=full observed the data plane, kind=view stopped at an "

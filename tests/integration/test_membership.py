@@ -11,6 +11,7 @@ from controller.model import codec
 from controller.model.records import Host
 from controller.store import keys
 from controller.store.etcd import EtcdKV
+from controller.store.kv import Delete, Put, Txn
 
 HOST = Host("node-1", "192.0.2.10", 1500, "kernel", "test")
 
@@ -68,5 +69,28 @@ def test_survives_an_etcd_outage(etcd_server: EtcdServer, etcd_kv: EtcdKV) -> No
         wait_for(lambda: etcd_kv.get(keys.alive(HOST.name)) is not None, 8)
         alive = etcd_kv.get(keys.alive(HOST.name))
         assert alive is not None and alive.lease == m.lease
+    finally:
+        m.stop()
+
+
+def test_host_record_changed_by_someone_else_is_put_back(etcd_kv: EtcdKV) -> None:
+    m = Membership(EtcdKV(etcd_kv.urls), HOST, ttl=3)
+    try:
+        assert m.start()
+        assert m.notices() == ()
+        forged = codec.encode_host(Host(HOST.name, "192.0.2.99")).encode()
+        etcd_kv.commit(Txn(success=(Put(keys.host(HOST.name), forged),)))
+
+        def restored() -> bool:
+            got = etcd_kv.get(keys.host(HOST.name))
+            return got is not None and codec.decode_host(got.value) == HOST
+
+        wait_for(restored, 3)  # within one refresh (ttl/3)
+        assert m.restored == 1
+        (notice,) = m.notices()
+        assert "restored 1 time" in notice and "192.0.2.99" in notice
+        etcd_kv.commit(Txn(success=(Delete(keys.host(HOST.name)),)))  # deleted: put back too
+        wait_for(restored, 3)
+        assert m.restored == 2 and "deleted" in m.notices()[0]
     finally:
         m.stop()
