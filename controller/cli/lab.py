@@ -12,7 +12,7 @@ def lab(args: argparse.Namespace) -> int:
     from controller.lab import commands
 
     if args.action == "up":
-        st = commands.lab_up(args.hosts, args.backend, docker=args.docker)
+        st = commands.lab_up(args.hosts, args.backend, docker=args.docker, secure=args.secure)
         print(as_json(st) if args.output == "json" else _lab_table(st))
     elif args.action == "down":
         commands.lab_down()
@@ -34,4 +34,7 @@ def _lab_table(st: dict[str, Any]) -> str:
         + ([h.get("docker_host")] if docker else [])
         for h in st.get("hosts", [])
     ]
-    return f"etcd: {st.get('etcd')}\n" + table(heads, rows)
+    head = f"etcd: {st.get('etcd')}\n"
+    if st.get("secure"):
+        head += f"secure: run heddle {' '.join(st['operator_flags'])} ... (operator identity)\n"
+    return head + table(heads, rows)

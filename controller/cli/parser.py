@@ -175,6 +175,10 @@ def _lab(sub: Any) -> None:
         choices=ENGINES,
         help="also a private dockerd per host: Debian's 20.10 (the default) or trixie's 26.1",
     )
+    up.add_argument(
+        "--secure", action="store_true",
+        help="etcd with TLS client certificates and one identity per host (as the rollout)",
+    )  # fmt: skip
     _leaf(lab, "down", help="remove every trace of the lab")
     _leaf(lab, "status", help="show the lab")
     _leaf(lab, "demo", help="start a 3-host lab if needed and run the demo checks")

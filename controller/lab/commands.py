@@ -13,8 +13,13 @@ from controller.lab.nsutil import LabError
 from controller.lab.topology import Lab
 
 
-def lab_up(hosts: int = 3, backend: str = "kernel", docker: str | None = None) -> dict[str, Any]:
+def lab_up(
+    hosts: int = 3, backend: str = "kernel", docker: str | None = None, secure: bool = False
+) -> dict[str, Any]:
     """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``.
+
+    ``secure``: etcd with TLS client certificates, authentication and one identity per host
+    (``controller/lab/secure.py``); ``operator_flags`` in the status are the CLI's flags.
 
     With ``docker`` (an engine of ``docker_engine.ENGINES``: ``"20.10"`` is Debian's
     ``docker.io``, ``"26.1"`` trixie's, fetched on first use), every host also runs a private
@@ -23,8 +28,10 @@ def lab_up(hosts: int = 3, backend: str = "kernel", docker: str | None = None) -
     failure nothing is left behind."""
     if docker is None:
         lab = Lab()
-        lab.up(hosts=hosts, backend=backend)
+        lab.up(hosts=hosts, backend=backend, secure=secure)
         return lab.status()
+    if secure:
+        raise LabError("--secure does not combine with --docker yet")
     from controller.lab.docker import DockerLab, PluginLab
 
     plab = PluginLab()

@@ -29,7 +29,6 @@ from controller.lab.probes import forge_neighbour, wait_ping, wait_status
 from controller.lab.topology import Lab
 from controller.model.errors import HeddleError, NotFound
 from controller.output import table
-from controller.store.etcd import EtcdKV
 from controller.store.keys import ENDPOINTS
 
 SUBNET = "10.10.0.0/24"
@@ -59,7 +58,7 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
     hosts = [h.name for h in lab.hosts][:3]
     if len(hosts) < 3:
         raise HeddleError("the demo needs a lab with at least 3 hosts")
-    kv = EtcdKV([lab.etcd_url])
+    kv = lab.kv()
     desired = DesiredState(kv)
     probe = lab.etcd_http()
     try:

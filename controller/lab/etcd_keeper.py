@@ -9,7 +9,8 @@ never leak an etcd. On a start failure the ready file gets ``{"error": ...}`` an
 is 1.
 
 Usage: ``python -m controller.lab.etcd_keeper --data-dir D --host IP --ready-file F
-[--also-listen IP]``.
+[--also-listen IP] [--tls-dir PKI]`` (``PKI``: from ``make_test_pki``; etcd then speaks TLS and
+requires client certificates).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from controller.lab.etcd_server import EtcdServer, free_port
+from controller.lab.etcd_server import EtcdServer, ServerTLS, free_port
 
 
 def _write_atomic(path: Path, obj: object) -> None:
@@ -36,15 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--ready-file", type=Path, required=True)
     p.add_argument("--also-listen", default=None, help="a second client address (127.0.0.1)")
+    p.add_argument("--tls-dir", type=Path, default=None, help="PKI of make_test_pki: use TLS")
     args = p.parse_args(argv)
+    tls = None
+    if args.tls_dir is not None:
+        d = args.tls_dir
+        tls = ServerTLS(
+            d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
+        )
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     port = free_port(args.host)
     extra: list[str] = []
+    scheme = "https" if tls is not None else "http"
     if args.also_listen:
-        urls = f"http://{args.host}:{port},http://{args.also_listen}:{port}"
+        urls = f"{scheme}://{args.host}:{port},{scheme}://{args.also_listen}:{port}"
         extra = ["--listen-client-urls", urls]  # the last flag wins in etcd's flag parser
-    server = EtcdServer(args.data_dir, host=args.host, client_port=port, extra_args=extra)
+    server = EtcdServer(args.data_dir, host=args.host, client_port=port, tls=tls, extra_args=extra)
     try:
         server.start()
     except Exception as exc:

@@ -64,11 +64,14 @@ def make_test_pki(
     host: str = "127.0.0.1",
     client_cn: str = "heddle",
     identities: Sequence[str] = (),
+    nameless: Sequence[str] = (),
 ) -> ServerTLS:
     """Create a CA, a server certificate for ``host`` (an IP address, or several separated by
     commas) and a client certificate with CN ``client_cn`` in ``directory``; plus one client
     certificate per name in ``identities`` (``<name>.crt``/``<name>.key``, CN = the name: etcd's
-    user when authentication is on, see ``identity_files``).
+    user when authentication is on, see ``identity_files``); and one per name in ``nameless``
+    with no CN at all (subject ``O=<name>``): etcd's JSON gateway refuses a client certificate
+    that has a CN, since it could not honour it, and authenticates by token instead.
 
     For tests and the lab only: keys are unencrypted, valid one day. Raises ``RuntimeError`` if
     openssl fails."""
@@ -81,11 +84,12 @@ def make_test_pki(
         f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
     )
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    issued = [("server", "heddle-etcd", "server"), ("client", client_cn, "client")]
-    issued += [(cn, cn, "client") for cn in identities]
-    for name, cn, ext in issued:
+    issued = [("server", "/CN=heddle-etcd", "server"), ("client", f"/CN={client_cn}", "client")]
+    issued += [(cn, f"/CN={cn}", "client") for cn in identities]
+    issued += [(name, f"/O={name}", "client") for name in nameless]
+    for name, subject, ext in issued:
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)  # fmt: skip
+                 f"{name}.csr", "-subj", subject, cwd=d)  # fmt: skip
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile",
                  f"{ext}.ext", cwd=d)  # fmt: skip

@@ -52,6 +52,7 @@ class LabRecord:
     etcd: ProcRef | None = None
     agent_args: tuple[str, ...] = ()
     procs: tuple[ProcRef, ...] = field(default=())
+    secure: bool = False  # TLS client certificates and per-host identities (lab/secure.py)
 
     def host(self, name: str) -> HostRecord:
         for h in self.hosts:
@@ -102,6 +103,7 @@ def encode(rec: LabRecord) -> str:
             "etcd": ref(rec.etcd),
             "agent_args": list(rec.agent_args),
             "procs": [p.to_json() for p in rec.procs],
+            "secure": rec.secure,
         },
         indent=2,
     )
@@ -136,6 +138,7 @@ def decode(text: str) -> LabRecord:
             etcd=_ref(o.get("etcd")),
             agent_args=_strs(o.get("agent_args")),
             procs=tuple(r for r in (_ref(p) for p in o.get("procs") or ()) if r is not None),
+            secure=o.get("secure") is True,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise LabError(f"unreadable lab record: {exc}") from None

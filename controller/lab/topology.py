@@ -76,7 +76,10 @@ from controller.lab.nsutil import (
     stop_process,
     write_sysctls,
 )
+from controller.lab.secure import LabIdentities, secure_etcd
 from controller.lab.state import HostRecord, LabRecord
+from controller.store.access import OPERATOR_USER, ROOT_USER
+from controller.store.etcd import EtcdKV, TLSFiles
 
 DEFAULT_WORKDIR = Path("/run/heddle-lab")
 DEFAULT_MGMT_SUBNET = "172.31.254.0/24"
@@ -217,8 +220,26 @@ class Lab:
         return self.record.host(name)
 
     def etcd_http(self, timeout: float = 2.0) -> EtcdHTTP:
-        """A probe client on the etcd URL (independent of the code under test)."""
-        return EtcdHTTP(self.etcd_url, timeout=timeout)
+        """A probe client on the etcd URL (independent of the code under test); on a secure
+        lab it presents the operator's certificate and logs in as etcd's root."""
+        if not self.record.secure:
+            return EtcdHTTP(self.etcd_url, timeout=timeout)
+        ids = LabIdentities.of(self.workdir)
+        return EtcdHTTP(self.etcd_url, timeout, ids.probe_context(), (ROOT_USER, ids.root_password))
+
+    def identity(self, name: str = OPERATOR_USER) -> TLSFiles | None:
+        """TLS files of identity ``name`` (a host or the operator) on a secure lab, else None."""
+        return LabIdentities.of(self.workdir).files(name) if self.record.secure else None
+
+    def cli_flags(self, name: str = OPERATOR_USER) -> list[str]:
+        """``heddle`` global flags for the lab's etcd as identity ``name``: ``--etcd`` and, on a
+        secure lab, the TLS files."""
+        ids = LabIdentities.of(self.workdir)
+        return ["--etcd", self.etcd_url, *(ids.flags(name) if self.record.secure else [])]
+
+    def kv(self, name: str = OPERATOR_USER) -> EtcdKV:
+        """A store client on the lab's etcd as identity ``name`` (the operator by default)."""
+        return EtcdKV([self.etcd_url], self.identity(name))
 
     @property
     def mgmt_bridge(self) -> str:
@@ -247,12 +268,15 @@ class Lab:
         resync_interval: float | None = None,
         agent_args: Sequence[str] = (),
         wait: bool = True,
+        secure: bool = False,
     ) -> Lab:
         """Build the lab (see the module docstring); on any failure tear down and re-raise.
 
         ``backend``: ``kernel``, ``ovs`` or ``mixed`` (``host_backends``). ``agents=False``
         builds everything (OVS instances included) but starts no agent (for lab self-tests).
-        ``wait`` waits until every agent has written its first status record.
+        ``wait`` waits until every agent has written its first status record. ``secure``:
+        etcd with TLS client certificates and authentication, one identity per host
+        (``controller/lab/secure.py``).
         """
         _require_root()
         if not 1 <= hosts <= min(99, self.mgmt_subnet.num_addresses - 3):
@@ -273,6 +297,7 @@ class Lab:
                 mgmt_subnet=str(self.mgmt_subnet),
                 underlay_subnet=str(self.underlay_subnet),
                 agent_args=tuple(args),
+                secure=secure,
             )
         )
         try:
@@ -283,7 +308,10 @@ class Lab:
                     self._start_ovs(name)
                 elif "ovs" in backends.values():
                     set_tx_checksum(self.netns_name(name), UNDERLAY_DEV, on=False)
-            self._start_etcd()
+            ids = LabIdentities.issue(self.workdir, self.etcd_ip, names) if secure else None
+            self._start_etcd(ids)
+            if ids is not None:
+                secure_etcd(self.etcd_url, ids, names)
             self._check_mgmt()
             if agents:
                 for name in names:
@@ -379,13 +407,14 @@ class Lab:
             raise LabError(f"host {host} runs the {h.backend} backend: it has no OVS instance")
         return lab_ovs.OvsInstance(h.netns, Path(h.ovs_dir))
 
-    def _start_etcd(self) -> None:
+    def _start_etcd(self, ids: LabIdentities | None = None) -> None:
         ready = self.workdir / "etcd.ready"
         ready.unlink(missing_ok=True)
         argv = [
             sys.executable, "-m", "controller.lab.etcd_keeper",
             "--data-dir", str(self.workdir / "etcd"), "--host", self.etcd_ip,
             "--ready-file", str(ready), "--also-listen", "127.0.0.1",
+            *(["--tls-dir", ids.server_dir()] if ids is not None else []),
         ]  # fmt: skip
         log_path = self.workdir / "etcd-keeper.log"
         with open(log_path, "ab") as log:
@@ -437,7 +466,7 @@ class Lab:
             ovs = ["--ovsdb", self.ovs(host).db_url, "--ovs-datapath", OVS_DATAPATH,
                    "--underlay-dev", UNDERLAY_DEV]  # fmt: skip
         return [
-            sys.executable, "-m", "controller", "--etcd", self.etcd_url, "agent",
+            sys.executable, "-m", "controller", *self.cli_flags(h.name), "agent",
             "--host", h.name, "--vtep", h.vtep,
             "--backend", h.backend, *ovs, "--no-plugin",
             *(["--metrics", self.metrics_address(host)] if self.serve_metrics else []),
@@ -618,6 +647,7 @@ class Lab:
         rec = self.record
         return {
             "etcd": rec.etcd_url,
+            **({"secure": True, "operator_flags": self.cli_flags()[2:]} if rec.secure else {}),
             "hosts": [
                 {
                     "name": h.name,

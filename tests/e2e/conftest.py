@@ -26,7 +26,6 @@ import pytest
 from controller.desired import DesiredState
 from controller.lab.scenario import Scenario
 from controller.lab.topology import Lab
-from controller.store.etcd import EtcdKV
 
 ROOT_REASON = "e2e lab needs root (network namespaces, bridges, veth pairs, raw sockets)"
 RESYNC_INTERVAL = 2.0
@@ -67,7 +66,8 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     resync = float(getattr(request.module, "LAB_RESYNC_INTERVAL", RESYNC_INTERVAL))
     workdir = tmp_path_factory.mktemp(f"lab-{prefix}") / "lab"
     the_lab = Lab(workdir, prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
-    the_lab.up(hosts=3, backend=backend, resync_interval=resync)
+    secure = bool(getattr(request.module, "LAB_SECURE", False))
+    the_lab.up(hosts=3, backend=backend, resync_interval=resync, secure=secure)
     try:
         yield the_lab
     finally:
@@ -81,7 +81,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def desired(lab: Lab) -> Iterator[DesiredState]:
-    kv = EtcdKV([lab.etcd_url])
+    kv = lab.kv()
     try:
         yield DesiredState(kv)
     finally:

@@ -121,10 +121,15 @@ def _inventory(scenario: Scenario, pki: Path) -> str:
     )
     tls = ""
     if scenario.tls:
+        # Each agent runs as its host (the member certificate: CN = the host name), etcd
+        # authentication on, the test's CLI as the operator.
         tls = (
             f"etcd_tls=true\netcd_tls_src_dir={pki}\nheddle_etcd_tls=true\n"
-            f"heddle_etcd_cacert_src={pki}/ca.pem\nheddle_etcd_cert_src={pki}/client.pem\n"
-            f"heddle_etcd_key_src={pki}/client-key.pem\n"
+            f"heddle_etcd_cacert_src={pki}/ca.pem\n"
+            f"heddle_etcd_cert_src={pki}/{{{{ inventory_hostname }}}}.pem\n"
+            f"heddle_etcd_key_src={pki}/{{{{ inventory_hostname }}}}-key.pem\n"
+            f"heddle_etcd_auth=true\nheddle_etcd_root_cert_src={pki}/root.pem\n"
+            f"heddle_etcd_root_key_src={pki}/root-key.pem\n"
         )
     if scenario.backend == "ovs":
         hosts = "".join(
@@ -151,8 +156,10 @@ def _inventory(scenario: Scenario, pki: Path) -> str:
 
 def make_pki(d: Path) -> None:
     """A throw-away CA, a certificate per lab host (server and client use: etcd members talk
-    to each other with it, SANs: its underlay address and 127.0.0.1), and one client
-    certificate for the agents and the test's CLI. The layout the etcd role's README asks for."""
+    to each other with it, SANs: its underlay address and 127.0.0.1; CN = the host name, so it
+    is also the host's agent identity), the operator's client certificate (``client``, CN
+    ``heddle-operator``: the test's CLI) and etcd's ``root`` (for ``heddle access apply``).
+    The layout the etcd and heddle roles' READMEs ask for."""
     d.mkdir()
 
     def openssl(*args: str) -> None:
@@ -163,11 +170,13 @@ def make_pki(d: Path) -> None:
     certs = {name: (f"IP:{UNDERLAY}.{i},IP:127.0.0.1", "serverAuth,clientAuth")
              for i, name in enumerate(HOSTS, start=11)}  # fmt: skip
     certs["client"] = ("", "clientAuth")
+    certs["root"] = ("", "clientAuth")
+    cns = {"client": "heddle-operator"}
     for name, (san, usage) in certs.items():
         ext = d / f"{name}.ext"
         ext.write_text((f"subjectAltName={san}\n" if san else "") + f"extendedKeyUsage={usage}\n")
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem",
-                "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+                "-out", f"{name}.csr", "-subj", f"/CN={cns.get(name, name)}")  # fmt: skip
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1",
                 "-extfile", ext.name)  # fmt: skip

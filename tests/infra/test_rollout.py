@@ -21,7 +21,11 @@ import testinfra
 from conftest import HOSTS, Rollout
 from infra_lab import UNDERLAY
 
+from controller.model.errors import StoreRefused
 from controller.plan.ovsdb import phy_hwaddr
+from controller.store import keys
+from controller.store.etcd import EtcdKV, TLSFiles
+from controller.store.kv import Put, Txn
 
 NETWORK = "hin-blue"
 OVERLAY_SUBNET = "172.31.227.0/24"
@@ -298,3 +302,20 @@ def _data_plane(rollout: Rollout, hosts: tuple[str, ...]) -> str:
             res = rollout.lab.ssh(h, cmd, check=False, timeout=15)
             out.append(f"--- {h}: {cmd}\n{res.stdout}{res.stderr}")
     return "\n".join(out)
+
+
+def test_a_host_identity_is_refused_another_hosts_records(rollout: Rollout) -> None:
+    """With TLS the role turns etcd authentication on: an agent's certificate (CN = its host)
+    may write its own status, never another host's; the operator's may write the networks."""
+    if not rollout.scenario.tls:
+        pytest.skip("etcd authentication is rolled out with TLS only (scenario etcd3-tls)")
+    pki = rollout.pki
+    urls = rollout.scenario.etcd_urls
+    own = EtcdKV(urls, TLSFiles(str(pki / "ca.pem"), str(pki / "hin-c1.pem"),
+                                str(pki / "hin-c1-key.pem")))  # fmt: skip
+    with own:
+        status = own.get(keys.status("hin-c1"))
+        assert status is not None, "the agent publishes its status under its own identity"
+        for key in (keys.status("hin-c2"), keys.host("hin-c2"), keys.network("forged")):
+            with pytest.raises(StoreRefused):
+                own.commit(Txn(success=(Put(key, b"{}"),)))
