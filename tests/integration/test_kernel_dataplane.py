@@ -384,3 +384,34 @@ def test_endpoint_ttl_rereads_namespaces_after_it_expires(lab: Lab) -> None:
         assert [type(op) for op in ops] == [ConfigureEndpoint]
         converge(dp, view)
         assert ipa.link("get", ifname="eth0")[0].get("IFLA_MTU") == view.networks[0].mtu
+
+
+def test_endpoint_ttl_remembers_the_filters_it_wrote(lab: Lab) -> None:
+    """With ``endpoint_ttl`` the driver remembers heddle's tables (what it read, or the last
+    ``SyncFilters`` it applied) instead of listing them on every pass: a change of membership
+    is planned and applied against the remembered tables and yields a clean state; tables
+    deleted behind its back are rewritten once the TTL has passed (the agent's resync)."""
+    import time
+
+    from controller.dataplane.nftables import Nft
+    from controller.model.nft_filter import render_delete
+
+    snap = snapshot(lab)
+    eps = dict(snap.endpoints)
+    del eps["blue", "e"]  # h3 keeps endpoint d: a membership that shrinks, not one that goes
+    with KernelDataPlane(H1.vtep, netns=lab.host, endpoint_ttl=0.5) as dp:
+        converge(dp, view_of(snap))
+        smaller = view_of(replace(snap, endpoints=eps))
+        converge(dp, smaller)
+        nft = Nft(lab.host)
+        try:
+            nft.run(render_delete())
+            assert dp.plan(smaller, dp.observe(smaller)) == ()  # remembered, not read
+            time.sleep(0.6)
+            ops = dp.plan(smaller, dp.observe(smaller))
+            assert [type(op).__name__ for op in ops] == ["SyncFilters"]
+            dp.apply(ops)
+        finally:
+            nft.close()
+    with KernelDataPlane(H1.vtep, netns=lab.host) as fresh:  # what the kernel really holds
+        assert fresh.plan(smaller, fresh.observe(smaller)) == ()
