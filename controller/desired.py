@@ -13,19 +13,16 @@ Raises ``InvalidRecord``, ``Conflict``, ``NotFound``, ``Exhausted`` or ``StoreUn
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from controller import ipam
+from controller import allocation, ipam
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac
 from controller.model.records import Endpoint, Network, check_label
 from controller.store import keys
 from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Txn
-
-#: After this many lost races for one endpoint the allocator re-lists the pool.
-_RELIST_AFTER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +32,13 @@ class _Stored:
 
 
 class DesiredState:
-    """The operator-facing API over the store. Stateless apart from the ``KV``; thread-safe."""
+    """The operator-facing API over the store. Thread-safe. Holds the ``KV`` and, for many
+    allocations through one instance, what it knows of each pool (``allocation.Pools``: a
+    hint, never the authority)."""
 
     def __init__(self, kv: KV) -> None:
         self._kv = kv
+        self._pools = allocation.Pools()
 
     # -- networks ----------------------------------------------------------------------------
     def create_network(
@@ -213,41 +213,43 @@ class DesiredState:
         require_host: bool,
     ) -> Endpoint:
         net = stored.network
-        while True:
-            taken = {kv.key.rsplit("/", 1)[1] for kv in self._kv.list(keys.ipam_of(net.name)).items}
-            order = ipam.contention_order(ipam.free_addresses(net, taken))
-            for lost, candidate in enumerate(order, start=1):
-                ep = Endpoint(
-                    eid, net.name, host, candidate, derive_mac(net.vni, candidate), netns, ifname
-                )
-                if self._try_create_endpoint(stored, ep, require_host):
-                    return ep
-                if lost % 8 == 1:  # cheap enough to ask rarely; a removed network fails every txn
-                    self._raise_unless_address_race(stored, ep, require_host)
-                if lost >= _RELIST_AFTER:
-                    break
-            else:
-                raise Exhausted(
-                    f"network {net.name} ({net.subnet}) has no free address left "
-                    f"({ipam.pool_size(net)} usable, all in use)"
-                )
+
+        def endpoint(ip: str) -> Endpoint:
+            return Endpoint(eid, net.name, host, ip, derive_mac(net.vni, ip), netns, ifname)
+
+        ip = allocation.allocate(
+            self._kv,
+            net,
+            stored.kv.mod_revision,
+            self._claim(net.name, eid, host, endpoint, require_host),
+            lambda ip: self._raise_unless_address_race(stored, endpoint(ip), require_host),
+            self._pools,
+        )
+        return endpoint(ip)
+
+    @staticmethod
+    def _claim(
+        network: str,
+        eid: str,
+        host: str,
+        endpoint: Callable[[str], Endpoint],
+        require_host: bool,
+    ) -> allocation.Claim:
+        """An endpoint's claim: its record goes into the address's transaction, which also
+        compares that the id is new and (``require_host``) that its host is registered."""
+        compares = [Compare(keys.endpoint(network, eid), "create", "=", 0)]
+        if require_host:
+            compares.append(Compare(keys.host(host), "create", ">", 0))
+        key = keys.endpoint(network, eid)
+        return allocation.Claim(
+            owner=eid,
+            compares=lambda ip: tuple(compares),
+            puts=lambda ip: (Put(key, codec.encode_endpoint(endpoint(ip)).encode()),),
+        )
 
     def _try_create_endpoint(self, stored: _Stored, ep: Endpoint, require_host: bool) -> bool:
-        compares = [
-            Compare(keys.network(ep.network), "mod", "=", stored.kv.mod_revision),
-            Compare(keys.ipam(ep.network, ep.ip), "create", "=", 0),
-            Compare(keys.endpoint(ep.network, ep.id), "create", "=", 0),
-        ]
-        if require_host:
-            compares.append(Compare(keys.host(ep.host), "create", ">", 0))
-        txn = Txn(
-            compares=tuple(compares),
-            success=(
-                Put(keys.ipam(ep.network, ep.ip), codec.encode_owner(ep.id).encode()),
-                Put(keys.endpoint(ep.network, ep.id), codec.encode_endpoint(ep).encode()),
-            ),
-        )
-        return self._kv.commit(txn).succeeded
+        claim = self._claim(ep.network, ep.id, ep.host, lambda ip: ep, require_host)
+        return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, ep.ip, claim)
 
     def _raise_unless_address_race(self, stored: _Stored, ep: Endpoint, require_host: bool) -> None:
         """After a failed endpoint txn: return if only the address was taken, else raise."""
@@ -303,6 +305,8 @@ class DesiredState:
             ops.append(Delete(ipam_key))
         if not self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
             raise Conflict(f"endpoint {network}/{endpoint_id} changed while removing it")
+        if len(ops) > 1:
+            self._pools.release(network, ep.ip)
         return ep
 
 

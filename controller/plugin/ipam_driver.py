@@ -29,7 +29,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from controller import ipam
+from controller import allocation, ipam
 from controller.desired import DesiredState
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
@@ -38,7 +38,7 @@ from controller.plugin import api, lookup
 from controller.plugin.keys import GATEWAY_OWNER, reservation_owner
 from controller.plugin.lookup import Stored
 from controller.store import keys
-from controller.store.kv import KV, Compare, Delete, Put, Txn
+from controller.store.kv import KV, Compare, Delete, Txn
 
 log = logging.getLogger("heddle.plugin.ipam")
 
@@ -46,9 +46,6 @@ ADDRESS_SPACE_LOCAL = "heddle"
 ADDRESS_SPACE_GLOBAL = "heddle-global"
 ADDRESS_SPACES = (ADDRESS_SPACE_LOCAL, ADDRESS_SPACE_GLOBAL)
 POOL_PREFIX = "heddle/"
-
-#: After this many lost races for one address the allocator re-lists the pool.
-_RELIST_AFTER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +82,15 @@ def _bare_ip(text: str, field: str) -> str:
 
 
 class IpamDriver:
-    """The IPAM handlers of one host's plugin. Thread-safe; holds no state but the ``KV``."""
+    """The IPAM handlers of one host's plugin. Thread-safe; holds the ``KV`` and what it knows
+    of each pool (``allocation.Pools``, a hint)."""
 
     def __init__(self, kv: KV, host: str) -> None:
         check_label(host, "host")
         self._kv = kv
         self._host = host
         self._owner = reservation_owner(host)
+        self._pools = allocation.Pools()
 
     # -- argument-less calls -----------------------------------------------------------------
     def capabilities(self, _: api.Empty) -> api.IpamCapabilities:
@@ -181,6 +180,7 @@ class IpamDriver:
                 compares=(Compare(key, "mod", "=", got.mod_revision),), success=(Delete(key),)
             )
             if self._kv.commit(txn).succeeded:
+                self._pools.release(pool.network, ip)
                 return api.Ok()
         raise Conflict(f"address {ip} of {pool.network} keeps changing; try again")
 
@@ -225,7 +225,7 @@ class IpamDriver:
                 log.info("created network %s (%s, gateway %s)", pool.network, pool.subnet, first)
                 return api.RequestAddressResponse(f"{first}/{prefixlen}")
         stored = self._pool_network(pool)
-        for _ in range(_RELIST_AFTER):
+        for _ in range(allocation.RELIST_AFTER):
             gateway = self._gateway_of(stored)
             if gateway is not None:
                 if want is not None and want != gateway:
@@ -250,20 +250,11 @@ class IpamDriver:
         raise Conflict(f"could not reserve a gateway for {pool.network}; try again")
 
     def _taken(self, stored: Stored) -> set[str]:
-        return {
-            kv.key.rsplit("/", 1)[1]
-            for kv in self._kv.list(keys.ipam_of(stored.network.name)).items
-        }
+        return allocation.taken(self._kv, stored.network)
 
     def _try_reserve(self, stored: Stored, ip: str, owner: str) -> bool:
-        txn = Txn(
-            compares=(
-                Compare(keys.network(stored.network.name), "mod", "=", stored.kv.mod_revision),
-                Compare(keys.ipam(stored.network.name, ip), "create", "=", 0),
-            ),
-            success=(Put(keys.ipam(stored.network.name, ip), codec.encode_owner(owner).encode()),),
-        )
-        return self._kv.commit(txn).succeeded
+        claim = allocation.Claim(owner)
+        return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, ip, claim)
 
     def _reserve(self, stored: Stored, want: str | None, owner: str) -> str:
         """Reserve ``want`` (or the lowest free address; on contention a random near one) for
@@ -281,20 +272,14 @@ class IpamDriver:
             raise Conflict(
                 f"address {want} in network {net.name} is already in use by {brief(who)}"
             )
-        while True:
-            order = ipam.contention_order(ipam.free_addresses(net, self._taken(stored)))
-            for lost, candidate in enumerate(order, start=1):
-                if self._try_reserve(stored, candidate, owner):
-                    return candidate
-                if lost % 8 == 1:
-                    self._check_unchanged(stored)
-                if lost >= _RELIST_AFTER:
-                    break
-            else:
-                raise Exhausted(
-                    f"network {net.name} ({net.subnet}) has no free address left "
-                    f"({ipam.pool_size(net)} usable, all in use)"
-                )
+        return allocation.allocate(
+            self._kv,
+            net,
+            stored.kv.mod_revision,
+            allocation.Claim(owner),
+            lambda ip: self._check_unchanged(stored),
+            self._pools,
+        )
 
     def _check_unchanged(self, stored: Stored) -> None:
         current = self._kv.get(keys.network(stored.network.name))
