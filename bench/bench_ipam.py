@@ -1,7 +1,9 @@
 """IPAM throughput against a real etcd: allocations per second with 1 and 8 concurrent
-allocator processes, beside a baseline in the same run: the same number of bare etcd
-transactions (one ``create_revision == 0`` put each, unique keys, no contention), which is
-the floor any etcd-backed allocator pays.
+allocator processes (each one ``DesiredState``, as a long-lived writer such as the Docker plugin
+is), beside a baseline in the same run: the same number of bare etcd transactions (one
+``create_revision == 0`` put each, unique keys, no contention), which is the floor any
+etcd-backed allocator pays. After each run it checks that every allocation is an endpoint with
+an address of its own and that no IPAM key is held by anything else (0 duplicates, 0 leaks).
 
 Run: .venv/bin/python bench/bench_ipam.py [--per-worker 250]
 """
@@ -80,6 +82,13 @@ def main() -> None:
                 bwall, blat = _run(workers, _bare, [(server.url, f"b{workers}-{w}", n)
                                                     for w in range(workers)])
                 total = workers * n
+                eps = ds.endpoints(net)
+                owners = {i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
+                          for i in kv.list(keys.ipam_of(net)).items}  # fmt: skip
+                # every allocation is an endpoint, with its own address, and no address is held
+                # by anything but its endpoint (nothing leaked, nothing doubled)
+                assert len(eps) == total and len({e.ip for e in eps}) == total, "duplicates"
+                assert owners == {e.ip: e.id for e in eps}, "leaked or foreign IPAM keys"
                 rows.append({
                     "allocators": workers, "allocations": total,
                     "alloc_per_s": total / wall, "bare_txn_per_s": total / bwall,

@@ -8,9 +8,11 @@ client must follow (README, the public schema) is the transaction below: compare
 record's ``mod_revision`` (no address is claimed in a network being removed or replaced) and
 ``create_revision == 0`` on ``ipam/<network>/<ip>``, then put the IPAM key with its owner.
 
-Candidates: the lowest address this allocator knows to be free first; after a lost race a
-random one among the next few free ones (``ipam.contention_order``), so contending allocators
-stop walking the same sequence in lockstep.
+Candidates: the lowest address this allocator knows to be free. After a lost race the
+allocator moves to a random point of the pool and goes on from there, also for its next
+allocations (``Pools.scatter``): several allocators at once then work in different parts of
+the pool instead of fighting over the same lowest addresses, where each round has one winner
+and n-1 losers.
 
 What an allocator knows: a long-lived one (the Docker plugin, a ``DesiredState`` used for many
 allocations) keeps a ``Pools`` cache of each network's taken addresses, read once (one range
@@ -24,9 +26,12 @@ meanwhile).
 
 from __future__ import annotations
 
+import ipaddress
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 from controller import ipam
 from controller.model import codec
@@ -37,7 +42,8 @@ from controller.store.kv import KV, Compare, Put, Txn
 
 #: After this many lost races for one allocation the allocator re-lists the pool.
 RELIST_AFTER = 64
-#: Every this many lost races the caller's ``on_lost`` checks that only the address was taken.
+#: Every this many lost races the caller's ``on_lost`` checks that only the address was taken
+#: (a transaction that can never succeed, e.g. for a removed network, costs this many tries).
 CHECK_EVERY = 8
 
 
@@ -72,41 +78,110 @@ def taken(kv: KV, net: Network) -> set[str]:
     return {item.key.rsplit("/", 1)[1] for item in kv.list(keys.ipam_of(net.name)).items}
 
 
+def _int(ip: str) -> int | None:
+    try:
+        return int(ipaddress.IPv4Address(ip))
+    except ValueError:  # a foreign key under ipam/: it takes no address of ours
+        return None
+
+
+@dataclass(slots=True)
+class _Pool:
+    revision: int
+    taken: set[int]
+    low: int  # every usable address below this one is taken
+    cursor: int | None = None  # after a lost race: where this allocator looks first
+
+
 class Pools:
-    """Per network: the taken addresses an allocator last knew, for the network record's
-    ``mod_revision`` it read them under (see the module docstring). Thread-safe."""
+    """Per network: the taken addresses an allocator last knew (as integers), for the network
+    record's ``mod_revision`` it read them under, and the lowest address that may be free (so
+    finding the next candidate does not walk the taken ones). See the module docstring.
+    Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._taken: dict[str, tuple[int, set[str]]] = {}
+        self._pools: dict[str, _Pool] = {}
 
-    def known(self, net: Network, net_revision: int) -> set[str] | None:
-        """A copy of what is known for this revision of ``net`` (None: nothing)."""
-        with self._lock:
-            got = self._taken.get(net.name)
-            return set(got[1]) if got is not None and got[0] == net_revision else None
+    def _get(self, net: Network, net_revision: int) -> _Pool | None:
+        pool = self._pools.get(net.name)
+        return pool if pool is not None and pool.revision == net_revision else None
 
-    def store(self, net: Network, net_revision: int, addresses: set[str]) -> None:
+    def load(self, kv: KV, net: Network, net_revision: int) -> bool:
+        """List the pool unless it is known for this revision; True if it was listed."""
         with self._lock:
-            self._taken[net.name] = (net_revision, set(addresses))
+            if self._get(net, net_revision) is not None:
+                return False
+        ints = {v for v in map(_int, taken(kv, net)) if v is not None}
+        with self._lock:
+            self._pools[net.name] = _Pool(net_revision, ints, 0)
+        return True
 
-    def release(self, network: str, ip: str) -> None:
-        """This allocator freed ``ip`` of ``network``: it is a candidate again at once."""
+    def candidates(self, net: Network, net_revision: int) -> Iterator[str]:
+        """Free addresses as known: from the cursor if a race was lost before (wrapping
+        around), else the lowest first (raising the low mark over taken ones)."""
+        lo = int(net.network.network_address) + 1
+        hi = int(net.network.broadcast_address) - 1
+        gateway = _int(net.gateway) if net.gateway is not None else None
         with self._lock:
-            got = self._taken.get(network)
-            if got is not None:
-                got[1].discard(ip)
+            pool = self._get(net, net_revision)
+            if pool is None:
+                return
+            low = max(lo, pool.low)
+            start = low if pool.cursor is None else min(max(pool.cursor, low), hi)
+        walk = (
+            range(start, hi + 1) if start == low else chain(range(start, hi + 1), range(low, start))
+        )
+        first = start == low
+        for v in walk:
+            with self._lock:
+                free = v not in pool.taken and v != gateway
+                if first and free:
+                    pool.low = max(pool.low, v)
+            if free:
+                first = False
+                yield str(ipaddress.IPv4Address(v))
 
-    def forget(self, net: Network) -> None:
+    def scatter(self, net: Network, net_revision: int, rng: random.Random) -> None:
+        """A race was lost: look somewhere else in the pool from now on (a random point), so
+        that several allocators at once stop fighting over the same lowest addresses."""
+        lo = int(net.network.network_address) + 1
+        hi = int(net.network.broadcast_address) - 1
         with self._lock:
-            self._taken.pop(net.name, None)
+            pool = self._get(net, net_revision)
+            if pool is not None:
+                pool.cursor = rng.randint(lo, hi)
+
+    def won(self, net: Network, net_revision: int, ip: str) -> None:
+        """Claimed ``ip``: taken, and an allocator that scattered continues right after it."""
+        v = _int(ip)
+        with self._lock:
+            pool = self._get(net, net_revision)
+            if pool is not None and v is not None:
+                pool.taken.add(v)
+                if pool.cursor is not None:
+                    pool.cursor = v + 1
 
     def mark(self, net: Network, net_revision: int, ip: str) -> None:
         """Record a claim or a lost race on ``ip``: taken either way."""
+        v = _int(ip)
         with self._lock:
-            got = self._taken.get(net.name)
-            if got is not None and got[0] == net_revision:
-                got[1].add(ip)
+            pool = self._get(net, net_revision)
+            if pool is not None and v is not None:
+                pool.taken.add(v)
+
+    def release(self, network: str, ip: str) -> None:
+        """This allocator freed ``ip`` of ``network``: it is a candidate again at once."""
+        v = _int(ip)
+        with self._lock:
+            pool = self._pools.get(network)
+            if pool is not None and v is not None:
+                pool.taken.discard(v)
+                pool.low = min(pool.low, v)
+
+    def forget(self, net: Network) -> None:
+        with self._lock:
+            self._pools.pop(net.name, None)
 
 
 def allocate(
@@ -119,34 +194,37 @@ def allocate(
 ) -> str:
     """Claim a free address of ``net`` (see the module docstring) and return it.
 
-    ``on_lost(ip)`` is called after the first and then every ``CHECK_EVERY``-th lost race: it
-    must raise when the transaction failed for another reason than the address (the network
-    was removed, an endpoint id is taken), or the loop would walk the whole pool. ``pools``:
-    the allocator's cache (None: list the pool every time). Raises ``Exhausted`` when no
-    address is free, ``StoreUnavailable`` when etcd cannot be reached."""
+    ``on_lost(ip)`` is called after every ``CHECK_EVERY``-th lost race and when every known
+    candidate was lost: it must raise when the transaction failed for another reason than the
+    address (the network was removed, an endpoint id is taken), or the loop would walk the
+    whole pool. ``pools``: the allocator's cache (None: list the pool every time). Raises
+    ``Exhausted`` when no address is free, ``StoreUnavailable`` when etcd cannot be reached."""
     pools = pools if pools is not None else Pools()
+    rng = random.Random()
     while True:
-        known = pools.known(net, net_revision)
-        fresh = known is None
-        if known is None:
-            known = taken(kv, net)
-            pools.store(net, net_revision, known)
-        order = ipam.contention_order(ipam.free_addresses(net, known))
-        for lost, candidate in enumerate(order, start=1):
-            won = try_claim(kv, net, net_revision, candidate, claim)
-            pools.mark(net, net_revision, candidate)
-            if won:
-                return candidate
-            if lost % CHECK_EVERY == 1:
-                on_lost(candidate)
-            if lost >= RELIST_AFTER:
+        fresh = pools.load(kv, net, net_revision)
+        lost: list[str] = []
+        while len(lost) < RELIST_AFTER:
+            candidate = next(pools.candidates(net, net_revision), None)
+            if candidate is None:
                 break
+            if try_claim(kv, net, net_revision, candidate, claim):
+                pools.won(net, net_revision, candidate)
+                return candidate
+            pools.mark(net, net_revision, candidate)
+            lost.append(candidate)
+            if len(lost) % CHECK_EVERY == 0:
+                on_lost(candidate)
+            pools.scatter(net, net_revision, rng)
         else:
-            if not fresh:  # what looked full may hold addresses released meanwhile
-                pools.forget(net)
-                continue
-            raise Exhausted(
-                f"network {net.name} ({net.subnet}) has no free address left "
-                f"({ipam.pool_size(net)} usable, all in use)"
-            )
-        pools.forget(net)  # many lost races: list again
+            pools.forget(net)  # many lost races: list again
+            continue
+        if lost:  # every known candidate was lost: make sure it was over the addresses
+            on_lost(lost[-1])
+        if not fresh:  # what looked full may hold addresses released meanwhile
+            pools.forget(net)
+            continue
+        raise Exhausted(
+            f"network {net.name} ({net.subnet}) has no free address left "
+            f"({ipam.pool_size(net)} usable, all in use)"
+        )

@@ -8,7 +8,6 @@ Uniqueness itself is never decided here: etcd's ``create_revision == 0`` guard d
 from __future__ import annotations
 
 import ipaddress
-import random
 from collections.abc import Collection, Iterator
 
 from controller.model.errors import brief
@@ -55,27 +54,3 @@ def check_requested(net: Network, ip: str) -> str | None:
 def free_vnis(taken: Collection[int], start: int = VNI_MIN) -> Iterator[int]:
     """VNIs not in ``taken``, ascending from ``start``."""
     return (v for v in range(start, VNI_MAX + 1) if v not in taken)
-
-
-def contention_order(
-    free: Iterator[str], window: int = 16, rng: random.Random | None = None
-) -> Iterator[str]:
-    """Order in which an allocator tries ``free`` candidates: the lowest first, then, once it
-    has lost a race (the caller asks for the next one), a random pick among the next
-    ``window`` free candidates.
-
-    Uncontended allocation stays "lowest free address"; contending allocators stop walking the
-    same sequence in lockstep, where each round would have one winner and n-1 losers.
-    """
-    rng = rng or random.Random()
-    first = next(free, None)
-    if first is None:
-        return
-    yield first
-    buffer: list[str] = []
-    for candidate in free:
-        buffer.append(candidate)
-        if len(buffer) >= window:
-            yield buffer.pop(rng.randrange(len(buffer)))
-    while buffer:
-        yield buffer.pop(rng.randrange(len(buffer)))

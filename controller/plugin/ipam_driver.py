@@ -257,7 +257,7 @@ class IpamDriver:
         return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, ip, claim)
 
     def _reserve(self, stored: Stored, want: str | None, owner: str) -> str:
-        """Reserve ``want`` (or the lowest free address; on contention a random near one) for
+        """Reserve ``want`` (or a free address, ``controller/allocation.py``) for
         ``owner``: one ``create_revision == 0`` transaction per candidate."""
         net = stored.network
         if want is not None:

@@ -61,7 +61,7 @@ def test_on_lost_stops_a_claim_that_can_never_succeed() -> None:
 
     with pytest.raises(Conflict):
         allocation.allocate(kv, net, rev + 1, allocation.Claim("x"), on_lost)
-    assert calls == ["10.9.0.1"]  # asked after the first lost race
+    assert len(calls) == 1  # asked after the CHECK_EVERY-th lost race
 
 
 class CountingKV(MemoryKV):
@@ -106,7 +106,7 @@ def test_a_stale_pool_loses_a_race_and_moves_on() -> None:
     kv.commit(Txn(success=(Put(keys.ipam("n", "10.9.0.2"), b'"other"'),)))  # unknown to it
     lost: list[str] = []
     got = allocation.allocate(kv, net, rev, allocation.Claim("x"), lost.append, pools)
-    assert lost == ["10.9.0.2"] and got != "10.9.0.2"
+    assert lost == [] and got != "10.9.0.2"  # one lost race: no check yet
 
 
 def test_a_release_through_the_same_allocator_is_reused_first() -> None:

@@ -155,13 +155,3 @@ def test_pool_arithmetic() -> None:
     assert pool_size(Network("n", 1, "10.0.0.0/30")) == 2
 
 
-def test_contention_order_starts_lowest_and_covers_everything_once() -> None:
-    import random
-
-    from controller.ipam import contention_order
-
-    free = [f"10.0.0.{i}" for i in range(1, 60)]
-    order = list(contention_order(iter(free), window=8, rng=random.Random(1)))
-    assert order[0] == "10.0.0.1"
-    assert sorted(order) == sorted(free) and len(order) == len(free)
-    assert list(contention_order(iter([]))) == []
