@@ -14,15 +14,25 @@ with a 10 ms retransmit time (default 1 s), so the probe's own ARP retries add a
 instead of up to a second. (The new endpoint's ARP for the peer is answered at once by its VTEP
 or its bridge's ARP responder: the network already exists on h2 and h3.)
 
+Where the time goes: every agent logs, per pass, how long its event waited (``waited_ms``) and
+when the pass had observed, planned and finished each kind of op (``stages=``, see
+``controller/reconcile/loop.py``). The bench reads the two agents' logs after the run and
+prints, per stage, its time after the write (p50, p99): the new endpoint's host (event, pass
+start, observed, veth created, address/route/link up, apply done) and the peer's host h1
+(event, pass start, FDB and neighbour entries in place, apply done), then the first reply.
+Agent log lines carry wall-clock milliseconds, so stages are good to about 1 ms.
+
 Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs] [--endpoints 60]
-Prints a table and writes bench/results/convergence[-ovs]-<time>.json.
+Prints two tables and writes bench/results/convergence[-ovs]-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
+import re
 import statistics
 import tempfile
 import threading
@@ -36,6 +46,7 @@ from controller.lab.probes import wait_ping
 from controller.lab.scenario import Scenario
 from controller.lab.topology import Lab
 from controller.output import table
+from controller.reconcile.loop import PASS_LINE
 from controller.store.etcd import EtcdKV
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,6 +62,67 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+_WAITED = re.compile(r" waited_ms=([\d.]+)")
+_STAGES = re.compile(r" stages=(\S+)")
+
+
+def passes_of(log: Path) -> list[dict[str, object]]:
+    """The passes that changed something, from an agent log: wall-clock start and end (s),
+    when their event came (None: not woken by one) and their stages (name -> wall clock)."""
+    out: list[dict[str, object]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        at, m = _LOGGED.match(line), PASS_LINE.search(line)
+        if at is None or m is None or int(m["changes"]) == 0:
+            continue
+        end = datetime.datetime.strptime(at[1], "%Y-%m-%d %H:%M:%S").timestamp()
+        end += int(at[2]) / 1000
+        start = end - float(m["duration_ms"]) / 1000
+        waited, stages = _WAITED.search(line), _STAGES.search(line)
+        marks = {}
+        for item in stages[1].split(",") if stages else ():
+            name, _, ms = item.rpartition(":")
+            marks[name] = start + float(ms) / 1000
+        event = start - float(waited[1]) / 1000 if waited else None
+        out.append({"start": start, "end": end, "event": event, "stages": marks})
+    return out
+
+
+LOCAL_STAGES = (
+    ("event", "event"), ("pass started", "start"), ("observed", "observe"),
+    ("veth created", "EnsureVeth"), ("address, route, link up", "ConfigureEndpoint"),
+    ("apply done", "end"),
+)  # fmt: skip
+PEER_STAGES = (
+    ("event", "event"), ("pass started", "start"), ("FDB entry in place", "PutFdb"),
+    ("neighbour entry in place", "PutNeigh"), ("apply done", "end"),
+)  # fmt: skip
+
+
+def breakdown(lab: Lab, samples: list[dict[str, object]]) -> dict[str, list[float]]:
+    """Per stage (see the module docstring): ms after the write, one value per sample."""
+    logs = {h.name: passes_of(lab.agent_log(h.name)) for h in lab.hosts}
+    out: dict[str, list[float]] = {}
+
+    def first_after(host: str, t0: float) -> dict[str, object] | None:
+        return next((p for p in logs[host] if float(p["end"]) >= t0), None)  # type: ignore[arg-type]
+
+    for s in samples:
+        t0 = float(s["t0_wall"])  # type: ignore[arg-type]
+        for who, host, stages in (("new endpoint's host", str(s["host"]), LOCAL_STAGES),
+                                  ("peer h1", "h1", PEER_STAGES)):  # fmt: skip
+            p = first_after(host, t0)
+            if p is None:
+                continue
+            marks: dict[str, object] = {**p, **p["stages"]}  # type: ignore[dict-item]
+            for label, key in stages:
+                at = marks.get(key)
+                if at is not None:
+                    out.setdefault(f"{who}: {label}", []).append((float(at) - t0) * 1000)  # type: ignore[arg-type]
+        out.setdefault("first reply", []).append(float(s["first_reply_ms"]))  # type: ignore[arg-type]
+    return out
 
 
 def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
@@ -86,6 +158,7 @@ def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
             )
             pinger.start()
             time.sleep(0.02)  # the pinger is sending before the write
+            t0_wall = time.time()
             t0 = time.monotonic()
             ep = sc.desired.create_endpoint("conv", host, netns=ns, ip=ip, endpoint_id=f"c{i}")
             t_written = time.monotonic()
@@ -100,6 +173,7 @@ def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
                     "host": host,
                     "write_ms": (t_written - t0) * 1000,
                     "first_reply_ms": (res.first_reply - t0) * 1000,
+                    "t0_wall": t0_wall,
                 }
             )
     finally:
@@ -118,6 +192,7 @@ def main() -> int:
         lab.up(hosts=3, backend=args.backend)
         try:
             samples, failures = measure(lab, args.endpoints)
+            stages = breakdown(lab, samples)
         finally:
             lab.down()
     lat = [float(s["first_reply_ms"]) for s in samples]  # type: ignore[arg-type]
@@ -144,11 +219,21 @@ def main() -> int:
     print(table(["measure", "p50", "p90", "p99", "min", "max"], rows))
     if failures:
         print(f"{len(failures)} endpoint(s) never answered: {failures[:5]}")
+    print("Where the time goes: each stage's time after the write (ms; from the agents' logs)")
+    print(table(
+        ["stage", "p50", "p99", "n"],
+        [[name, f"{percentile(v, 50):.1f}", f"{percentile(v, 99):.1f}", len(v)]
+         for name, v in stages.items()],
+    ))  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     tag = "" if args.backend == "kernel" else f"-{args.backend}"
     out = RESULTS / f"convergence{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     env = {"kernel": platform.release(), "python": platform.python_version()}
-    out.write_text(json.dumps({"summary": summary, "samples": samples, "env": env}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"summary": summary, "samples": samples, "stages_ms": stages, "env": env}, indent=2
+        )
+    )
     print(f"results: {out}")
     return 0 if lat and not failures else 1
 

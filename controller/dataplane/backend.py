@@ -73,6 +73,7 @@ def apply_all(
     batchable: Callable[[D], bool] | None = None,
     apply_batch: Callable[[Sequence[D]], Sequence[str | None]] | None = None,
     batch_size: int = 256,
+    progress: Callable[[D], None] | None = None,
 ) -> None:
     """Apply ``ops`` in order; the failure policy shared by every driver.
 
@@ -85,7 +86,11 @@ def apply_all(
     Optionally, runs of consecutive ops for which ``batchable(op)`` holds (ops that provide
     nothing, such as FDB entries) go to ``apply_batch`` in chunks of at most ``batch_size``;
     it returns one failure reason (or ``None``) per op, in order.
+
+    ``progress(op)`` is called once an op is done with (applied, failed or skipped), in order:
+    the reconciler times the stages of a pass with it.
     """
+    done = progress if progress is not None else (lambda op: None)
     failures: list[tuple[object, str]] = []
     skipped: list[object] = []
     broken: set[str] = set()
@@ -97,12 +102,14 @@ def apply_all(
                 if reason is not None:
                     failures.append((op, reason))
                     broken.update(op.provides)
+                done(op)
         pending.clear()
 
     for op in ops:
         if op.needs & broken:
             skipped.append(op)
             broken |= op.provides
+            done(op)
             continue
         if batchable is not None and apply_batch is not None and batchable(op):
             pending.append(op)
@@ -115,6 +122,7 @@ def apply_all(
         except OpFailed as exc:
             failures.append((op, exc.reason))
             broken |= op.provides
+        done(op)
     flush()
     if failures:
         first, reason = failures[0]
@@ -137,9 +145,10 @@ class DataPlane(Protocol[S, Op]):
         """Pure: the ordered ops that turn ``actual`` into ``view``; ``()`` when converged."""
         ...
 
-    def apply(self, ops: Sequence[Op]) -> None:
+    def apply(self, ops: Sequence[Op], progress: Callable[[Op], None] | None = None) -> None:
         """Apply ``ops`` in order, each idempotently. Raises ``DataPlaneError`` (after trying
-        every op that does not depend on a failed one)."""
+        every op that does not depend on a failed one). ``progress(op)``: called as each op is
+        done with (``apply_all``)."""
         ...
 
     def inventory(self, view: HostView, actual: S) -> Mapping[str, int]:

@@ -16,7 +16,7 @@ peer), and ``applied`` (every op applied, in order).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -254,8 +254,10 @@ class FakeKernel:
         """Counted by the fake: ``dropped`` (set by tests); the fake forwards nothing."""
         return dict(self.dropped)
 
-    def apply(self, ops: Sequence[KernelOp]) -> None:
-        apply_all(ops, self._apply_one)
+    def apply(
+        self, ops: Sequence[KernelOp], progress: Callable[[KernelOp], None] | None = None
+    ) -> None:
+        apply_all(ops, self._apply_one, progress=progress)
 
     def close(self) -> None:
         self.closed = True

@@ -232,8 +232,8 @@ class FakeOvs:
         """As ``OvsDataPlane.drops``."""
         return {}
 
-    def apply(self, ops: Sequence[OvsOp]) -> None:
-        apply_all(ops, self._apply_one)
+    def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:
+        apply_all(ops, self._apply_one, progress=progress)
 
     def close(self) -> None:
         self.closed = True

@@ -32,7 +32,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -494,7 +494,9 @@ class KernelDataPlane:
         nv = view.network(network)
         return None if nv is None else kernel_facts(view.host, nv, actual)
 
-    def apply(self, ops: Sequence[KernelOp]) -> None:
+    def apply(
+        self, ops: Sequence[KernelOp], progress: Callable[[KernelOp], None] | None = None
+    ) -> None:
         """Apply ``ops`` in order (see the module docstring for the failure policy).
 
         Raises ``DataPlaneError`` naming the first failed op and listing all failures."""
@@ -502,10 +504,14 @@ class KernelDataPlane:
         try:
             if self.fast_netlink:
                 apply_all(
-                    ops, self._apply_one, batchable=_is_entry, apply_batch=self._apply_entries
+                    ops,
+                    self._apply_one,
+                    batchable=_is_entry,
+                    apply_batch=self._apply_entries,
+                    progress=progress,
                 )
             else:
-                apply_all(ops, self._apply_one)
+                apply_all(ops, self._apply_one, progress=progress)
         finally:
             self._index.clear()  # the next observe rebuilds it
 

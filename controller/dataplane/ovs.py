@@ -203,9 +203,9 @@ class OvsDataPlane:
                 out["spoof"] = n
         return out
 
-    def apply(self, ops: Sequence[OvsOp]) -> None:
+    def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:
         """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""
-        apply_all(ops, self._apply_one)
+        apply_all(ops, self._apply_one, progress=progress)
 
     def _apply_one(self, op: OvsOp) -> None:
         try:

@@ -73,6 +73,10 @@ class PassResult:
     docstring). ``op_counts``: ops planned (applied unless ``ok`` is False), per op type.
     ``error_kinds``: one entry per failed op (its type) or the exception type of a pass that
     failed otherwise. ``inventory``: owned objects by kind after a clean full pass, else None.
+    ``waited``: seconds from the event that woke the pass to its start (None: not woken by
+    one). ``stages``: seconds from the pass's start at which it had observed, planned, and
+    done with the last op of each type (in the order they finished): the critical path of a
+    change, as the convergence bench breaks it down.
     """
 
     revision: int
@@ -90,6 +94,8 @@ class PassResult:
     error_kinds: tuple[str, ...] = ()
     stats: ViewStats | None = None
     inventory: Mapping[str, int] | None = None
+    waited: float | None = None
+    stages: tuple[tuple[str, float], ...] = ()
 
 
 def _same_plane(a: HostView, b: HostView) -> bool:
@@ -132,13 +138,17 @@ class Reconciler(Generic[S, O]):
         self.view: HostView | None = None  # the view of the latest pass (read by diagnostics)
         self.first_ok = threading.Event()  # set once a full pass succeeded
 
-    def run_pass(self, full: bool = True, trigger: str = "manual") -> PassResult:
+    def run_pass(
+        self, full: bool = True, trigger: str = "manual", woken_at: float | None = None
+    ) -> PassResult:
         """Realise the current snapshot once. Never raises: failures are in the result.
 
         ``full=False``: skip the data plane if the view equals the last realised one.
-        ``trigger``: what started the pass (one of ``TRIGGERS``; for the log and the metrics)."""
+        ``trigger``: what started the pass (one of ``TRIGGERS``; for the log and the metrics).
+        ``woken_at``: monotonic time of the event that woke it (``PassResult.waited``)."""
         started = time.time()
         t0 = time.perf_counter()
+        waited = None if woken_at is None else max(0.0, time.monotonic() - woken_at)
         self._pass_id += 1
         snap = self._snapshot()
         view = host_view(snap, self._host, link_local_vteps=self._link_local_vteps)
@@ -150,23 +160,31 @@ class Reconciler(Generic[S, O]):
             self.skipped_passes += 1
             result = PassResult(snap.revision, started, time.perf_counter() - t0, 0, True, None,
                                 problems, pass_id=self._pass_id, trigger=trigger, observed=False,
-                                stats=stats)  # fmt: skip
+                                stats=stats, waited=waited)  # fmt: skip
             self._finish(result, ())
             return result
         applied: tuple[str, ...] = ()
         kinds: Counter[str] = Counter()
         self._realised = None
+        marks: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            marks.pop(name, None)  # re-inserted: the order is the order stages finished
+            marks[name] = time.perf_counter() - t0
+
         try:
             actual = self._driver.observe(view)
+            mark("observe")
             ops = tuple(self._driver.plan(view, actual))
+            mark("plan")
             applied = tuple(str(op) for op in ops)
             kinds.update(type(op).__name__ for op in ops)
             if ops:
-                self._driver.apply(ops)
+                self._driver.apply(ops, lambda op: mark(type(op).__name__))
             result = PassResult(
                 snap.revision, started, time.perf_counter() - t0, len(ops), True, None, problems,
                 applied, self._pass_id, trigger, True, tuple(sorted(kinds.items())), (), stats,
-                self._driver.inventory(view, actual),
+                self._driver.inventory(view, actual), waited, tuple(marks.items()),
             )  # fmt: skip
             self._realised = view
             self.first_ok.set()
@@ -182,7 +200,7 @@ class Reconciler(Generic[S, O]):
             result = PassResult(
                 snap.revision, started, time.perf_counter() - t0, len(applied), False,
                 f"{type(exc).__name__}: {exc}", problems, applied, self._pass_id, trigger, True,
-                tuple(sorted(kinds.items())), errors, stats,
+                tuple(sorted(kinds.items())), errors, stats, None, waited, tuple(marks.items()),
             )  # fmt: skip
         self.passes += 1
         self.failures += 0 if result.ok else 1
@@ -191,18 +209,25 @@ class Reconciler(Generic[S, O]):
 
     def _finish(self, result: PassResult, applied: tuple[str, ...]) -> None:
         self.last = result
+        waited = "" if result.waited is None else f" waited_ms={result.waited * 1000:.1f}"
+        stages = ",".join(f"{name}:{at * 1000:.1f}" for name, at in result.stages)
         pass_log.info(
             "pass id=%d trigger=%s revision=%d changes=%d errors=%d ok=%s duration_ms=%.1f "
-            "problems=%d%s",
+            "problems=%d%s%s%s",
             result.pass_id, result.trigger, result.revision, result.changes,
             len(result.error_kinds), result.ok, result.duration * 1000, len(result.problems),
-            "" if result.observed else " view=unchanged",
+            "" if result.observed else " view=unchanged", waited,
+            f" stages={stages}" if result.changes else "",
             extra={"heddle": {
                 "pass_id": result.pass_id, "trigger": result.trigger,
                 "revision": result.revision, "changes": result.changes,
                 "errors": len(result.error_kinds), "ok": result.ok,
                 "duration_ms": round(result.duration * 1000, 3),
                 "problems": len(result.problems), "observed": result.observed,
+                **({} if result.waited is None
+                   else {"waited_ms": round(result.waited * 1000, 3)}),
+                **({"stages_ms": {n: round(at * 1000, 3) for n, at in result.stages}}
+                   if result.changes else {}),
             }},
         )  # fmt: skip
         for op in applied:
@@ -231,7 +256,9 @@ class Reconciler(Generic[S, O]):
         while not self._stop.is_set():
             now, skipped = time.monotonic(), self.skipped_passes
             result = self.run_pass(
-                full=wake is not Wake.DESIRED or now >= next_resync, trigger=trigger
+                full=wake is not Wake.DESIRED or now >= next_resync,
+                trigger=trigger,
+                woken_at=self._trigger.fired_at if trigger == "event" else None,
             )
             if result.ok:
                 delay = self._backoff_initial

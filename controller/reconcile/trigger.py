@@ -12,6 +12,7 @@ always asks for a full pass. Coalescing keeps the strongest request.
 from __future__ import annotations
 
 import threading
+import time
 from enum import Enum
 
 
@@ -24,21 +25,32 @@ class Wake(Enum):
 
 
 class Trigger:
-    """Thread-safe; ``fire`` and ``fire_desired`` never block."""
+    """Thread-safe; ``fire`` and ``fire_desired`` never block. ``fired_at``: when (monotonic)
+    the first fire that ended the last ``wait`` came (None: a timeout), so a pass can say how
+    long the change waited for it."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._full = False
+        self._first: float | None = None  # monotonic time of the first fire since the last wait
+        self.fired_at: float | None = None  # ... of the fire that ended the last wait
+
+    def _note(self) -> None:
+        with self._lock:
+            if self._first is None:
+                self._first = time.monotonic()
 
     def fire(self) -> None:
         """Wake for a full pass (the data plane may have changed under us)."""
         with self._lock:
             self._full = True
+        self._note()
         self._event.set()
 
     def fire_desired(self) -> None:
         """Wake because desired state changed; the data plane is as the last pass left it."""
+        self._note()
         self._event.set()
 
     def wait(self, timeout: float | None) -> Wake:
@@ -47,6 +59,7 @@ class Trigger:
         with self._lock:
             self._event.clear()
             full, self._full = self._full, False
+            self.fired_at, self._first = self._first, None
         if not fired and not full:
             return Wake.TIMEOUT
         return Wake.FULL if full else Wake.DESIRED

@@ -233,10 +233,13 @@ def test_an_endpoint_posing_as_its_neighbour_moves_nothing(lab: Lab, overlay: Sc
         _set_ip(thief.netns, thief.ip, victim.ip)
         ping(thief.netns, "10.34.0.255", count=3, interval=0.02, wait=0.3)  # broadcast
         ping(thief.netns, far.ip, count=3, interval=0.02, wait=0.3)
-        # the victim is reachable while the thief still holds its identity, and at once after
-        assert ping(far.netns, victim.ip, count=3, interval=0.02, wait=0.5).received == 3
+        # The victim is reachable while the thief still holds its identity, and at once after.
+        # (What a moved MAC looks like: nothing answers for tens of seconds. One lost packet is
+        # not that: OVS's userspace datapath can drop the first tunnelled packet towards a
+        # VTEP whose tunnel neighbour entry it has to resolve again, issue 15.)
+        assert ping(far.netns, victim.ip, count=3, interval=0.02, wait=0.5).received >= 2
         _set_ip(thief.netns, victim.ip, thief.ip)
         _set_mac(thief.netns, thief.mac)
-        assert ping(far.netns, victim.ip, count=3, interval=0.02, wait=0.5).received == 3
+        assert ping(far.netns, victim.ip, count=3, interval=0.02, wait=0.5).received >= 2
     finally:
         lab.start_agent("h1", wait=True)

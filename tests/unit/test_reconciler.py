@@ -282,3 +282,29 @@ def test_new_problems_alone_do_not_observe_the_data_plane() -> None:
     sync(kv, cache)
     quiet = rec.run_pass(full=False)
     assert fk.observed == seen and any("unknown host" in p for p in quiet.problems)
+
+
+def test_a_pass_records_its_stages_and_how_long_its_event_waited(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from controller.reconcile.loop import PASS_LINE
+
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24", gateway="10.1.0.1")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    ds.create_endpoint("blue", "h2", netns="x")
+    sync(kv, cache)
+    rec = make(cache, fk)
+    with caplog.at_level(logging.INFO, logger="heddle.pass"):
+        result = rec.run_pass(trigger="event", woken_at=time.monotonic() - 0.05)
+    names = [name for name, _ in result.stages]
+    assert names[:2] == ["observe", "plan"]
+    assert names.index("EnsureVeth") < names.index("ConfigureEndpoint")
+    assert {"PutFdb", "PutNeigh", "PutPortFdb"} <= set(names)
+    times = [at for _, at in result.stages]
+    assert times == sorted(times) and times[-1] <= result.duration
+    assert result.waited is not None and result.waited >= 0.05
+    line = next(r.getMessage() for r in caplog.records if "pass id=" in r.getMessage())
+    assert PASS_LINE.search(line) and "waited_ms=" in line and "stages=observe:" in line
+    quiet = rec.run_pass()  # nothing to do: no stages in the line, no wait
+    assert quiet.changes == 0 and quiet.waited is None
