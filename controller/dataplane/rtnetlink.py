@@ -1,6 +1,6 @@
-"""Raw rtnetlink for the kernel backend's neighbour and FDB tables: dumps and batched writes,
-packed and parsed with ``struct``, on a socket of its own (never shared with pyroute2, so
-sequence numbers cannot collide).
+"""Raw rtnetlink for the kernel backend: neighbour and FDB dumps and batched writes, and the
+host's link dump, packed and parsed with ``struct`` on a socket of its own (never shared with
+pyroute2, so sequence numbers cannot collide).
 
 Why a codec of our own: pyroute2 spends ~70 µs of Python per dumped message and ~200 µs per
 request (docs/platform.md K9), so a no-op pass at 10,000 entries cost ~0.7 s and a first pass
@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from controller.dataplane.netns_socket import socket_in
 from controller.plan.kernel_ops import (
@@ -45,6 +46,12 @@ _NLA_TYPE_MASK = 0x3FFF
 _HDR = struct.Struct("=LHHLL")  # nlmsghdr
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _RTA = struct.Struct("=HH")
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_EXT_MASK = 18, 20, 29
+_INFO_KIND, _INFO_DATA, _INFO_SLAVE_KIND, _INFO_SLAVE_DATA = 1, 2, 4, 5
+_RTEXT_FILTER_SKIP_STATS = 1 << 3
 _ERR = struct.Struct("=i")
 
 RawNeigh = tuple[int, int, int, bytes | None, bytes | None]
@@ -106,11 +113,25 @@ class RawRtnl:
         return [codes[seq] for seq in seqs]
 
     def dump(self, family: int) -> Iterator[RawNeigh]:
-        seq = next(self._seq)
-        req = _HDR.pack(
-            _HDR.size + _NDMSG.size, _RTM_GETNEIGH, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
+        payload = _NDMSG.pack(family, 0, 0, 0, 0)
+        for data, body, end in self._dump(_RTM_GETNEIGH, _RTM_NEWNEIGH, payload, "neighbour"):
+            yield self._parse(data, body, end)
+
+    def links(self) -> Iterator[RawLink]:
+        """One link dump (statistics left out), each link reduced to what observation reads."""
+        payload = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _rta(
+            _IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS)
         )
-        self._sock.send(req + _NDMSG.pack(family, 0, 0, 0, 0))
+        for data, body, end in self._dump(_RTM_GETLINK, _RTM_NEWLINK, payload, "link"):
+            yield _parse_link(data, body, end)
+
+    def _dump(
+        self, request: int, reply: int, payload: bytes, what: str
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """``(buffer, body offset, end)`` of each ``reply`` message of one dump."""
+        seq = next(self._seq)
+        req = _HDR.pack(_HDR.size + len(payload), request, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+        self._sock.send(req + payload)
         while True:
             data = self._sock.recv(1 << 16)
             for off, length, mtype, mseq in _messages(data):
@@ -119,11 +140,11 @@ class RawRtnl:
                     if mtype in (_NLMSG_DONE, _NLMSG_ERROR):
                         code = _ERR.unpack_from(data, body)[0] if length >= _HDR.size + 4 else 0
                         if code < 0:
-                            raise OSError(-code, f"neighbour dump: {os.strerror(-code)}")
+                            raise OSError(-code, f"{what} dump: {os.strerror(-code)}")
                         if mtype == _NLMSG_DONE or code == 0:
                             return
-                    elif mtype == _RTM_NEWNEIGH:
-                        yield self._parse(data, body, off + length)
+                    elif mtype == reply:
+                        yield data, body, off + length
 
     @staticmethod
     def _parse(data: bytes, body: int, end: int) -> RawNeigh:
@@ -141,6 +162,64 @@ class RawRtnl:
                 lladdr = data[a + 4 : a + alen]
             a += (alen + 3) & ~3
         return ifindex, state, flags, lladdr, dst
+
+
+@dataclass(frozen=True, slots=True)
+class RawLink:
+    """What observation reads of one link: ``kind``/``slave_kind`` are ``IFLA_INFO_KIND`` /
+    ``IFLA_INFO_SLAVE_KIND`` ("" when absent); ``data``/``slave_data`` the raw attributes of
+    ``IFLA_INFO_DATA``/``IFLA_INFO_SLAVE_DATA`` by type (None when absent)."""
+
+    index: int
+    flags: int
+    name: str
+    mtu: int
+    mac: str
+    master: int
+    alias: str | None
+    kind: str
+    slave_kind: str
+    data: dict[int, bytes] | None
+    slave_data: dict[int, bytes] | None
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    a = start
+    while a + _RTA.size <= end:
+        alen, atype = _RTA.unpack_from(data, a)
+        if alen < _RTA.size:
+            break
+        out[atype & _NLA_TYPE_MASK] = data[a + 4 : a + alen]
+        a += (alen + 3) & ~3
+    return out
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace") if raw else ""
+
+
+def _parse_link(data: bytes, body: int, end: int) -> RawLink:
+    _family, _type, index, flags, _change = _IFINFO.unpack_from(data, body)
+    attrs = _attrs(data, body + _IFINFO.size, end)
+    info = attrs.get(_IFLA_LINKINFO)
+    nested = _attrs(info, 0, len(info)) if info is not None else {}
+    raw_data, raw_slave = nested.get(_INFO_DATA), nested.get(_INFO_SLAVE_DATA)
+    mtu, master = attrs.get(_IFLA_MTU), attrs.get(_IFLA_MASTER)
+    alias = attrs.get(_IFLA_IFALIAS)
+    return RawLink(
+        index=index,
+        flags=flags,
+        name=_text(attrs.get(_IFLA_IFNAME)),
+        mtu=struct.unpack("=I", mtu[:4])[0] if mtu else 0,
+        mac=attrs[_IFLA_ADDRESS].hex(":") if attrs.get(_IFLA_ADDRESS) else "",
+        master=struct.unpack("=I", master[:4])[0] if master else 0,
+        alias=_text(alias) if alias is not None else None,
+        kind=_text(nested.get(_INFO_KIND)),
+        slave_kind=_text(nested.get(_INFO_SLAVE_KIND)),
+        data=_attrs(raw_data, 0, len(raw_data)) if raw_data is not None else None,
+        slave_data=_attrs(raw_slave, 0, len(raw_slave)) if raw_slave is not None else None,
+    )
 
 
 def ip_text(raw: bytes) -> str:

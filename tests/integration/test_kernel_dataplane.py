@@ -27,6 +27,7 @@ from controller.model.kernel_state import (
     LinkState,
     NeighEntry,
     PortFdbEntry,
+    VxlanAttrs,
 )
 from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
@@ -415,3 +416,24 @@ def test_endpoint_ttl_remembers_the_filters_it_wrote(lab: Lab) -> None:
             nft.close()
     with KernelDataPlane(H1.vtep, netns=lab.host) as fresh:  # what the kernel really holds
         assert fresh.plan(smaller, fresh.observe(smaller)) == ()
+
+
+def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
+    """The raw link codec (``fast_netlink``) and pyroute2 report every ``hd*`` link the same:
+    bridges, VXLAN devices, veths in and out of bridges, a foreign link, learning on and off."""
+    view = view_of(snapshot(lab))
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=True) as raw,
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=False) as slow,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
+        converge(raw, view)
+        ipr.link("add", ifname="hdforeign", kind="bridge")  # not ours: reported, not owned
+        port = ipr.link("get", ifname=veth_host_name("blue", "a"))[0]["index"]
+        ipr.brport("set", index=port, learning=1)
+        links = raw._links()
+        assert links == slow._links()
+        assert links["hdforeign"].owned is False and links["hdforeign"].kind == "bridge"
+        assert links[veth_host_name("blue", "a")].learning is True
+        assert links[vxlan_name(VNI)].vxlan == VxlanAttrs(VNI, H1.vtep, 4789, False, True)
+        assert links[bridge_name(VNI)].mcast_snooping is False
