@@ -316,9 +316,8 @@ class FakeKernel:
                 if port is None:
                     raise OpFailed(f"no bridge port {op.dev} owned by heddle")
                 assert port.master is not None
-                for table in self._ports.values():  # one entry per MAC and bridge
-                    if table.get(op.mac) == op.dev:
-                        del table[op.mac]
+                # one entry per MAC in a bridge: replace moves it (a port leaving a bridge
+                # already took its entries along, see _release)
                 self._ports.setdefault(port.master, {})[op.mac] = op.dev
             case DelPortFdb():
                 port = self._port(op.dev)

@@ -39,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--also-listen", default=None, help="a second client address (127.0.0.1)")
     p.add_argument("--tls-dir", type=Path, default=None, help="PKI of make_test_pki: use TLS")
     args = p.parse_args(argv)
-    tls = None
-    if args.tls_dir is not None:
-        d = args.tls_dir
-        tls = ServerTLS(
-            d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
-        )
+    tls = ServerTLS.in_dir(args.tls_dir) if args.tls_dir is not None else None
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     port = free_port(args.host)

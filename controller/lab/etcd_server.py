@@ -45,6 +45,13 @@ class ServerTLS:
     client_cert: Path
     client_key: Path
 
+    @classmethod
+    def in_dir(cls, d: Path) -> ServerTLS:
+        """The files ``make_test_pki`` writes in ``d``."""
+        return cls(
+            d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
+        )
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the usual bind-to-0 race applies)."""
@@ -93,9 +100,7 @@ def make_test_pki(
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile",
                  f"{ext}.ext", cwd=d)  # fmt: skip
-    return ServerTLS(
-        d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
-    )
+    return ServerTLS.in_dir(d)
 
 
 def identity_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
