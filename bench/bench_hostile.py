@@ -180,7 +180,7 @@ def main() -> int:
             eps = sc.desired.endpoints("hbn")
             for put in hostile_puts(random.Random(11), args.bad, [net], eps, HOSTS):
                 probe.put(put.key, put.value)
-            statuses = wait_status(probe, HOSTS, probe.revision(), timeout=60)
+            statuses = wait_status(probe, HOSTS, timeout=60)
             sizes = {}
             for h in HOSTS:
                 item = probe.get(keys.status(h))

@@ -21,7 +21,7 @@ from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac
 from controller.model.records import Endpoint, Network, check_label
-from controller.store import keys
+from controller.store import endpoint_ops, keys
 from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Txn
 
 
@@ -132,6 +132,16 @@ class DesiredState:
             Delete(keys.network(name)),
             DeletePrefix(keys.endpoints_of(name)),
             DeletePrefix(keys.ipam_of(name)),
+            *(
+                Delete(k)
+                for k in sorted(
+                    {  # a set: etcd refuses a key twice in one txn
+                        keys.placement(ep.host, ep.network, ep.id)
+                        for ep in _decode_endpoints(eps)
+                        if ep.network == name
+                    }
+                )
+            ),
         ]
         owner = self._kv.get(vni_key)
         if owner is not None and codec.decode_owner(owner.value) == name:
@@ -240,11 +250,10 @@ class DesiredState:
         compares = [Compare(keys.endpoint(network, eid), "create", "=", 0)]
         if require_host:
             compares.append(Compare(keys.host(host), "create", ">", 0))
-        key = keys.endpoint(network, eid)
         return allocation.Claim(
             owner=eid,
             compares=lambda ip: tuple(compares),
-            puts=lambda ip: (Put(key, codec.encode_endpoint(endpoint(ip)).encode()),),
+            puts=lambda ip: endpoint_ops.put_endpoint(endpoint(ip)),
         )
 
     def _try_create_endpoint(self, stored: _Stored, ep: Endpoint, require_host: bool) -> bool:
@@ -298,14 +307,16 @@ class DesiredState:
         ep = codec.decode_endpoint(kv.value)
         ipam_key = keys.ipam(network, ep.ip)
         compares = [Compare(key, "mod", "=", kv.mod_revision)]
-        ops: list[Put | Delete | DeletePrefix] = [Delete(key)]
+        ops: list[Put | Delete | DeletePrefix] = [
+            *endpoint_ops.delete_endpoint(network, endpoint_id, ep.host)
+        ]
         owner = self._kv.get(ipam_key)
         if owner is not None and codec.decode_owner(owner.value) == endpoint_id:
             compares.append(Compare(ipam_key, "mod", "=", owner.mod_revision))
             ops.append(Delete(ipam_key))
         if not self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
             raise Conflict(f"endpoint {network}/{endpoint_id} changed while removing it")
-        if len(ops) > 1:
+        if any(isinstance(op, Delete) and op.key == ipam_key for op in ops):
             self._pools.release(network, ep.ip)
         return ep
 

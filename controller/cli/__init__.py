@@ -29,7 +29,7 @@ def make_kv(args: argparse.Namespace) -> KV:
 
 
 def _store_verbs() -> dict[str, Callable[[argparse.Namespace, KV], int]]:
-    from controller.cli import access, records, status, trace
+    from controller.cli import access, records, status, store, trace
 
     return {
         "access": lambda args, kv: access.apply(args, kv),
@@ -38,6 +38,7 @@ def _store_verbs() -> dict[str, Callable[[argparse.Namespace, KV], int]]:
         "host": records.host,
         "status": status.status,
         "trace": trace.trace,
+        "store": store.store,
     }
 
 

@@ -1,7 +1,8 @@
 """``heddle agent``: the composition root of the per-host agent.
 
-``Agent`` wires the parts and starts them in order -- membership, watcher, Docker plugin and
-telemetry (they need only etcd), then, once the cache holds a full listing, the data plane, the
+``Agent`` wires the parts and starts them in order -- membership, the watches
+(``controller/store/interest.py``), Docker plugin and telemetry (they need only etcd), then,
+once every watch holds a full listing, the data plane, the
 status writer and the reconciler -- and stops them in the reverse order. The data plane is
 never touched before that first listing: acting on an empty picture would tear down every
 tunnel of a host whose agent restarts while etcd is down. On exit the lease is revoked (the
@@ -31,10 +32,8 @@ from controller.model.view import HostView
 from controller.reconcile.loop import PassResult, Reconciler
 from controller.reconcile.status import StatusWriter
 from controller.reconcile.trigger import Trigger
-from controller.store import keys
-from controller.store.cache import Cache
 from controller.store.etcd import EtcdKV, TLSFiles
-from controller.store.watcher import Watcher
+from controller.store.interest import Interest
 from controller.telemetry.health import Health
 from controller.telemetry.metrics import AgentMetrics, BuildInfo
 from controller.telemetry.server import NotReady, TelemetryServer
@@ -95,12 +94,11 @@ class Agent:
         self.kv = self._new_kv()
         self.stopping = threading.Event()
         self.trigger = Trigger()
-        self.cache = Cache()
         self.membership = Membership(self.kv, self.host)
-        self.watcher = Watcher(self._new_kv, keys.ROOT, self.cache, self.trigger.fire_desired)
+        self.interest = Interest(self._new_kv, self.host.name, self.trigger.fire_desired)
         self.metrics = AgentMetrics(
             BuildInfo(__version__, self.host.backend, self.host.name),
-            lambda: self.watcher,
+            lambda: self.interest,
             self.drops,
             lambda: self.membership.restored,
         )
@@ -145,14 +143,14 @@ class Agent:
 
     def run(self) -> int:
         self.membership.start()
-        self.watcher.start()
+        self.interest.start()
         self._start_plugin()
         self._start_telemetry()
         log.info(
             "agent %s (vtep %s, mtu %d) waiting for etcd %s",
             self.host.name, self.host.vtep, self.host.underlay_mtu, ",".join(self._urls),
         )  # fmt: skip
-        while not self.stopping.is_set() and not self.watcher.wait_synced(1.0):
+        while not self.stopping.is_set() and not self.interest.wait_synced(1.0):
             pass
         if not self.stopping.is_set():
             self._start_reconciler()
@@ -172,7 +170,7 @@ class Agent:
         cfg = self.cfg
         self._dataplane = make_dataplane(cfg, self.host, self.trigger)
         self._status = StatusWriter(
-            self.kv, self.host.name, stuck=lambda: self.watcher.stalled(STUCK_AFTER),
+            self.kv, self.host.name, stuck=lambda: self.interest.stalled(STUCK_AFTER),
             metrics=cfg.metrics_advertised if self.telemetry is not None else None,
             notices=self.membership.notices,
         )  # fmt: skip
@@ -185,7 +183,7 @@ class Agent:
                 self._readiness.notify()  # a Join waiting for its veth looks again at once
 
         self.reconciler = Reconciler(
-            self.host, self.cache.snapshot, self._dataplane, self.trigger, on_result,
+            self.host, self.interest.snapshot, self._dataplane, self.trigger, on_result,
             resync_interval=cfg.resync_interval, link_local_vteps=cfg.allow_link_local_vteps,
         )  # fmt: skip
         self._worker = threading.Thread(target=self.reconciler.run, name="reconciler", daemon=True)
@@ -203,7 +201,7 @@ class Agent:
             self._readiness.close()
         if self._status is not None:
             self._status.close()
-        self.watcher.stop()
+        self.interest.stop()
         self.membership.stop()
         if self._dataplane is not None:
             self._dataplane.close()

@@ -36,7 +36,7 @@ def _leaf(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole grammar: global flags, then
-    ``network|endpoint|host|status|trace|access|agent|lab``."""
+    ``network|endpoint|host|status|trace|access|store|agent|lab``."""
     p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
     p.add_argument("--version", action="version", version=f"heddle {__version__}")
     p.add_argument(
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("dest", metavar="TO", help="an address in the network")
     tr.add_argument("--timeout", type=float, default=2.0, help="per-agent request timeout")
     _access(sub)
+    sto = sub.add_parser("store", help="the etcd layout itself").add_subparsers(
+        dest="action", required=True
+    )
+    _leaf(
+        sto, "upgrade",
+        help="index every endpoint by host and tell agents to follow only their own networks "
+        "(after every writer runs this release; idempotent)",
+    )  # fmt: skip
     _agent(sub)
     _lab(sub)
     return p

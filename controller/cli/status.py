@@ -16,32 +16,32 @@ from controller.model.view import Snapshot
 from controller.output import as_json, table
 from controller.store import keys
 from controller.store.cache import Cache
+from controller.store.interest import newest_followed
 from controller.store.kv import KV
 
-FOLLOWED = (keys.NETWORKS, keys.ENDPOINTS, keys.HOSTS, keys.ALIVE)
 
+def read_cluster(kv: KV) -> tuple[Snapshot, dict[str, HostStatus], dict[str, int]]:
+    """The desired state, the hosts' status records and, per host, the revision of the newest
+    record its agent follows (``controller/store/interest.py``), all at one revision. Raises
+    only ``StoreUnavailable``; undecodable status records count as absent.
 
-def read_cluster(kv: KV) -> tuple[Snapshot, dict[str, HostStatus], int]:
-    """The desired state, the hosts' status records and the revision of the newest record
-    agents follow (networks, endpoints, hosts, alive), all at one revision. Raises only
-    ``StoreUnavailable``; undecodable status records count as absent.
-
-    Why the third value: agents' status writes move etcd's revision too, so the lag of an
-    agent is measured against the newest change it has to realise, not against etcd's."""
+    Why the third value: agents' status writes move etcd's revision too, and an agent hears
+    only of the networks it takes part in, so its lag is measured against the newest change
+    it has to realise, not against etcd's."""
     listing = kv.list(keys.ROOT)
     cache = Cache()
     cache.replace_all(listing)
     statuses = {}
-    desired = 0
+    pairs = [(item.key, item.mod_revision) for item in listing.items]
+    snap = cache.snapshot()
+    desired = {h: newest_followed(pairs, h) for h in snap.hosts}
     for item in listing.items:
-        if item.key.startswith(FOLLOWED):
-            desired = max(desired, item.mod_revision)
         if item.key.startswith(keys.STATUS):
             try:
                 statuses[item.key[len(keys.STATUS) :]] = codec.decode_status(item.value)
             except InvalidRecord:
                 continue
-    return cache.snapshot(), statuses, desired
+    return snap, statuses, desired
 
 
 def status(args: argparse.Namespace, kv: KV) -> int:

@@ -73,18 +73,24 @@ def _host_problems(
     return tuple(out)
 
 
+def _target(desired: int | Mapping[str, int] | None, snap: Snapshot, host: str) -> int:
+    if desired is None:
+        return snap.revision
+    return desired if isinstance(desired, int) else desired.get(host, snap.revision)
+
+
 def cluster_report(
     snap: Snapshot,
     statuses: Mapping[str, HostStatus],
     now: float,
     stale_after: float = 90.0,
-    desired_revision: int | None = None,
+    desired_revision: int | Mapping[str, int] | None = None,
 ) -> ClusterReport:
     """Judge ``snap`` (hosts, liveness, networks, skipped records) with the hosts' published
     ``statuses`` at wall-clock time ``now``. A host's ``revision_lag`` is how far its last
-    pass is behind ``desired_revision`` (default: the snapshot's revision); it is shown, not
-    judged (an agent publishes quiet progress at most once a second)."""
-    target = snap.revision if desired_revision is None else desired_revision
+    pass is behind ``desired_revision`` (default: the snapshot's revision; per host when a
+    mapping, as ``heddle status`` gives it); it is shown, not judged (an agent publishes quiet
+    progress at most once a second)."""
     hosts = []
     problems: list[str] = []
     for name, host in sorted(snap.hosts.items()):
@@ -102,7 +108,7 @@ def cluster_report(
                 st.ok if st else None,
                 age,
                 st.revision if st else None,
-                max(0, target - st.revision) if st else None,
+                max(0, _target(desired_revision, snap, name) - st.revision) if st else None,
                 st.errors if st else (),
                 st.stuck if st else None,
                 st.metrics if st else None,

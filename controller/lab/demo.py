@@ -29,7 +29,6 @@ from controller.lab.probes import forge_neighbour, wait_ping, wait_status
 from controller.lab.topology import Lab
 from controller.model.errors import HeddleError, NotFound
 from controller.output import table
-from controller.store.keys import ENDPOINTS
 
 SUBNET = "10.10.0.0/24"
 NETWORKS = {"blue": (4101, 10), "green": (4102, 20)}  # name: (vni, host part base)
@@ -72,9 +71,8 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
                 ip = f"10.10.0.{base + k}"
                 ep = desired.create_endpoint(net, host, netns=ns, ip=ip, endpoint_id=f"{net}-{k}")
                 eps.append(DemoEndpoint(net, host, ns, ep.ip, ep.mac))
-        rev = max(it.mod_revision for it in probe.list(ENDPOINTS)[0])
         try:
-            wait_status(probe, hosts, rev, timeout=30.0)
+            wait_status(probe, hosts, timeout=30.0)
         except TimeoutError as exc:
             logs = ", ".join(str(lab.agent_log(h)) for h in hosts)
             raise HeddleError(f"the agents did not converge: {exc} (logs: {logs})") from None
@@ -82,6 +80,7 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
         for a, b in pairs:
             if wait_ping(a.netns, b.ip, timeout=20.0) is None:
                 break
+        rev = probe.revision()
         out.write(f"converged in {time.monotonic() - t0:.2f} s (etcd revision {rev})\n\n")
         return _report(eps, pairs, out)
     finally:

@@ -77,7 +77,8 @@ def hostile_puts(
                 {"name": tag, "vni": 1e400, "subnet": True},
                 {"name": tag, "vni": 9, "subnet": "10.0.0.0/24", "evil": "field"},
             ])  # fmt: skip
-            where = keys.endpoint("x", tag) if "id" in value else keys.network(tag)
+            followed = networks[0].name if networks else "x"  # a network the agents follow
+            where = keys.endpoint(followed, tag) if "id" in value else keys.network(tag)
             out.append(HostilePut(where, json.dumps(value).encode(), kind))
         elif kind in ("dup-ip", "dup-mac", "dup-ifname") and victim is not None:
             net = next(x for x in networks if x.name == victim.network)

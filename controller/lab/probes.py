@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from controller.lab.nsutil import call_in_netns
 from controller.lab.ovs import OvsInstance
 from controller.lab.pinger import PingResult, ping
 from controller.model.naming import OWNER_ALIAS, PREFIX
+from controller.store import keys
+from controller.store.interest import newest_followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +94,30 @@ def wait_ping(
     return None
 
 
+def followed_revisions(probe: EtcdHTTP, hosts: Iterable[str]) -> dict[str, int]:
+    """Per host, the newest revision among the records its agent follows (one listing)."""
+    items, _ = probe.list(keys.ROOT)
+    pairs = [(it.key, it.mod_revision) for it in items]
+    return {h: newest_followed(pairs, h) for h in hosts}
+
+
 def wait_status(
-    probe: EtcdHTTP, hosts: Iterable[str], min_revision: int, timeout: float = 30.0
+    probe: EtcdHTTP,
+    hosts: Iterable[str],
+    min_revision: int | Mapping[str, int] | None = None,
+    timeout: float = 30.0,
 ) -> dict[str, dict[str, object]]:
-    """Wait until every host's agent reports a pass at ``revision >= min_revision``.
+    """Wait until every host's agent reports a pass at ``revision >= min_revision`` (one for
+    all, or per host; None: what each host follows now, ``followed_revisions``).
 
     Returns the status records; raises ``TimeoutError`` naming the laggards.
     """
     pending = set(hosts)
+    if min_revision is None:
+        min_revision = followed_revisions(probe, pending)
+    targets = (
+        dict.fromkeys(pending, min_revision) if isinstance(min_revision, int) else min_revision
+    )
     got: dict[str, dict[str, object]] = {}
     deadline = time.monotonic() + timeout
     while pending:
@@ -107,11 +125,12 @@ def wait_status(
             with contextlib.suppress(EtcdHTTPError):
                 st = probe.status_of(h)
                 rev = st[0].get("revision") if st is not None else None
-                if st is not None and isinstance(rev, int) and rev >= min_revision:
+                if st is not None and isinstance(rev, int) and rev >= targets[h]:
                     got[h] = st[0]
                     pending.discard(h)
         if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"no pass at revision >= {min_revision} on {sorted(pending)}")
+            want = {h: targets[h] for h in sorted(pending)}
+            raise TimeoutError(f"no pass at the revision each follows on {want}")
         if pending:
             time.sleep(0.05)
     return got

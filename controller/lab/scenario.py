@@ -20,7 +20,6 @@ from controller.lab.probes import owned_links, wait_status
 from controller.lab.topology import Lab, child_env
 from controller.model.errors import NotFound
 from controller.reconcile.loop import PASS_LINE
-from controller.store.keys import ENDPOINTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +65,7 @@ class Scenario:
 
     def converge(self, timeout: float = 30.0) -> None:
         probe = self.lab.etcd_http()
-        items, _ = probe.list(ENDPOINTS)
-        rev = max((it.mod_revision for it in items), default=0)
-        wait_status(probe, [h.name for h in self.lab.hosts], rev, timeout)
+        wait_status(probe, [h.name for h in self.lab.hosts], timeout=timeout)
 
     def cleanup(self) -> None:
         for name in self.networks:

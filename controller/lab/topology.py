@@ -80,6 +80,7 @@ from controller.lab.secure import LabIdentities, secure_etcd
 from controller.lab.state import HostRecord, LabRecord
 from controller.store.access import OPERATOR_USER, ROOT_USER
 from controller.store.etcd import EtcdKV, TLSFiles
+from controller.store.upgrade import upgrade as upgrade_store
 
 DEFAULT_WORKDIR = Path("/run/heddle-lab")
 DEFAULT_MGMT_SUBNET = "172.31.254.0/24"
@@ -313,6 +314,8 @@ class Lab:
             if ids is not None:
                 secure_etcd(self.etcd_url, ids, names)
             self._check_mgmt()
+            with self.kv() as kv:  # a new store: every writer indexes placement (README: schema)
+                upgrade_store(kv)
             if agents:
                 for name in names:
                     self.start_agent(name, wait=False)

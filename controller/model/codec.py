@@ -249,3 +249,21 @@ def decode_owner(raw: bytes | str) -> str:
         return _dumps(value)
     except (RecursionError, ValueError):
         return brief(value)
+
+
+def encode_layout(placement: bool) -> str:
+    """The value of ``/heddle/v1/layout``: which optional parts of the layout the store keeps."""
+    return _dumps({"placement": placement})
+
+
+@_total
+def decode_layout(raw: bytes | str) -> bool:
+    """Whether the layout record says every endpoint has its placement key (written by
+    ``heddle store upgrade`` once the index is complete). Unknown fields are ignored (a later
+    release may add parts); raises ``InvalidRecord`` for anything but an object whose
+    ``placement`` is a boolean, and the reader then keeps the safe, unindexed way."""
+    obj = _object(raw, "layout")
+    value = obj.get("placement", False)
+    if not isinstance(value, bool):
+        raise InvalidRecord("layout: placement must be true or false")
+    return value

@@ -4,7 +4,8 @@
   ``-o heddle.network=<name>`` (which the IPAM side created or checked) and remembers the gateway
   Docker was given; DeleteNetwork forgets the mapping. The heddle network itself is shared by
   every host and stays (``heddle network rm`` removes it).
-* CreateEndpoint writes the endpoint record (this host, ``netns=None``: the agent builds the veth
+* CreateEndpoint writes the endpoint record with its placement key
+  (``controller/store/endpoint_ops.py``; this host, ``netns=None``: the agent builds the veth
   pair and leaves the peer ``veth_peer_name(...)`` in the host namespace for Docker to move) and
   the EndpointID mapping in one transaction, guarded by this host's IPAM reservation of the
   address. The heddle endpoint id is the EndpointID's first 12 hex digits (longer on a
@@ -12,8 +13,8 @@
 * Join waits (bounded by ``join_timeout``) until the agent has created the veth pair, then names
   the peer and the gateway (``DisableGatewayService`` when the network has none; never neither,
   or dockerd plugs the container into ``docker_gwbridge``).
-* DeleteEndpoint removes the record and the mapping; the agent then deletes the veth, which
-  Docker has moved back to the host namespace by then.
+* DeleteEndpoint removes the record, its placement key and the mapping; the agent then deletes
+  the veth, which Docker has moved back to the host namespace by then.
 
 Every handler is idempotent (a repeated call answers like the first), thread-safe and holds no
 state but the ``KV``: concurrent calls are decided by etcd compares. Raises ``InvalidRecord``,
@@ -41,7 +42,7 @@ from controller.plugin.mapping import (
     encode_endpoint,
     encode_network,
 )
-from controller.store import keys
+from controller.store import endpoint_ops, keys
 from controller.store.kv import KV, Compare, Delete, Put, Txn
 
 log = logging.getLogger("heddle.plugin.network")
@@ -221,10 +222,7 @@ class NetworkDriver:
                     Compare(ep_key, "create", "=", 0),
                     Compare(map_key, "create", "=", 0),
                 ),
-                success=(
-                    Put(ep_key, codec.encode_endpoint(ep).encode()),
-                    Put(map_key, encode_endpoint(mapping)),
-                ),
+                success=(*endpoint_ops.put_endpoint(ep), Put(map_key, encode_endpoint(mapping))),
             )
             if self._kv.commit(txn).succeeded:
                 return api.CreateEndpointResponse(None if req.mac else mac)
@@ -280,7 +278,9 @@ class NetworkDriver:
                 if ep is not None and ep[0].host == self._host:
                     ep_key = keys.endpoint(mapping.network, mapping.id)
                     compares.append(Compare(ep_key, "mod", "=", ep[1].mod_revision))
-                    ops.append(Delete(ep_key))
+                    ops.extend(
+                        endpoint_ops.delete_endpoint(mapping.network, mapping.id, self._host)
+                    )
             if self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
                 return api.Ok()
         raise Conflict(f"Docker endpoint {req.endpoint_id[:12]} keeps changing; try again")

@@ -11,8 +11,9 @@ clients.
 A host identity reads everything under ``/heddle/v1/`` (its agent needs the whole desired
 state) and writes:
 
-* its own ``hosts/<host>``, ``alive/<host>`` and ``status/<host>`` keys, and everything under
-  its own ``docker/<host>/`` (the plugin's ID mappings): nobody else's;
+* its own ``hosts/<host>``, ``alive/<host>`` and ``status/<host>`` keys, everything under
+  its own ``docker/<host>/`` (the plugin's ID mappings) and its own ``placement/<host>/`` (the
+  index of the endpoints its plugin creates, on this host only): nobody else's;
 * ``endpoints/`` and ``ipam/`` of every network, because the host's Docker plugin creates
   endpoints and reserves addresses in any network a container on that host joins. etcd ranges
   are prefixes and these keys do not name the host, so this cannot be narrowed per host
@@ -100,6 +101,7 @@ def host_grants(host: str) -> frozenset[Grant]:
             Grant.on_key(keys.alive(host), "readwrite"),
             Grant.on_key(keys.status(host), "readwrite"),
             Grant.on_prefix(docker_of_host(host), "readwrite"),
+            Grant.on_prefix(keys.placement_of(host), "readwrite"),
             Grant.on_prefix(keys.ENDPOINTS, "readwrite"),
             Grant.on_prefix(keys.IPAM, "readwrite"),
         }

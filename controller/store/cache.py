@@ -98,6 +98,23 @@ def _decode_strict(kv: KeyValue) -> _Entry | None:
         return _Entry(kv.mod_revision, kv.create_revision, kind, None, None, str(exc))
 
 
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What a cache holds, before conflicts are resolved: records with their create_revision
+    (the older record wins a conflict), and skipped keys with the reason; ``changed_at``: the
+    revision of the last write to a mirrored key (or of the listing that changed the content),
+    never of a progress notification. Copies: for a
+    reader that composes one snapshot from several caches (``controller/store/interest.py``)."""
+
+    revision: int
+    changed_at: int
+    networks: Mapping[str, tuple[int, Network]]
+    endpoints: Mapping[tuple[str, str], tuple[int, Endpoint]]
+    hosts: Mapping[str, Host]
+    alive: frozenset[str]
+    skipped: Mapping[str, str]
+
+
 class Cache:
     """Decoded records under ``/heddle/v1/`` at ``revision``; see the module docstring."""
 
@@ -110,6 +127,7 @@ class Cache:
         self._alive: dict[str, Alive] = {}
         self._skipped: dict[str, str] = {}
         self._revision = 0
+        self._changed_at = 0
         self._snapshot: Snapshot | None = None
         self.events_applied = 0
         self.invalid_records = 0
@@ -132,6 +150,14 @@ class Cache:
         """Every mirrored key (valid or skipped) with its mod_revision: for checks and tests."""
         with self._lock:
             return {k: e.mod_revision for k, e in self._entries.items()}
+
+    def contents(self) -> Contents:
+        """A copy of the decoded content (see ``Contents``); O(records held)."""
+        with self._lock:
+            return Contents(
+                self._revision, self._changed_at, dict(self._networks), dict(self._endpoints),
+                dict(self._hosts), frozenset(self._alive), dict(self._skipped),
+            )  # fmt: skip
 
     def snapshot(self) -> Snapshot:
         """An immutable picture at ``revision``. Cheap: rebuilt only after a change."""
@@ -174,6 +200,8 @@ class Cache:
                     entry = _decode(ev.kv) if ev.kind == "put" else None
                     changed |= self._set(ev.kv.key, entry, deleted=ev.kind == "delete")
                     self.events_applied += 1
+                    if keys.kind_of(ev.kv.key) in _KINDS:  # a mirrored record was written
+                        self._changed_at = ev.kv.mod_revision
             finally:  # never leave the revision behind a batch: it would be replayed for ever
                 self._revision = max(self._revision, batch.revision)
             return changed
@@ -195,6 +223,8 @@ class Cache:
                     continue
                 changed |= self._set(key, _decode(kv), deleted=False)
             self._revision = listing.revision
+            if changed or not self._changed_at:
+                self._changed_at = listing.revision
             self.relists += 1
             return changed
 

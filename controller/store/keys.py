@@ -13,6 +13,8 @@ ALIVE = ROOT + "alive/"
 ENDPOINTS = ROOT + "endpoints/"
 IPAM = ROOT + "ipam/"
 STATUS = ROOT + "status/"
+PLACEMENT = ROOT + "placement/"
+LAYOUT = ROOT + "layout"
 
 
 def network(name: str) -> str:
@@ -50,6 +52,20 @@ def ipam_of(network: str) -> str:
 
 def ipam(network: str, ip: str) -> str:
     return f"{IPAM}{network}/{ip}"
+
+
+def placement_of(host: str) -> str:
+    """Prefix of ``host``'s placement index: one key per endpoint on that host, so its agent
+    learns which networks it takes part in without reading anyone else's endpoints."""
+    return f"{PLACEMENT}{host}/"
+
+
+def placement(host: str, network: str, endpoint_id: str) -> str:
+    """The placement key of endpoint ``network/endpoint_id`` on ``host`` (empty value).
+
+    Written and deleted in the same transaction as the endpoint record
+    (``controller/store/endpoint_ops.py``)."""
+    return f"{PLACEMENT}{host}/{network}/{endpoint_id}"
 
 
 def kind_of(key: str) -> str | None:

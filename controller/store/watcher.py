@@ -13,7 +13,8 @@ cache needs it, then watches from ``cache.revision + 1``:
 
 Events only *wake* consumers: ``on_change`` is called (from the watcher thread, never under a
 lock) after each batch or re-list that changed the decoded content; consumers then read
-``cache.snapshot()``. An exception from ``on_change`` is logged and ignored.
+``cache.snapshot()``. ``on_synced`` (optional) is called once, after the first listing, even if
+it was empty. An exception from either is logged and ignored.
 """
 
 from __future__ import annotations
@@ -23,14 +24,32 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import tenacity
 
 from controller.model.errors import StoreUnavailable
-from controller.store.cache import Cache
-from controller.store.kv import KV, Compacted, WatchStream
+from controller.store.kv import KV, Compacted, Listing, WatchBatch, WatchStream
 
 log = logging.getLogger(__name__)
+
+
+class Mirror(Protocol):
+    """What a watcher keeps equal to etcd: ``controller.store.cache.Cache`` (decoded records),
+    or a smaller mirror of one collection (``controller.store.interest``)."""
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision the mirror reflects (0 before the first listing)."""
+        ...
+
+    def apply(self, batch: WatchBatch) -> bool:
+        """Apply one watch batch; True if the content changed. Idempotent per revision."""
+        ...
+
+    def replace_all(self, listing: Listing) -> bool:
+        """Replace the content with a listing; True if the content changed."""
+        ...
 
 
 class _HealthySessionEnded(Exception):
@@ -47,9 +66,10 @@ class Watcher:
         self,
         kv_factory: Callable[[], KV],
         prefix: str,
-        cache: Cache,
+        cache: Mirror,
         on_change: Callable[[], None],
         *,
+        on_synced: Callable[[], None] | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         healthy_after: float = 10.0,
@@ -58,6 +78,7 @@ class Watcher:
         self._prefix = prefix
         self._cache = cache
         self._on_change = on_change
+        self._on_synced = on_synced
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
         self._healthy_after = healthy_after
@@ -202,9 +223,12 @@ class Watcher:
                     self._revision_seen = max(self._revision_seen, listing.revision)
                     changed = self._cache.replace_all(listing)
                     self._need_list = False
+                    first = not self._synced.is_set()
                     self._synced.set()
                     if changed:
                         self._notify()
+                    if first and self._on_synced is not None:
+                        self._call(self._on_synced)
                 try:
                     stream = kv.watch(self._prefix, self._cache.revision + 1)
                     with self._lock:
@@ -251,7 +275,10 @@ class Watcher:
         self._last_error = str(exc)
 
     def _notify(self) -> None:
+        self._call(self._on_change)
+
+    def _call(self, callback: Callable[[], None]) -> None:
         try:
-            self._on_change()
+            callback()
         except Exception:
-            log.exception("watcher on %s: on_change failed", self._prefix)
+            log.exception("watcher on %s: callback failed", self._prefix)

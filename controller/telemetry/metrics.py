@@ -5,7 +5,7 @@ agents' worth of metrics in one process, and a global registry refuses a second 
 same name. Every update is O(1) and lock-free from the caller's view (the client's own locks
 only), so a pass pays microseconds for its metrics (measured in bench/bench_metrics.py).
 
-Counters that already exist elsewhere as plain integers (the watcher's restarts and re-lists,
+Counters that already exist elsewhere as plain integers (the watches' restarts and re-lists,
 etcd's revision as last heard) are read at scrape time by a collector, not mirrored.
 """
 
@@ -28,7 +28,8 @@ PLUGIN_METHODS_MAX = 64  # distinct method labels kept; anything beyond counts a
 
 
 class WatchStats(Protocol):
-    """What the metrics read from the watcher at scrape time (``store.watcher.Watcher``)."""
+    """What the metrics read from the agent's watches at scrape time
+    (``controller/store/interest.py``)."""
 
     @property
     def reconnects(self) -> int: ...
@@ -38,6 +39,9 @@ class WatchStats(Protocol):
 
     @property
     def revision_seen(self) -> int: ...
+
+    @property
+    def following(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +64,21 @@ class _WatchCollector(Collector):
         )
         restarts.add_metric([], stats.reconnects)
         relists = CounterMetricFamily(
-            "heddle_watch_relists", "full listings of /heddle/v1/ (start, compaction, reconnect)"
+            "heddle_watch_relists",
+            "full listings of a watched prefix (start, compaction, reconnect)",
         )
         relists.add_metric([], stats.relists)
         revision = GaugeMetricFamily(
             "heddle_etcd_revision", "newest etcd revision this agent has heard of (list/watch)"
         )
         revision.add_metric([], stats.revision_seen)
-        yield from (restarts, relists, revision)
+        following = GaugeMetricFamily(
+            "heddle_watched_networks",
+            "networks followed through a watch of their own (0: following all of /heddle/v1/, "
+            "the store has no placement index yet)",
+        )
+        following.add_metric([], stats.following)
+        yield from (restarts, relists, revision, following)
 
 
 class _DropCollector(Collector):

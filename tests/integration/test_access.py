@@ -75,12 +75,15 @@ OWN = (
     keys.ROOT + "docker/h1/endpoints/e1",
     keys.endpoint("blue", "e1"),
     keys.ipam("blue", "10.0.0.5"),
+    keys.placement("h1", "blue", "e1"),
 )
 FOREIGN = (
     keys.host("h2"),
     keys.alive("h2"),
     keys.status("h2"),
     keys.ROOT + "docker/h2/endpoints/e1",
+    keys.placement("h2", "blue", "e1"),
+    keys.LAYOUT,
     keys.network("blue"),
     keys.vni(100),
     "/other/key",

@@ -280,10 +280,12 @@ def test_concurrent_runs_on_two_hosts_get_distinct_addresses(world: World) -> No
     assert len(set(ips)) == 20
     assert len(DesiredState(world.kv).endpoints("blue")) == 20
     assert {world.owner("blue", ip) for ip in ips} == {"docker@h1", "docker@h2"}
+    placed = {k.rsplit("/", 3)[1] for k in world.dump(keys.PLACEMENT)}
+    assert len(world.dump(keys.PLACEMENT)) == 20 and placed == {"h1", "h2"}
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(lambda jc: jc[0][0].stop(jc[0][1], jc[1]), containers))
     assert world.dump(keys.ipam_of("blue")) == {}
-    assert world.dump(keys.ENDPOINTS) == {}
+    assert world.dump(keys.ENDPOINTS) == world.dump(keys.PLACEMENT) == {}
     assert world.dump(pkeys.endpoints_of("h1")) == world.dump(pkeys.endpoints_of("h2")) == {}
 
 

@@ -35,6 +35,7 @@ class Stats:
     reconnects = 2
     relists = 3
     revision_seen = 42
+    following = 5
 
 
 def samples(m: AgentMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -91,6 +92,7 @@ def test_a_pass_is_counted_by_trigger_with_its_changes_and_what_it_owns() -> Non
     assert s["heddle_watch_restarts_total", ()] == 2
     assert s["heddle_watch_relists_total", ()] == 3
     assert s["heddle_etcd_revision", ()] == 42
+    assert s["heddle_watched_networks", ()] == 5
     assert s["heddle_build_info", (("backend", "kernel"), ("host", "h1"), ("version", "9.9"))] == 1
 
 

@@ -1,0 +1,397 @@
+"""``Interest``: what one host's agent follows in etcd, and the snapshot its reconciler reads.
+
+An agent needs the networks that have an endpoint on its host, all of those networks'
+endpoints, and the host and liveness records -- not the endpoints of the rest of the cluster.
+With the placement index (``controller/store/keys.py``: ``placement/<host>/<network>/<id>``,
+written with every endpoint by ``controller/store/endpoint_ops.py``) it watches:
+
+* ``placement/<host>/``: which networks have an endpoint here;
+* ``endpoints/<network>/`` of each of those networks, one watch each, started and stopped as
+  the placement changes;
+* ``networks/``, ``hosts/`` and ``alive/`` of the whole cluster. They change when an operator
+  creates a network or a host joins, leaves or dies -- never per endpoint -- and every network
+  record is needed because a VNI conflict with a network this host does not take part in
+  decides which network owns the VNI (``controller/model/conflicts.py``).
+
+So an endpoint change in a network with no endpoint on this host never reaches this agent.
+
+Upgrade in place. A store written by an older release has no placement keys. The agent reads
+``/heddle/v1/layout`` first (one more watch): until it says ``{"placement": true}`` (written by
+``heddle store upgrade`` after it indexed every endpoint) the agent follows all of
+``/heddle/v1/`` as before (*unscoped*). When the record appears, the agent starts the scoped
+watches next to the old one and switches once every scoped watch holds its first listing, so
+its snapshot never goes through an incomplete state; the old watch then stops. The switch is
+one way: removing the record later changes nothing until the agent restarts.
+
+Snapshots are composed from the caches of the scoped watches (conflicts resolved over the
+union, as ``Cache.snapshot`` does) and built at most once per change. A scoped snapshot's
+revision is the newest revision at which a followed record changed (not a progress
+notification, not a placement key: each watch is complete only up to its own revision, so a
+revision heard on one watch says nothing about another's). ``newest_followed`` computes the
+same from a listing, for whoever checks whether an agent is behind. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+
+from controller.model import codec
+from controller.model.conflicts import resolve
+from controller.model.errors import InvalidRecord, clip
+from controller.model.records import Endpoint, Host, Network, check_label
+from controller.model.view import Snapshot
+from controller.store import keys
+from controller.store.cache import Cache
+from controller.store.kv import KV, Listing, WatchBatch
+from controller.store.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+CLUSTER_PREFIXES = (keys.NETWORKS, keys.HOSTS, keys.ALIVE)
+
+
+def newest_followed(items: Iterable[tuple[str, int]], host: str) -> int:
+    """The newest ``mod_revision`` among the keys ``host``'s agent follows, in ``items`` (key,
+    mod_revision) of a listing of ``/heddle/v1/``: network, host and liveness records, and the
+    endpoints of the networks with a placement key of ``host``. Pure.
+
+    What an agent's status revision is compared with (``heddle status``, the lab's waits): an
+    agent hears of a change only if it follows it, so etcd's newest revision would make every
+    agent not concerned by the latest change look behind. Placement keys are left out, as
+    they are of the agent's own snapshot revision: they only say which endpoints to follow,
+    and the endpoint written with one arrives on its own watch."""
+    pairs = list(items)
+    mine = keys.placement_of(host)
+    placed = {
+        tail[0]
+        for key, _ in pairs
+        if key.startswith(mine) and len(tail := keys.split_tail(key, mine)) == 2
+    }
+    followed = tuple(keys.endpoints_of(n) for n in placed)
+    return max(
+        (rev for key, rev in pairs if key.startswith((*CLUSTER_PREFIXES, *followed))), default=0
+    )
+
+
+class LayoutMirror:
+    """Mirror of ``/heddle/v1/layout``: whether the placement index is complete.
+
+    A record that does not decode reads as "not indexed" (the safe, unscoped way) and is kept
+    in ``error`` for the agent's problems. Keys that merely start with the layout key are
+    ignored (a prefix watch sees them too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._revision = 0
+        self.placement = False
+        self.error: str | None = None
+
+    @property
+    def revision(self) -> int:
+        with self._lock:
+            return self._revision
+
+    def _set(self, value: bytes | None) -> bool:
+        before = (self.placement, self.error)
+        self.error = None
+        self.placement = False
+        if value is not None:
+            try:
+                self.placement = codec.decode_layout(value)
+            except InvalidRecord as exc:
+                self.error = f"{keys.LAYOUT}: {exc}"
+        return (self.placement, self.error) != before
+
+    def apply(self, batch: WatchBatch) -> bool:
+        with self._lock:
+            changed = False
+            for ev in batch.events:
+                if ev.kv.key == keys.LAYOUT and ev.kv.mod_revision > self._revision:
+                    changed |= self._set(ev.kv.value if ev.kind == "put" else None)
+            self._revision = max(self._revision, batch.revision)
+            return changed
+
+    def replace_all(self, listing: Listing) -> bool:
+        with self._lock:
+            found = [kv.value for kv in listing.items if kv.key == keys.LAYOUT]
+            self._revision = listing.revision
+            return self._set(found[0] if found else None)
+
+
+class PlacementMirror:
+    """Mirror of ``placement/<host>/``: the networks with at least one endpoint on the host.
+
+    Keys that are not ``placement/<host>/<network>/<id>`` with a valid network name are ignored
+    (no endpoint of such a name can exist, so they cannot hide one)."""
+
+    def __init__(self, host: str) -> None:
+        self._prefix = keys.placement_of(host)
+        self._lock = threading.Lock()
+        self._revision = 0
+        self._keys: dict[str, str] = {}  # placement key -> network
+
+    @property
+    def revision(self) -> int:
+        with self._lock:
+            return self._revision
+
+    def networks(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._keys.values())
+
+    def _network(self, key: str) -> str | None:
+        parts = keys.split_tail(key, self._prefix)
+        if len(parts) != 2 or not parts[1]:
+            return None
+        try:
+            check_label(parts[0], "network")
+        except InvalidRecord:
+            return None
+        return parts[0]
+
+    def _put(self, key: str) -> None:
+        net = self._network(key)
+        if net is not None:
+            self._keys[key] = net
+
+    def apply(self, batch: WatchBatch) -> bool:
+        with self._lock:
+            before = frozenset(self._keys.values())
+            for ev in batch.events:
+                if ev.kv.mod_revision <= self._revision:
+                    continue
+                if ev.kind == "put":
+                    self._put(ev.kv.key)
+                else:
+                    self._keys.pop(ev.kv.key, None)
+            self._revision = max(self._revision, batch.revision)
+            return frozenset(self._keys.values()) != before
+
+    def replace_all(self, listing: Listing) -> bool:
+        with self._lock:
+            before = frozenset(self._keys.values())
+            self._keys.clear()
+            for kv in listing.items:
+                self._put(kv.key)
+            self._revision = listing.revision
+            return frozenset(self._keys.values()) != before
+
+
+class _Followed:
+    """One watch and its cache."""
+
+    def __init__(
+        self, kv_factory: Callable[[], KV], prefix: str, on_change: Callable[[], None],
+        on_synced: Callable[[], None], **watcher_args: float,
+    ) -> None:  # fmt: skip
+        self.cache = Cache()
+        self.watcher = Watcher(
+            kv_factory, prefix, self.cache, on_change, on_synced=on_synced, **watcher_args
+        )
+        self.watcher.start()
+
+    @property
+    def synced(self) -> bool:
+        return self.watcher.wait_synced(0)
+
+
+class Interest:
+    """Follow what ``host`` needs; see the module docstring. ``on_change`` wakes the consumer
+    (from a watcher thread) whenever the snapshot may have changed."""
+
+    def __init__(
+        self,
+        kv_factory: Callable[[], KV],
+        host: str,
+        on_change: Callable[[], None],
+        **watcher_args: float,
+    ) -> None:
+        self._kv_factory = kv_factory
+        self._host = host
+        self._on_change = on_change
+        self._args = watcher_args
+        self._lock = threading.RLock()
+        self._stopped = False
+        self._synced = threading.Event()
+        self._generation = 0
+        self._built: tuple[int, Snapshot] | None = None
+        self.scoped = False  # True once the snapshot comes from the scoped watches
+        self._layout = LayoutMirror()
+        self._layout_watch = Watcher(
+            kv_factory, keys.LAYOUT, self._layout, self._decide,
+            on_synced=self._decide, **watcher_args,
+        )  # fmt: skip
+        self._all: _Followed | None = None  # the unscoped watch of /heddle/v1/
+        self._cluster: dict[str, _Followed] = {}
+        self._placement = PlacementMirror(host)
+        self._placement_watch: Watcher | None = None
+        self._placement_followed = False
+        self._networks: dict[str, _Followed] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._layout_watch.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            watchers = [self._layout_watch, *self._watchers()]
+        for w in watchers:
+            w.stop()
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """Wait until the snapshot is complete (all watches it is built from hold a first
+        listing); False on timeout."""
+        return self._synced.wait(timeout)
+
+    def _watchers(self) -> list[Watcher]:
+        out = [f.watcher for f in (*self._cluster.values(), *self._networks.values())]
+        if self._all is not None:
+            out.append(self._all.watcher)
+        if self._placement_watch is not None:
+            out.append(self._placement_watch)
+        return out
+
+    def _follow(self, prefix: str) -> _Followed:
+        return _Followed(self._kv_factory, prefix, self._changed, self._check, **self._args)
+
+    # -- decisions (watcher threads) ----------------------------------------------------------
+    def _decide(self) -> None:
+        """The layout record arrived or changed: follow unscoped, or start the scoped watches."""
+        with self._lock:
+            if self._stopped or not self._layout_watch.wait_synced(0):
+                return
+            if self._layout.placement:
+                if not self._cluster:
+                    log.info("placement index present: following this host's networks only")
+                    self._cluster = {p: self._follow(p) for p in CLUSTER_PREFIXES}
+                    self._placement_watch = Watcher(
+                        self._kv_factory, keys.placement_of(self._host), self._placement,
+                        self._placed, on_synced=self._placed, **self._args,
+                    )  # fmt: skip
+                    self._placement_watch.start()
+            elif self._all is None and not self.scoped:
+                log.info("no placement index (run `heddle store upgrade`): following all of "
+                         "%s", keys.ROOT)  # fmt: skip
+                self._all = self._follow(keys.ROOT)
+        self._changed()  # a layout error is a problem to report
+
+    def _placed(self) -> None:
+        """The placement changed: follow the networks it names, drop the others."""
+        with self._lock:
+            if self._stopped or self._placement_watch is None:
+                return
+            if not self._placement_watch.wait_synced(0):
+                return
+            want = self._placement.networks()
+            gone = [self._networks.pop(n) for n in list(self._networks) if n not in want]
+            for net in sorted(want - self._networks.keys()):
+                self._networks[net] = self._follow(keys.endpoints_of(net))
+            self._placement_followed = True  # the networks of the first listing have watches
+        for f in gone:
+            threading.Thread(target=f.watcher.stop, daemon=True).start()
+        self._check()
+        self._changed()
+
+    def _check(self) -> None:
+        """Mark the snapshot complete once its watches are synced; switch to scoped then."""
+        retire: _Followed | None = None
+        with self._lock:
+            if self._stopped:
+                return
+            if self._cluster and self._scoped_ready():
+                if not self.scoped:
+                    self.scoped, retire, self._all = True, self._all, None
+                    self._generation += 1
+                    log.info("following %d network(s) of this host", len(self._networks))
+                self._synced.set()
+            elif self._all is not None and self._all.synced:
+                self._synced.set()
+        if retire is not None:
+            threading.Thread(target=retire.watcher.stop, daemon=True).start()
+            self._on_change()
+
+    def _scoped_ready(self) -> bool:
+        return self._placement_followed and all(f.synced for f in (*self._cluster.values(),
+                                                  *self._networks.values()))  # fmt: skip
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._generation += 1
+        self._on_change()
+
+    # -- the snapshot -------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The desired state this host needs, at the newest revision heard. Cheap when
+        nothing changed. Before ``wait_synced`` it may be empty or partial."""
+        with self._lock:
+            gen = self._generation
+            if self._built is not None and self._built[0] == gen:
+                return self._built[1]
+            if not self.scoped:
+                snap = self._all.cache.snapshot() if self._all is not None else Snapshot(0)
+            else:
+                snap = self._compose()
+            if self._layout.error is not None:
+                snap = Snapshot(snap.revision, snap.networks, snap.endpoints, snap.hosts,
+                                snap.alive, (*snap.skipped, self._layout.error))  # fmt: skip
+            self._built = (gen, snap)
+            return snap
+
+    def _compose(self) -> Snapshot:
+        nets = self._cluster[keys.NETWORKS].cache.contents()
+        hosts = self._cluster[keys.HOSTS].cache.contents()
+        alive = self._cluster[keys.ALIVE].cache.contents()
+        endpoints: dict[tuple[str, str], tuple[int, Endpoint]] = {}
+        skipped: dict[str, str] = {**nets.skipped, **hosts.skipped, **alive.skipped}
+        revision = max(nets.changed_at, hosts.changed_at, alive.changed_at)
+        for followed in self._networks.values():
+            if not followed.synced:
+                continue
+            c = followed.cache.contents()
+            endpoints.update(c.endpoints)
+            skipped.update(c.skipped)
+            revision = max(revision, c.changed_at)
+        won = resolve(nets.networks, endpoints)
+        networks: dict[str, Network] = dict(won.networks)
+        host_records: dict[str, Host] = dict(hosts.hosts)
+        invalid = (f"{clip(k)}: {why}" for k, why in sorted(skipped.items()))
+        return Snapshot(
+            revision, MappingProxyType(networks), MappingProxyType(dict(won.endpoints)),
+            MappingProxyType(host_records), alive.alive, (*invalid, *won.problems),
+        )  # fmt: skip
+
+    # -- what the metrics and the status read -------------------------------------------------
+    @property
+    def following(self) -> int:
+        """Networks followed through their own watch (0 while unscoped)."""
+        with self._lock:
+            return len(self._networks) if self.scoped else 0
+
+    @property
+    def reconnects(self) -> int:
+        with self._lock:
+            return sum(w.reconnects for w in (self._layout_watch, *self._watchers()))
+
+    @property
+    def relists(self) -> int:
+        with self._lock:
+            return sum(w.relists for w in (self._layout_watch, *self._watchers()))
+
+    @property
+    def revision_seen(self) -> int:
+        with self._lock:
+            return max(w.revision_seen for w in (self._layout_watch, *self._watchers()))
+
+    def stalled(self, after: float) -> str | None:
+        """Why some watch has not followed etcd for more than ``after`` seconds, or None."""
+        with self._lock:
+            watchers = [self._layout_watch, *self._watchers()]
+        for w in watchers:
+            why = w.stalled(after)
+            if why is not None:
+                return why
+        return None
