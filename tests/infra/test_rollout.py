@@ -176,6 +176,13 @@ def test_every_host_alive_in_etcd(rollout: Rollout) -> None:
         assert rows[name]["backend"] == rollout.scenario.backend
 
 
+def test_the_rollout_turned_the_placement_index_on(rollout: Rollout) -> None:
+    """The role ran ``heddle store upgrade`` once the agents ran: running it again finds the
+    layout record written and nothing to index."""
+    report = heddle(rollout, "store", "upgrade")
+    assert report["layout_written"] is False and report["indexed"] == 0, report
+
+
 def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
     """One endpoint per host in a namespace of its own; every endpoint pings every other one
     through the VXLAN tunnels the agents built between the containers."""
