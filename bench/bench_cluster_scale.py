@@ -35,7 +35,9 @@ import re
 import select
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,6 @@ if str(ROOT) not in sys.path:
 import pyetcd  # noqa: E402  (lightweight watchers for the fan-out, outside heddle's adapter)
 from cluster_data import LOCAL, VTEP, Cluster, endpoint_txn, remove_txn, write  # noqa: E402
 from pyroute2 import IPRoute, netns  # noqa: E402
-from pyroute2.netlink.rtnl import RTMGRP_NEIGH  # noqa: E402
 
 from controller.lab.etcd_server import EtcdServer  # noqa: E402
 from controller.lab.pinger import PingResult, ping  # noqa: E402
@@ -116,22 +117,60 @@ def wait_status(kv: EtcdKV, revision: int, timeout: float = 300.0) -> float:
     raise TimeoutError(f"h0 did not reach revision {revision}")
 
 
-def wait_entries(mon: IPRoute, ip: str, mac: str, timeout: float = 10.0) -> float:
+class NeighMonitor:
+    """Neighbour and FDB announcements (``RTMGRP_NEIGH``) of this namespace, read from a plain
+    netlink socket: ``(family, NDA_DST, NDA_LLADDR)`` of each ``RTM_NEWNEIGH``."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((0, 4))  # RTMGRP_NEIGH
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self, timeout: float) -> list[tuple[int, str | None, str | None]]:
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return []
+        data, out = self.sock.recv(1 << 20), []
+        off = 0
+        while off + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, off)
+            if length < 16:
+                break
+            if kind == 28:  # RTM_NEWNEIGH: ndmsg (12 bytes), then attributes
+                family = data[off + 16]
+                dst = lladdr = None
+                a = off + 28
+                while a + 4 <= off + length:
+                    alen, atype = struct.unpack_from("=HH", data, a)
+                    if alen < 4:
+                        break
+                    value = data[a + 4 : a + alen]
+                    if atype == 1:  # NDA_DST
+                        dst = socket.inet_ntop(socket.AF_INET6 if len(value) == 16 else
+                                               socket.AF_INET, value)  # fmt: skip
+                    elif atype == 2 and len(value) == 6:  # NDA_LLADDR
+                        lladdr = ":".join(f"{b:02x}" for b in value)
+                    a += (alen + 3) & ~3
+                out.append((family, dst, lladdr))
+            off += (length + 3) & ~3
+        return out
+
+
+def wait_entries(mon: NeighMonitor, ip: str, mac: str, timeout: float = 10.0) -> float:
     """Until the neighbour entry for ``ip`` and a VXLAN FDB entry (with a destination) for
     ``mac`` were announced on ``mon``; returns when."""
     neigh = fdb = False
     deadline = time.perf_counter() + timeout
     while not (neigh and fdb):
         left = deadline - time.perf_counter()
-        if left <= 0 or not select.select([mon.fileno()], [], [], left)[0]:
+        if left <= 0:
             raise TimeoutError(f"no neighbour/FDB entry for {ip} within {timeout}s")
-        for msg in mon.get():
-            if msg.get("event") != "RTM_NEWNEIGH":
-                continue
-            if msg["family"] == AF_INET and msg.get_attr("NDA_DST") == ip:
+        for family, dst, lladdr in mon.read(left):
+            if family == AF_INET and dst == ip:
                 neigh = True
-            elif (msg["family"] == AF_BRIDGE and msg.get_attr("NDA_LLADDR") == mac
-                  and msg.get_attr("NDA_DST")):  # fmt: skip
+            elif family == AF_BRIDGE and lladdr == mac and dst:
                 fdb = True
     return time.perf_counter()
 
@@ -168,8 +207,8 @@ def run_mode(
 
         added = []  # remote endpoints added to h0's networks, put -> entries present
         lat = []
-        with IPRoute() as mon:
-            mon.bind(RTMGRP_NEIGH)
+        mon = NeighMonitor()
+        try:
             for k in range(100):
                 j = k % LOCAL
                 ep = c.endpoint(j, 60 + k // LOCAL, host=c.member_hosts(j)[1])
@@ -179,19 +218,29 @@ def run_mode(
                 lat.append((wait_entries(mon, ep.ip, ep.mac) - t) * 1e3)
                 added.append(ep)
                 time.sleep(0.01)
+        finally:
+            mon.close()
         out["remote_add_p50_ms"], out["remote_add_p99_ms"] = pct(lat, 50), pct(lat, 99)
 
         time.sleep(1.0)
-        cpu0, passes0 = agent.cpu_s(), len(agent.passes())
+        cpu0, passes0, t0 = agent.cpu_s(), len(agent.passes()), time.perf_counter()
         for k in range(1000):  # changes in networks h0 takes no part in
             j = LOCAL + k % (c.networks - LOCAL)
             ep = c.endpoint(j, 100 + k // (c.networks - LOCAL))
             ep = type(ep)(f"u{k}", ep.network, ep.host, ep.ip, ep.mac)
             kv.commit(endpoint_txn(ep))
             added.append(ep)
-        time.sleep(1.5)
+        quiet_since, seen = time.perf_counter(), len(agent.passes())
+        while time.perf_counter() - quiet_since < 1.5:  # until no pass for 1.5 s (max 120 s)
+            time.sleep(0.25)
+            if len(agent.passes()) != seen and time.perf_counter() - t0 < 120:
+                quiet_since, seen = time.perf_counter(), len(agent.passes())
+        window = time.perf_counter() - t0
         out["unrelated_1000_cpu_s"] = agent.cpu_s() - cpu0
         out["unrelated_1000_passes"] = len(agent.passes()) - passes0
+        cpu1 = agent.cpu_s()  # the same wall time with nothing written: the agent's idle cost
+        time.sleep(window)
+        out["idle_cpu_s_same_time"] = agent.cpu_s() - cpu1
 
         pinged: list[PingResult] = []
         pinger = threading.Thread(
@@ -291,6 +340,7 @@ def fan_out(kv: EtcdKV, url: str, c: Cluster, scoped: bool, changes: int = 200) 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--logs", type=Path, help="copy the agents' logs to this directory")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for ns in (NS, P1, P2):
@@ -327,13 +377,17 @@ def main() -> int:
                 server.stop()
                 clear_dataplane()
     finally:
+        if a.logs is not None:
+            a.logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("agent-*.log"):
+                shutil.copy(log, a.logs / log.name)
         for ns in (P2, P1, NS):
             with contextlib.suppress(OSError):
                 netns.remove(ns)
         shutil.rmtree(tmp, ignore_errors=True)
     cols = ["hosts", "mode", "first_pass_ms", "start_to_converged_s", "rss_mib",
             "remote_add_p50_ms", "remote_add_p99_ms", "unrelated_1000_cpu_s",
-            "unrelated_1000_passes", "resync_ms_median", "restart_ready_s",
+            "unrelated_1000_passes", "idle_cpu_s_same_time", "resync_ms_median", "restart_ready_s",
             "restart_ping_lost", "restart_first_pass_changes", "events_per_change"]  # fmt: skip
     print(" | ".join(cols))
     for r in rows:

@@ -71,12 +71,17 @@ def make_dataplane(
             underlay_dev=cfg.underlay_dev,
             on_change=None if trigger is None else trigger.fire,
         )
+    from controller.dataplane.incremental import IncrementalKernel
     from controller.dataplane.kernel import KernelDataPlane
 
-    # Endpoint namespaces are re-read at every resync, not at every event-driven pass.
+    # Endpoint namespaces, and the whole observation on the incremental path, are read afresh
+    # at every resync, not at every event-driven pass.
     # (75 %: a resync comes 0.8-1.2 intervals after the last pass.)
     ttl = 0.0 if for_diagnostics else min(0.75 * cfg.resync_interval, 10.0)
-    return KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
+    kernel = KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
+    if for_diagnostics:
+        return kernel
+    return IncrementalKernel(kernel, ttl, filters=cfg.filters)
 
 
 class Agent:

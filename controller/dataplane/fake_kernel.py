@@ -109,6 +109,7 @@ class FakeKernel:
         self._fail: list[tuple[type, str]] = []
         self.applied: list[KernelOp] = []
         self.closed = False
+        self.observations = 0  # how often observe ran (tests of IncrementalKernel count reads)
 
     # -- test hooks -------------------------------------------------------------------------
 
@@ -180,7 +181,9 @@ class FakeKernel:
     # -- DataPlane --------------------------------------------------------------------------
 
     def observe(self, view: HostView) -> KernelState:
-        """The current state; only endpoint sides named by ``view`` are reported. Pure read."""
+        """The current state; only endpoint sides named by ``view`` are reported. Pure read
+        (apart from counting ``observations``)."""
+        self.observations += 1
         links: dict[str, LinkState] = {}
         for name, lk in self._links.items():
             if name.startswith(PREFIX):

@@ -569,7 +569,10 @@ class KernelDataPlane:
             else:
                 apply_all(ops, self._apply_one, progress=progress)
         finally:
-            self._index.clear()  # the next observe rebuilds it
+            # Links may have changed: the next observe rebuilds the index. Entry ops and the
+            # filters leave every ifindex as it was (an entry op that failed dropped its own).
+            if not all(_is_entry(op) or isinstance(op, SyncFilters) for op in ops):
+                self._index.clear()
 
     def _forget_sides(self, ops: Sequence[KernelOp]) -> None:
         """Drop the remembered endpoint sides these ops may change (all of them for a link

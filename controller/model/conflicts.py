@@ -38,16 +38,18 @@ class Resolved:
     problems: tuple[str, ...]
 
 
-def resolve(
-    networks: Mapping[str, tuple[int, Network]],
-    endpoints: Mapping[EndpointKey, tuple[int, Endpoint]],
-) -> Resolved:
-    """Keep the older of every conflicting pair; see the module docstring.
+@dataclass(frozen=True, slots=True)
+class NetworksDecided:
+    """The VNI claims of a set of networks: the winners, and each loser with its winner."""
 
-    ``networks`` maps name -> (create_revision, record); ``endpoints`` maps (network, id) ->
-    (create_revision, record). Pure; O(n log n); never raises.
-    """
-    problems: list[str] = []
+    won: Mapping[str, Network]
+    lost: Mapping[str, str]
+
+
+def decide_networks(networks: Mapping[str, tuple[int, Network]]) -> NetworksDecided:
+    """The network half of ``resolve``: who owns each VNI. Pure; O(n log n). A reader whose
+    networks change rarely (``controller/store/interest.py``) decides them once per change
+    and passes the result to ``resolve`` for every endpoint change."""
     won_nets: dict[str, Network] = {}
     vni_owner: dict[int, str] = {}
     lost_nets: dict[str, str] = {}
@@ -58,6 +60,24 @@ def resolve(
             continue
         vni_owner[net.vni] = name
         won_nets[name] = net
+    return NetworksDecided(won_nets, lost_nets)
+
+
+def resolve(
+    networks: Mapping[str, tuple[int, Network]],
+    endpoints: Mapping[EndpointKey, tuple[int, Endpoint]],
+    decided: NetworksDecided | None = None,
+) -> Resolved:
+    """Keep the older of every conflicting pair; see the module docstring.
+
+    ``networks`` maps name -> (create_revision, record); ``endpoints`` maps (network, id) ->
+    (create_revision, record). ``decided``: ``decide_networks(networks)`` if already known.
+    Pure; O(n log n); never raises.
+    """
+    problems: list[str] = []
+    if decided is None:
+        decided = decide_networks(networks)
+    won_nets, lost_nets = decided.won, decided.lost
 
     dropped: dict[str, int] = {}
     won_eps: dict[EndpointKey, Endpoint] = {}

@@ -62,7 +62,14 @@ from controller.plan.kernel_ops import (
 )
 from controller.plan.links import is_owned, side_ok, stale_link_dels
 
-__all__ = ["desired_filters", "endpoint_keys", "netns_of_interest", "owned_counts", "plan_kernel"]
+__all__ = [
+    "desired_filters",
+    "endpoint_keys",
+    "netns_of_interest",
+    "owned_counts",
+    "plan_filters",
+    "plan_kernel",
+]
 
 
 def netns_of_interest(view: HostView) -> tuple[str, ...]:
@@ -112,7 +119,7 @@ def desired_filters(view: HostView) -> FilterSpec:
     )
 
 
-def _filter_ops(view: HostView, actual: KernelState) -> tuple[list[KernelOp], list[KernelOp]]:
+def plan_filters(view: HostView, actual: KernelState) -> tuple[list[KernelOp], list[KernelOp]]:
     """(before everything, after the deletes). Additions (a new member VTEP, a new guard) are
     in force before the FDB entries and veths that use them exist; removals take effect only
     after the entries and links they covered are gone. Both ``[]`` when converged."""
@@ -148,7 +155,7 @@ def plan_kernel(view: HostView, actual: KernelState, filters: bool = True) -> tu
     for nv in view.networks:
         _plan_network(view.host.vtep, nv, actual, desired, entry_dels, recreate_dels, builds)
 
-    first, last = _filter_ops(view, actual) if filters else ([], [])
+    first, last = plan_filters(view, actual) if filters else ([], [])
     link_dels = stale_link_dels(actual, desired)
     return (*first, *entry_dels, *link_dels, *recreate_dels, *last, *builds)
 

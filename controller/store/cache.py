@@ -103,11 +103,13 @@ class Contents:
     """What a cache holds, before conflicts are resolved: records with their create_revision
     (the older record wins a conflict), and skipped keys with the reason; ``changed_at``: the
     revision of the last write to a mirrored key (or of the listing that changed the content),
-    never of a progress notification. Copies: for a
+    never of a progress notification; ``version``: how often the decoded content changed (equal
+    versions of one cache mean equal content). Copies: for a
     reader that composes one snapshot from several caches (``controller/store/interest.py``)."""
 
     revision: int
     changed_at: int
+    version: int
     networks: Mapping[str, tuple[int, Network]]
     endpoints: Mapping[tuple[str, str], tuple[int, Endpoint]]
     hosts: Mapping[str, Host]
@@ -128,6 +130,7 @@ class Cache:
         self._skipped: dict[str, str] = {}
         self._revision = 0
         self._changed_at = 0
+        self.version = 0
         self._snapshot: Snapshot | None = None
         self.events_applied = 0
         self.invalid_records = 0
@@ -155,7 +158,8 @@ class Cache:
         """A copy of the decoded content (see ``Contents``); O(records held)."""
         with self._lock:
             return Contents(
-                self._revision, self._changed_at, dict(self._networks), dict(self._endpoints),
+                self._revision, self._changed_at, self.version, dict(self._networks),
+                dict(self._endpoints),
                 dict(self._hosts), frozenset(self._alive), dict(self._skipped),
             )  # fmt: skip
 
@@ -242,6 +246,7 @@ class Cache:
         now = (entry.record, entry.error) if entry else None
         if changed != now:
             self._snapshot = None
+            self.version += 1
             return True
         return False
 

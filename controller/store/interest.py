@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from types import MappingProxyType
 
 from controller.model import codec
-from controller.model.conflicts import resolve
+from controller.model.conflicts import NetworksDecided, decide_networks, resolve
 from controller.model.errors import InvalidRecord, clip
 from controller.model.records import Endpoint, Host, Network, check_label
 from controller.model.view import Snapshot
@@ -218,6 +218,7 @@ class Interest:
         self._synced = threading.Event()
         self._generation = 0
         self._built: tuple[int, Snapshot] | None = None
+        self._decided: tuple[int, NetworksDecided] | None = None  # by the networks' version
         self.scoped = False  # True once the snapshot comes from the scoped watches
         self._layout = LayoutMirror()
         self._layout_watch = Watcher(
@@ -355,7 +356,9 @@ class Interest:
             endpoints.update(c.endpoints)
             skipped.update(c.skipped)
             revision = max(revision, c.changed_at)
-        won = resolve(nets.networks, endpoints)
+        if self._decided is None or self._decided[0] != nets.version:
+            self._decided = (nets.version, decide_networks(nets.networks))
+        won = resolve(nets.networks, endpoints, self._decided[1])
         networks: dict[str, Network] = dict(won.networks)
         host_records: dict[str, Host] = dict(hosts.hosts)
         invalid = (f"{clip(k)}: {why}" for k, why in sorted(skipped.items()))

@@ -8,6 +8,7 @@ root namespace is never touched.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -19,6 +20,7 @@ from pyroute2 import IPRoute, netns
 
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_kernel import FakeKernel
+from controller.dataplane.incremental import IncrementalKernel
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.rtnetlink import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 from controller.model.kernel_state import (
@@ -437,3 +439,43 @@ def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
         assert links[veth_host_name("blue", "a")].learning is True
         assert links[vxlan_name(VNI)].vxlan == VxlanAttrs(VNI, H1.vtep, 4789, False, True)
         assert links[bridge_name(VNI)].mcast_snooping is False
+
+
+def test_incremental_passes_keep_the_invariant_on_the_real_kernel(lab: Lab) -> None:
+    """IncrementalKernel over the real driver, 60 random rounds of remote changes (added,
+    moved, removed) with a local endpoint now and then: after every pass a fresh driver's
+    full observation plans nothing, and most passes never read the kernel."""
+    rng = random.Random(1107)
+    dp = IncrementalKernel(KernelDataPlane(H1.vtep, netns=lab.host), ttl=3600.0)
+    fresh = KernelDataPlane(H1.vtep, netns=lab.host)
+    nets = {n: Network(n, 0x4300 + k, f"10.{78 + k}.0.0/24") for k, n in enumerate(("n0", "n1"))}
+    eps: dict[tuple[str, str], Endpoint] = {
+        (n, "loc"): Endpoint("loc", n, "h1", f"10.{78 + k}.0.2", f"02:43:0a:{78 + k:02x}:00:02")
+        for k, n in enumerate(nets)
+    }
+    try:
+        for _ in range(60):
+            for _ in range(rng.randint(1, 3)):
+                k, last = rng.randrange(2), rng.randint(10, 25)
+                net = f"n{k}"
+                roll = rng.random()
+                if roll < 0.3:
+                    eps.pop((net, f"e{last}"), None)
+                else:
+                    host = "h1" if roll > 0.95 else rng.choice(("h2", "h3"))
+                    ip = f"10.{78 + k}.0.{last}"
+                    ns = lab.ep_a if host == "h1" and k == 0 else None
+                    eps[(net, f"e{last}")] = Endpoint(
+                        f"e{last}", net, host, ip, f"02:43:0a:{78 + k:02x}:00:{last:02x}", ns
+                    )
+            snap = Snapshot(1, nets, dict(eps), {h.name: h for h in (H1, H2, H3)})
+            view = host_view(snap, H1)
+            actual = dp.observe(view)
+            ops = dp.plan(view, actual)
+            if ops:
+                dp.apply(ops)
+            assert fresh.plan(view, fresh.observe(view)) == (), "not converged"
+        assert dp.incremental_passes >= 20, (dp.incremental_passes, dp.full_passes)
+    finally:
+        dp.close()
+        fresh.close()

@@ -1,0 +1,163 @@
+"""Incremental kernel planning: re-plan only the networks that changed, from a remembered
+observation, and predict what the kernel holds after entry ops. Pure.
+
+A pass that follows a successful one already has the kernel equal to the last realised view
+(the backend invariant). When the new view differs from it only in some networks, planning
+those networks against the remembered state gives the same ops as a full plan would -- the
+other networks plan to nothing -- at a fraction of the cost. ``plan_incremental`` does that;
+``controller/dataplane/incremental.py`` decides when it may be used, and falls back to a full
+observation whenever the result is not made of *entry ops* alone.
+
+Entry ops (FDB, neighbour and static bridge entries, and the filters' ``SyncFilters``) are the
+ops whose effect on the observed state is fully known in advance: ``after_entries`` applies
+them to a ``KernelState`` exactly as the next observation would report them. Link ops are not
+(the kernel assigns indexes and MACs), so a pass that changes links observes afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TypeVar
+
+from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
+from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
+from controller.model.view import HostView, NetworkView
+from controller.plan.kernel import plan_filters, plan_kernel
+from controller.plan.kernel_ops import (
+    ZERO_MAC,
+    AddFlood,
+    DelFdb,
+    DelNeigh,
+    DelPortFdb,
+    KernelOp,
+    PutFdb,
+    PutNeigh,
+    PutPortFdb,
+    SyncFilters,
+)
+
+V = TypeVar("V")
+ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh, PutPortFdb, DelPortFdb, SyncFilters)
+
+
+def only_entries(ops: Iterable[KernelOp]) -> bool:
+    """Whether every op's effect is known in advance (``after_entries`` can predict it)."""
+    return all(isinstance(op, ENTRY_OPS) for op in ops)
+
+
+def changed_networks(old: HostView, new: HostView) -> frozenset[str] | None:
+    """Names of the networks whose part of the view differs (added, removed or changed);
+    ``None`` when the host itself changed (every network's devices depend on it)."""
+    if old.host != new.host:
+        return None
+    before = {nv.network.name: nv for nv in old.networks}
+    after = {nv.network.name: nv for nv in new.networks}
+    return frozenset(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+
+
+def _link_names(nv: NetworkView) -> set[str]:
+    vni = nv.network.vni
+    names = {bridge_name(vni), vxlan_name(vni)}
+    for ep in nv.local:
+        names.update((veth_host_name(ep.network, ep.id), veth_peer_name(ep.network, ep.id)))
+    return names
+
+
+def _restrict(state: KernelState, nvs: Iterable[NetworkView]) -> KernelState:
+    """The part of ``state`` that belongs to the networks ``nvs`` (links by name, the entries
+    of their devices, their endpoints' sides), without filters."""
+    nvs = list(nvs)
+    links: set[str] = set()
+    sides: set[tuple[str, str]] = set()
+    for nv in nvs:
+        links |= _link_names(nv)
+        sides |= {(ep.netns, ep.ifname) for ep in nv.local if ep.netns is not None}
+
+    return KernelState(
+        links=_pick(state.links, links),
+        fdb=_pick(state.fdb, links),
+        neigh=_pick(state.neigh, links),
+        port_fdb=_pick(state.port_fdb, links),
+        endpoints={k: v for k, v in state.endpoints.items() if k in sides},
+    )
+
+
+def _pick(m: Mapping[str, V], names: set[str]) -> dict[str, V]:
+    return {k: v for k, v in m.items() if k in names}
+
+
+def plan_incremental(
+    last: HostView, view: HostView, state: KernelState, filters: bool = True
+) -> tuple[KernelOp, ...] | None:
+    """The ops that turn ``state`` -- the kernel as the successful realisation of ``last``
+    left it -- into ``view``, planning only the networks that changed; ``None`` when the
+    host changed (plan in full). Equal to ``plan_kernel(view, state)`` up to the order of
+    independent ops, provided the unchanged networks are as ``last`` asked (the invariant
+    after a successful pass, drift aside: drift is the full resync's job). Deterministic."""
+    names = changed_networks(last, view)
+    if names is None:
+        return None
+    if not names:
+        first, late = plan_filters(view, state) if filters else ([], [])
+        return (*first, *late)
+    old = [nv for nv in last.networks if nv.network.name in names]
+    new = tuple(nv for nv in view.networks if nv.network.name in names)
+    part = _restrict(state, (*old, *new))
+    ops = plan_kernel(HostView(view.host, new), part, filters=False)
+    first, late = plan_filters(view, state) if filters else ([], [])
+    return (*first, *ops, *late)
+
+
+def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
+    """``state`` once ``ops`` (entry ops only; ``only_entries``) applied without error, as an
+    observation would report it. Pure; raises ``TypeError`` for any other op.
+
+    The kernel's semantics (``docs/platform.md`` K4): a unicast FDB replace rewrites the
+    MAC's one destination, a flood entry is appended, a neighbour replace rewrites the
+    address's entry, a static bridge entry replace moves the MAC to its port within the
+    port's bridge; deletes remove exactly what they name."""
+    fdb = {k: set(v) for k, v in state.fdb.items()}
+    neigh = {k: set(v) for k, v in state.neigh.items()}
+    ports = {k: set(v) for k, v in state.port_fdb.items()}
+    filters, filter_vnis = state.filters, state.filter_vnis
+    for op in ops:
+        match op:
+            case PutFdb():
+                got = fdb.setdefault(op.dev, set())
+                got -= {e for e in got if e.mac == op.mac}
+                got.add(FdbEntry(op.mac, op.dst))
+            case AddFlood():
+                fdb.setdefault(op.dev, set()).add(FdbEntry(ZERO_MAC, op.dst))
+            case DelFdb():
+                fdb.get(op.dev, set()).discard(FdbEntry(op.mac, op.dst))
+            case PutNeigh():
+                got_n = neigh.setdefault(op.dev, set())
+                got_n -= {e for e in got_n if e.ip == op.ip}
+                got_n.add(NeighEntry(op.ip, op.mac, True))
+            case DelNeigh():
+                got_n = neigh.get(op.dev, set())
+                got_n -= {e for e in got_n if e.ip == op.ip}
+            case PutPortFdb() | DelPortFdb():
+                link = state.links.get(op.dev)
+                bridge = link.master if link is not None else None
+                if bridge is None:
+                    continue
+                got_p = ports.setdefault(bridge, set())
+                if isinstance(op, PutPortFdb):  # one entry per MAC in a bridge: it moves here
+                    got_p -= {e for e in got_p if e.mac == op.mac}
+                    got_p.add(PortFdbEntry(op.mac, op.dev))
+                else:
+                    got_p.discard(PortFdbEntry(op.mac, op.dev))
+            case SyncFilters():
+                filters, filter_vnis = op.spec, tuple(vni for vni, _ in op.spec.members)
+            case _:
+                raise TypeError(f"not an entry op: {op!r}")
+    return replace(
+        state,
+        fdb={k: frozenset(v) for k, v in fdb.items()},
+        neigh={k: frozenset(v) for k, v in neigh.items()},
+        port_fdb={k: frozenset(v) for k, v in ports.items()},
+        filters=filters,
+        filter_vnis=filter_vnis,
+    )
