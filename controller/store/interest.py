@@ -181,21 +181,25 @@ class PlacementMirror:
 
 
 class _Followed:
-    """One watch and its cache."""
+    """One watch and its cache. ``synced`` turns True once the first listing is in the cache
+    *and* its wake-up was delivered, and then ``on_synced`` runs: so whoever sees it True (the
+    snapshot, ``Interest.wait_synced``) has had every wake-up of that listing already."""
 
     def __init__(
         self, kv_factory: Callable[[], KV], prefix: str, on_change: Callable[[], None],
         on_synced: Callable[[], None], **watcher_args: float,
     ) -> None:  # fmt: skip
         self.cache = Cache()
+        self.synced = False
+        self._on_synced = on_synced
         self.watcher = Watcher(
-            kv_factory, prefix, self.cache, on_change, on_synced=on_synced, **watcher_args
+            kv_factory, prefix, self.cache, on_change, on_synced=self._first, **watcher_args
         )
         self.watcher.start()
 
-    @property
-    def synced(self) -> bool:
-        return self.watcher.wait_synced(0)
+    def _first(self) -> None:
+        self.synced = True
+        self._on_synced()
 
 
 class Interest:
@@ -257,7 +261,13 @@ class Interest:
         return out
 
     def _follow(self, prefix: str) -> _Followed:
-        return _Followed(self._kv_factory, prefix, self._changed, self._check, **self._args)
+        return _Followed(self._kv_factory, prefix, self._changed, self._listed, **self._args)
+
+    def _listed(self) -> None:
+        """A watch holds its first listing: it is part of the snapshot from now on (a new
+        snapshot, then wake the consumer), and the whole may be complete."""
+        self._changed()
+        self._check()
 
     # -- decisions (watcher threads) ----------------------------------------------------------
     def _decide(self) -> None:
@@ -294,8 +304,8 @@ class Interest:
             self._placement_followed = True  # the networks of the first listing have watches
         for f in gone:
             threading.Thread(target=f.watcher.stop, daemon=True).start()
-        self._check()
         self._changed()
+        self._check()
 
     def _check(self) -> None:
         """Mark the snapshot complete once its watches are synced; switch to scoped then."""
