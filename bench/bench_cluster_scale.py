@@ -5,8 +5,10 @@ member hosts; at 1,000 hosts 100,000 endpoints in 2,000 networks) a real etcd is
 directly, then a real ``heddle agent`` (kernel backend, host ``h0``, endpoints in 20 networks)
 runs in a throw-away namespace twice on the same store:
 
-* ``unscoped``: no ``/heddle/v1/layout`` record, so the agent follows all of ``/heddle/v1/``
-  as every release before the placement index did -- the baseline, same binary, same run;
+* ``unscoped``: the baseline. With ``--baseline-src DIR`` (a ``git worktree`` of the previous
+  release) that release's agent; without it, this agent with no ``/heddle/v1/layout`` record,
+  which follows all of ``/heddle/v1/`` as every release before the placement index did (but
+  plans incrementally);
 * ``scoped``: the layout record present (``controller/store/interest.py``).
 
 Per run: first full pass (its ``duration_ms``) and process start -> status at the revision it
@@ -22,7 +24,8 @@ multiplexed on its stream -- etcd's own cost, not heddle's adapter) hold the wat
 agents would hold, scoped and unscoped, and count the events etcd delivers per endpoint
 change (200 changes in random networks).
 
-Run (root; about 5 min): .venv/bin/python bench/bench_cluster_scale.py [--sizes 10,100,1000]
+Run (root; about 8 min): .venv/bin/python bench/bench_cluster_scale.py [--sizes 10,100,1000]
+  [--baseline-src /tmp/prev]   (git worktree add /tmp/prev <previous release>)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import select
@@ -74,14 +78,15 @@ def pct(xs: list[float], p: float) -> float:
 class Agent:
     """One ``heddle agent`` process in this (the bench's) namespace."""
 
-    def __init__(self, url: str, log: Path, resync: float) -> None:
+    def __init__(self, url: str, log: Path, resync: float, src: Path | None = None) -> None:
         self.log = log
         self.started = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller", "--etcd", url, "agent", "--host", "h0",
                  "--vtep", VTEP, "--resync-interval", str(resync), "--no-plugin"],
-                stdout=f, stderr=f,
+                stdout=f, stderr=f, env=env, cwd=src,
             )  # fmt: skip
 
     def passes(self) -> list[dict[str, Any]]:
@@ -187,7 +192,7 @@ def clear_dataplane() -> None:
 
 
 def run_mode(
-    kv: EtcdKV, url: str, c: Cluster, scoped: bool, target: int, tmp: Path
+    kv: EtcdKV, url: str, c: Cluster, scoped: bool, target: int, tmp: Path, src: Path | None
 ) -> dict[str, Any]:
     if scoped:
         kv.commit(Txn(success=(Put(keys.LAYOUT, codec.encode_layout(True).encode()),)))
@@ -196,7 +201,7 @@ def run_mode(
     clear_dataplane()
     log = tmp / f"agent-{c.hosts}-{'scoped' if scoped else 'unscoped'}.log"
     out: dict[str, Any] = {}
-    agent = Agent(url, log, 3600)
+    agent = Agent(url, log, 3600, src)
     try:
         out["start_to_converged_s"] = wait_status(kv, target) - agent.started
         first = next(p for p in agent.passes() if int(p["changes"]) > 0)
@@ -251,7 +256,7 @@ def run_mode(
         time.sleep(1.0)
         agent.stop(signal.SIGKILL)
         before = len(agent.passes())
-        agent = Agent(url, log, 2.0)
+        agent = Agent(url, log, 2.0, src)
         while len(agent.passes()) <= before:
             assert agent.proc.poll() is None, "the restarted agent died"
             time.sleep(0.005)
@@ -341,6 +346,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--logs", type=Path, help="copy the agents' logs to this directory")
+    ap.add_argument(
+        "--baseline-src", type=Path,
+        help="run the unscoped agent from this source tree (a worktree of the previous release, "
+        "which knows no placement index) instead of this one without the layout record",
+    )  # fmt: skip
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for ns in (NS, P1, P2):
@@ -368,7 +378,8 @@ def main() -> int:
                     for scoped in (False, True):
                         row = {"hosts": size, "endpoints": 100 * size, "networks": c.networks,
                                "mode": "scoped" if scoped else "unscoped"}  # fmt: skip
-                        row |= run_mode(kv, server.url, c, scoped, target, tmp)
+                        src = None if scoped else a.baseline_src
+                        row |= run_mode(kv, server.url, c, scoped, target, tmp, src)
                         row |= fan_out(kv, server.url, c, scoped)
                         print(json.dumps(row), flush=True)
                         rows.append(row)

@@ -77,7 +77,43 @@ def _link_local(vtep: str) -> bool:
     return ipaddress.IPv4Address(vtep).is_link_local
 
 
-def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> HostView:
+class ViewMemo:
+    """What ``host_view`` computed for each network last time, reused while that network's
+    inputs are the very same objects (its record, its endpoints, their hosts' records).
+
+    The snapshots an agent reads share the record objects of everything that did not change
+    (``controller/store/cache.py`` decodes a record once), so a change in one network leaves
+    every other network's inputs identical and their views are not rebuilt. Identity is safe
+    as a key because the memo holds the objects it compares: none of them can be freed and
+    its address reused while remembered. Not thread-safe: one per reconciler."""
+
+    def __init__(self) -> None:
+        self._nets: dict[str, tuple[tuple[object, ...], NetworkView | None, tuple[str, ...]]] = {}
+        self.reused = 0
+
+    def get(
+        self, name: str, inputs: tuple[object, ...]
+    ) -> tuple[NetworkView | None, tuple[str, ...]] | None:
+        got = self._nets.get(name)
+        if got is None or len(got[0]) != len(inputs):
+            return None
+        if all(a is b for a, b in zip(got[0], inputs, strict=True)):
+            self.reused += 1
+            return got[1], got[2]
+        return None
+
+    def put(self, name: str, inputs: tuple[object, ...], nv: NetworkView | None,
+            problems: tuple[str, ...]) -> None:  # fmt: skip
+        self._nets[name] = (inputs, nv, problems)
+
+    def keep_only(self, names: set[str]) -> None:
+        for gone in [n for n in self._nets if n not in names]:
+            del self._nets[gone]
+
+
+def host_view(
+    snap: Snapshot, host: Host, *, link_local_vteps: bool = False, memo: ViewMemo | None = None
+) -> HostView:
     """Reduce ``snap`` to the networks ``host`` takes part in. Pure; never raises.
 
     Records that cannot be realised are reported in ``problems`` and left out: an endpoint of an
@@ -89,13 +125,51 @@ def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> 
     Only networks with an endpoint on this host are looked at: a change in any other network
     is no concern of this host (its problems are reported by the hosts it concerns). Addresses
     are parsed once per process (``_ip_int``), so a pass does not re-parse every endpoint.
+    ``memo`` (optional) skips the networks whose inputs did not change since the last call
+    (``ViewMemo``); the result is the same with or without it.
     """
-    problems: list[str] = []
-    by_net: dict[str, list[Endpoint]] = {}
     mine = {net for (net, _), ep in snap.endpoints.items() if ep.host == host.name}
-    subnets: dict[str, tuple[int, int]] = {}
-    for (net_name, ep_id), ep in sorted(kv for kv in snap.endpoints.items() if kv[0][0] in mine):
+    by_net: dict[str, list[tuple[str, Endpoint]]] = {n: [] for n in mine}
+    for (net_name, ep_id), ep in snap.endpoints.items():
+        if net_name in by_net:
+            by_net[net_name].append((ep_id, ep))
+    problems: list[str] = []
+    views: list[NetworkView] = []
+    for net_name in sorted(by_net):
+        eps = sorted(by_net[net_name], key=lambda kv: kv[0])
         net = snap.networks.get(net_name)
+        inputs: tuple[object, ...] = (
+            host, link_local_vteps, net, *(ep for _, ep in eps),
+            *(snap.hosts.get(ep.host) for _, ep in eps),
+        )  # fmt: skip
+        known = memo.get(net_name, inputs) if memo is not None else None
+        if known is None:
+            known = _network_view(snap, host, net_name, net, eps, link_local_vteps)
+            if memo is not None:
+                memo.put(net_name, inputs, *known)
+        nv, found = known
+        problems.extend(found)
+        if nv is not None:
+            views.append(nv)
+    if memo is not None:
+        memo.keep_only(mine)
+    return HostView(host, tuple(views), tuple(problems))
+
+
+def _network_view(
+    snap: Snapshot,
+    host: Host,
+    net_name: str,
+    net: Network | None,
+    eps: list[tuple[str, Endpoint]],
+    link_local_vteps: bool,
+) -> tuple[NetworkView | None, tuple[str, ...]]:
+    """One network of ``host_view``: its view (None if nothing of it can be realised here)
+    and its problems, in endpoint id order. Pure."""
+    problems: list[str] = []
+    usable: list[Endpoint] = []
+    subnet: tuple[int, int] | None = None
+    for ep_id, ep in eps:
         if net is None:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown network {net_name!r}")
             continue
@@ -108,33 +182,28 @@ def host_view(snap: Snapshot, host: Host, *, link_local_vteps: bool = False) -> 
                 "(refused unless the agent allows link-local VTEPs)"
             )
             continue
-        if net_name not in subnets:
-            subnets[net_name] = (int(net.network.network_address), int(net.network.netmask))
-        base, mask = subnets[net_name]
+        if subnet is None:
+            subnet = (int(net.network.network_address), int(net.network.netmask))
+        base, mask = subnet
         if _ip_int(ep.ip) & mask != base:
             problems.append(f"endpoint {net_name}/{ep_id}: {ep.ip} is outside {net.subnet}")
             continue
-        by_net.setdefault(net_name, []).append(ep)
-
-    views: list[NetworkView] = []
-    for net_name, eps in sorted(by_net.items()):
-        local = tuple(e for e in eps if e.host == host.name)
-        if not local:
-            continue
-        net = snap.networks[net_name]
-        remote_eps = [e for e in eps if e.host != host.name]
-        member_hosts = {host.name} | {e.host for e in remote_eps}
-        mtu = net.mtu
-        if mtu is None:
-            underlay = min(
-                (host if h == host.name else snap.hosts[h]).underlay_mtu for h in member_hosts
-            )
-            mtu = underlay - VXLAN_OVERHEAD
-        remote = tuple(
-            RemoteEndpoint(e.ip, e.mac, snap.hosts[e.host].vtep)
-            for e in remote_eps
-            if snap.hosts[e.host].vtep != host.vtep
+        usable.append(ep)
+    local = tuple(e for e in usable if e.host == host.name)
+    if net is None or not local:
+        return None, tuple(problems)
+    remote_eps = [e for e in usable if e.host != host.name]
+    member_hosts = {host.name} | {e.host for e in remote_eps}
+    mtu = net.mtu
+    if mtu is None:
+        underlay = min(
+            (host if h == host.name else snap.hosts[h]).underlay_mtu for h in member_hosts
         )
-        flood = tuple(sorted({r.vtep for r in remote}))
-        views.append(NetworkView(net, mtu, local, remote, flood))
-    return HostView(host, tuple(views), tuple(problems))
+        mtu = underlay - VXLAN_OVERHEAD
+    remote = tuple(
+        RemoteEndpoint(e.ip, e.mac, snap.hosts[e.host].vtep)
+        for e in remote_eps
+        if snap.hosts[e.host].vtep != host.vtep
+    )
+    flood = tuple(sorted({r.vtep for r in remote}))
+    return NetworkView(net, mtu, local, remote, flood), tuple(problems)

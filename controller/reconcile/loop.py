@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 from controller.dataplane.backend import DataPlane, DataPlaneError
 from controller.model.errors import HeddleError, clip
 from controller.model.records import Host
-from controller.model.view import HostView, Snapshot, host_view
+from controller.model.view import HostView, Snapshot, ViewMemo, host_view
 from controller.reconcile.trigger import Trigger, Wake
 
 log = logging.getLogger("heddle.reconcile")
@@ -134,6 +134,7 @@ class Reconciler(Generic[S, O]):
         self.last: PassResult | None = None
         self._reported: frozenset[str] = frozenset()
         self._realised: HostView | None = None  # the view the last successful pass realised
+        self._view_memo = ViewMemo()  # unchanged networks' views are not rebuilt
         self.skipped_passes = 0
         self.view: HostView | None = None  # the view of the latest pass (read by diagnostics)
         self.first_ok = threading.Event()  # set once a full pass succeeded
@@ -151,7 +152,9 @@ class Reconciler(Generic[S, O]):
         waited = None if woken_at is None else max(0.0, time.monotonic() - woken_at)
         self._pass_id += 1
         snap = self._snapshot()
-        view = host_view(snap, self._host, link_local_vteps=self._link_local_vteps)
+        view = host_view(
+            snap, self._host, link_local_vteps=self._link_local_vteps, memo=self._view_memo
+        )
         self.view = view
         stats = view_stats(view)
         problems = tuple(snap.skipped) + view.problems
