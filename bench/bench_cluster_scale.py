@@ -13,7 +13,7 @@ runs in a throw-away namespace twice on the same store:
 
 Per run: first full pass (its ``duration_ms``) and process start -> status at the revision it
 follows; RSS once converged; a remote endpoint added to one of h0's networks, put -> its FDB
-and neighbour entries present (a netlink monitor in h0's namespace; 100 changes); 1,000
+and neighbour entries present (a netlink monitor in h0's namespace; 200 changes); 1,000
 endpoint changes in networks without an h0 endpoint: agent CPU time (``/proc``) and passes
 run; SIGKILL and restart under a 100 pps ping between h0's two namespaced endpoints: loss,
 the first pass's changes, start -> first successful pass; then the periodic full resync's
@@ -214,7 +214,7 @@ def run_mode(
         lat = []
         mon = NeighMonitor()
         try:
-            for k in range(100):
+            for k in range(200):
                 j = k % LOCAL
                 ep = c.endpoint(j, 60 + k // LOCAL, host=c.member_hosts(j)[1])
                 ep = type(ep)(f"x{k}", ep.network, ep.host, ep.ip, ep.mac)

@@ -81,7 +81,8 @@ def make_dataplane(
     kernel = KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
     if for_diagnostics:
         return kernel
-    return IncrementalKernel(kernel, ttl, filters=cfg.filters)
+    # The reconciler's resync (every 0.8-1.2 intervals) starts afresh; the ttl is a safety net.
+    return IncrementalKernel(kernel, 1.5 * cfg.resync_interval, filters=cfg.filters)
 
 
 class Agent:

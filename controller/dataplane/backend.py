@@ -167,6 +167,19 @@ class DataPlane(Protocol[S, Op]):
         OVS keeps, so it survives agent restarts. Raises ``DataPlaneError`` if unreadable."""
         ...
 
+    @property
+    def observed_in_full(self) -> bool:
+        """Whether the last ``observe`` read the data plane (False: it returned an observation
+        it remembered and moved on by its own applies, ``controller/dataplane/incremental.py``;
+        drivers that never remember are always True)."""
+        ...
+
+    def forget(self) -> None:
+        """Drop any remembered observation, so the next ``observe`` reads the data plane (the
+        reconciler's periodic resync, its first pass, a retry). A no-op for drivers that
+        remember nothing."""
+        ...
+
     def close(self) -> None:
         """Release sockets/handles. Idempotent."""
         ...

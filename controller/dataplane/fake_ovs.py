@@ -235,6 +235,11 @@ class FakeOvs:
     def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:
         apply_all(ops, self._apply_one, progress=progress)
 
+    observed_in_full = True  # every observe reads (DataPlane.observed_in_full)
+
+    def forget(self) -> None:
+        """Nothing to forget: every observe reads afresh (``DataPlane.forget``)."""
+
     def close(self) -> None:
         self.closed = True
 

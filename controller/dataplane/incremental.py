@@ -12,9 +12,10 @@ realised. The next pass then:
    kernel, ``plan`` returns those ops, and ``apply`` moves the remembered state on by their
    known effect (``after_entries``);
 3. otherwise (a local endpoint, a new network, an MTU: links change) the pass observes and
-   plans in full, as without this wrapper; so does the first pass, any pass after a failed
-   apply, and any pass once the remembered observation is older than ``ttl`` -- the periodic
-   full resync that repairs drift (the agent: 3/4 of its resync interval, at most 10 s).
+   plans in full, as without this wrapper; so does any pass after a failed apply, any pass the
+   reconciler asks to start afresh (``forget``: its first pass, its periodic resync that
+   repairs drift, a retry), and any pass once the remembered observation is older than
+   ``ttl`` (a safety net; the agent sets it above its resync interval).
 
 The invariant holds as before: after any pass that raised nothing, a full observation planned
 against the view yields no ops (held by property tests over random change sequences on
@@ -59,6 +60,7 @@ class IncrementalKernel:
         self._pass: tuple[HostView, KernelState, tuple[KernelOp, ...] | None, float] | None = None
         self.incremental_passes = 0
         self.full_passes = 0
+        self.observed_in_full = True
 
     # -- observe / plan -----------------------------------------------------------------------
     def observe(self, view: HostView) -> KernelState:
@@ -71,10 +73,17 @@ class IncrementalKernel:
             ops = plan_incremental(last, view, state, self.filters)
             if ops is not None and only_entries(ops):
                 self._pass = (view, state, ops, at)
+                self.observed_in_full = False
                 return state
         state = self.inner.observe(view)
         self._pass = (view, state, None, now)
+        self.observed_in_full = True
         return state
+
+    def forget(self) -> None:
+        """The next ``observe`` reads the kernel (a resync, a retry, the first pass)."""
+        self._kept = self._pass = None
+        self.inner.forget()
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
         """The incremental ops when ``actual`` is what ``observe`` returned for ``view`` on

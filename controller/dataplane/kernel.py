@@ -314,6 +314,11 @@ class KernelDataPlane:
     ) -> None:
         self.close()
 
+    observed_in_full = True  # every observe reads (DataPlane.observed_in_full)
+
+    def forget(self) -> None:
+        """Nothing to forget: every observe reads afresh (``DataPlane.forget``)."""
+
     def close(self) -> None:
         """Close every socket. Idempotent; the instance reopens on next use."""
         for _, ipr in self._ns.values():

@@ -130,6 +130,11 @@ class OvsDataPlane:
     ) -> None:
         self.close()
 
+    observed_in_full = True  # every observe reads (DataPlane.observed_in_full)
+
+    def forget(self) -> None:
+        """Nothing to forget: every observe reads afresh (``DataPlane.forget``)."""
+
     def close(self) -> None:
         """Stop the watch, close every connection. Idempotent; the instance reopens on use."""
         if self._watch is not None:

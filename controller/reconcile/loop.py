@@ -76,7 +76,9 @@ class PassResult:
     ``waited``: seconds from the event that woke the pass to its start (None: not woken by
     one). ``stages``: seconds from the pass's start at which it had observed, planned, and
     done with the last op of each type (in the order they finished): the critical path of a
-    change, as the convergence bench breaks it down.
+    change, as the convergence bench breaks it down. ``remembered``: the pass planned against
+    an observation the driver remembered (an incremental pass) instead of reading the data
+    plane.
     """
 
     revision: int
@@ -96,6 +98,7 @@ class PassResult:
     inventory: Mapping[str, int] | None = None
     waited: float | None = None
     stages: tuple[tuple[str, float], ...] = ()
+    remembered: bool = False
 
 
 def _same_plane(a: HostView, b: HostView) -> bool:
@@ -175,8 +178,12 @@ class Reconciler(Generic[S, O]):
             marks.pop(name, None)  # re-inserted: the order is the order stages finished
             marks[name] = time.perf_counter() - t0
 
+        remembered = False
         try:
+            if trigger != "event":  # start, resync, retry, manual: read the data plane afresh
+                self._driver.forget()
             actual = self._driver.observe(view)
+            remembered = not self._driver.observed_in_full
             mark("observe")
             ops = tuple(self._driver.plan(view, actual))
             mark("plan")
@@ -187,7 +194,7 @@ class Reconciler(Generic[S, O]):
             result = PassResult(
                 snap.revision, started, time.perf_counter() - t0, len(ops), True, None, problems,
                 applied, self._pass_id, trigger, True, tuple(sorted(kinds.items())), (), stats,
-                self._driver.inventory(view, actual), waited, tuple(marks.items()),
+                self._driver.inventory(view, actual), waited, tuple(marks.items()), remembered,
             )  # fmt: skip
             self._realised = view
             self.first_ok.set()
@@ -204,6 +211,7 @@ class Reconciler(Generic[S, O]):
                 snap.revision, started, time.perf_counter() - t0, len(applied), False,
                 f"{type(exc).__name__}: {exc}", problems, applied, self._pass_id, trigger, True,
                 tuple(sorted(kinds.items())), errors, stats, None, waited, tuple(marks.items()),
+                remembered,
             )  # fmt: skip
         self.passes += 1
         self.failures += 0 if result.ok else 1
@@ -216,10 +224,11 @@ class Reconciler(Generic[S, O]):
         stages = ",".join(f"{name}:{at * 1000:.1f}" for name, at in result.stages)
         pass_log.info(
             "pass id=%d trigger=%s revision=%d changes=%d errors=%d ok=%s duration_ms=%.1f "
-            "problems=%d%s%s%s",
+            "problems=%d%s%s%s%s",
             result.pass_id, result.trigger, result.revision, result.changes,
             len(result.error_kinds), result.ok, result.duration * 1000, len(result.problems),
-            "" if result.observed else " view=unchanged", waited,
+            "" if result.observed else " view=unchanged",
+            " observed=remembered" if result.remembered else "", waited,
             f" stages={stages}" if result.changes else "",
             extra={"heddle": {
                 "pass_id": result.pass_id, "trigger": result.trigger,
@@ -227,6 +236,7 @@ class Reconciler(Generic[S, O]):
                 "errors": len(result.error_kinds), "ok": result.ok,
                 "duration_ms": round(result.duration * 1000, 3),
                 "problems": len(result.problems), "observed": result.observed,
+                "remembered": result.remembered,
                 **({} if result.waited is None
                    else {"waited_ms": round(result.waited * 1000, 3)}),
                 **({"stages_ms": {n: round(at * 1000, 3) for n, at in result.stages}}
@@ -265,7 +275,8 @@ class Reconciler(Generic[S, O]):
             )
             if result.ok:
                 delay = self._backoff_initial
-                if self.skipped_passes == skipped:  # the data plane was observed: resync later
+                if self.skipped_passes == skipped and not result.remembered:
+                    # the data plane was read: the next full resync is due an interval later
                     next_resync = now + self._resync * random.uniform(0.8, 1.2)
                 timeout = max(0.0, next_resync - time.monotonic())
             else:

@@ -137,7 +137,8 @@ class AgentMetrics:
         r.register(_RestoreCollector(restored))
         self.pass_duration = Histogram(
             "heddle_pass_duration_seconds",
-            "reconcile pass duration; kind=full observed the data plane, kind=view stopped at an "
+            "reconcile pass duration; kind=full observed the data plane, kind=incremental planned "
+            "against the observation the last pass left, kind=view stopped at an "
             "unchanged view",
             ["kind"], buckets=PASS_BUCKETS, registry=r,
         )  # fmt: skip
@@ -186,7 +187,7 @@ class AgentMetrics:
 
     def record_pass(self, result: PassResult) -> None:
         """Account one pass (the reconciler's ``on_result``)."""
-        kind = "full" if result.observed else "view"
+        kind = "view" if not result.observed else "incremental" if result.remembered else "full"
         self.pass_duration.labels(kind).observe(result.duration)
         self.passes.labels(result.trigger, "ok" if result.ok else "error").inc()
         for op, n in result.op_counts:

@@ -308,3 +308,25 @@ def test_a_pass_records_its_stages_and_how_long_its_event_waited(caplog) -> None
     assert PASS_LINE.search(line) and "waited_ms=" in line and "stages=observe:" in line
     quiet = rec.run_pass()  # nothing to do: no stages in the line, no wait
     assert quiet.changes == 0 and quiet.waited is None
+
+
+def test_event_passes_plan_against_the_remembered_state_and_resyncs_read_afresh() -> None:
+    """With the incremental kernel wrapper: a remote change woken by an event is planned
+    without reading the fake; a resync pass (or any non-event pass) reads it again."""
+    from controller.dataplane.incremental import IncrementalKernel
+
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    rec = Reconciler(H1, cache.snapshot, IncrementalKernel(fk, 3600.0), Trigger())
+    assert rec.run_pass(trigger="start").changes > 0
+    assert rec.run_pass(trigger="event").changes == 0  # after links changed: read in full
+    reads = fk.observations
+    ds.create_endpoint("blue", "h2", netns="x")
+    sync(kv, cache)
+    got = rec.run_pass(trigger="event")
+    assert got.ok and got.changes > 0 and got.remembered and fk.observations == reads
+    again = rec.run_pass(trigger="resync")
+    assert again.ok and again.changes == 0 and not again.remembered
+    assert fk.observations == reads + 1
