@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import pyetcd  # noqa: E402  (lightweight watchers for the fan-out, outside heddle's adapter)
+from agent_ns import make_host_ns  # noqa: E402
 from cluster_data import LOCAL, VTEP, Cluster, endpoint_txn, remove_txn, write  # noqa: E402
 from pyroute2 import IPRoute, netns  # noqa: E402
 
@@ -353,16 +354,11 @@ def main() -> int:
     )  # fmt: skip
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
-    for ns in (NS, P1, P2):
-        netns.create(ns)
     tmp = Path(tempfile.mkdtemp(prefix="heddle-cluster-"))
     try:
-        with IPRoute(netns=NS, flags=0) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            ipr.link("add", ifname="ul0", kind="bridge")
-            ul = ipr.link_lookup(ifname="ul0")[0]
-            ipr.addr("add", index=ul, address=VTEP, prefixlen=24)
-            ipr.link("set", index=ul, state="up")
+        make_host_ns(NS, VTEP)
+        for ns in (P1, P2):
+            netns.create(ns)
         netns.setns(NS, flags=0)  # this process, etcd and the agent live in h0's namespace
         for size in (int(s) for s in a.sizes.split(",")):
             c = Cluster(size)

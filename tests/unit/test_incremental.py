@@ -58,6 +58,18 @@ class World:
     def drop(self, net: int, n: int) -> None:
         self.endpoints.pop((f"n{net}", f"e{n}"), None)
 
+    def step(self, kind: str, net: int, host: int, n: int) -> None:
+        """One generated change: ``put``, ``drop``, ``mtu`` (0: none) or ``tick`` (time passes
+        beyond the remembered observation's ttl)."""
+        if kind == "put":
+            self.put(net, host, n)
+        elif kind == "drop":
+            self.drop(net, n)
+        elif kind == "mtu":
+            self.mtu[f"n{net}"] = n or None
+        else:
+            self.now += 11
+
     def run_pass(self) -> tuple[int, bool]:
         """One reconcile pass as the reconciler runs it: (ops applied, incremental?)."""
         before = self.dp.incremental_passes
@@ -177,15 +189,8 @@ def test_after_every_pass_a_full_observation_plans_nothing(rounds: list[list[tup
         w.put(net, 0, 9)
     w.run_pass()
     for steps in rounds:
-        for kind, net, host, n in steps:
-            if kind == "put":
-                w.put(net, host, n)
-            elif kind == "drop":
-                w.drop(net, n)
-            elif kind == "mtu":
-                w.mtu[f"n{net}"] = n or None
-            else:
-                w.now += 11
+        for step in steps:
+            w.step(*step)
         w.run_pass()
         assert w.converged(), steps
 
@@ -198,13 +203,8 @@ def test_a_view_memo_changes_nothing_but_the_work(rounds: list[list[tuple]]) -> 
     w = World()
     memo = ViewMemo()
     for steps in rounds:
-        for kind, net, host, n in steps:
-            if kind == "put":
-                w.put(net, host, n)
-            elif kind == "drop":
-                w.drop(net, n)
-            elif kind == "mtu":
-                w.mtu[f"n{net}"] = n or None
+        for step in steps:
+            w.step(*step)
         snap = w.snapshot()
         assert host_view(snap, LOCAL, memo=memo) == host_view(snap, LOCAL)
     snap = w.snapshot()
