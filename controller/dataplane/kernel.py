@@ -91,6 +91,7 @@ from controller.plan.kernel_ops import (
     PutNeigh,
     PutPortFdb,
     SyncFilters,
+    only_entries,
 )
 
 IFF_UP = 0x1
@@ -576,7 +577,7 @@ class KernelDataPlane:
         finally:
             # Links may have changed: the next observe rebuilds the index. Entry ops and the
             # filters leave every ifindex as it was (an entry op that failed dropped its own).
-            if not all(_is_entry(op) or isinstance(op, SyncFilters) for op in ops):
+            if not only_entries(ops):
                 self._index.clear()
 
     def _forget_sides(self, ops: Sequence[KernelOp]) -> None:

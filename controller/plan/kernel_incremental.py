@@ -35,15 +35,12 @@ from controller.plan.kernel_ops import (
     PutNeigh,
     PutPortFdb,
     SyncFilters,
+    only_entries,
 )
 
+__all__ = ["after_entries", "changed_networks", "only_entries", "plan_incremental"]
+
 V = TypeVar("V")
-ENTRY_OPS = (PutFdb, AddFlood, DelFdb, PutNeigh, DelNeigh, PutPortFdb, DelPortFdb, SyncFilters)
-
-
-def only_entries(ops: Iterable[KernelOp]) -> bool:
-    """Whether every op's effect is known in advance (``after_entries`` can predict it)."""
-    return all(isinstance(op, ENTRY_OPS) for op in ops)
 
 
 def changed_networks(old: HostView, new: HostView) -> frozenset[str] | None:

@@ -18,6 +18,7 @@ Every op is a small frozen, hashable value. Contracts shared by all ops:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.model.nft_filter import FilterSpec
@@ -311,3 +312,11 @@ KernelOp = (
     | DelPortFdb
 )
 """Every op the kernel planner emits and the kernel drivers (real and fake) apply."""
+
+
+def only_entries(ops: Iterable[KernelOp]) -> bool:
+    """Whether ``ops`` only write entries (FDB, neighbour, static bridge entries) and the
+    filters: no link is created, changed or deleted, so every ifindex stays as it was and the
+    effect on an observation is known in advance (``controller/plan/kernel_incremental.py``).
+    Pure."""
+    return all(isinstance(op, _EntryOp | SyncFilters) for op in ops)
