@@ -61,18 +61,34 @@ def make_dataplane(
     reconciler (``trigger.fire``) so flows come back at once, not at the next resync.
     ``for_diagnostics``: a second, read-only handle for the telemetry thread (drivers are not
     thread-safe) that reads every endpoint namespace afresh."""
+    from controller.dataplane.incremental import Incremental, Notice
+    from controller.dataplane.kernel_events import KernelEvents
+
+    def listen(notice: Notice) -> KernelEvents:
+        return KernelEvents(None, notice).start()
+
+    # The reconciler's resync (every 0.8-1.2 intervals) starts afresh; the ttl is a safety net.
+    remember = 1.5 * cfg.resync_interval
+    on_drift = None if trigger is None else trigger.fire
     if cfg.backend == "ovs":
         from controller.dataplane.ovs import OvsDataPlane
+        from controller.plan.ovs_incremental import OvsShortcut
 
-        return OvsDataPlane(
+        ovs = OvsDataPlane(
             host.vtep,
             ovsdb=cfg.ovsdb or "unix:/var/run/openvswitch/db.sock",
             datapath=cfg.ovs_datapath,
             underlay_dev=cfg.underlay_dev,
-            on_change=None if trigger is None else trigger.fire,
+            on_change=on_drift,  # a restart: a full wake-up, which reads OVS afresh
         )
-    from controller.dataplane.incremental import IncrementalKernel
+        if for_diagnostics:
+            return ovs
+        return Incremental(
+            ovs, OvsShortcut(ovs.layout), remember,
+            still=ovs.unchanged, on_drift=on_drift, listen=listen,
+        )  # fmt: skip
     from controller.dataplane.kernel import KernelDataPlane
+    from controller.plan.kernel_incremental import KernelShortcut
 
     # Endpoint namespaces, and the whole observation on the incremental path, are read afresh
     # at every resync, not at every event-driven pass.
@@ -81,8 +97,9 @@ def make_dataplane(
     kernel = KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
     if for_diagnostics:
         return kernel
-    # The reconciler's resync (every 0.8-1.2 intervals) starts afresh; the ttl is a safety net.
-    return IncrementalKernel(kernel, 1.5 * cfg.resync_interval, filters=cfg.filters)
+    return Incremental(
+        kernel, KernelShortcut(cfg.filters), remember, on_drift=on_drift, listen=listen
+    )
 
 
 class Agent:

@@ -109,7 +109,7 @@ class FakeKernel:
         self._fail: list[tuple[type, str]] = []
         self.applied: list[KernelOp] = []
         self.closed = False
-        self.observations = 0  # how often observe ran (tests of IncrementalKernel count reads)
+        self.observations = 0  # how often observe ran (tests of Incremental count reads)
 
     # -- test hooks -------------------------------------------------------------------------
 

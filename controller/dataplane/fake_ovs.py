@@ -182,12 +182,7 @@ class FakeOvs:
     def observe(self, view: HostView) -> OvsState:
         """Same contract as ``OvsDataPlane.observe``; raises ``DataPlaneError`` while the fake
         ovs-vswitchd is down and one of our bridges exists (its table cannot be read)."""
-        names = set(self.layout.bridges)
-        bridges = {
-            name: self._bridge_state(br)
-            for name, br in self._bridges.items()
-            if name in names or br.owned
-        }
+        db = self._ovsdb_state()
         flows: dict[str, frozenset[Flow]] = {}
         for name in self.layout.bridges:
             br = self._bridges.get(name)
@@ -197,7 +192,6 @@ class FakeOvs:
                 raise DataPlaneError("observe", f"cannot read Open vSwitch: {name}: no vswitchd")
             flows[name] = frozenset(f for f in br.flows.values() if f.cookie == COOKIE)
         kernel = self.kernel.observe(view)
-        db = OvsdbState(bridges=bridges, flow_restore_wait=self.flow_restore_wait)
         if not self.layout.netdev:
             return OvsState(ovsdb=db, flows=flows, kernel=kernel)
         tx = {
@@ -215,6 +209,20 @@ class FakeOvs:
             phy_addresses=frozenset(self.phy_addresses) if phy is not None else frozenset(),
         )
         return OvsState(ovsdb=db, flows=flows, kernel=kernel, tx_checksum=tx, underlay=underlay)
+
+    def _ovsdb_state(self) -> OvsdbState:
+        names = set(self.layout.bridges)
+        bridges = {
+            name: self._bridge_state(br)
+            for name, br in self._bridges.items()
+            if name in names or br.owned
+        }
+        return OvsdbState(bridges=bridges, flow_restore_wait=self.flow_restore_wait)
+
+    def unchanged(self, state: OvsState) -> bool:
+        """As ``OvsDataPlane.unchanged``: OVSDB still holds ``state.ovsdb`` (and the fake
+        ovs-vswitchd runs: the real driver's watch tells the reconciler of a restart)."""
+        return self.running and self._ovsdb_state() == state.ovsdb
 
     def plan(self, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:
         return plan_ovs(self.layout, view, actual)

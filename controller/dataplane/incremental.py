@@ -1,91 +1,209 @@
-"""``IncrementalKernel``: event-driven passes without a kernel dump, for the kernel backend.
+"""``Incremental``: event-driven passes without reading the data plane, for either backend.
 
-Wraps a kernel ``DataPlane`` (``KernelDataPlane``, or ``FakeKernel`` in tests) and keeps, after
-each successful pass, the observed state as that pass left it together with the view it
-realised. The next pass then:
+Wraps a ``DataPlane`` (``KernelDataPlane`` or ``OvsDataPlane``, or their fakes in tests) and
+keeps, after each successful pass, the observed state as that pass left it together with the
+view it realised. The next pass then asks the backend's ``Shortcut`` (pure, in ``plan/``):
 
-1. plans only the networks whose part of the view changed, against the remembered state
-   (``controller/plan/kernel_incremental.py``: ``plan_incremental``);
-2. if those ops are all *entry ops* (FDB, neighbour and static bridge entries, the filters'
-   ``SyncFilters``) -- a remote endpoint added, moved or removed, a member host joining or
-   leaving -- they are the pass: ``observe`` returns the remembered state without reading the
-   kernel, ``plan`` returns those ops, and ``apply`` moves the remembered state on by their
-   known effect (``after_entries``);
-3. otherwise (a local endpoint, a new network, an MTU: links change) the pass observes and
-   plans in full, as without this wrapper; so does any pass after a failed apply, any pass the
-   reconciler asks to start afresh (``forget``: its first pass, its periodic resync that
-   repairs drift, a retry), and any pass once the remembered observation is older than
-   ``ttl`` (a safety net; the agent sets it above its resync interval).
+1. ``plan``: the ops that turn the remembered state into the new view, planned only where the
+   view changed (``controller/plan/kernel_incremental.py``, ``controller/plan/ovs_incremental.py``);
+2. ``known``: whether those ops' effect on the state is known in advance -- the kernel's FDB,
+   neighbour and static bridge entries and its filters, OVS's flow modifications: a remote
+   endpoint added, moved or removed, a member host joining or leaving. Then they are the
+   pass: ``observe`` returns the remembered state without reading anything, ``plan`` returns
+   those ops, and ``apply`` moves the remembered state on by their effect (``after``);
+3. otherwise (a local endpoint, a new network, an MTU: links or ports change) the pass
+   observes and plans in full, as without this wrapper.
+
+What is remembered is also kept true by notifications: ``notice`` takes what the kernel
+announced (``controller/dataplane/kernel_events.py``; called from the listener's thread) and
+drops the remembered state -- and calls ``on_drift``, the reconciler's wake-up -- as soon as an
+announcement disagrees with it, i.e. someone else changed a link or an entry. ``still`` (ovs:
+the OVSDB IDL, which receives OVSDB's own notifications) is asked before every remembered pass.
+A pass observes in full after any failed apply, when the reconciler asks (``forget``: its first
+pass, its periodic resync, a retry, a wake-up for the data plane), when announcements were lost,
+and once the remembered observation is older than ``ttl`` (a safety net above the resync).
 
 The invariant holds as before: after any pass that raised nothing, a full observation planned
-against the view yields no ops (held by property tests over random change sequences on
-``FakeKernel`` and by a randomized test on the real kernel). What is given up: drift made by
-someone else between two full observations is repaired by the next full one rather than by the
-next event-driven pass -- as ``KernelDataPlane`` already does for endpoint namespaces and its
-nftables tables. Not thread-safe, like every driver.
+against the view yields no ops (held by property tests over random change sequences on both
+fakes, and by randomized tests on the real kernel and a real OVS). Only ``notice`` may be called
+from another thread.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from controller.dataplane.backend import DataPlane
 from controller.diag.facts import NetworkFacts
-from controller.model.kernel_state import KernelState
+from controller.model.kernel_events import Sighting, last_sightings
 from controller.model.view import HostView
-from controller.plan.kernel_incremental import after_entries, only_entries, plan_incremental
-from controller.plan.kernel_ops import KernelOp
+
+log = logging.getLogger("heddle.incremental")
+
+_PENDING_MAX = 100_000
+
+S = TypeVar("S")
+Op = TypeVar("Op")
 
 
-class IncrementalKernel:
+class Shortcut(Protocol[S, Op]):
+    """A backend's incremental planning. Every method is pure and deterministic."""
+
+    def plan(self, last: HostView, view: HostView, state: S) -> tuple[Op, ...] | None:
+        """The ops turning ``state`` (the data plane as the realisation of ``last`` left it)
+        into ``view``, or ``None`` when only a full plan can tell."""
+        ...
+
+    def known(self, ops: Sequence[Op]) -> bool:
+        """Whether ``after`` can predict the effect of ``ops`` exactly."""
+        ...
+
+    def after(self, state: S, ops: Sequence[Op]) -> S:
+        """``state`` once ``ops`` (``known``) applied without error, as an observation would
+        report it. Raises ``TypeError`` for ops that are not ``known``."""
+        ...
+
+    def agrees(self, state: S, seen: Sighting) -> bool:
+        """Whether ``state`` already says what a kernel announcement says."""
+        ...
+
+
+class Listening(Protocol):
+    """A running listener for announcements (``KernelEvents``)."""
+
+    def sync(self, timeout: float = 1.0) -> bool:
+        """Return once everything announced before the call was passed on."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+Notice = Callable[[Sequence[Sighting] | None], None]
+
+
+class Incremental(Generic[S, Op]):
     """See the module docstring. ``ttl`` 0 turns the incremental path off (every pass full).
+    ``still(state)``: False when a cheap check finds the remembered state out of date.
+    ``on_drift``: called (from the notifying thread) when an announcement disagreed.
+    ``listen(notice)``: starts a listener that calls ``notice``; started before the first full
+    observation (so nothing between the two is missed), retried before each full observation
+    while it fails (``OSError``; meanwhile drift waits for the resync), stopped by ``close``.
     ``clock``: monotonic seconds (tests pass their own)."""
 
     def __init__(
         self,
-        inner: DataPlane[KernelState, KernelOp],
+        inner: DataPlane[S, Op],
+        shortcut: Shortcut[S, Op],
         ttl: float,
         *,
-        filters: bool = True,
+        still: Callable[[S], bool] | None = None,
+        on_drift: Callable[[], None] | None = None,
+        listen: Callable[[Notice], Listening] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self.shortcut = shortcut
         self.ttl = ttl
-        self.filters = filters
+        self.still = still
+        self.on_drift = on_drift
         self._clock = clock
+        self._listen = listen
+        self._listening: Listening | None = None
+        self._lock = threading.Lock()  # guards _kept, _collecting and _pending against notice()
         # (the state after the last successful pass, the view it realised, when observed)
-        self._kept: tuple[KernelState, HostView, float] | None = None
+        self._kept: tuple[S, HostView, float] | None = None
+        self._collecting = False
+        self._pending: list[Sighting | None] = []  # announced while a pass observed or applied
         # what this pass planned from: (view, state, ops or None for a full plan, observed at)
-        self._pass: tuple[HostView, KernelState, tuple[KernelOp, ...] | None, float] | None = None
+        self._pass: tuple[HostView, S, tuple[Op, ...] | None, float] | None = None
         self.incremental_passes = 0
         self.full_passes = 0
+        self.drifts = 0  # remembered states dropped because an announcement disagreed
         self.observed_in_full = True
 
-    # -- observe / plan -----------------------------------------------------------------------
-    def observe(self, view: HostView) -> KernelState:
-        """The remembered state when this pass can be planned incrementally with entry ops
-        only; else a full observation. Raises what the inner driver raises."""
-        now = self._clock()
+    # -- notifications (any thread) -----------------------------------------------------------
+    def notice(self, seen: Sequence[Sighting] | None) -> None:
+        """What the data plane announced (``None``: announcements were lost). Drops the
+        remembered state and calls ``on_drift`` if any of it disagrees. Thread-safe."""
+        with self._lock:
+            if self._collecting:
+                self._pending.extend(seen if seen is not None else [None])
+                if len(self._pending) > _PENDING_MAX:  # forgetting is cheaper than keeping
+                    self._pending = [None]
+                return
+            drifted = self._check(list(seen) if seen is not None else [None])
+        if drifted and self.on_drift is not None:
+            self.on_drift()
+
+    def _check(self, seen: list[Sighting | None]) -> bool:
+        """Under the lock: drop the remembered state if ``seen`` disagrees with it."""
         kept = self._kept
+        if kept is None or not seen:
+            return False
+        state = kept[0]
+        if all(s is not None and self.shortcut.agrees(state, s) for s in seen):
+            return False
+        self._kept = None
+        self.drifts += 1
+        return True
+
+    # -- observe / plan -----------------------------------------------------------------------
+    def observe(self, view: HostView) -> S:
+        """The remembered state when this pass can be planned incrementally with ``known``
+        ops only; else a full observation. Raises what the inner driver raises."""
+        now = self._clock()
+        with self._lock:
+            kept = self._kept
         if kept is not None and now - kept[2] < self.ttl:
             state, last, at = kept
-            ops = plan_incremental(last, view, state, self.filters)
-            if ops is not None and only_entries(ops):
-                self._pass = (view, state, ops, at)
-                self.observed_in_full = False
-                return state
-        state = self.inner.observe(view)
+            if self.still is None or self.still(state):
+                ops = self.shortcut.plan(last, view, state)
+                if ops is not None and self.shortcut.known(ops):
+                    self._pass = (view, state, ops, at)
+                    self.observed_in_full = False
+                    return state
+        self._start_listening()
+        self._sync()  # what was announced before this observation is older than it
+        with self._lock:  # ... and what comes from now on is checked once the pass is done
+            self._kept, self._collecting, self._pending = None, True, []
+        try:
+            state = self.inner.observe(view)
+        except BaseException:
+            self._stop_collecting()
+            raise
         self._pass = (view, state, None, now)
         self.observed_in_full = True
         return state
 
+    def _start_listening(self) -> None:
+        if self._listen is None or self._listening is not None:
+            return
+        try:
+            self._listening = self._listen(self.notice)
+        except OSError as exc:
+            log.warning("not listening to data-plane announcements (drift waits for the "
+                        "resync): %s", exc)  # fmt: skip
+
+    def _stop_collecting(self) -> None:
+        with self._lock:
+            self._collecting, self._pending = False, []
+
+    def _sync(self) -> None:
+        if self._listening is not None:
+            self._listening.sync()
+
     def forget(self) -> None:
-        """The next ``observe`` reads the kernel (a resync, a retry, the first pass)."""
-        self._kept = self._pass = None
+        """The next ``observe`` reads the data plane (a resync, a retry, the first pass)."""
+        with self._lock:
+            self._kept, self._collecting, self._pending = None, False, []
+        self._pass = None
         self.inner.forget()
 
-    def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
+    def plan(self, view: HostView, actual: S) -> tuple[Op, ...]:
         """The incremental ops when ``actual`` is what ``observe`` returned for ``view`` on
         the incremental path; else the inner driver's full plan. Deterministic. A plan with no
         ops is a converged pass (no ``apply`` follows): its state and view are remembered."""
@@ -93,38 +211,67 @@ class IncrementalKernel:
         mine = p is not None and p[0] is view and p[1] is actual
         ops = p[2] if p is not None and mine and p[2] is not None else None
         if ops is None:
-            ops = self.inner.plan(view, actual)
+            ops = tuple(self.inner.plan(view, actual))
         if not ops and p is not None and mine:  # converged: no apply follows, remember now
-            self._kept, self._pass = (actual, view, p[3]), None
+            self._remember((actual, view, p[3]))
+            self._pass = None
         return ops
 
+    def _remember(self, kept: tuple[S, HostView, float] | None) -> None:
+        """Remember ``kept``, then check what was announced while this pass ran against it."""
+        with self._lock:
+            self._kept, self._collecting = kept, False
+            pending, self._pending = self._pending, []
+            drifted = self._check(_last(pending))
+        if drifted and self.on_drift is not None:
+            self.on_drift()
+
     # -- apply --------------------------------------------------------------------------------
-    def apply(
-        self, ops: Sequence[KernelOp], progress: Callable[[KernelOp], None] | None = None
-    ) -> None:
-        """Apply through the inner driver; then remember the state these ops lead to (entry
-        ops only) or forget it (links changed, or anything failed: observe in full next)."""
-        p, self._pass, self._kept = self._pass, None, None
-        self.inner.apply(ops, progress)
-        if p is None or not only_entries(ops):
-            return
-        view, state, incremental, at = p
-        self._kept = (after_entries(state, ops), view, at)
-        if incremental is not None:
-            self.incremental_passes += 1
-        else:
-            self.full_passes += 1
+    def apply(self, ops: Sequence[Op], progress: Callable[[Op], None] | None = None) -> None:
+        """Apply through the inner driver; then remember the state these ops lead to (``known``
+        ops only) or forget it (links changed, or anything failed: observe in full next).
+        Announcements that came meanwhile are checked against what is then remembered."""
+        p, self._pass = self._pass, None
+        with self._lock:
+            if not self._collecting:  # an incremental pass: collect from here
+                self._collecting, self._pending = True, []
+            self._kept = None
+        kept: tuple[S, HostView, float] | None = None
+        try:
+            self.inner.apply(ops, progress)
+            self._sync()  # this apply's own announcements are in _pending now
+            if p is not None and self.shortcut.known(ops):
+                view, state, incremental, at = p
+                kept = (self.shortcut.after(state, ops), view, at)
+                if incremental is not None:
+                    self.incremental_passes += 1
+                else:
+                    self.full_passes += 1
+        finally:
+            self._remember(kept)
 
     # -- the rest: the inner driver's ---------------------------------------------------------
-    def inventory(self, view: HostView, actual: KernelState) -> Mapping[str, int]:
+    def inventory(self, view: HostView, actual: S) -> Mapping[str, int]:
         return self.inner.inventory(view, actual)
 
-    def facts(self, view: HostView, network: str, actual: KernelState) -> NetworkFacts | None:
+    def facts(self, view: HostView, network: str, actual: S) -> NetworkFacts | None:
         return self.inner.facts(view, network, actual)
 
     def drops(self) -> Mapping[str, int]:
         return self.inner.drops()
 
     def close(self) -> None:
-        self._kept = self._pass = None
+        if self._listening is not None:
+            self._listening.stop()
+            self._listening = None
+        with self._lock:
+            self._kept = None
+        self._pass = None
         self.inner.close()
+
+
+def _last(seen: list[Sighting | None]) -> list[Sighting | None]:
+    """The last sighting of each object; one ``None`` (lost announcements) if any."""
+    if any(s is None for s in seen):
+        return [None]
+    return list(last_sightings(s for s in seen if s is not None))

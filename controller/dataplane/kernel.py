@@ -39,6 +39,7 @@ from typing import Any, Self
 from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
+from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
 from controller.dataplane.netns_socket import NETNS_DIR, iproute_in
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
@@ -46,13 +47,13 @@ from controller.dataplane.rtnetlink import (
     NTF_SELF,
     NUD_NOARP,
     NUD_PERMANENT,
-    RawLink,
     RawRtnl,
     entry_request,
     ip_text,
 )
 from controller.diag.facts import NetworkFacts
 from controller.diag.kernel_facts import kernel_facts
+from controller.model.kernel_events import FdbSeen, NeighSeen, PortFdbSeen
 from controller.model.kernel_state import (
     EndpointSide,
     FdbEntry,
@@ -176,52 +177,6 @@ def _vxlan_attrs(msg: Msg) -> VxlanAttrs | None:
         port=int(data.get("IFLA_VXLAN_PORT") or 0),
         learning=bool(data.get("IFLA_VXLAN_LEARNING")),
         proxy=bool(data.get("IFLA_VXLAN_PROXY")),
-    )
-
-
-_IFLA_BR_MCAST_SNOOPING = 23
-_IFLA_VXLAN_ID, _IFLA_VXLAN_LOCAL, _IFLA_VXLAN_LEARNING = 1, 4, 7
-_IFLA_VXLAN_PROXY, _IFLA_VXLAN_PORT = 11, 15
-_IFLA_BRPORT_LEARNING = 8
-
-
-def _u8(attrs: Mapping[int, bytes] | None, kind: int) -> int | None:
-    raw = attrs.get(kind) if attrs is not None else None
-    return raw[0] if raw else None
-
-
-def _link_state(raw: RawLink, names: Mapping[int, str]) -> LinkState:
-    """The ``LinkState`` of a raw link message: the same values the pyroute2 path reads."""
-    snooping = None
-    if raw.kind == "bridge" and raw.data is not None:
-        snooping = bool(_u8(raw.data, _IFLA_BR_MCAST_SNOOPING))
-    vxlan = None
-    if raw.kind == "vxlan" and raw.data is not None:
-        d = raw.data
-        local, port, vni = d.get(_IFLA_VXLAN_LOCAL), d.get(_IFLA_VXLAN_PORT), d.get(_IFLA_VXLAN_ID)
-        vxlan = VxlanAttrs(
-            vni=int.from_bytes(vni[:4], "little") if vni else 0,
-            local=socket.inet_ntoa(local[:4]) if local and len(local) >= 4 else None,
-            port=int.from_bytes(port[:2], "big") if port else 0,
-            learning=bool(_u8(d, _IFLA_VXLAN_LEARNING)),
-            proxy=bool(_u8(d, _IFLA_VXLAN_PROXY)),
-        )
-    learning = None
-    if raw.slave_kind == "bridge":
-        flag = _u8(raw.slave_data, _IFLA_BRPORT_LEARNING)
-        learning = None if flag is None else bool(flag)
-    return LinkState(
-        name=raw.name,
-        kind=raw.kind,
-        owned=raw.alias == OWNER_ALIAS,
-        index=raw.index,
-        mtu=raw.mtu,
-        mac=raw.mac,
-        up=bool(raw.flags & IFF_UP),
-        master=names.get(raw.master) if raw.master else None,
-        mcast_snooping=snooping,
-        vxlan=vxlan,
-        learning=learning,
     )
 
 
@@ -364,7 +319,7 @@ class KernelDataPlane:
         if self.fast_netlink:
             raws = list(self._rtnl().links())
             names = {r.index: r.name for r in raws}
-            return {r.name: _link_state(r, names) for r in raws if r.name.startswith(PREFIX)}
+            return {r.name: link_state(r, names) for r in raws if r.name.startswith(PREFIX)}
         dump = self._host().link("dump")
         pnames = {m["index"]: m.get("IFLA_IFNAME") for m in dump}
         links: dict[str, LinkState] = {}
@@ -394,31 +349,26 @@ class KernelDataPlane:
 
     def _observe(self, view: HostView) -> KernelState:
         links = self._links()
-        vx_index = {lk.index: name for name, lk in links.items() if lk.owned and lk.kind == "vxlan"}
+        vx_index, ports = owned_devices(links)
         self._index = {name: index for index, name in vx_index.items()}
-        bridges = {n for n, lk in links.items() if lk.owned and lk.kind == "bridge"}
-        ports = {
-            lk.index: (n, lk.master)
-            for n, lk in links.items()
-            if lk.owned and lk.master in bridges and lk.kind in ("veth", "vxlan")
-        }
-
         fdb: dict[str, set[FdbEntry]] = {n: set() for n in vx_index.values()}
         neigh: dict[str, set[NeighEntry]] = {n: set() for n in vx_index.values()}
-        port_fdb: dict[str, set[PortFdbEntry]] = {n: set() for n in bridges}
-        if ports or vx_index:
-            devs = {**dict.fromkeys(ports, ""), **vx_index}
-            for ifindex, state, flags, mac, dst in self._entries(socket.AF_BRIDGE, devs):
-                if flags & NTF_SELF:
-                    if dst is not None and mac and ifindex in vx_index:
-                        fdb[vx_index[ifindex]].add(FdbEntry(mac, dst))
-                elif ifindex in ports and state & NUD_NOARP and not state & NUD_PERMANENT:
-                    port, bridge = ports[ifindex]
-                    port_fdb[str(bridge)].add(PortFdbEntry(mac, port))
-        if vx_index:
-            for ifindex, state, _flags, mac, dst in self._entries(socket.AF_INET, vx_index):
-                if dst is not None:
-                    neigh[vx_index[ifindex]].add(NeighEntry(dst, mac, bool(state & NUD_PERMANENT)))
+        port_fdb: dict[str, set[PortFdbEntry]] = {
+            n: set() for n, lk in links.items() if lk.owned and lk.kind == "bridge"
+        }
+        families = ([socket.AF_BRIDGE] if ports or vx_index else []) + (
+            [socket.AF_INET] if vx_index else []
+        )
+        devs: dict[int, str] = {**{i: p for i, (p, _) in ports.items()}, **vx_index}
+        for family in families:
+            for ifindex, state, flags, mac, dst in self._entries(family, devs):
+                match entry_sighting(family, ifindex, state, flags, mac, dst, vx_index, ports):
+                    case FdbSeen(dev=dev, entry=entry):
+                        fdb[dev].add(entry)
+                    case PortFdbSeen(bridge=bridge, entry=pentry):
+                        port_fdb[bridge].add(pentry)
+                    case NeighSeen(dev=dev, entry=nentry) if nentry is not None:
+                        neigh[dev].add(nentry)
         listing = self._remembered_filters()
         return KernelState(
             links=links,

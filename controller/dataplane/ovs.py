@@ -176,6 +176,18 @@ class OvsDataPlane:
             raise DataPlaneError("observe", f"cannot read host links: {exc}") from exc
         return OvsState(ovsdb=db, flows=flows, kernel=kernel, tx_checksum=tx, underlay=underlay)
 
+    def unchanged(self, state: OvsState) -> bool:
+        """Whether OVSDB still holds ``state.ovsdb``: read from the IDL, which OVSDB's own
+        notifications keep current, so it costs no process and no round trip beyond taking
+        the notifications in. False when OVSDB cannot be read. (Flow tables have no such
+        notifications here: a flow changed by someone else is repaired by the next full
+        observation -- the periodic resync, or at once after an ovs-vswitchd restart, which
+        the watch reports.)"""
+        try:
+            return self.ovsdb.observe(self.layout.bridges) == state.ovsdb
+        except OvsdbError:
+            return False
+
     # -- plan / apply -------------------------------------------------------------------------
 
     def plan(self, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:

@@ -44,6 +44,7 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _NDA_DST, _NDA_LLADDR = 1, 2
 _NLA_TYPE_MASK = 0x3FFF
 _HDR = struct.Struct("=LHHLL")  # nlmsghdr
+HEADER = _HDR.size
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _RTA = struct.Struct("=HH")
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
@@ -63,7 +64,7 @@ def _open_rtnl(netns: str | None) -> socket.socket:
     return socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     """``(offset, length, type, sequence)`` of each netlink message in one received buffer.
     Raises ``OSError`` (EPROTO) for a header whose length cannot be right."""
     off = 0
@@ -106,7 +107,7 @@ class RawRtnl:
         wanted = set(seqs)
         while wanted:
             data = self._sock.recv(1 << 16)
-            for off, _length, mtype, mseq in _messages(data):
+            for off, _length, mtype, mseq in messages(data):
                 if mtype == _NLMSG_ERROR and mseq in wanted:
                     codes[mseq] = -_ERR.unpack_from(data, off + _HDR.size)[0]
                     wanted.discard(mseq)
@@ -123,7 +124,7 @@ class RawRtnl:
             _IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS)
         )
         for data, body, end in self._dump(_RTM_GETLINK, _RTM_NEWLINK, payload, "link"):
-            yield _parse_link(data, body, end)
+            yield parse_link(data, body, end)
 
     def _dump(
         self, request: int, reply: int, payload: bytes, what: str
@@ -134,7 +135,7 @@ class RawRtnl:
         self._sock.send(req + payload)
         while True:
             data = self._sock.recv(1 << 16)
-            for off, length, mtype, mseq in _messages(data):
+            for off, length, mtype, mseq in messages(data):
                 body = off + _HDR.size
                 if mseq == seq:
                     if mtype in (_NLMSG_DONE, _NLMSG_ERROR):
@@ -148,20 +149,27 @@ class RawRtnl:
 
     @staticmethod
     def _parse(data: bytes, body: int, end: int) -> RawNeigh:
-        _family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, body)
-        lladdr = dst = None
-        a = body + _NDMSG.size
-        while a + _RTA.size <= end:
-            alen, atype = _RTA.unpack_from(data, a)
-            if alen < _RTA.size:
-                break
-            atype &= _NLA_TYPE_MASK
-            if atype == _NDA_DST:
-                dst = data[a + 4 : a + alen]
-            elif atype == _NDA_LLADDR:
-                lladdr = data[a + 4 : a + alen]
-            a += (alen + 3) & ~3
-        return ifindex, state, flags, lladdr, dst
+        return parse_neigh(data, body, end)[1:]
+
+
+def parse_neigh(
+    data: bytes, body: int, end: int
+) -> tuple[int, int, int, int, bytes | None, bytes | None]:
+    """(family, ifindex, state, flags, lladdr, dst) of one neighbour/FDB message body."""
+    family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, body)
+    lladdr = dst = None
+    a = body + _NDMSG.size
+    while a + _RTA.size <= end:
+        alen, atype = _RTA.unpack_from(data, a)
+        if alen < _RTA.size:
+            break
+        atype &= _NLA_TYPE_MASK
+        if atype == _NDA_DST:
+            dst = data[a + 4 : a + alen]
+        elif atype == _NDA_LLADDR:
+            lladdr = data[a + 4 : a + alen]
+        a += (alen + 3) & ~3
+    return family, ifindex, state, flags, lladdr, dst
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +207,7 @@ def _text(raw: bytes | None) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace") if raw else ""
 
 
-def _parse_link(data: bytes, body: int, end: int) -> RawLink:
+def parse_link(data: bytes, body: int, end: int) -> RawLink:
     _family, _type, index, flags, _change = _IFINFO.unpack_from(data, body)
     attrs = _attrs(data, body + _IFINFO.size, end)
     info = attrs.get(_IFLA_LINKINFO)

@@ -8,12 +8,10 @@ repairs.
 from __future__ import annotations
 
 from controller.diag.facts import EndpointFacts, LinkFacts, NetworkFacts, SideFacts
-from controller.model.kernel_state import EndpointSide, KernelState
+from controller.model.kernel_state import ZERO_MAC, EndpointSide, KernelState
 from controller.model.naming import bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host
 from controller.model.view import NetworkView
-
-ZERO_MAC = "00:00:00:00:00:00"
 
 
 def side_facts(ep: Endpoint, side: EndpointSide | None) -> SideFacts:

@@ -49,6 +49,11 @@ class LinkState:
     learning: bool | None = None
 
 
+ZERO_MAC = "00:00:00:00:00:00"
+"""The MAC of a VXLAN device's flood entries: one per destination (the head-end replication
+list), where any other MAC has one destination at most."""
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class FdbEntry:
     """A VXLAN FDB entry (NTF_SELF, with a destination): ``mac -> dst``."""

@@ -16,10 +16,11 @@ them to a ``KernelState`` exactly as the next observation would report them. Lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
 from controller.model.view import HostView, NetworkView
@@ -38,7 +39,13 @@ from controller.plan.kernel_ops import (
     only_entries,
 )
 
-__all__ = ["after_entries", "changed_networks", "only_entries", "plan_incremental"]
+__all__ = [
+    "KernelShortcut",
+    "after_entries",
+    "changed_networks",
+    "only_entries",
+    "plan_incremental",
+]
 
 V = TypeVar("V")
 
@@ -158,3 +165,26 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
         filters=filters,
         filter_vnis=filter_vnis,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class KernelShortcut:
+    """The kernel backend's incremental planning, as ``controller/dataplane/incremental.py``
+    drives it: ``plan_incremental``, entry ops as the known ones, ``after_entries``, and kernel
+    announcements compared with the state itself. ``filters``: as the driver's. Pure."""
+
+    filters: bool = True
+
+    def plan(
+        self, last: HostView, view: HostView, state: KernelState
+    ) -> tuple[KernelOp, ...] | None:
+        return plan_incremental(last, view, state, self.filters)
+
+    def known(self, ops: Sequence[KernelOp]) -> bool:
+        return only_entries(ops)
+
+    def after(self, state: KernelState, ops: Sequence[KernelOp]) -> KernelState:
+        return after_entries(state, ops)
+
+    def agrees(self, state: KernelState, seen: Sighting) -> bool:
+        return agrees(state, seen)

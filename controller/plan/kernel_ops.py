@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.model.kernel_state import ZERO_MAC as ZERO_MAC  # the ops' flood entries
 from controller.model.nft_filter import FilterSpec
 
-ZERO_MAC = "00:00:00:00:00:00"
 VXLAN_PORT = 4789
 
 

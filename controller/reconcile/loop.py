@@ -143,13 +143,20 @@ class Reconciler(Generic[S, O]):
         self.first_ok = threading.Event()  # set once a full pass succeeded
 
     def run_pass(
-        self, full: bool = True, trigger: str = "manual", woken_at: float | None = None
+        self,
+        full: bool = True,
+        trigger: str = "manual",
+        woken_at: float | None = None,
+        afresh: bool = False,
     ) -> PassResult:
         """Realise the current snapshot once. Never raises: failures are in the result.
 
         ``full=False``: skip the data plane if the view equals the last realised one.
         ``trigger``: what started the pass (one of ``TRIGGERS``; for the log and the metrics).
-        ``woken_at``: monotonic time of the event that woke it (``PassResult.waited``)."""
+        ``woken_at``: monotonic time of the event that woke it (``PassResult.waited``).
+        ``afresh``: read the data plane even on an event (woken because it changed under us:
+        an ovs-vswitchd restart, a kernel change made by someone else); every trigger but
+        ``event`` reads it anyway."""
         started = time.time()
         t0 = time.perf_counter()
         waited = None if woken_at is None else max(0.0, time.monotonic() - woken_at)
@@ -180,7 +187,7 @@ class Reconciler(Generic[S, O]):
 
         remembered = False
         try:
-            if trigger != "event":  # start, resync, retry, manual: read the data plane afresh
+            if afresh or trigger != "event":  # start, resync, retry, manual: read it afresh
                 self._driver.forget()
             actual = self._driver.observe(view)
             remembered = not self._driver.observed_in_full
@@ -272,6 +279,7 @@ class Reconciler(Generic[S, O]):
                 full=wake is not Wake.DESIRED or now >= next_resync,
                 trigger=trigger,
                 woken_at=self._trigger.fired_at if trigger == "event" else None,
+                afresh=wake is Wake.FULL,
             )
             if result.ok:
                 delay = self._backoff_initial

@@ -29,7 +29,9 @@ def heddle(etcd_server: object) -> Run:
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "controller", "--etcd", url, *argv],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     return run
@@ -38,10 +40,20 @@ def heddle(etcd_server: object) -> Run:
 @pytest.fixture
 def seeded(etcd_kv: KV, heddle: Run) -> KV:
     for name, vtep in (("h1", "172.31.253.1"), ("h2", "172.31.253.2")):
-        etcd_kv.commit(Txn(success=(Put(keys.host(name),
-                                        codec.encode_host(Host(name, vtep)).encode()),)))
-    r = heddle("network", "create", "blue", "--subnet", "10.1.0.0/24", "--vni", "100",
-               "--gateway", "10.1.0.1")
+        etcd_kv.commit(
+            Txn(success=(Put(keys.host(name), codec.encode_host(Host(name, vtep)).encode()),))
+        )
+    r = heddle(
+        "network",
+        "create",
+        "blue",
+        "--subnet",
+        "10.1.0.0/24",
+        "--vni",
+        "100",
+        "--gateway",
+        "10.1.0.1",
+    )
     assert r.returncode == 0, r.stderr
     r = heddle("endpoint", "create", "blue", "--host", "h1", "--ip", "10.1.0.9", "--id", "fixed")
     assert r.returncode == 0, r.stderr
@@ -74,8 +86,9 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("argv", "needle"), REFUSALS, ids=[" ".join(a) for a, _ in REFUSALS])
-def test_refusals_change_nothing(seeded: KV, heddle: Run, argv: tuple[str, ...],
-                                 needle: str) -> None:
+def test_refusals_change_nothing(
+    seeded: KV, heddle: Run, argv: tuple[str, ...], needle: str
+) -> None:
     before = dump(seeded)
     r = heddle(*argv)
     assert r.returncode == 1, (r.stdout, r.stderr)
@@ -117,6 +130,8 @@ def test_happy_path_tables_and_json(seeded: KV, heddle: Run) -> None:
 def test_unreachable_etcd_exit_code() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "controller", "--etcd", "http://127.0.0.1:9", "network", "ls"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 3 and "etcd unavailable" in r.stderr

@@ -29,8 +29,9 @@ def _allocate(url: str, n: int, host: str) -> list[str]:
 
 
 def _register(kv: KV, name: str) -> None:
-    kv.commit(Txn(success=(Put(keys.host(name),
-                               codec.encode_host(Host(name, "172.31.253.1")).encode()),)))
+    kv.commit(
+        Txn(success=(Put(keys.host(name), codec.encode_host(Host(name, "172.31.253.1")).encode()),))
+    )
 
 
 def test_eight_processes_allocate_distinct_addresses(etcd_server: object, etcd_kv: KV) -> None:
@@ -44,8 +45,10 @@ def test_eight_processes_allocate_distinct_addresses(etcd_server: object, etcd_k
     assert len(ips) == WORKERS * PER_WORKER == len(set(ips))
     # the store is consistent: one IPAM key per endpoint, owned by it, and nothing else
     eps = DesiredState(etcd_kv).endpoints("big")
-    owners = {i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
-              for i in etcd_kv.list(keys.ipam_of("big")).items}
+    owners = {
+        i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
+        for i in etcd_kv.list(keys.ipam_of("big")).items
+    }
     assert owners == {e.ip: e.id for e in eps}
     assert sorted(owners) == sorted(ips)
 

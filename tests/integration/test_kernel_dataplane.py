@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -20,8 +21,9 @@ from pyroute2 import IPRoute, netns
 
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_kernel import FakeKernel
-from controller.dataplane.incremental import IncrementalKernel
+from controller.dataplane.incremental import Incremental
 from controller.dataplane.kernel import KernelDataPlane
+from controller.dataplane.kernel_events import KernelEvents
 from controller.dataplane.rtnetlink import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 from controller.model.kernel_state import (
     FdbEntry,
@@ -34,6 +36,7 @@ from controller.model.kernel_state import (
 from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
+from controller.plan.kernel_incremental import KernelShortcut
 from controller.plan.kernel_ops import (
     AddFlood,
     ConfigureEndpoint,
@@ -442,11 +445,14 @@ def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
 
 
 def test_incremental_passes_keep_the_invariant_on_the_real_kernel(lab: Lab) -> None:
-    """IncrementalKernel over the real driver, 60 random rounds of remote changes (added,
+    """Incremental over the real kernel driver, 60 random rounds of remote changes (added,
     moved, removed) with a local endpoint now and then: after every pass a fresh driver's
     full observation plans nothing, and most passes never read the kernel."""
     rng = random.Random(1107)
-    dp = IncrementalKernel(KernelDataPlane(H1.vtep, netns=lab.host), ttl=3600.0)
+    dp = Incremental(
+        KernelDataPlane(H1.vtep, netns=lab.host), KernelShortcut(), ttl=3600.0,
+        listen=lambda notice: KernelEvents(lab.host, notice).start(),
+    )  # fmt: skip
     fresh = KernelDataPlane(H1.vtep, netns=lab.host)
     nets = {n: Network(n, 0x4300 + k, f"10.{78 + k}.0.0/24") for k, n in enumerate(("n0", "n1"))}
     eps: dict[tuple[str, str], Endpoint] = {
@@ -476,6 +482,53 @@ def test_incremental_passes_keep_the_invariant_on_the_real_kernel(lab: Lab) -> N
                 dp.apply(ops)
             assert fresh.plan(view, fresh.observe(view)) == (), "not converged"
         assert dp.incremental_passes >= 20, (dp.incremental_passes, dp.full_passes)
+        # every announcement of the agent's own applies agreed with what it remembered
+        assert dp.drifts == 0
+    finally:
+        dp.close()
+        fresh.close()
+
+
+def test_a_change_made_by_someone_else_is_announced_and_repaired_at_once(lab: Lab) -> None:
+    """The kernel's announcements keep the remembered state true: an FDB entry deleted and a
+    neighbour entry rewritten by hand wake the agent (``on_drift``), and the next pass reads
+    the kernel and repairs them -- without waiting for the periodic resync."""
+    woken = threading.Event()
+    dp = Incremental(
+        KernelDataPlane(H1.vtep, netns=lab.host), KernelShortcut(), ttl=3600.0,
+        on_drift=woken.set, listen=lambda notice: KernelEvents(lab.host, notice).start(),
+    )  # fmt: skip
+    fresh = KernelDataPlane(H1.vtep, netns=lab.host)
+    net = Network("blue", VNI, "10.77.0.0/24")
+    eps = {
+        ("blue", "a"): Endpoint("a", "blue", "h1", "10.77.0.10", "02:42:0a:4d:00:0a", lab.ep_a),
+        ("blue", "r"): Endpoint("r", "blue", "h2", "10.77.0.20", "02:42:0a:4d:00:14"),
+    }
+    view = host_view(Snapshot(1, {"blue": net}, eps, {h.name: h for h in (H1, H2, H3)}), H1)
+
+    def run_pass() -> int:
+        ops = dp.plan(view, dp.observe(view))
+        if ops:
+            dp.apply(ops)
+        return len(ops)
+
+    try:
+        run_pass()
+        assert run_pass() == 0 and not woken.is_set()  # converged, remembered, no drift
+        assert dp.plan(view, dp.observe(view)) == () and not dp.observed_in_full
+        for change in (
+            ("bridge", "fdb", "del", "02:42:0a:4d:00:14", "dev", vxlan_name(VNI),
+             "dst", H2.vtep, "self"),
+            ("ip", "neigh", "replace", "10.77.0.20", "lladdr", "02:00:00:00:00:99",
+             "dev", vxlan_name(VNI), "nud", "permanent"),
+        ):  # fmt: skip
+            woken.clear()
+            subprocess.run(["ip", "netns", "exec", lab.host, *change], check=True)
+            assert woken.wait(5), f"no drift noticed after {change}"
+            assert run_pass() > 0 and dp.observed_in_full  # read afresh and repaired
+            assert fresh.plan(view, fresh.observe(view)) == ()
+            assert run_pass() == 0
+        assert dp.drifts == 2
     finally:
         dp.close()
         fresh.close()

@@ -153,5 +153,3 @@ def test_pool_arithmetic() -> None:
     n = Network("n", 1, "10.0.0.0/28", "10.0.0.1")
     assert pool_size(n) == 13 == len(list(usable_addresses(n)))
     assert pool_size(Network("n", 1, "10.0.0.0/30")) == 2
-
-

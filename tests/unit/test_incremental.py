@@ -1,22 +1,46 @@
-"""IncrementalKernel on FakeKernel: event-driven passes plan only what changed, without reading
+"""Incremental on FakeKernel: event-driven passes plan only what changed, without reading
 the kernel, and a full observation afterwards always plans nothing. No root."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.dataplane.backend import DataPlaneError
 from controller.dataplane.fake_kernel import FakeKernel
-from controller.dataplane.incremental import IncrementalKernel
+from controller.dataplane.fake_ovs import FakeOvs
+from controller.dataplane.incremental import Incremental
+from controller.model.kernel_events import (
+    FdbSeen,
+    LinkSeen,
+    NeighSeen,
+    PortFdbSeen,
+    agrees,
+    last_sightings,
+)
+from controller.model.kernel_state import (
+    FdbEntry,
+    KernelState,
+    LinkState,
+    NeighEntry,
+    PortFdbEntry,
+)
 from controller.model.naming import bridge_name, vxlan_name
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, ViewMemo, host_view
 from controller.plan.kernel import plan_kernel
-from controller.plan.kernel_incremental import after_entries, only_entries, plan_incremental
+from controller.plan.kernel_incremental import (
+    KernelShortcut,
+    after_entries,
+    only_entries,
+    plan_incremental,
+)
+from controller.plan.kernel_ops import ZERO_MAC
+from controller.plan.ovs_incremental import OvsShortcut
+from controller.plan.ovsdb import OvsLayout
 
 HOSTS = tuple(Host(f"h{i}", f"192.0.2.{i + 1}") for i in range(4))
 LOCAL = HOSTS[0]
@@ -34,7 +58,7 @@ class World:
     nets: dict[str, Network] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dp = IncrementalKernel(self.fake, ttl=10.0, clock=lambda: self.now)
+        self.dp = Incremental(self.fake, KernelShortcut(), ttl=10.0, clock=lambda: self.now)
 
     def snapshot(self) -> Snapshot:
         for n in NETS:  # a record object is replaced only when it changes, as in the cache
@@ -212,3 +236,141 @@ def test_a_view_memo_changes_nothing_but_the_work(rounds: list[list[tuple]]) -> 
     host_view(snap, LOCAL, memo=memo)
     mine = {net for (net, _), ep in snap.endpoints.items() if ep.host == LOCAL.name}
     assert memo.reused - reused == len(mine)  # nothing changed: every network reused
+
+
+# -- announcements: what the kernel says keeps the remembered state true ---------------------
+
+
+def _remote_fdb(w: World) -> tuple[str, FdbEntry]:
+    state = w.fake.observe(w.view())
+    dev = vxlan_name(100)
+    return dev, next(e for e in state.fdb[dev] if e.dst == HOSTS[1].vtep and e.mac != ZERO_MAC)
+
+
+def test_an_announcement_that_disagrees_drops_the_remembered_state_and_wakes() -> None:
+    woken: list[int] = []
+    w = World()
+    w.dp.on_drift = lambda: woken.append(1)
+    w.put(0, 0, 10)
+    w.put(0, 1, 20)
+    w.run_pass()
+    w.run_pass()  # converged, remembered
+    dev, entry = _remote_fdb(w)
+    w.dp.notice([FdbSeen(dev, entry, True)])  # what we hold: nothing learnt
+    assert woken == [] and w.dp.drifts == 0
+    w.fake.drop_fdb(dev, entry.mac, entry.dst)  # someone else deletes it, the kernel says so
+    w.dp.notice([FdbSeen(dev, entry, False)])
+    assert woken == [1] and w.dp.drifts == 1
+    w.put(0, 2, 21)
+    changes, incremental = w.run_pass()  # observes in full: repairs the drift at once
+    assert not incremental and changes > 0 and w.converged()
+
+
+def test_announcements_during_a_pass_are_checked_against_its_result() -> None:
+    """The agent's own apply is announced while it runs: the last sighting of each object
+    agrees with what the pass leaves, so nothing is dropped; lost announcements drop it."""
+    w = World()
+    w.put(0, 0, 10)
+    w.put(0, 1, 20)
+    w.run_pass()
+    w.run_pass()
+    w.put(0, 2, 21)
+    view = w.view()
+    actual = w.dp.observe(view)
+    ops = w.dp.plan(view, actual)
+    dev = vxlan_name(100)
+    mac = "02:00:0a:00:00:15"
+    inner_apply = w.fake.apply
+
+    def announcing_apply(ops: object, progress: object = None) -> None:
+        inner_apply(ops)  # type: ignore[arg-type]
+        w.dp.notice([FdbSeen(dev, FdbEntry(mac, HOSTS[3].vtep), True)])  # stale
+        w.dp.notice([FdbSeen(dev, FdbEntry(mac, HOSTS[2].vtep), True)])  # the last: agrees
+
+    w.fake.apply = announcing_apply  # type: ignore[method-assign]
+    w.dp.apply(ops)
+    assert w.dp.drifts == 0 and w.dp.observe(w.view()) is not None
+    assert not w.dp.observed_in_full
+    w.dp.notice(None)
+    assert w.dp.drifts == 1
+
+
+def test_sightings_agree_with_what_an_observation_holds() -> None:
+    link = LinkState("hdb1", "bridge", True, 4, 1450, "02:00:00:00:00:01", True)
+    entry = FdbEntry("02:00:00:00:00:02", "192.0.2.2")
+    state = KernelState(
+        links={"hdb1": link},
+        fdb={"hdv1": frozenset({entry})},
+        neigh={"hdv1": frozenset({NeighEntry("10.0.0.2", "02:00:00:00:00:02", True)})},
+        port_fdb={"hdb1": frozenset({PortFdbEntry("02:00:00:00:00:02", "hdv1")})},
+    )
+    assert agrees(state, LinkSeen("hdb1", link))
+    assert not agrees(state, LinkSeen("hdb1", replace(link, up=False)))
+    assert not agrees(state, LinkSeen("hdb1", None)) and agrees(state, LinkSeen("hdb2", None))
+    assert agrees(state, FdbSeen("hdv1", entry, True))
+    assert not agrees(state, FdbSeen("hdv1", entry, False))
+    assert agrees(state, NeighSeen("hdv1", "10.0.0.2", NeighEntry("10.0.0.2", entry.mac, True)))
+    assert not agrees(state, NeighSeen("hdv1", "10.0.0.2", NeighEntry("10.0.0.2", "", False)))
+    assert not agrees(state, NeighSeen("hdv1", "10.0.0.2", None))
+    moved = PortFdbEntry("02:00:00:00:00:02", "hdp1")
+    assert agrees(state, PortFdbSeen("hdb1", moved, False))  # deleted where it no longer is
+    assert not agrees(state, PortFdbSeen("hdb1", moved, True))
+    seen = [LinkSeen("hdb1", None), FdbSeen("hdv1", entry, False), LinkSeen("hdb1", link)]
+    assert last_sightings(seen) == [FdbSeen("hdv1", entry, False), LinkSeen("hdb1", link)]
+
+
+# -- the ovs backend: flow modifications without a dump ----------------------------------------
+
+
+@dataclass
+class OvsWorld(World):
+    """The same desired state, realised by the ovs backend's fake."""
+
+    def __post_init__(self) -> None:
+        self.ovs = FakeOvs(OvsLayout(), vtep=LOCAL.vtep)
+        self.fake = self.ovs.kernel
+        self.dp = Incremental(  # type: ignore[assignment]
+            self.ovs, OvsShortcut(self.ovs.layout), ttl=10.0, still=self.ovs.unchanged,
+            clock=lambda: self.now,
+        )  # fmt: skip
+
+    def converged(self) -> bool:
+        view = self.view()
+        return self.ovs.plan(view, self.ovs.observe(view)) == ()
+
+
+def test_ovs_a_remote_endpoint_is_a_flow_modification_without_a_dump() -> None:
+    w = OvsWorld()
+    w.put(0, 0, 10)
+    w.put(0, 1, 20)
+    w.run_pass()
+    w.run_pass()
+    reads = w.fake.observations
+    for host in (2, 3, None):
+        if host is None:
+            w.drop(0, 21)
+        else:
+            w.put(0, host, 21)
+        changes, incremental = w.run_pass()
+        assert changes == 1 and incremental and w.converged()
+    assert w.fake.observations == reads + 3  # only the checks read
+    bridge = OvsLayout().bridge
+    port = next(iter(w.ovs.observe(w.view()).ovsdb.bridges[bridge].ports))
+    w.ovs.del_port(bridge, port)  # OVSDB changed under us: the IDL tells
+    w.put(0, 2, 22)
+    changes, incremental = w.run_pass()
+    assert not incremental and w.converged()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(STEP, min_size=1, max_size=3), min_size=1, max_size=15))
+def test_ovs_after_every_pass_a_full_observation_plans_nothing(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    w = OvsWorld()
+    for net in range(3):
+        w.put(net, 0, 9)
+    w.run_pass()
+    for steps in rounds:
+        for step in steps:
+            w.step(*step)
+        w.run_pass()
+        assert w.converged(), steps

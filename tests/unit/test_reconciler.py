@@ -313,13 +313,14 @@ def test_a_pass_records_its_stages_and_how_long_its_event_waited(caplog) -> None
 def test_event_passes_plan_against_the_remembered_state_and_resyncs_read_afresh() -> None:
     """With the incremental kernel wrapper: a remote change woken by an event is planned
     without reading the fake; a resync pass (or any non-event pass) reads it again."""
-    from controller.dataplane.incremental import IncrementalKernel
+    from controller.dataplane.incremental import Incremental
+    from controller.plan.kernel_incremental import KernelShortcut
 
     kv, cache, fk, ds = world()
     ds.create_network("blue", "10.1.0.0/24")
     ds.create_endpoint("blue", "h1", netns="c1")
     sync(kv, cache)
-    rec = Reconciler(H1, cache.snapshot, IncrementalKernel(fk, 3600.0), Trigger())
+    rec = Reconciler(H1, cache.snapshot, Incremental(fk, KernelShortcut(), 3600.0), Trigger())
     assert rec.run_pass(trigger="start").changes > 0
     assert rec.run_pass(trigger="event").changes == 0  # after links changed: read in full
     reads = fk.observations
@@ -330,3 +331,10 @@ def test_event_passes_plan_against_the_remembered_state_and_resyncs_read_afresh(
     again = rec.run_pass(trigger="resync")
     assert again.ok and again.changes == 0 and not again.remembered
     assert fk.observations == reads + 1
+    # a wake-up for the data plane itself (an ovs-vswitchd restart, drift announced by the
+    # kernel): the event pass reads afresh too
+    ds.create_endpoint("blue", "h2", netns="y")
+    sync(kv, cache)
+    woken = rec.run_pass(trigger="event", afresh=True)
+    assert woken.ok and woken.changes > 0 and not woken.remembered
+    assert fk.observations == reads + 2
