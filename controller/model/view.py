@@ -19,7 +19,12 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Decoded desired state at ``revision``; ``skipped`` lists keys whose values were invalid."""
+    """Decoded desired state at ``revision``; ``skipped`` lists keys whose values were invalid.
+
+    ``groups`` (optional): ``endpoints`` grouped by network name -- exactly the same records --
+    for a reader that keeps each network's group as the same mapping object while the network
+    is unchanged (``controller/store/interest.py``): ``host_view`` then recognises unchanged
+    networks by identity instead of looking at every endpoint."""
 
     revision: int
     networks: Mapping[str, Network] = field(default_factory=dict)
@@ -27,6 +32,7 @@ class Snapshot:
     hosts: Mapping[str, Host] = field(default_factory=dict)
     alive: frozenset[str] = frozenset()
     skipped: tuple[str, ...] = ()
+    groups: Mapping[str, Mapping[tuple[str, str], Endpoint]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,8 @@ def host_view(
     ``memo`` (optional) skips the networks whose inputs did not change since the last call
     (``ViewMemo``); the result is the same with or without it.
     """
+    if snap.groups is not None and memo is not None:
+        return _grouped_view(snap, snap.groups, host, link_local_vteps, memo)
     mine = {net for (net, _), ep in snap.endpoints.items() if ep.host == host.name}
     by_net: dict[str, list[tuple[str, Endpoint]]] = {n: [] for n in mine}
     for (net_name, ep_id), ep in snap.endpoints.items():
@@ -153,6 +161,38 @@ def host_view(
             views.append(nv)
     if memo is not None:
         memo.keep_only(mine)
+    return HostView(host, tuple(views), tuple(problems))
+
+
+def _grouped_view(
+    snap: Snapshot,
+    groups: Mapping[str, Mapping[tuple[str, str], Endpoint]],
+    host: Host,
+    link_local_vteps: bool,
+    memo: ViewMemo,
+) -> HostView:
+    """``host_view`` of a snapshot with ``groups``: a network whose group, record and host
+    records are the very objects of the last call reuses its result (a network with no
+    endpoint here is remembered as nothing), so an unchanged network costs one lookup."""
+    problems: list[str] = []
+    views: list[NetworkView] = []
+    for net_name in sorted(groups):
+        group = groups[net_name]
+        net = snap.networks.get(net_name)
+        inputs: tuple[object, ...] = (host, link_local_vteps, net, group, snap.hosts)
+        known = memo.get(net_name, inputs)
+        if known is None:
+            if any(ep.host == host.name for ep in group.values()):
+                eps = sorted(((k[1], ep) for k, ep in group.items()), key=lambda kv: kv[0])
+                known = _network_view(snap, host, net_name, net, eps, link_local_vteps)
+            else:
+                known = (None, ())
+            memo.put(net_name, inputs, *known)
+        nv, found = known
+        problems.extend(found)
+        if nv is not None:
+            views.append(nv)
+    memo.keep_only(set(groups))
     return HostView(host, tuple(views), tuple(problems))
 
 

@@ -161,10 +161,18 @@ class Reconciler(Generic[S, O]):
         t0 = time.perf_counter()
         waited = None if woken_at is None else max(0.0, time.monotonic() - woken_at)
         self._pass_id += 1
+        marks: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            marks.pop(name, None)  # re-inserted: the order is the order stages finished
+            marks[name] = time.perf_counter() - t0
+
         snap = self._snapshot()
+        mark("snapshot")
         view = host_view(
             snap, self._host, link_local_vteps=self._link_local_vteps, memo=self._view_memo
         )
+        mark("view")
         self.view = view
         stats = view_stats(view)
         problems = tuple(snap.skipped) + view.problems
@@ -179,12 +187,6 @@ class Reconciler(Generic[S, O]):
         applied: tuple[str, ...] = ()
         kinds: Counter[str] = Counter()
         self._realised = None
-        marks: dict[str, float] = {}
-
-        def mark(name: str) -> None:
-            marks.pop(name, None)  # re-inserted: the order is the order stages finished
-            marks[name] = time.perf_counter() - t0
-
         remembered = False
         try:
             if afresh or trigger != "event":  # start, resync, retry, manual: read it afresh

@@ -24,27 +24,39 @@ its snapshot never goes through an incomplete state; the old watch then stops. T
 one way: removing the record later changes nothing until the agent restarts.
 
 Snapshots are composed from the caches of the scoped watches (conflicts resolved over the
-union, as ``Cache.snapshot`` does) and built at most once per change. A scoped snapshot's
-revision is the newest revision at which a followed record changed (not a progress
-notification, not a placement key: each watch is complete only up to its own revision, so a
-revision heard on one watch says nothing about another's). ``newest_followed`` computes the
-same from a listing, for whoever checks whether an agent is behind. Thread-safe.
+union, as ``Cache.snapshot`` does) and built at most once per change. Only what changed is
+redone: each network's endpoints are resolved on their own and combined
+(``conflicts.resolve_apart``, exact; the union is resolved as one only when two endpoints
+claim one interface), and the snapshot groups the endpoints by network with the same mapping
+objects while a network is unchanged, so ``host_view``'s memo skips the untouched networks.
+A scoped snapshot's revision is the newest revision at which a followed record changed (not a
+progress notification, not a placement key: each watch is complete only up to its own
+revision, so a revision heard on one watch says nothing about another's). ``newest_followed``
+computes the same from a listing, for whoever checks whether an agent is behind. Thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from controller.model import codec
-from controller.model.conflicts import NetworksDecided, decide_networks, resolve
+from controller.model.conflicts import (
+    NetworkResolved,
+    NetworksDecided,
+    decide_networks,
+    resolve,
+    resolve_apart,
+    resolve_network,
+)
 from controller.model.errors import InvalidRecord, clip
 from controller.model.records import Endpoint, Host, Network, check_label
 from controller.model.view import Snapshot
 from controller.store import keys
-from controller.store.cache import Cache
+from controller.store.cache import Cache, Contents
 from controller.store.kv import KV, Listing, WatchBatch
 from controller.store.watcher import Watcher
 
@@ -202,6 +214,14 @@ class _Followed:
         self._on_synced()
 
 
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A followed network's cache contents and its endpoints resolved on their own."""
+
+    contents: Contents
+    resolved: NetworkResolved
+
+
 class Interest:
     """Follow what ``host`` needs; see the module docstring. ``on_change`` wakes the consumer
     (from a watcher thread) whenever the snapshot may have changed."""
@@ -222,7 +242,11 @@ class Interest:
         self._synced = threading.Event()
         self._generation = 0
         self._built: tuple[int, Snapshot] | None = None
-        self._decided: tuple[int, NetworksDecided] | None = None  # by the networks' version
+        # memos of _compose, each by the version of the cache it comes from
+        self._decided: tuple[int, NetworksDecided, Mapping[str, Network]] | None = None
+        self._hosts: tuple[int, Mapping[str, Host]] | None = None
+        self._copies: dict[str, Contents] = {}
+        self._parts: dict[str, _Part] = {}
         self.scoped = False  # True once the snapshot comes from the scoped watches
         self._layout = LayoutMirror()
         self._layout_watch = Watcher(
@@ -352,29 +376,52 @@ class Interest:
             self._built = (gen, snap)
             return snap
 
+    def _contents(self, prefix: str) -> Contents:
+        """A cluster-wide cache's contents, copied only when its version moved."""
+        cache = self._cluster[prefix].cache
+        got = self._copies.get(prefix)
+        if got is None or got.version != cache.version:
+            got = self._copies[prefix] = cache.contents()
+        return got
+
+    def _part(self, name: str, followed: _Followed) -> _Part:
+        """A followed network's endpoints resolved on their own, redone only when its cache's
+        version moved: a change in one network costs that network, not every network."""
+        got = self._parts.get(name)
+        if got is None or got.contents.version != followed.cache.version:
+            c = followed.cache.contents()
+            got = self._parts[name] = _Part(c, resolve_network(c.endpoints))
+        return got
+
     def _compose(self) -> Snapshot:
-        nets = self._cluster[keys.NETWORKS].cache.contents()
-        hosts = self._cluster[keys.HOSTS].cache.contents()
-        alive = self._cluster[keys.ALIVE].cache.contents()
-        endpoints: dict[tuple[str, str], tuple[int, Endpoint]] = {}
+        nets, hosts, alive = (self._contents(p) for p in CLUSTER_PREFIXES)
         skipped: dict[str, str] = {**nets.skipped, **hosts.skipped, **alive.skipped}
         revision = max(nets.changed_at, hosts.changed_at, alive.changed_at)
-        for followed in self._networks.values():
-            if not followed.synced:
-                continue
-            c = followed.cache.contents()
-            endpoints.update(c.endpoints)
-            skipped.update(c.skipped)
-            revision = max(revision, c.changed_at)
+        parts: dict[str, _Part] = {}
+        for name, followed in self._networks.items():
+            if followed.synced:
+                part = parts[name] = self._part(name, followed)
+                skipped.update(part.contents.skipped)
+                revision = max(revision, part.contents.changed_at)
+        for gone in self._parts.keys() - parts.keys():
+            del self._parts[gone]
         if self._decided is None or self._decided[0] != nets.version:
-            self._decided = (nets.version, decide_networks(nets.networks))
-        won = resolve(nets.networks, endpoints, self._decided[1])
-        networks: dict[str, Network] = dict(won.networks)
-        host_records: dict[str, Host] = dict(hosts.hosts)
+            decided = decide_networks(nets.networks)
+            self._decided = (nets.version, decided, MappingProxyType(dict(decided.won)))
+        if self._hosts is None or self._hosts[0] != hosts.version:
+            self._hosts = (hosts.version, MappingProxyType(dict(hosts.hosts)))
+        decided = self._decided[1]
+        won = resolve_apart(nets.networks, {n: p.resolved for n, p in parts.items()}, decided)
+        groups: dict[str, Mapping[tuple[str, str], Endpoint]] | None = None
+        if won is not None:  # each network's winners, the same objects while it is unchanged
+            groups = {n: p.resolved.won for n, p in parts.items() if n not in decided.lost}
+        else:  # two endpoints claim one interface: resolve the union as one
+            union = {k: v for p in parts.values() for k, v in p.contents.endpoints.items()}
+            won = resolve(nets.networks, union, decided)
         invalid = (f"{clip(k)}: {why}" for k, why in sorted(skipped.items()))
         return Snapshot(
-            revision, MappingProxyType(networks), MappingProxyType(dict(won.endpoints)),
-            MappingProxyType(host_records), alive.alive, (*invalid, *won.problems),
+            revision, self._decided[2], MappingProxyType(dict(won.endpoints)), self._hosts[1],
+            alive.alive, (*invalid, *won.problems), groups,
         )  # fmt: skip
 
     # -- what the metrics and the status read -------------------------------------------------

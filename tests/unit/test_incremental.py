@@ -374,3 +374,24 @@ def test_ovs_after_every_pass_a_full_observation_plans_nothing(rounds: list[list
             w.step(*step)
         w.run_pass()
         assert w.converged(), steps
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(STEP, min_size=1, max_size=3), min_size=1, max_size=15))
+def test_a_grouped_snapshot_gives_the_same_view(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    """A snapshot whose endpoints come grouped by network, each group the same object while
+    its network is unchanged (as ``Interest`` composes them), gives the view of the flat one."""
+    w = World()
+    memo = ViewMemo()
+    groups: dict[str, dict[tuple[str, str], Endpoint]] = {}
+    for steps in rounds:
+        for step in steps:
+            w.step(*step)
+        snap = w.snapshot()
+        for net in {k[0] for k in snap.endpoints} | set(groups):
+            now = {k: e for k, e in snap.endpoints.items() if k[0] == net}
+            if groups.get(net) != now:
+                groups[net] = now  # a new object only for a network that changed
+        groups = {n: g for n, g in groups.items() if g}
+        grouped = replace(snap, groups=dict(groups))
+        assert host_view(grouped, LOCAL, memo=memo) == host_view(snap, LOCAL)

@@ -298,14 +298,14 @@ def test_a_pass_records_its_stages_and_how_long_its_event_waited(caplog) -> None
     with caplog.at_level(logging.INFO, logger="heddle.pass"):
         result = rec.run_pass(trigger="event", woken_at=time.monotonic() - 0.05)
     names = [name for name, _ in result.stages]
-    assert names[:2] == ["observe", "plan"]
+    assert names[:4] == ["snapshot", "view", "observe", "plan"]
     assert names.index("EnsureVeth") < names.index("ConfigureEndpoint")
     assert {"PutFdb", "PutNeigh", "PutPortFdb"} <= set(names)
     times = [at for _, at in result.stages]
     assert times == sorted(times) and times[-1] <= result.duration
     assert result.waited is not None and result.waited >= 0.05
     line = next(r.getMessage() for r in caplog.records if "pass id=" in r.getMessage())
-    assert PASS_LINE.search(line) and "waited_ms=" in line and "stages=observe:" in line
+    assert PASS_LINE.search(line) and "waited_ms=" in line and "stages=snapshot:" in line
     quiet = rec.run_pass()  # nothing to do: no stages in the line, no wait
     assert quiet.changes == 0 and quiet.waited is None
 
