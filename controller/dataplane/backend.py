@@ -174,6 +174,14 @@ class DataPlane(Protocol[S, Op]):
         drivers that never remember are always True)."""
         ...
 
+    @property
+    def settled(self) -> bool:
+        """Whether the next event-driven pass can be planned against a remembered observation
+        (False after a pass that changed what the driver cannot predict, such as links: the
+        reconciler then reads the data plane once more at once). Drivers that never remember
+        are always True: there is nothing to gain by reading again."""
+        ...
+
     def forget(self) -> None:
         """Drop any remembered observation, so the next ``observe`` reads the data plane (the
         reconciler's periodic resync, its first pass, a retry). A no-op for drivers that

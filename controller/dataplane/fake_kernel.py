@@ -263,6 +263,7 @@ class FakeKernel:
         apply_all(ops, self._apply_one, progress=progress)
 
     observed_in_full = True  # every observe reads (DataPlane.observed_in_full)
+    settled = True  # nothing remembered, nothing to settle (DataPlane.settled)
 
     def forget(self) -> None:
         """Nothing to forget: every observe reads afresh (``DataPlane.forget``)."""

@@ -179,6 +179,12 @@ class Incremental(Generic[S, Op]):
         self.observed_in_full = True
         return state
 
+    @property
+    def settled(self) -> bool:
+        """Whether an observation is remembered (``DataPlane.settled``)."""
+        with self._lock:
+            return self._kept is not None
+
     def _start_listening(self) -> None:
         if self._listen is None or self._listening is not None:
             return

@@ -271,6 +271,7 @@ class KernelDataPlane:
         self.close()
 
     observed_in_full = True  # every observe reads (DataPlane.observed_in_full)
+    settled = True  # nothing remembered, nothing to settle (DataPlane.settled)
 
     def forget(self) -> None:
         """Nothing to forget: every observe reads afresh (``DataPlane.forget``)."""

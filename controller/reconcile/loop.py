@@ -11,8 +11,12 @@ the cluster -- or a hostile writer's stream of invalid records -- costs this hos
 computation, not a dump of the kernel or OVS. Its problems are still reported.
 
 Every pass has an id (1, 2, ...) and a trigger: ``start`` (the first), ``event`` (woken by the
-watcher or the data plane), ``resync`` (the periodic timer) or ``retry`` (the backoff after a
-failed pass). Each logs one line with both, its duration, changes and errors (``heddle.pass``).
+watcher or the data plane), ``resync`` (the periodic timer), ``retry`` (the backoff after a
+failed pass) or ``verify``: right after a pass that changed the data plane in a way the driver
+cannot predict (links, ports), a pass that reads it afresh -- it confirms the change and leaves
+the driver *settled* (``DataPlane.settled``), so the next remote change is planned against
+what it remembers instead of waiting for a full read. Each logs one line with its trigger, its
+duration, changes and errors (``heddle.pass``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ PASS_LINE = re.compile(
     r"duration_ms=(?P<duration_ms>[\d.]+)"
 )
 """Parses the text form of the per-pass log line (for the lab's checks and the benchmarks)."""
-TRIGGERS = ("start", "event", "resync", "retry", "manual")
+TRIGGERS = ("start", "event", "resync", "retry", "verify", "manual")
 
 S = TypeVar("S")
 O = TypeVar("O")  # noqa: E741
@@ -283,18 +287,22 @@ class Reconciler(Generic[S, O]):
                 woken_at=self._trigger.fired_at if trigger == "event" else None,
                 afresh=wake is Wake.FULL,
             )
+            verify = False
             if result.ok:
                 delay = self._backoff_initial
                 if self.skipped_passes == skipped and not result.remembered:
                     # the data plane was read: the next full resync is due an interval later
                     next_resync = now + self._resync * random.uniform(0.8, 1.2)
-                timeout = max(0.0, next_resync - time.monotonic())
+                verify = result.changes > 0 and not self._driver.settled
+                timeout = 0.0 if verify else max(0.0, next_resync - time.monotonic())
             else:
                 timeout = delay * random.uniform(0.5, 1.0)
                 delay = min(delay * 2, self._backoff_max)
             wake = self._trigger.wait(timeout)
-            retry_or_resync = "resync" if result.ok else "retry"
-            trigger = "event" if wake is not Wake.TIMEOUT else retry_or_resync
+            if wake is not Wake.TIMEOUT:
+                trigger = "event"
+            else:
+                trigger = "verify" if verify else "resync" if result.ok else "retry"
 
     def stop(self) -> None:
         self._stop.set()

@@ -338,3 +338,30 @@ def test_event_passes_plan_against_the_remembered_state_and_resyncs_read_afresh(
     woken = rec.run_pass(trigger="event", afresh=True)
     assert woken.ok and woken.changes > 0 and not woken.remembered
     assert fk.observations == reads + 2
+
+
+def test_a_pass_that_changed_links_is_verified_at_once_and_leaves_the_driver_settled() -> None:
+    """After the first pass builds links the incremental driver remembers nothing; the loop
+    reads the data plane once more at once (``verify``), so the next remote change is planned
+    against a remembered observation. A plain driver is always settled: no extra pass."""
+    from controller.dataplane.incremental import Incremental
+    from controller.plan.kernel_incremental import KernelShortcut
+
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    for driver, expected in (
+        (Incremental(fk, KernelShortcut(), 3600.0), ["start", "verify"]),
+        (FakeKernel(H1.vtep, netns=("c1",)), ["start"]),
+    ):
+        results: list[PassResult] = []
+        rec = Reconciler(H1, cache.snapshot, driver, Trigger(), results.append)  # type: ignore[arg-type]
+        t = threading.Thread(target=rec.run, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        rec.stop()
+        t.join(5)
+        assert [r.trigger for r in results] == expected
+        assert results[0].changes > 0 and all(r.changes == 0 for r in results[1:])
+        assert driver.settled
