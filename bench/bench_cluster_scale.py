@@ -56,9 +56,11 @@ if str(ROOT) not in sys.path:
 
 import pyetcd  # noqa: E402  (lightweight watchers for the fan-out, outside heddle's adapter)
 from agent_ns import make_host_ns  # noqa: E402
+from bench_convergence import passes_of  # noqa: E402
 from cluster_data import LOCAL, VTEP, Cluster, endpoint_txn, remove_txn, write  # noqa: E402
 from pyroute2 import IPRoute, netns  # noqa: E402
 
+from controller.lab import ovs as lab_ovs  # noqa: E402
 from controller.lab.etcd_server import EtcdServer  # noqa: E402
 from controller.lab.pinger import PingResult, ping  # noqa: E402
 from controller.model import codec  # noqa: E402
@@ -79,14 +81,21 @@ def pct(xs: list[float], p: float) -> float:
 class Agent:
     """One ``heddle agent`` process in this (the bench's) namespace."""
 
-    def __init__(self, url: str, log: Path, resync: float, src: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        log: Path,
+        resync: float,
+        src: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.log = log
         self.started = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller", "--etcd", url, "agent", "--host", "h0",
-                 "--vtep", VTEP, "--resync-interval", str(resync), "--no-plugin"],
+                 "--vtep", VTEP, "--resync-interval", str(resync), "--no-plugin", *extra],
                 stdout=f, stderr=f, env=env, cwd=src,
             )  # fmt: skip
 
@@ -181,6 +190,87 @@ def wait_entries(mon: NeighMonitor, ip: str, mac: str, timeout: float = 10.0) ->
     return time.perf_counter()
 
 
+def logged_latency(log: Path, puts: list[float], stage: str) -> list[float]:
+    """ms from each put (wall clock) to the end of ``stage`` in the first pass that ended after
+    it and has that stage (the agent log's millisecond timestamps: good to about 1 ms)."""
+    passes = [p for p in passes_of(log) if stage in p["stages"]]  # type: ignore[operator]
+    out = []
+    for t in puts:
+        p = next((p for p in passes if float(p["end"]) >= t), None)  # type: ignore[arg-type]
+        if p is not None:
+            out.append((float(p["stages"][stage]) - t) * 1e3)  # type: ignore[index]
+    return out
+
+
+def remote_adds(kv: EtcdKV, c: Cluster, tag: str, n: int = 200) -> tuple[list[Any], list[float]]:
+    """Add ``n`` remote endpoints to h0's networks, 10 ms apart: (endpoints, put wall times)."""
+    added, puts = [], []
+    for k in range(n):
+        j = k % LOCAL
+        ep = c.endpoint(j, 60 + k // LOCAL, host=c.member_hosts(j)[1])
+        ep = type(ep)(f"{tag}{k}", ep.network, ep.host, ep.ip, ep.mac)
+        puts.append(time.time())
+        kv.commit(endpoint_txn(ep))
+        added.append(ep)
+        time.sleep(0.01)
+    return added, puts
+
+
+def ovs_mode(kv: EtcdKV, url: str, c: Cluster, target: int, tmp: Path) -> dict[str, Any]:
+    """The ovs backend (userspace ``netdev`` datapath, a private OVS in h0's namespace, the
+    underlay ``ul0`` in br-phy): first pass, RSS, and put -> the remote endpoint's flows
+    committed (the pass's ``ModFlows`` bundle acknowledged), from the agent log."""
+    kv.commit(Txn(success=(Put(keys.LAYOUT, codec.encode_layout(True).encode()),)))
+    clear_dataplane()
+    inst = lab_ovs.start(NS, tmp / "ovs")
+    log = tmp / f"agent-{c.hosts}-ovs.log"
+    agent = Agent(
+        url,
+        log,
+        3600,
+        extra=(
+            "--backend",
+            "ovs",
+            "--ovsdb",
+            inst.db_url,
+            "--ovs-datapath",
+            "netdev",
+            "--underlay-dev",
+            "ul0",
+        ),
+    )
+    out: dict[str, Any] = {"hosts": c.hosts, "mode": "scoped-ovs"}
+    added: list[Any] = []
+    try:
+        out["start_to_converged_s"] = wait_status(kv, target) - agent.started
+        first = next(p for p in agent.passes() if int(p["changes"]) > 0)
+        out["first_pass_ms"] = float(first["duration_ms"])
+        time.sleep(0.5)
+        out["rss_mib"] = agent.rss_mib()
+        added, puts = remote_adds(kv, c, "o")
+        time.sleep(0.5)
+        lat = logged_latency(log, puts, "ModFlows")
+        out["remote_add_logged_p50_ms"] = pct(lat, 50)
+        out["remote_add_logged_p99_ms"] = pct(lat, 99)
+        out["remote_add_logged_samples"] = len(lat)
+        kinds = [p for p in agent.passes() if p["trigger"] == "event" and int(p["changes"]) > 0]
+        out["remote_add_remembered"] = sum(
+            1 for m in re.finditer(r"trigger=event [^\n]*observed=remembered", log.read_text())
+        )
+        out["event_passes"] = len(kinds)
+    finally:
+        agent.stop()
+        inst.stop(remove_workdir=True)
+        for ep in added:
+            kv.commit(remove_txn(ep))
+        with IPRoute() as ipr:  # the VTEP back on ul0 (the agent moved it to br-phy)
+            ul = ipr.link_lookup(ifname="ul0")[0]
+            if not ipr.get_addr(index=ul, address=VTEP):
+                ipr.addr("add", index=ul, address=VTEP, prefixlen=24)
+            ipr.link("set", index=ul, state="up", arp="on")
+    return out
+
+
 def clear_dataplane() -> None:
     """Remove what an agent made in this namespace (links ``hd*``, heddle's nft tables)."""
     with IPRoute() as ipr:
@@ -212,13 +302,14 @@ def run_mode(
         out["rss_mib"] = agent.rss_mib()
 
         added = []  # remote endpoints added to h0's networks, put -> entries present
-        lat = []
+        lat, puts = [], []
         mon = NeighMonitor()
         try:
             for k in range(200):
                 j = k % LOCAL
                 ep = c.endpoint(j, 60 + k // LOCAL, host=c.member_hosts(j)[1])
                 ep = type(ep)(f"x{k}", ep.network, ep.host, ep.ip, ep.mac)
+                puts.append(time.time())
                 t = time.perf_counter()
                 kv.commit(endpoint_txn(ep))
                 lat.append((wait_entries(mon, ep.ip, ep.mac) - t) * 1e3)
@@ -227,6 +318,8 @@ def run_mode(
         finally:
             mon.close()
         out["remote_add_p50_ms"], out["remote_add_p99_ms"] = pct(lat, 50), pct(lat, 99)
+        logged = logged_latency(log, puts, "PutNeigh")  # as the ovs figure is measured
+        out["remote_add_logged_p50_ms"] = pct(logged, 50) if logged else None
 
         time.sleep(1.0)
         cpu0, passes0, t0 = agent.cpu_s(), len(agent.passes()), time.perf_counter()
@@ -352,8 +445,12 @@ def main() -> int:
         help="run the unscoped agent from this source tree (a worktree of the previous release, "
         "which knows no placement index) instead of this one without the layout record",
     )  # fmt: skip
+    ap.add_argument(
+        "--ovs", action="store_true", help="also run the ovs backend (scoped) at the largest size"
+    )
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
+    ovs_rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="heddle-cluster-"))
     try:
         make_host_ns(NS, VTEP)
@@ -380,6 +477,11 @@ def main() -> int:
                         print(json.dumps(row), flush=True)
                         rows.append(row)
                         kv.commit(Txn(success=(Delete(keys.status("h0")),)))
+                    if a.ovs and size == max(int(x) for x in a.sizes.split(",")):
+                        row = ovs_mode(kv, server.url, c, target, tmp)
+                        print(json.dumps(row), flush=True)
+                        ovs_rows.append(row)
+                        kv.commit(Txn(success=(Delete(keys.status("h0")),)))
             finally:
                 server.stop()
                 clear_dataplane()
@@ -399,9 +501,11 @@ def main() -> int:
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in cols))
+    for r in ovs_rows:
+        print(json.dumps(r))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "cluster_scale.json").write_text(json.dumps(rows, indent=2))
+    (out / "cluster_scale.json").write_text(json.dumps(rows + ovs_rows, indent=2))
     return 0
 
 

@@ -81,6 +81,8 @@ class Ovsdb:
         self.remote = remote
         self.timeout = timeout
         self._idl: Any = None
+        # (the IDL's change_seqno, the names asked, what observe returned) of the last observe
+        self._seen: tuple[int, frozenset[str], OvsdbState] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class Ovsdb:
         """The IDL, connected and with a replica at least as new as the last update the server
         sent. Raises ``OvsdbError`` if that takes longer than ``timeout``."""
         if self._idl is None:
+            self._seen = None  # a new replica counts its changes from scratch
             helper = ovs.db.idl.SchemaHelper(schema_json=self._fetch_schema())
             for table, columns in _COLUMNS.items():
                 helper.register_columns(table, columns)
@@ -135,6 +138,7 @@ class Ovsdb:
         if self._idl is not None:
             self._idl.close()
             self._idl = None
+        self._seen = None
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -163,10 +167,20 @@ class Ovsdb:
         return None, None
 
     def observe(self, names: Iterable[str]) -> OvsdbState:
-        """The bridges called ``names`` and every owned bridge, with their ports."""
+        """The bridges called ``names`` and every owned bridge, with their ports. Built from
+        the IDL only when it changed since the last call (``change_seqno``: the IDL counts
+        every change OVSDB notified, ours included), so asking again is cheap."""
         idl = self._sync()
+        wanted = frozenset(names)
+        seen = self._seen
+        if seen is not None and seen[0] == idl.change_seqno and seen[1] == wanted:
+            return seen[2]
+        state = self._observe(idl, wanted)
+        self._seen = (idl.change_seqno, wanted, state)
+        return state
+
+    def _observe(self, idl: Any, wanted: frozenset[str]) -> OvsdbState:
         root = self._root(idl)
-        wanted = set(names)
         bridges: dict[str, BridgeState] = {}
         for row in idl.tables["Bridge"].rows.values():
             if row.name in wanted or _owned(row):

@@ -247,3 +247,13 @@ def _network_view(
     )
     flood = tuple(sorted({r.vtep for r in remote}))
     return NetworkView(net, mtu, local, remote, flood), tuple(problems)
+
+
+def changed_networks(old: HostView, new: HostView) -> frozenset[str] | None:
+    """Names of the networks whose part of the view differs (added, removed or changed);
+    ``None`` when the host itself changed (every network's devices depend on it)."""
+    if old.host != new.host:
+        return None
+    before = {nv.network.name: nv for nv in old.networks}
+    after = {nv.network.name: nv for nv in new.networks}
+    return frozenset(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))

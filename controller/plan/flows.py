@@ -102,6 +102,17 @@ def render_flows(
     return tuple(t.flows.values())
 
 
+def render_network_flows(
+    nv: NetworkView, ofports: Mapping[EndpointKey, int], tunnel_ofport: int
+) -> tuple[Flow, ...]:
+    """The flows ``render_flows`` renders for network ``nv`` alone (every one of them matches
+    the network's VNI, a port of its own or a tunnel source of its flood list, so no other
+    network renders the same key). Pure."""
+    t = _Table()
+    _render_network(t, nv, ofports, tunnel_ofport)
+    return tuple(t.flows.values())
+
+
 def _render_network(
     t: _Table, nv: NetworkView, ofports: Mapping[EndpointKey, int], tunnel: int
 ) -> None:

@@ -23,7 +23,7 @@ from typing import TypeVar
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
-from controller.model.view import HostView, NetworkView
+from controller.model.view import HostView, NetworkView, changed_networks
 from controller.plan.kernel import plan_filters, plan_kernel
 from controller.plan.kernel_ops import (
     ZERO_MAC,
@@ -42,22 +42,11 @@ from controller.plan.kernel_ops import (
 __all__ = [
     "KernelShortcut",
     "after_entries",
-    "changed_networks",
     "only_entries",
     "plan_incremental",
 ]
 
 V = TypeVar("V")
-
-
-def changed_networks(old: HostView, new: HostView) -> frozenset[str] | None:
-    """Names of the networks whose part of the view differs (added, removed or changed);
-    ``None`` when the host itself changed (every network's devices depend on it)."""
-    if old.host != new.host:
-        return None
-    before = {nv.network.name: nv for nv in old.networks}
-    after = {nv.network.name: nv for nv in new.networks}
-    return frozenset(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
 
 
 def _link_names(nv: NetworkView) -> set[str]:

@@ -1,29 +1,79 @@
 """Incremental ovs planning: a pass planned against a remembered observation, and what OVS
 holds after flow modifications. Pure.
 
-The ovs planner (``controller/plan/ovs.py``) works on an in-memory ``OvsState``; what costs is
-reading that state (an ``ovs-ofctl`` dump per bridge, a link dump, the endpoint namespaces).
 After a successful pass the state is known: it is what the pass planned for. So the next pass
-plans against it, and when the result is made of ``ModFlows`` alone -- a remote endpoint added,
-moved or removed, a member host joining or leaving: only the integration bridge's table
-changes -- the effect of those ops is known too (``after_flows``) and nothing is read.
-Anything else (ports, links, a table replaced) is left to a full observation
+plans against it. When the networks that changed kept their local endpoints, MTU and record --
+a remote endpoint added, moved or removed, a member host joining or leaving -- only the
+integration bridge's table changes, and only those networks' flows: ``plan_remote`` renders
+them before and after (``flows.render_network_flows``) and returns their difference as one
+``ModFlows``, the op a full plan (``controller/plan/ovs.py``) would return, at the cost of the
+networks that changed. Its effect is known (``after_flows``), so nothing is read. Anything
+else (ports, links, a table replaced) is left to a full observation
 (``controller/dataplane/incremental.py`` decides).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
+from controller.model.flow import Flow
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.ovs_state import OvsState
-from controller.model.view import HostView
-from controller.plan.ovs import plan_ovs
+from controller.model.view import HostView, NetworkView, changed_networks
+from controller.plan.flows import EndpointKey, render_network_flows
 from controller.plan.ovs_ops import ModFlows, OvsOp
-from controller.plan.ovsdb import OvsLayout
+from controller.plan.ovsdb import TUNNEL_OFPORT, OvsLayout, assign_ofports
 
-__all__ = ["OvsShortcut", "after_flows", "only_flow_mods"]
+__all__ = ["OvsShortcut", "after_flows", "only_flow_mods", "plan_remote"]
+
+
+Rendered = dict[str, tuple[NetworkView, tuple[int | None, ...], tuple[Flow, ...]]]
+"""A memo of ``render_network_flows``: network -> (its view, its local ports, its flows)."""
+
+
+def plan_remote(
+    layout: OvsLayout,
+    last: HostView,
+    view: HostView,
+    state: OvsState,
+    memo: Rendered | None = None,
+) -> tuple[OvsOp, ...] | None:
+    """The flow changes that turn ``state`` -- OVS as the successful realisation of ``last``
+    left it -- into ``view``, when only flows change (see the module docstring); ``None`` when
+    anything else may (plan in full). Deterministic; pure but for ``memo``, which keeps the
+    flows rendered for each network's view, so the view a pass renders as new is not rendered
+    again as old by the next one (reused only for the very same view object and ports)."""
+    names = changed_networks(last, view)
+    if names is None or layout.bridge not in state.flows:
+        return None
+    before = {nv.network.name: nv for nv in last.networks if nv.network.name in names}
+    after = {nv.network.name: nv for nv in view.networks if nv.network.name in names}
+    if before.keys() != after.keys():
+        return None
+    for name, old in before.items():
+        new = after[name]
+        if (old.network, old.mtu, old.local) != (new.network, new.mtu, new.local):
+            return None
+    if not names:
+        return ()
+    ofports = assign_ofports(view, state.ovsdb.bridges.get(layout.bridge))
+    memo = {} if memo is None else memo
+    old_flows = {f.key: f for n in sorted(names) for f in _flows(before[n], ofports, memo)}
+    new_flows = {f.key: f for n in sorted(names) for f in _flows(after[n], ofports, memo)}
+    add = tuple(f for k, f in new_flows.items() if old_flows.get(k) != f)
+    delete = tuple(sorted(f for k, f in old_flows.items() if k not in new_flows))
+    return (ModFlows(layout.bridge, add, delete),) if add or delete else ()
+
+
+def _flows(nv: NetworkView, ofports: Mapping[EndpointKey, int], memo: Rendered) -> tuple[Flow, ...]:
+    ports = tuple(ofports.get((ep.network, ep.id)) for ep in nv.local)
+    got = memo.get(nv.network.name)
+    if got is not None and got[0] is nv and got[1] == ports:
+        return got[2]
+    flows = render_network_flows(nv, ofports, TUNNEL_OFPORT)
+    memo[nv.network.name] = (nv, ports, flows)
+    return flows
 
 
 def only_flow_mods(ops: Sequence[OvsOp]) -> bool:
@@ -49,13 +99,16 @@ def after_flows(state: OvsState, ops: Sequence[OvsOp]) -> OvsState:
 @dataclass(frozen=True, slots=True)
 class OvsShortcut:
     """The ovs backend's incremental planning, as ``controller/dataplane/incremental.py``
-    drives it: the full (pure) plan against the remembered state, flow modifications as the
-    known ops, and kernel announcements compared with the links and entries it holds."""
+    drives it: ``plan_remote``, flow modifications as the known ops, and kernel announcements
+    compared with the links and entries it holds."""
 
     layout: OvsLayout
+    rendered: Rendered = field(default_factory=dict, compare=False, repr=False)
 
     def plan(self, last: HostView, view: HostView, state: OvsState) -> tuple[OvsOp, ...] | None:
-        return plan_ovs(self.layout, view, state)
+        if len(self.rendered) > 4 * len(view.networks) + 16:  # networks gone: start afresh
+            self.rendered.clear()
+        return plan_remote(self.layout, last, view, state, self.rendered)
 
     def known(self, ops: Sequence[OvsOp]) -> bool:
         return only_flow_mods(ops)
