@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -64,8 +64,8 @@ def make_dataplane(
     from controller.dataplane.incremental import Incremental, Notice
     from controller.dataplane.kernel_events import KernelEvents
 
-    def listen(notice: Notice) -> KernelEvents:
-        return KernelEvents(None, notice).start()
+    def listen(notice: Notice, wanted: Callable[[], bool]) -> KernelEvents:
+        return KernelEvents(None, notice, wanted).start()
 
     # The reconciler's resync (every 0.8-1.2 intervals) starts afresh; the ttl is a safety net.
     remember = 1.5 * cfg.resync_interval

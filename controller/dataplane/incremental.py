@@ -89,9 +89,12 @@ class Incremental(Generic[S, Op]):
     """See the module docstring. ``ttl`` 0 turns the incremental path off (every pass full).
     ``still(state)``: False when a cheap check finds the remembered state out of date.
     ``on_drift``: called (from the notifying thread) when an announcement disagreed.
-    ``listen(notice)``: starts a listener that calls ``notice``; started before the first full
-    observation (so nothing between the two is missed), retried before each full observation
-    while it fails (``OSError``; meanwhile drift waits for the resync), stopped by ``close``.
+    ``listen(notice, wanted)``: starts a listener that calls ``notice`` (and may skip decoding
+    entry announcements while ``wanted()`` is False -- nothing remembered, nothing collected:
+    a pass that builds thousands of entries does not pay for decoding their echo); started
+    before the first full observation (so nothing between the two is missed), retried before
+    each full observation while it fails (``OSError``; meanwhile drift waits for the resync),
+    stopped by ``close``.
     ``clock``: monotonic seconds (tests pass their own)."""
 
     def __init__(
@@ -102,7 +105,7 @@ class Incremental(Generic[S, Op]):
         *,
         still: Callable[[S], bool] | None = None,
         on_drift: Callable[[], None] | None = None,
-        listen: Callable[[Notice], Listening] | None = None,
+        listen: Callable[[Notice, Callable[[], bool]], Listening] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
@@ -126,6 +129,12 @@ class Incremental(Generic[S, Op]):
         self.observed_in_full = True
 
     # -- notifications (any thread) -----------------------------------------------------------
+    def wanted(self) -> bool:
+        """Whether announcements can matter now: something is remembered, or a pass collects
+        them to check against what it will remember. A hint (read without the lock): a stale
+        answer costs a decode or skips one that nothing would have been checked against."""
+        return self._kept is not None or self._collecting
+
     def notice(self, seen: Sequence[Sighting] | None) -> None:
         """What the data plane announced (``None``: announcements were lost). Drops the
         remembered state and calls ``on_drift`` if any of it disagrees. Thread-safe."""
@@ -189,7 +198,7 @@ class Incremental(Generic[S, Op]):
         if self._listen is None or self._listening is not None:
             return
         try:
-            self._listening = self._listen(self.notice)
+            self._listening = self._listen(self.notice, self.wanted)
         except OSError as exc:
             log.warning("not listening to data-plane announcements (drift waits for the "
                         "resync): %s", exc)  # fmt: skip
@@ -238,15 +247,18 @@ class Incremental(Generic[S, Op]):
         ops only) or forget it (links changed, or anything failed: observe in full next).
         Announcements that came meanwhile are checked against what is then remembered."""
         p, self._pass = self._pass, None
+        known = p is not None and self.shortcut.known(ops)
         with self._lock:
-            if not self._collecting:  # an incremental pass: collect from here
+            if not known:  # nothing will be remembered: nothing to check, nothing to collect
+                self._collecting, self._pending = False, []
+            elif not self._collecting:  # an incremental pass: collect from here
                 self._collecting, self._pending = True, []
             self._kept = None
         kept: tuple[S, HostView, float] | None = None
         try:
             self.inner.apply(ops, progress)
             self._sync()  # this apply's own announcements are in _pending now
-            if p is not None and self.shortcut.known(ops):
+            if p is not None and known:
                 view, state, incremental, at = p
                 kept = (self.shortcut.after(state, ops), view, at)
                 if incremental is not None:

@@ -7,10 +7,12 @@ functions read a dump (``KernelDataPlane.observe``) and an announcement (``Kerne
 an announcement of the state an observation holds always agrees with it
 (``controller/model/kernel_events.py``).
 
-``KernelEvents`` listens on rtnetlink's link and neighbour groups of one namespace, in a thread
-of its own, and calls ``sink`` with the last sighting of each object per received buffer --
-``None`` when the kernel dropped announcements (the socket's buffer overflowed: ENOBUFS), so
-the receiver must assume anything changed. It needs no privilege beyond reading the namespace.
+``KernelEvents`` listens on rtnetlink's link and neighbour groups of one namespace
+(``docs/platform.md`` K10), in a thread of its own, and calls ``sink`` with the last sighting
+of each object per received buffer -- ``None`` when the kernel dropped announcements (the
+socket's buffer overflowed: ENOBUFS), so the receiver must assume anything changed. ``sync``
+returns once everything announced before it was passed on (a request answered behind the
+queue). It needs no privilege beyond reading the namespace.
 """
 
 from __future__ import annotations
@@ -156,13 +158,18 @@ Sink = Callable[[Sequence[Sighting] | None], None]
 
 class KernelEvents:
     """Listens to link and neighbour announcements in ``netns`` (``None``: this process's)
-    and calls ``sink`` from its own thread (see the module docstring). ``start`` subscribes
+    and calls ``sink`` from its own thread (see the module docstring). Entry announcements
+    are not decoded while ``wanted()`` is False (links always are: the listener keeps its
+    own picture of names and masters from them). ``start`` subscribes
     before it reads the links, so nothing falls between the two; ``stop`` ends the thread.
     Raises ``OSError`` from ``start`` if the namespace cannot be read."""
 
-    def __init__(self, netns: str | None, sink: Sink) -> None:
+    def __init__(
+        self, netns: str | None, sink: Sink, wanted: Callable[[], bool] = lambda: True
+    ) -> None:
         self.netns = netns
         self.sink = sink
+        self.wanted = wanted
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -255,6 +262,7 @@ class KernelEvents:
         """The last sighting of each heddle object announced in one buffer; keeps the
         listener's own picture of the links (names, masters) up to date."""
         out: list[Sighting] = []
+        entries = self.wanted()
         for off, length, mtype, seq in messages(data):
             body, end = off + HEADER, off + length
             if mtype == NLMSG_ERROR:  # the answer to a sync probe: all before it was read
@@ -281,7 +289,7 @@ class KernelEvents:
                 else:
                     self._links[raw.name] = link
                 out.append(LinkSeen(raw.name, link))
-            elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and entries:
                 family, ifindex, state, flags, lladdr, dst = parse_neigh(data, body, end)
                 if self._devices is None:
                     self._devices = owned_devices(self._links)

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -60,6 +60,11 @@ H1, H2, H3 = (
     Host("h2", "192.0.2.2", underlay_mtu=1450),
     Host("h3", "192.0.2.3"),
 )
+
+
+def listener(ns: str) -> Callable[..., KernelEvents]:
+    """The agent's way of listening to announcements, in namespace ``ns``."""
+    return lambda notice, wanted: KernelEvents(ns, notice, wanted).start()
 
 
 @dataclass(frozen=True)
@@ -451,7 +456,7 @@ def test_incremental_passes_keep_the_invariant_on_the_real_kernel(lab: Lab) -> N
     rng = random.Random(1107)
     dp = Incremental(
         KernelDataPlane(H1.vtep, netns=lab.host), KernelShortcut(), ttl=3600.0,
-        listen=lambda notice: KernelEvents(lab.host, notice).start(),
+        listen=listener(lab.host),
     )  # fmt: skip
     fresh = KernelDataPlane(H1.vtep, netns=lab.host)
     nets = {n: Network(n, 0x4300 + k, f"10.{78 + k}.0.0/24") for k, n in enumerate(("n0", "n1"))}
@@ -496,7 +501,7 @@ def test_a_change_made_by_someone_else_is_announced_and_repaired_at_once(lab: La
     woken = threading.Event()
     dp = Incremental(
         KernelDataPlane(H1.vtep, netns=lab.host), KernelShortcut(), ttl=3600.0,
-        on_drift=woken.set, listen=lambda notice: KernelEvents(lab.host, notice).start(),
+        on_drift=woken.set, listen=listener(lab.host),
     )  # fmt: skip
     fresh = KernelDataPlane(H1.vtep, netns=lab.host)
     net = Network("blue", VNI, "10.77.0.0/24")

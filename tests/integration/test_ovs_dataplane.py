@@ -74,6 +74,11 @@ H3 = Host("h3", "192.0.2.3", backend="ovs")
 MAC_A, MAC_B, MAC_C = "02:42:0a:4d:00:0a", "02:42:0a:4d:00:0b", "02:42:0a:4d:00:14"
 
 
+def listener(ns: str) -> Callable[..., KernelEvents]:
+    """The agent's way of listening to announcements, in namespace ``ns``."""
+    return lambda notice, wanted: KernelEvents(ns, notice, wanted).start()
+
+
 @dataclass(frozen=True)
 class Lab:
     prefix: str
@@ -569,7 +574,7 @@ def test_incremental_passes_keep_the_invariant_on_a_real_ovs(lab: Lab) -> None:
     inner = dataplane(lab)
     dp = Incremental(
         inner, OvsShortcut(inner.layout), ttl=3600.0, still=inner.unchanged,
-        listen=lambda notice: KernelEvents(lab.host, notice).start(),
+        listen=listener(lab.host),
     )  # fmt: skip
     fresh = dataplane(lab)
     base = snapshot(lab)

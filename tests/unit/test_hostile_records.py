@@ -323,8 +323,11 @@ def test_a_watcher_that_cannot_follow_etcd_says_so() -> None:
 @given(
     st.lists(  # (network, revision, address, MAC, namespace or none)
         st.tuples(
-            st.sampled_from(("blue", "red", "gone")), st.integers(1, 6), st.integers(1, 4),
-            st.integers(1, 4), st.sampled_from(("a", "b", None)),
+            st.sampled_from(("blue", "red", "gone")),
+            st.integers(1, 6),
+            st.integers(1, 4),
+            st.integers(1, 4),
+            st.sampled_from(("a", "b", None)),
         ),
         max_size=14,
     ),
@@ -345,8 +348,7 @@ def test_resolving_network_by_network_is_resolving_the_union(
         for i, (net, rev, ip, mac, ns) in enumerate(rows)
     }  # fmt: skip
     apart = {
-        n: resolve_network({k: v for k, v in eps.items() if k[0] == n})
-        for n in {k[0] for k in eps}
+        n: resolve_network({k: v for k, v in eps.items() if k[0] == n}) for n in {k[0] for k in eps}
     }
     got = resolve_apart(nets, apart, decide_networks(nets))
     claims = [(e.host, e.netns, e.ifname) for k, (_, e) in eps.items() if e.netns is not None
