@@ -177,6 +177,9 @@ def main() -> int:
             time.sleep(0.2)
             return took, next(p for p in _passes(log) if p[0] >= r)
 
+        deadline = time.monotonic() + 30
+        while not any(p[3] == "verify" for p in _passes(log)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         verify = next(p for p in _passes(log) if p[3] == "verify")  # the full read after start
         full, full_pass = change("warm", 6)
         incr, incr_pass = change("incr", 7)

@@ -282,7 +282,7 @@ class Reconciler(Generic[S, O]):
         while not self._stop.is_set():
             now, skipped = time.monotonic(), self.skipped_passes
             result = self.run_pass(
-                full=wake is not Wake.DESIRED or now >= next_resync,
+                full=trigger == "verify" or wake is not Wake.DESIRED or now >= next_resync,
                 trigger=trigger,
                 woken_at=self._trigger.fired_at if trigger == "event" else None,
                 afresh=wake is Wake.FULL,
@@ -299,10 +299,12 @@ class Reconciler(Generic[S, O]):
                 timeout = delay * random.uniform(0.5, 1.0)
                 delay = min(delay * 2, self._backoff_max)
             wake = self._trigger.wait(timeout)
-            if wake is not Wake.TIMEOUT:
+            if verify:  # reads afresh, and covers whatever woke it meanwhile
+                trigger = "verify"
+            elif wake is not Wake.TIMEOUT:
                 trigger = "event"
             else:
-                trigger = "verify" if verify else "resync" if result.ok else "retry"
+                trigger = "resync" if result.ok else "retry"
 
     def stop(self) -> None:
         self._stop.set()
