@@ -18,6 +18,12 @@ from typing import Any
 from controller.model.errors import InvalidRecord
 from controller.model.records import BACKENDS, check_label, check_vtep
 
+DRIFT_REPAIR = ("at-once", "resync")
+"""``at-once``: the kernel's announcements (and, on ovs, the OVSDB IDL) tell the agent when
+someone else changed what it keeps, and the next pass repairs it; ``resync``: only the periodic
+resync does (for an operator changing the data plane by hand on purpose, and the tests that
+break it to see ``heddle trace`` name the hop)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -37,6 +43,7 @@ class AgentConfig:
     allow_link_local_vteps: bool = False
     metrics: str | None = None
     filters: bool = True
+    drift_repair: str = "at-once"
 
     def __post_init__(self) -> None:
         check_label(self.host, "--host")
@@ -49,6 +56,8 @@ class AgentConfig:
             raise InvalidRecord(f"--backend {self.backend!r} must be one of {', '.join(BACKENDS)}")
         if not self.etcd:
             raise InvalidRecord("--etcd needs at least one URL")
+        if self.drift_repair not in DRIFT_REPAIR:
+            raise InvalidRecord(f"--drift-repair must be one of {', '.join(DRIFT_REPAIR)}")
         if not 0.2 <= self.resync_interval <= 3600:
             raise InvalidRecord("--resync-interval must be between 0.2 and 3600 seconds")
         if self.metrics is not None:
@@ -102,6 +111,7 @@ _FLAG_KEYS = {
     "plugin_socket": "plugin_socket",
     "allow_link_local_vteps": "allow_link_local_vteps",
     "metrics": "metrics",
+    "drift_repair": "drift_repair",
 }
 
 

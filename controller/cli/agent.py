@@ -70,6 +70,7 @@ def make_dataplane(
     # The reconciler's resync (every 0.8-1.2 intervals) starts afresh; the ttl is a safety net.
     remember = 1.5 * cfg.resync_interval
     on_drift = None if trigger is None else trigger.fire
+    at_once = cfg.drift_repair == "at-once"
     if cfg.backend == "ovs":
         from controller.dataplane.ovs import OvsDataPlane
         from controller.plan.ovs_incremental import OvsShortcut
@@ -84,8 +85,8 @@ def make_dataplane(
         if for_diagnostics:
             return ovs
         return Incremental(
-            ovs, OvsShortcut(ovs.layout), remember,
-            still=ovs.unchanged, on_drift=on_drift, listen=listen,
+            ovs, OvsShortcut(ovs.layout), remember, on_drift=on_drift,
+            still=ovs.unchanged if at_once else None, listen=listen if at_once else None,
         )  # fmt: skip
     from controller.dataplane.kernel import KernelDataPlane
     from controller.plan.kernel_incremental import KernelShortcut
@@ -98,8 +99,9 @@ def make_dataplane(
     if for_diagnostics:
         return kernel
     return Incremental(
-        kernel, KernelShortcut(cfg.filters), remember, on_drift=on_drift, listen=listen
-    )
+        kernel, KernelShortcut(cfg.filters), remember, on_drift=on_drift,
+        listen=listen if at_once else None,
+    )  # fmt: skip
 
 
 class Agent:

@@ -162,6 +162,12 @@ def _agent(sub: Any) -> None:
         "anti-spoofing); for measuring their cost. Tables already there are left as they are",
     )
     a.add_argument(
+        "--drift-repair",
+        choices=("at-once", "resync"),
+        help="repair what someone else changed in the data plane at once (default: the kernel "
+        "and OVSDB announce it) or only at the periodic resync",
+    )
+    a.add_argument(
         "--allow-link-local-vteps",
         action="store_true",
         default=None,

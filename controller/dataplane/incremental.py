@@ -154,10 +154,13 @@ class Incremental(Generic[S, Op]):
         if kept is None or not seen:
             return False
         state = kept[0]
-        if all(s is not None and self.shortcut.agrees(state, s) for s in seen):
+        odd = next((s for s in seen if s is None or not self.shortcut.agrees(state, s)), False)
+        if odd is False:
             return False
         self._kept = None
         self.drifts += 1
+        log.info("the data plane changed under the agent (%s): the next pass reads it afresh",
+                 "announcements lost" if odd is None else odd)  # fmt: skip
         return True
 
     # -- observe / plan -----------------------------------------------------------------------

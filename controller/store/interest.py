@@ -216,8 +216,9 @@ class _Followed:
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    """A followed network's cache contents and its endpoints resolved on their own."""
+    """A followed network's cache, its contents and its endpoints resolved on their own."""
 
+    cache: Cache
     contents: Contents
     resolved: NetworkResolved
 
@@ -245,7 +246,7 @@ class Interest:
         # memos of _compose, each by the version of the cache it comes from
         self._decided: tuple[int, NetworksDecided, Mapping[str, Network]] | None = None
         self._hosts: tuple[int, Mapping[str, Host]] | None = None
-        self._copies: dict[str, Contents] = {}
+        self._copies: dict[str, tuple[Cache, Contents]] = {}
         self._parts: dict[str, _Part] = {}
         self.scoped = False  # True once the snapshot comes from the scoped watches
         self._layout = LayoutMirror()
@@ -380,17 +381,19 @@ class Interest:
         """A cluster-wide cache's contents, copied only when its version moved."""
         cache = self._cluster[prefix].cache
         got = self._copies.get(prefix)
-        if got is None or got.version != cache.version:
-            got = self._copies[prefix] = cache.contents()
-        return got
+        if got is None or got[0] is not cache or got[1].version != cache.version:
+            got = self._copies[prefix] = (cache, cache.contents())
+        return got[1]
 
     def _part(self, name: str, followed: _Followed) -> _Part:
         """A followed network's endpoints resolved on their own, redone only when its cache's
         version moved: a change in one network costs that network, not every network."""
         got = self._parts.get(name)
-        if got is None or got.contents.version != followed.cache.version:
-            c = followed.cache.contents()
-            got = self._parts[name] = _Part(c, resolve_network(c.endpoints))
+        cache = followed.cache
+        # a network followed again has a new cache, whose versions count from zero again
+        if got is None or got.cache is not cache or got.contents.version != cache.version:
+            c = cache.contents()
+            got = self._parts[name] = _Part(cache, c, resolve_network(c.endpoints))
         return got
 
     def _compose(self) -> Snapshot:

@@ -67,7 +67,10 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     workdir = tmp_path_factory.mktemp(f"lab-{prefix}") / "lab"
     the_lab = Lab(workdir, prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
     secure = bool(getattr(request.module, "LAB_SECURE", False))
-    the_lab.up(hosts=3, backend=backend, resync_interval=resync, secure=secure)
+    agent_args = tuple(getattr(request.module, "LAB_AGENT_ARGS", ()))
+    the_lab.up(
+        hosts=3, backend=backend, resync_interval=resync, secure=secure, agent_args=agent_args
+    )
     try:
         yield the_lab
     finally:

@@ -30,6 +30,8 @@ LAB_NETS = {
     "ovs": ("htv", "172.31.220.0/24", "172.31.219.0/24"),
 }
 LAB_RESYNC_INTERVAL = 60.0
+# The trace tests break the data plane on purpose and look at it before the agent repairs it.
+LAB_AGENT_ARGS = ("--drift-repair", "resync")
 
 
 def heddle(lab: Lab, *argv: str) -> subprocess.CompletedProcess[str]:

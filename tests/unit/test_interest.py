@@ -139,6 +139,25 @@ def test_a_new_network_is_followed_and_a_left_one_dropped(
     wait_for(lambda: interest.following == 0 and scoped_view(interest, "h1") == ())
 
 
+def test_a_network_left_and_followed_again_is_seen_afresh(
+    mem: MemoryKV, follow: Callable[[str], tuple[Interest, Woken]]
+) -> None:
+    """Leaving a network and following it again between two snapshots: the new watch's cache
+    counts its versions from zero again, and must not be taken for the old one."""
+    ds = DesiredState(mem)
+    ds.create_network("red", "10.2.0.0/24")
+    upgrade(mem)
+    interest, _ = follow("h1")
+    first = ds.create_endpoint("red", "h1")
+    wait_for(lambda: scoped_view(interest, "h1") == full_view(mem, "h1") != ())
+    ds.remove_endpoint("red", first.id)
+    wait_for(lambda: interest.following == 0)  # no snapshot taken meanwhile
+    second = ds.create_endpoint("red", "h1")  # its cache's first listing: version 1 again
+    wait_for(lambda: interest.following == 1)
+    wait_for(lambda: second.id in str(scoped_view(interest, "h1")))
+    assert scoped_view(interest, "h1") == full_view(mem, "h1")
+
+
 def test_an_unindexed_store_is_followed_whole_until_upgraded_then_scoped_live(
     mem: MemoryKV, follow: Callable[[str], tuple[Interest, Woken]]
 ) -> None:
