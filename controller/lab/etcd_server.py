@@ -137,6 +137,10 @@ class EtcdServer:
         self.host = host
         self.client_port = client_port if client_port is not None else free_port(host)
         self.peer_port = peer_port if peer_port is not None else free_port(host)
+        # ports we picked may be taken by someone else before etcd binds them (free_port can
+        # only tell they were free a moment ago): until the first start, pick again then
+        self._pick_ports = (client_port is None, peer_port is None)
+        self._started = False
         self.tls = tls
         self.netns = netns
         self.progress_notify_interval = progress_notify_interval
@@ -189,9 +193,26 @@ class EtcdServer:
         return cmd
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Spawn etcd and wait until it is healthy. Idempotent while running."""
+        """Spawn etcd and wait until it is healthy. Idempotent while running. On its first
+        start, a port this object picked that someone else took meanwhile is picked again (up
+        to three times); ports given by the caller are never changed."""
         if self.running:
             return
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                self._started = True
+                return
+            except RuntimeError as exc:
+                taken = "address already in use" in str(exc)
+                if self._started or not taken or not any(self._pick_ports) or attempt == 2:
+                    raise
+                if self._pick_ports[0]:
+                    self.client_port = free_port(self.host)
+                if self._pick_ports[1]:
+                    self.peer_port = free_port(self.host)
+
+    def _start(self, timeout: float) -> None:
         if not Path(ETCD_BINARY).exists():
             raise RuntimeError(f"{ETCD_BINARY} is missing (Debian package etcd-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
