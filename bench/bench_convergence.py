@@ -185,11 +185,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--endpoints", type=int, default=60)
     p.add_argument("--backend", choices=tuple(LABS), default="kernel")
+    p.add_argument("--agent-arg", action="append", default=[],
+                   help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters")
     args = p.parse_args()
     prefix, mgmt, underlay = LABS[args.backend]
     with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
         lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
-        lab.up(hosts=3, backend=args.backend)
+        lab.up(hosts=3, backend=args.backend, agent_args=args.agent_arg)
         try:
             samples, failures = measure(lab, args.endpoints)
             stages = breakdown(lab, samples)
