@@ -275,6 +275,10 @@ class KernelEvents:
                 continue
             self.announcements += 1
             if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                if data[body] == socket.AF_BRIDGE:
+                    # the bridge's own port announcements (port state, a port leaving: an
+                    # AF_BRIDGE RTM_DELLINK): not the link itself, which AF_UNSPEC describes
+                    continue
                 raw = parse_link(data, body, end)
                 if mtype == RTM_DELLINK:
                     self._names.pop(raw.index, None)
