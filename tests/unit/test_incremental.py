@@ -208,8 +208,13 @@ STEP = st.one_of(  # mostly what other hosts change (the incremental path), link
 @given(st.lists(st.lists(STEP, min_size=1, max_size=3), min_size=1, max_size=20))
 def test_after_every_pass_a_full_observation_plans_nothing(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
     """Random changes, a pass after each round: the invariant holds whichever path ran."""
-    w = World()
-    for net in range(3):  # a local endpoint in every network, so remote changes matter
+    converge_after_every_round(World(), rounds)
+
+
+def converge_after_every_round(w: World, rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    """A local endpoint in every network (so remote changes matter), then ``rounds`` of
+    changes with a pass after each: a full observation plans nothing after every pass."""
+    for net in range(3):
         w.put(net, 0, 9)
     w.run_pass()
     for steps in rounds:
@@ -365,15 +370,7 @@ def test_ovs_a_remote_endpoint_is_a_flow_modification_without_a_dump() -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(STEP, min_size=1, max_size=3), min_size=1, max_size=15))
 def test_ovs_after_every_pass_a_full_observation_plans_nothing(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
-    w = OvsWorld()
-    for net in range(3):
-        w.put(net, 0, 9)
-    w.run_pass()
-    for steps in rounds:
-        for step in steps:
-            w.step(*step)
-        w.run_pass()
-        assert w.converged(), steps
+    converge_after_every_round(OvsWorld(), rounds)
 
 
 @settings(max_examples=100, deadline=None)
