@@ -103,12 +103,21 @@ def test_endpoint_added_and_removed(lab: Lab, overlay: Scenario) -> None:
     overlay.cleanup()
     left = wait_no_owned_links(lab)
     assert not left, f"owned links left after removing everything: {left}"
+    # Removing the namespaces takes the veths with them, before any agent's pass; the pass
+    # deletes ports first and flows last, so both are waited for (a deletion raises no
+    # status revision to wait on).
     for h in lab.hosts:
         if h.backend == "ovs":  # and no OVS port or flow of an endpoint either
             inst = lab.ovs(h.name)
-            assert not ovs_endpoint_ports(inst), f"{h.name}: endpoint ports left"
-            flows = [f for f in ovs_flows(inst) if "reg6=" in f or "in_port=" in f]
-            flows = [f for f in flows if "priority=1,in_port=1 actions=drop" not in f]  # default
+            deadline = time.monotonic() + 10.0
+            while True:
+                ports = ovs_endpoint_ports(inst)
+                flows = [f for f in ovs_flows(inst) if "reg6=" in f or "in_port=" in f]
+                flows = [f for f in flows if "priority=1,in_port=1 actions=drop" not in f]
+                if not (ports or flows) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert not ports, f"{h.name}: endpoint ports left"
             assert not flows, f"{h.name}: network flows left: {flows}"
 
 
