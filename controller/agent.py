@@ -40,6 +40,7 @@ class AgentConfig:
     ovs_datapath: str = "system"
     underlay_dev: str | None = None
     plugin_socket: str | None = "/run/docker/plugins/heddle.sock"
+    cni_socket: str | None = "/run/heddle/cni.sock"
     allow_link_local_vteps: bool = False
     metrics: str | None = None
     filters: bool = True
@@ -109,6 +110,7 @@ _FLAG_KEYS = {
     "ovs_datapath": "ovs_datapath",
     "underlay_dev": "underlay_dev",
     "plugin_socket": "plugin_socket",
+    "cni_socket": "cni_socket",
     "allow_link_local_vteps": "allow_link_local_vteps",
     "metrics": "metrics",
     "drift_repair": "drift_repair",
@@ -126,7 +128,7 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
             values.update(tomllib.loads(Path(args.config).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidRecord(f"cannot read config {args.config}: {exc}") from None
-    known = set(AgentConfig.__dataclass_fields__) | {"no_plugin"}
+    known = set(AgentConfig.__dataclass_fields__) | {"no_plugin", "no_cni"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidRecord(f"config {args.config}: unknown setting(s) {', '.join(unknown)}")
@@ -145,6 +147,8 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         values["filters"] = False
     if values.pop("no_plugin", False) or args.no_plugin:
         values["plugin_socket"] = None
+    if values.pop("no_cni", False) or getattr(args, "no_cni", None):
+        values["cni_socket"] = None
     for required in ("host", "vtep"):
         if required not in values:
             raise InvalidRecord(f"--{required} is required (or set it in --config)")

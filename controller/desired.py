@@ -164,10 +164,13 @@ class DesiredState:
         ifname: str = "eth0",
         endpoint_id: str | None = None,
         require_host: bool = True,
+        container: str | None = None,
     ) -> Endpoint:
         """Allocate an address (the lowest free one, or ``ip``) and write the endpoint and its
         IPAM key in one transaction. ``Exhausted`` when the pool is full; ``Conflict`` when
-        ``ip`` or ``endpoint_id`` is taken."""
+        ``ip`` or ``endpoint_id`` is taken. ``container``: a CNI runtime's container id (its
+        namespace is the runtime's own, so the courtesy check of the interface is skipped: it
+        reads every endpoint)."""
         check_label(host, "host")
         eid = endpoint_id if endpoint_id is not None else secrets.token_hex(6)
         stored = self._stored_network(network)
@@ -181,8 +184,9 @@ class DesiredState:
             "02:00:00:00:00:01",
             netns,
             ifname,
+            container,
         )
-        if netns is not None:
+        if netns is not None and container is None:
             self._check_interface_free(host, netns, ifname)
         # Host registration and id uniqueness are compares in the allocation txn itself (one
         # round trip less each); a failed txn is diagnosed afterwards.
@@ -190,11 +194,12 @@ class DesiredState:
             why = ipam.check_requested(net, ip)
             if why:
                 raise InvalidRecord(why)
-            ep = Endpoint(eid, network, host, ip, derive_mac(net.vni, ip), netns, ifname)
+            mac = derive_mac(net.vni, ip)
+            ep = Endpoint(eid, network, host, ip, mac, netns, ifname, container)
             if self._try_create_endpoint(stored, ep, require_host):
                 return ep
             raise self._endpoint_conflict(stored, ep, require_host)
-        return self._allocate(stored, eid, host, netns, ifname, require_host)
+        return self._allocate(stored, eid, host, netns, ifname, require_host, container)
 
     def _check_interface_free(self, host: str, netns: str, ifname: str) -> None:
         """Refuse a second endpoint with this host's ``netns``/``ifname`` (in any network).
@@ -221,11 +226,13 @@ class DesiredState:
         netns: str | None,
         ifname: str,
         require_host: bool,
+        container: str | None,
     ) -> Endpoint:
         net = stored.network
 
         def endpoint(ip: str) -> Endpoint:
-            return Endpoint(eid, net.name, host, ip, derive_mac(net.vni, ip), netns, ifname)
+            mac = derive_mac(net.vni, ip)
+            return Endpoint(eid, net.name, host, ip, mac, netns, ifname, container)
 
         ip = allocation.allocate(
             self._kv,

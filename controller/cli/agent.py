@@ -136,6 +136,7 @@ class Agent:
         self._diag_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heddle-diag")
         self._status: StatusWriter | None = None
         self._plugin: Any = None
+        self._cni: Any = None
         self._readiness: Any = None
         self.health = Health(
             worker_alive=lambda: self._worker is None or self._worker.is_alive(),
@@ -170,6 +171,7 @@ class Agent:
         self.membership.start()
         self.interest.start()
         self._start_plugin()
+        self._start_cni()
         self._start_telemetry()
         log.info(
             "agent %s (vtep %s, mtu %d) waiting for etcd %s",
@@ -221,8 +223,10 @@ class Agent:
             self._worker.join(timeout=10)
         if self.telemetry is not None:
             self.telemetry.stop()
-        if self._plugin is not None:
-            self._plugin.stop()  # in-flight calls finish (<= 2 s); the socket file is removed
+        for server in (self._plugin, self._cni):
+            if server is not None:
+                server.stop()  # in-flight calls finish (<= 2 s); the socket file is removed
+        if self._readiness is not None:
             self._readiness.close()
         if self._status is not None:
             self._status.close()
@@ -242,10 +246,9 @@ class Agent:
         cfg = self.cfg
         if cfg.plugin_socket is None:
             return
-        from controller.plugin.readiness import LinkReadiness
         from controller.plugin.service import plugin_server
 
-        readiness = LinkReadiness(require_master=cfg.backend == "kernel")
+        readiness = self._waiter()
 
         def on_call(method: str, status: int, seconds: float) -> None:
             self.metrics.record_plugin(method, status == 200, seconds)
@@ -260,10 +263,41 @@ class Agent:
             # directory we cannot write) must not stop it. The error says why Docker cannot
             # reach us.
             log.error("docker plugin NOT served on %s: %s", cfg.plugin_socket, exc)
-            readiness.close()
             return
         log.info("docker plugin on %s", cfg.plugin_socket)
-        self._plugin, self._readiness = server, readiness
+        self._plugin = server
+
+    def _waiter(self) -> Any:
+        """The one ``LinkReadiness`` Docker's Join and CNI's ADD wait with (each pass
+        ``notify``s it)."""
+        from controller.plugin.readiness import LinkReadiness
+
+        if self._readiness is None:
+            self._readiness = LinkReadiness(require_master=self.cfg.backend == "kernel")
+        return self._readiness
+
+    def _start_cni(self) -> None:
+        """Serve ``heddle-cni`` (unless ``--no-cni``); like the plugin, before the first pass,
+        and a socket that cannot be served is logged, not fatal."""
+        cfg = self.cfg
+        if cfg.cni_socket is None:
+            return
+        from controller.cni.service import CniService, cni_routes
+        from controller.plugin.server import PluginServer
+
+        service = CniService(self.kv, self.host.name, self._waiter(), self._first_pass_done)
+
+        def on_call(method: str, status: int, seconds: float) -> None:
+            self.metrics.record_plugin(method, status == 200, seconds)
+
+        server = PluginServer(cfg.cni_socket, cni_routes(service), on_call=on_call)
+        try:
+            server.start()
+        except (HeddleError, OSError) as exc:
+            log.error("CNI plugin NOT served on %s: %s", cfg.cni_socket, exc)
+            return
+        log.info("CNI plugin on %s", cfg.cni_socket)
+        self._cni = server
 
     def _start_telemetry(self) -> None:
         """Serve metrics, health and diagnostics (``--metrics``). Like the plugin, an address

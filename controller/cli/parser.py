@@ -149,6 +149,9 @@ def _agent(sub: Any) -> None:
     a.add_argument("--underlay-dev")
     a.add_argument("--plugin-socket")
     a.add_argument("--no-plugin", action="store_true", default=None)
+    a.add_argument("--cni-socket", help="where heddle-cni reaches this agent "
+                   "(default /run/heddle/cni.sock)")  # fmt: skip
+    a.add_argument("--no-cni", action="store_true", default=None, help="serve no CNI plugin")
     a.add_argument(
         "--metrics",
         metavar="ADDR:PORT",

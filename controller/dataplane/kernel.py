@@ -40,7 +40,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
-from controller.dataplane.netns_socket import NETNS_DIR, iproute_in
+from controller.dataplane.netns_socket import iproute_in
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
     NTF_MASTER,
@@ -63,7 +63,7 @@ from controller.model.kernel_state import (
     PortFdbEntry,
     VxlanAttrs,
 )
-from controller.model.naming import OWNER_ALIAS, PREFIX
+from controller.model.naming import OWNER_ALIAS, PREFIX, netns_path
 from controller.model.nft_filter import (
     LIST_TABLES,
     SPOOF_DROPPED,
@@ -123,9 +123,29 @@ def _is_entry(op: KernelOp) -> bool:
 
 def _netns_inode(name: str) -> int | None:
     try:
-        return os.stat(os.path.join(NETNS_DIR, name)).st_ino
+        return os.stat(netns_path(name)).st_ino
     except FileNotFoundError:
         return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _move_into(ipr: IPRoute, index: int, netns: str) -> None:
+    """Move link ``index`` into ``netns`` (a name or a path), by a descriptor of its file."""
+    try:
+        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OpFailed(f"network namespace {netns} does not exist") from None
+    try:
+        ipr.link("set", index=index, net_ns_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _code(exc: NetlinkError) -> int:
@@ -814,17 +834,25 @@ class KernelDataPlane:
         if peer is not None and _owned(peer) and _kind(peer) == "veth":
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
 
+    def _refuse_host_namespace(self, netns: str) -> None:
+        """An endpoint's namespace is a workload's, never the one the agent manages as the
+        host (a record naming ``/proc/1/ns/net`` would put an overlay address on the host)."""
+        host = "/proc/self/ns/net" if self.netns is None else netns_path(self.netns)
+        if _same_file(netns_path(netns), host):
+            raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
+
     def _create_veth_into(self, op: EnsureVeth) -> int:
         """Create the pair with its peer born inside ``op.netns`` as ``op.ifname`` and mark
         both ends; on any failure nothing is left behind (deleting one end deletes both)."""
         assert op.netns is not None
+        self._refuse_host_namespace(op.netns)
         ns = self._ns_handle(op.netns)
         if ns is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
         if _get_link(ns, op.ifname) is not None:
             raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
         try:
-            fd = os.open(os.path.join(NETNS_DIR, op.netns), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(netns_path(op.netns), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise OpFailed(f"network namespace {op.netns} does not exist") from None
         try:
@@ -845,6 +873,7 @@ class KernelDataPlane:
         return idx
 
     def _configure_endpoint(self, op: ConfigureEndpoint) -> None:
+        self._refuse_host_namespace(op.netns)
         ns = self._ns_handle(op.netns)
         if ns is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
@@ -860,7 +889,7 @@ class KernelDataPlane:
                     raise OpFailed(
                         f"veth peer {op.peer_name} not found in the host namespace or {op.netns}"
                     )
-                ipr.link("set", index=peer["index"], net_ns_fd=op.netns)
+                _move_into(ipr, int(peer["index"]), op.netns)
                 self._index.pop(op.peer_name, None)
                 moved = _get_link(ns, op.peer_name)
                 if moved is None:

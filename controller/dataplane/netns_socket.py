@@ -17,21 +17,23 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-NETNS_DIR = "/run/netns"
+from controller.model.naming import netns_path
 
 
 def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A new socket in ``netns`` (``None``: the caller's). Raises ``FileNotFoundError`` if the
+    """A new socket in ``netns`` (``None``: the caller's; a name under /run/netns or a path,
+    ``controller/model/naming.py``). Raises ``FileNotFoundError`` if the
     namespace does not exist, ``OSError`` if the socket cannot be made."""
     if netns is None:
         return socket.socket(family, kind, proto)
-    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+    path = netns_path(netns)
+    if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, f"network namespace {netns} does not exist")
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            pyroute2_netns.setns(netns, flags=0)
+            pyroute2_netns.setns(path, flags=0)
             box["sock"] = socket.socket(family, kind, proto)
         except BaseException as exc:  # handed to the caller
             box["error"] = exc

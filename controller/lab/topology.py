@@ -471,10 +471,14 @@ class Lab:
         return [
             sys.executable, "-m", "controller", *self.cli_flags(h.name), "agent",
             "--host", h.name, "--vtep", h.vtep,
-            "--backend", h.backend, *ovs, "--no-plugin",
+            "--backend", h.backend, *ovs, "--no-plugin", "--cni-socket", str(self.cni_socket(host)),
             *(["--metrics", self.metrics_address(host)] if self.serve_metrics else []),
             *self.record.agent_args, *self.extra_agent_args,
         ]  # fmt: skip
+
+    def cni_socket(self, host: str) -> Path:
+        """Where the agent of ``host`` serves ``heddle-cni`` (a CNI configuration names it)."""
+        return self.workdir / f"{host}.cni.sock"
 
     def metrics_address(self, host: str) -> str:
         """Where the agent of ``host`` serves metrics, health and diagnostics: its management

@@ -25,7 +25,7 @@ from controller.model.records import (
 )
 
 _NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu"}
-_ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname"}
+_ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname", "container"}
 _HOST_FIELDS = {"name", "vtep", "underlay_mtu", "backend", "version"}
 #: A status record of an older agent may list every skipped reason: allow more than a record.
 _MAX_STATUS_BYTES = 4 * 1024 * 1024
@@ -84,17 +84,20 @@ def decode_network(raw: bytes | str) -> Network:
 
 
 def encode_endpoint(e: Endpoint) -> str:
-    return _dumps(
-        {
-            "id": e.id,
-            "network": e.network,
-            "host": e.host,
-            "ip": e.ip,
-            "mac": e.mac,
-            "netns": e.netns,
-            "ifname": e.ifname,
-        }
-    )
+    """``container`` only when set: a record without it reads the same to an agent that
+    predates the field (which refuses unknown fields)."""
+    obj: dict[str, object] = {
+        "id": e.id,
+        "network": e.network,
+        "host": e.host,
+        "ip": e.ip,
+        "mac": e.mac,
+        "netns": e.netns,
+        "ifname": e.ifname,
+    }
+    if e.container is not None:
+        obj["container"] = e.container
+    return _dumps(obj)
 
 
 @_total
@@ -110,6 +113,7 @@ def decode_endpoint(raw: bytes | str) -> Endpoint:
             o["mac"],
             o.get("netns"),
             o.get("ifname", "eth0"),
+            o.get("container"),
         )
     except InvalidRecord as exc:
         raise InvalidRecord(f"endpoint: {exc}") from None

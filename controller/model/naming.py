@@ -47,3 +47,12 @@ def derive_mac(vni: int, ip: str) -> str:
     """
     packed = ipaddress.IPv4Address(ip).packed
     return ":".join(f"{b:02x}" for b in (0x02, vni & 0xFF, *packed))
+
+
+NETNS_DIR = "/run/netns"
+
+
+def netns_path(netns: str) -> str:
+    """The file of an endpoint's namespace: a name is under ``/run/netns`` (where ``ip netns``
+    binds it), an absolute path (``check_netns`` allows a few) is itself."""
+    return netns if netns.startswith("/") else f"{NETNS_DIR}/{netns}"

@@ -36,6 +36,14 @@ MTU_MAX = 9000 - 50
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+#: A namespace file an endpoint may name by path: one bound under /run/netns (what ``ip netns``
+#: and Podman create), or a process's (a runtime that keeps no bind mount).
+_NETNS_PATH = re.compile(
+    r"^(/(var/)?run/netns/(?!\.\.?$)[A-Za-z0-9_.-]{1,128}"
+    r"|/proc/[1-9][0-9]{0,9}(/task/[1-9][0-9]{0,9})?/ns/net)$"
+)
+#: A container id as CNI defines it: letters, digits, '_', '.', '-'; here at most 128.
+_CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_label(value: object, field: str) -> str:
@@ -112,6 +120,22 @@ def check_vtep(value: object, field: str = "vtep", *, allow_link_local: bool = F
     return str(addr)
 
 
+def check_netns(value: object, field: str = "netns") -> str:
+    """Return ``value`` if it names a network namespace: a name under ``/run/netns`` (1-15 of
+    ``A-Za-z0-9_.-``) or one of the absolute paths ``/run/netns/NAME``, ``/var/run/netns/NAME``,
+    ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``. Pure; raises ``InvalidRecord``.
+
+    Why only these paths: the agent opens the file and moves an interface into whatever
+    namespace it is, so a record must not be able to point it at an arbitrary file."""
+    named = isinstance(value, str) and value not in (".", "..") and bool(_IFNAME.match(value))
+    if named or (isinstance(value, str) and _NETNS_PATH.match(value)):
+        return str(value)
+    raise InvalidRecord(
+        f"{field} {brief(value)} is not a namespace name (1-15 of A-Z a-z 0-9 _ . -) or a "
+        "path /run/netns/NAME, /var/run/netns/NAME or /proc/PID/ns/net"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Network:
     """An overlay network: one L2 segment (one VNI) with one IPv4 subnet."""
@@ -148,8 +172,10 @@ class Network:
 class Endpoint:
     """One interface of a network on one host.
 
-    ``netns`` names the namespace (``/run/netns/<netns>``) the interface is moved into; ``None``
-    leaves the peer in the host namespace for someone else (Docker) to move.
+    ``netns`` is the namespace the interface is moved into: a name (``/run/netns/<netns>``) or
+    an absolute path (``/run/netns/...``, ``/var/run/netns/...``, ``/proc/PID/ns/net``); ``None``
+    leaves the peer in the host namespace for someone else (Docker) to move. ``container``: the
+    container id a CNI runtime gave (its DEL and GC find the endpoint by it); None otherwise.
     """
 
     id: str
@@ -159,6 +185,7 @@ class Endpoint:
     mac: str
     netns: str | None = None
     ifname: str = "eth0"
+    container: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.id, "endpoint id")
@@ -169,10 +196,15 @@ class Endpoint:
             raise InvalidRecord(f"mac {brief(self.mac)} must look like 02:00:0a:01:00:02 (lower)")
         if int(self.mac[:2], 16) & 1:
             raise InvalidRecord(f"mac {self.mac} is a multicast address")
-        if self.netns is not None and (
-            not isinstance(self.netns, str) or not _IFNAME.match(self.netns)
+        if self.netns is not None:
+            check_netns(self.netns)
+        if self.container is not None and (
+            not isinstance(self.container, str) or not _CONTAINER.match(self.container)
         ):
-            raise InvalidRecord(f"netns {brief(self.netns)} is not a valid namespace name")
+            raise InvalidRecord(
+                f"container {brief(self.container)} is not a container id (1-128 of A-Z a-z "
+                "0-9 _ . -)"
+            )
         if not isinstance(self.ifname, str) or not _IFNAME.match(self.ifname):
             raise InvalidRecord(f"ifname {brief(self.ifname)} is not an interface name (<= 15)")
 

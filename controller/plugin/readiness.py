@@ -102,11 +102,16 @@ class LinkReadiness:
 
     def __call__(self, network: str, endpoint_id: str, timeout: float) -> bool:
         """Block until the pair of ``network``/``endpoint_id`` is built; False after ``timeout``."""
+        return self.until(lambda: self._probe(network, endpoint_id), timeout)
+
+    def until(self, check: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``check()`` is true, asking it every poll and after every ``notify()``;
+        False after ``timeout``. (CNI's ADD waits for its interface this way.)"""
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 seen = self._generation
-            if self._probe(network, endpoint_id):
+            if check():
                 return True
             left = deadline - time.monotonic()
             if left <= 0:

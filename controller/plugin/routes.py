@@ -28,7 +28,7 @@ from controller.plugin.network_driver import NetworkDriver
 
 log = logging.getLogger("heddle.plugin")
 
-Interface = Literal["Plugin", "NetworkDriver", "IpamDriver"]
+Interface = Literal["Plugin", "NetworkDriver", "IpamDriver", "Cni"]
 IMPLEMENTS = ("NetworkDriver", "IpamDriver")
 R = TypeVar("R")
 
@@ -100,10 +100,16 @@ def build_routes(network: NetworkDriver, ipam: IpamDriver) -> Mapping[str, Route
     )
 
 
-def _error(interface: Interface, status: int, message: str) -> Reply:
+def _error(interface: Interface, status: int, message: str, exc: Exception | None = None) -> Reply:
+    """The error answer in ``interface``'s style; for ``Cni`` a CNI error object (its ``code``
+    and ``details`` when ``exc`` has them, else 999, the code of a failure without one)."""
     body: api.JSONObject = {"Err": message}
     if interface == "IpamDriver":
         body = {"Error": message, "Err": message}
+    if interface == "Cni":
+        code = getattr(exc, "code", None)
+        body = {"code": code if isinstance(code, int) else 999, "msg": message,
+                "details": str(getattr(exc, "details", ""))}  # fmt: skip
     return Reply(status, body)
 
 
@@ -136,7 +142,7 @@ def dispatch(
         try:
             reply = Reply(200, route.call(api.parse_body(body)).to_json())
         except HeddleError as exc:
-            reply = _error(route.interface, _status(exc), str(exc))
+            reply = _error(route.interface, _status(exc), str(exc), exc)
         except Exception as exc:  # a bug: answer (dockerd has no timeout) and keep serving
             log.exception("plugin %s failed", path)
             reply = _error(route.interface, 500, f"internal error in heddle's plugin: {brief(exc)}")
