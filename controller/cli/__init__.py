@@ -29,7 +29,7 @@ def make_kv(args: argparse.Namespace) -> KV:
 
 
 def _store_verbs() -> dict[str, Callable[[argparse.Namespace, KV], int]]:
-    from controller.cli import access, records, status, store, trace
+    from controller.cli import access, cni, records, status, store, trace
 
     return {
         "access": lambda args, kv: access.apply(args, kv),
@@ -39,6 +39,7 @@ def _store_verbs() -> dict[str, Callable[[argparse.Namespace, KV], int]]:
         "status": status.status,
         "trace": trace.trace,
         "store": store.store,
+        "cni": cni.cni,
     }
 
 

@@ -12,8 +12,12 @@ def lab(args: argparse.Namespace) -> int:
     from controller.lab import commands
 
     if args.action == "up":
-        st = commands.lab_up(args.hosts, args.backend, docker=args.docker, secure=args.secure)
+        st = commands.lab_up(
+            args.hosts, args.backend, docker=args.docker, secure=args.secure, podman=args.podman
+        )
         print(as_json(st) if args.output == "json" else _lab_table(st))
+    elif args.action == "podman":
+        return commands.lab_podman(args.host, args.args)
     elif args.action == "down":
         commands.lab_down()
         print("lab removed")
@@ -27,11 +31,14 @@ def lab(args: argparse.Namespace) -> int:
 
 def _lab_table(st: dict[str, Any]) -> str:
     docker = any("docker_host" in h for h in st.get("hosts", []))
+    podman = any("podman" in h for h in st.get("hosts", []))
     heads = ["host", "netns", "vtep", "backend", "agent pid", "metrics"]
     heads += ["docker host"] if docker else []
+    heads += ["podman"] if podman else []
     rows = [
         [h["name"], h["netns"], h["vtep"], h["backend"], h.get("agent_pid"), h.get("metrics")]
         + ([h.get("docker_host")] if docker else [])
+        + ([f"heddle lab podman {h['name']} ..."] if podman else [])
         for h in st.get("hosts", [])
     ]
     head = f"etcd: {st.get('etcd')}\n"

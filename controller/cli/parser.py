@@ -36,7 +36,7 @@ def _leaf(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole grammar: global flags, then
-    ``network|endpoint|host|status|trace|access|store|agent|lab``."""
+    ``network|endpoint|host|status|trace|access|store|cni|agent|lab``."""
     p = argparse.ArgumentParser(prog="heddle", description="etcd-backed overlay networks")
     p.add_argument("--version", action="version", version=f"heddle {__version__}")
     p.add_argument(
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="index every endpoint by host and tell agents to follow only their own networks "
         "(after every writer runs this release; idempotent)",
     )  # fmt: skip
+    cni = sub.add_parser("cni", help="the CNI plugin (heddle-cni)").add_subparsers(
+        dest="action", required=True
+    )
+    ci = _leaf(cni, "install", help="write the CNI configuration list of a network for a host")
+    ci.add_argument("network")
+    ci.add_argument("--host", help="the host whose agent serves it (default: this machine's name)")
+    ci.add_argument("--dir", default="/etc/cni/net.d", help="where (default %(default)s)")
+    ci.add_argument("--socket", help="the agent's CNI socket (default /run/heddle/cni.sock)")
     _agent(sub)
     _lab(sub)
     return p
@@ -196,6 +204,13 @@ def _lab(sub: Any) -> None:
         "--secure", action="store_true",
         help="etcd with TLS client certificates and one identity per host (as the rollout)",
     )  # fmt: skip
+    up.add_argument(
+        "--podman", action="store_true",
+        help="also a private Podman per host, with heddle-cni for every heddle network",
+    )  # fmt: skip
+    pod = _leaf(lab, "podman", help="run a lab host's Podman: heddle lab podman h1 run ...")
+    pod.add_argument("host")
+    pod.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
     _leaf(lab, "down", help="remove every trace of the lab")
     _leaf(lab, "status", help="show the lab")
     _leaf(lab, "demo", help="start a 3-host lab if needed and run the demo checks")

@@ -200,6 +200,15 @@ class CniService:
         return {}
 
     # -- helpers ------------------------------------------------------------------------------
+    def accept(self, inv: Invocation) -> None:
+        """Refuse (7) a configuration written for another host (``host``: a configuration list
+        copied to the wrong machine would otherwise put containers on this one under a name
+        that is not theirs)."""
+        host = inv.config.get("host")
+        if host is not None and host != self._host:
+            raise CniError(spec.INVALID_CONFIG, f"this configuration is for host {host!r}; "
+                           f"the agent here is {self._host!r}")  # fmt: skip
+
     def _existing(self, inv: Invocation, eid: str, netns: str) -> Endpoint | None:
         """The record of a repeated ADD (same container, interface and namespace), or None.
         Raises ``CniError`` (101) when the id is taken otherwise."""
@@ -249,7 +258,9 @@ def invocation(body: Mapping[str, Any]) -> Invocation:
     return spec.parse_invocation(env, json.dumps(body.get("config", {})).encode())
 
 
-def _translated(call: Callable[[Invocation], dict[str, Any]], command: str) -> Route:
+def _translated(
+    service: CniService, call: Callable[[Invocation], dict[str, Any]], command: str
+) -> Route:
     """A route that parses the request, checks its command and turns every heddle error into
     the CNI error the specification (or heddle's 100+) has for it."""
 
@@ -257,6 +268,7 @@ def _translated(call: Callable[[Invocation], dict[str, Any]], command: str) -> R
         inv = invocation(body)
         if inv.command != command:
             raise CniError(spec.INVALID_ENVIRONMENT, f"{inv.command} sent to {command}")
+        service.accept(inv)
         try:
             return Answer(call(inv))
         except CniError:
@@ -279,9 +291,9 @@ def cni_routes(service: CniService) -> Mapping[str, Route]:
     """The paths ``heddle-cni`` posts to (``shim.PATHS``)."""
     s = service
     return {
-        "/Cni.Add": _translated(s.add, "ADD"),
-        "/Cni.Del": _translated(s.delete, "DEL"),
-        "/Cni.Check": _translated(s.check, "CHECK"),
-        "/Cni.Gc": _translated(s.gc, "GC"),
-        "/Cni.Status": _translated(s.status, "STATUS"),
+        "/Cni.Add": _translated(s, s.add, "ADD"),
+        "/Cni.Del": _translated(s, s.delete, "DEL"),
+        "/Cni.Check": _translated(s, s.check, "CHECK"),
+        "/Cni.Gc": _translated(s, s.gc, "GC"),
+        "/Cni.Status": _translated(s, s.status, "STATUS"),
     }

@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import sys
-import tomllib
 from collections.abc import Mapping
 from typing import Any, BinaryIO, TextIO
 
@@ -73,6 +72,8 @@ def agent_socket(config: Mapping[str, Any]) -> str:
     if path is None and agent_config is not None:
         if not isinstance(agent_config, str):
             raise CniError(INVALID_CONFIG, "agentConfig must be a path")
+        import tomllib  # only here: 6 ms of imports that every other call would pay
+
         try:
             with open(agent_config, "rb") as f:
                 path = tomllib.load(f).get("cni_socket", DEFAULT_SOCKET)

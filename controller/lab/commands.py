@@ -14,7 +14,11 @@ from controller.lab.topology import Lab
 
 
 def lab_up(
-    hosts: int = 3, backend: str = "kernel", docker: str | None = None, secure: bool = False
+    hosts: int = 3,
+    backend: str = "kernel",
+    docker: str | None = None,
+    secure: bool = False,
+    podman: bool = False,
 ) -> dict[str, Any]:
     """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``.
 
@@ -24,14 +28,29 @@ def lab_up(
     With ``docker`` (an engine of ``docker_engine.ENGINES``: ``"20.10"`` is Debian's
     ``docker.io``, ``"26.1"`` trixie's, fetched on first use), every host also runs a private
     dockerd of that engine whose ``/run/docker/plugins`` holds that host's agent's plugin socket;
-    ``docker_host`` in the status is its ``DOCKER_HOST``, ``docker_engine`` the engine. On
+    ``docker_host`` in the status is its ``DOCKER_HOST``, ``docker_engine`` the engine.
+
+    With ``podman``, every host also has a private Podman (``controller/lab/podman.py``) that
+    runs containers on heddle networks through ``heddle-cni``; ``lab_podman`` runs it. On
     failure nothing is left behind."""
+    if docker is not None and (secure or podman):
+        raise LabError("--docker combines with neither --secure nor --podman yet")
     if docker is None:
         lab = Lab()
         lab.up(hosts=hosts, backend=backend, secure=secure)
-        return lab.status()
-    if secure:
-        raise LabError("--secure does not combine with --docker yet")
+        if podman:
+            from controller.lab.podman import PodmanLab
+
+            pl = PodmanLab(lab)
+            try:
+                pl.start()
+            except BaseException:
+                try:
+                    pl.down()
+                finally:
+                    lab.down()
+                raise
+        return lab_status()
     from controller.lab.docker import DockerLab, PluginLab
 
     plab = PluginLab()
@@ -52,31 +71,59 @@ def lab_up(
 
 
 def lab_down() -> None:
-    """Remove every trace of the lab, its dockerds included (idempotent: no lab is not an
-    error)."""
+    """Remove every trace of the lab, its dockerds and Podmans included (idempotent: no lab is
+    not an error)."""
     from controller.lab.docker import DockerLab
+    from controller.lab.podman import PodmanLab
 
     lab = Lab()
     try:
         DockerLab(lab).down()
+        PodmanLab(lab).down()
     finally:
         lab.down()
 
 
+def lab_podman(host: str, args: list[str]) -> int:
+    """Run ``podman ARGS`` as lab host ``host``'s Podman (its configuration lists brought up
+    to date with the heddle networks first); print its output; return its exit status."""
+    import sys
+
+    from controller.lab.podman import PodmanLab
+
+    pl = PodmanLab(Lab())
+    if not pl.dir(host).exists():
+        raise LabError(f"no Podman on lab host {host!r} (heddle lab up --podman)")
+    pl.sync_networks(host)
+    done = pl.podman(host, args[1:] if args[:1] == ["--"] else args, check=False, timeout=3600)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
 def lab_status() -> dict[str, Any]:
     """``{"etcd": URL, "hosts": [{"name", "netns", "vtep", "backend", "agent_pid",
-    "docker_host"?, "docker_engine"?}]}`` (the docker keys only for a lab started with
-    ``docker``)."""
+    "docker_host"?, "docker_engine"?, "podman"?, "cni_socket"}]}`` (the docker keys only for a
+    lab started with ``docker``, ``podman`` -- where its CNI configuration lists are and its
+    ``CONTAINERS_*`` settings -- for one started with ``podman``)."""
     from controller.lab.docker import DockerLab
+    from controller.lab.podman import PodmanLab
 
     lab = Lab()
     status = lab.status()
     dl = DockerLab(lab)
+    pl = PodmanLab(lab)
     for h in status.get("hosts", []):
         sock = dl.docker_socket(h["name"])
         if sock.exists():
             h["docker_host"] = f"unix://{sock}"
             h["docker_engine"] = dl.engine_name
+        if pl.dir(h["name"]).exists():
+            h["podman"] = {
+                "cni_dir": str(pl.cni_dir(h["name"])),
+                **{k: v for k, v in pl.env(h["name"]).items() if k.startswith("CONTAINERS_")},
+            }
+        h["cni_socket"] = str(lab.cni_socket(h["name"]))
     return status
 
 

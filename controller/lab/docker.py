@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import io
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,10 +55,10 @@ from controller.lab.nsutil import (
     proc_ref,
     stop_process,
 )
+from controller.lab.rootfs import build_rootfs_tar
 from controller.lab.topology import Lab
 
 DOCKER = "/usr/bin/docker"  # Debian's client (a newer /usr/local/bin/docker may come first)
-BUSYBOX = "/bin/busybox"
 IMAGE = "heddle/busybox:latest"
 PLUGIN = "heddle"
 READY_TIMEOUT = 60.0
@@ -161,41 +159,6 @@ def unix_http(path: str, method: str, url: str, timeout: float = 5.0) -> tuple[i
         return resp.status, resp.read()
     finally:
         sock.close()
-
-
-def build_rootfs_tar(dest: Path) -> Path:
-    """A busybox root filesystem as a tar: ``/bin/busybox``, one symlink per applet, minimal
-    ``/etc/passwd`` and ``/etc/group``. Raises ``LabError`` if busybox is missing."""
-    if not Path(BUSYBOX).exists():
-        raise LabError(f"{BUSYBOX} missing (apt install busybox-static)")
-    applets = subprocess.run(
-        [BUSYBOX, "--list"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-
-    def add_dir(tar: tarfile.TarFile, name: str) -> None:
-        info = tarfile.TarInfo(name)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-
-    def add_text(tar: tarfile.TarFile, name: str, text: str) -> None:
-        data = text.encode()
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
-
-    with tarfile.open(dest, "w") as tar:
-        for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "root"):
-            add_dir(tar, d)
-        tar.add(BUSYBOX, "bin/busybox")
-        for applet in applets:
-            if applet != "busybox":
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(link)
-        add_text(tar, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
-        add_text(tar, "etc/group", "root:x:0:\n")
-    return dest
 
 
 class DockerLab:

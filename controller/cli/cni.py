@@ -1,0 +1,33 @@
+"""``heddle cni install``: write a network's CNI configuration list for a host
+(``controller/cni/install.py``), after checking in etcd that the network and the host exist."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+from controller.cli.parser import OK
+from controller.cni.install import install
+from controller.cni.shim import DEFAULT_SOCKET
+from controller.desired import DesiredState
+from controller.model.errors import NotFound
+from controller.store import keys
+from controller.store.kv import KV
+
+
+def cni(args: argparse.Namespace, kv: KV) -> int:
+    """Write the configuration list; print its path. Raises ``NotFound`` for a network or a
+    host etcd does not know (a list naming them would fail every ADD)."""
+    DesiredState(kv).get_network(args.network)
+    host = args.host or socket.gethostname().split(".")[0].lower()
+    if kv.get(keys.host(host)) is None:
+        raise NotFound(
+            f"host {host!r} is not registered (its agent has not run yet, or give --host)"
+        )
+    path = install(args.dir, args.network, host, args.socket or DEFAULT_SOCKET)
+    if args.output == "json":
+        print(json.dumps({"path": str(path), "network": args.network, "host": host}))
+    else:
+        print(path)
+    return OK
