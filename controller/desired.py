@@ -20,7 +20,7 @@ from controller import allocation, ipam
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac
-from controller.model.records import Endpoint, Network, check_label
+from controller.model.records import Endpoint, Network, check_label, parse_subnet
 from controller.store import endpoint_ops, keys
 from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Txn
 
@@ -48,13 +48,17 @@ class DesiredState:
         vni: int | None = None,
         gateway: str | None = None,
         mtu: int | None = None,
+        egress: str | None = None,
     ) -> Network:
         """Create a network and its VNI guard in one transaction; picks the lowest free VNI
-        when ``vni`` is None. Refuses (``Conflict``) a taken name or VNI."""
+        when ``vni`` is None. Refuses (``Conflict``) a taken name or VNI. With ``egress`` and
+        no ``gateway`` the gateway is the subnet's first address."""
+        if egress is not None and gateway is None:
+            gateway = str(next(parse_subnet(subnet).hosts()))
         # Validate everything (with a placeholder VNI) before touching the store.
-        Network(name, vni if vni is not None else 1, subnet, gateway, mtu)
+        Network(name, vni if vni is not None else 1, subnet, gateway, mtu, egress)
         if vni is not None:
-            net = Network(name, vni, subnet, gateway, mtu)
+            net = Network(name, vni, subnet, gateway, mtu, egress)
             if self._try_create_network(net):
                 return net
             raise self._network_conflict(net)
@@ -63,7 +67,7 @@ class DesiredState:
             listing = self._kv.list(keys.VNIS)
             taken |= {int(k) for kv in listing.items if (k := kv.key[len(keys.VNIS) :]).isdigit()}
             for candidate in ipam.free_vnis(taken):
-                net = Network(name, candidate, subnet, gateway, mtu)
+                net = Network(name, candidate, subnet, gateway, mtu, egress)
                 if self._try_create_network(net):
                     return net
                 if self._kv.get(keys.network(name)) is not None:

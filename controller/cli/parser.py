@@ -116,6 +116,10 @@ def _records(sub: Any) -> None:
     c.add_argument("--vni", type=int, help="VXLAN network identifier (default: lowest free)")
     c.add_argument("--gateway", help="gateway address inside the subnet (optional)")
     c.add_argument("--mtu", type=int, help="overlay MTU (default: smallest underlay MTU - 50)")
+    c.add_argument(
+        "--egress", choices=("masquerade",),
+        help="let endpoints reach the outside through the gateway (default: route nothing)",
+    )  # fmt: skip
     _leaf(net, "ls", help="list networks")
     s = _leaf(net, "show", help="show one network and its endpoints")
     s.add_argument("name")

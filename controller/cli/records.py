@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from controller.model.records import Network
 from controller.output import as_json, table
 from controller.store.kv import KV
 
@@ -18,21 +19,27 @@ def emit(args: argparse.Namespace, obj: Any, headers: Sequence[str], rows: list[
     print(as_json(obj) if args.output == "json" else table(headers, rows))
 
 
+def _network_row(n: Network) -> list[object]:
+    return [n.name, n.vni, n.subnet, n.gateway, n.mtu, n.egress]
+
+
 def network(args: argparse.Namespace, kv: KV) -> int:
     from controller.desired import DesiredState
 
     ds = DesiredState(kv)
-    heads = ["name", "vni", "subnet", "gateway", "mtu"]
+    heads = ["name", "vni", "subnet", "gateway", "mtu", "egress"]
     if args.action == "create":
-        n = ds.create_network(args.name, args.subnet, args.vni, args.gateway, args.mtu)
-        emit(args, asdict(n), heads, [[n.name, n.vni, n.subnet, n.gateway, n.mtu]])
+        n = ds.create_network(
+            args.name, args.subnet, args.vni, args.gateway, args.mtu, args.egress
+        )
+        emit(args, asdict(n), heads, [_network_row(n)])
     elif args.action == "ls":
         nets = ds.networks()
         emit(
             args,
             [asdict(n) for n in nets],
             heads,
-            [[n.name, n.vni, n.subnet, n.gateway, n.mtu] for n in nets],
+            [_network_row(n) for n in nets],
         )
     elif args.action == "show":
         n = ds.get_network(args.name)
@@ -40,7 +47,7 @@ def network(args: argparse.Namespace, kv: KV) -> int:
         if args.output == "json":
             print(as_json({**asdict(n), "endpoints": [asdict(e) for e in eps]}))
         else:
-            print(table(heads, [[n.name, n.vni, n.subnet, n.gateway, n.mtu]]))
+            print(table(heads, [_network_row(n)]))
             print()
             print(_endpoint_table(eps))
     elif args.action == "rm":

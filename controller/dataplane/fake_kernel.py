@@ -43,6 +43,7 @@ from controller.plan.kernel_ops import (
     DelLink,
     DelNeigh,
     DelPortFdb,
+    EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
@@ -68,6 +69,7 @@ class _Link:
     vxlan: VxlanAttrs | None = None
     partner: str | None = None  # veth: the other end's key (see _Peer)
     learning: bool | None = None  # bridge ports only
+    addresses: tuple[str, ...] = ()  # IPv4 "ip/prefixlen", bridges only (egress gateways)
 
 
 @dataclass(slots=True)
@@ -110,6 +112,7 @@ class FakeKernel:
         self.applied: list[KernelOp] = []
         self.closed = False
         self.observations = 0  # how often observe ran (tests of Incremental count reads)
+        self.forwarding = False  # net.ipv4.ip_forward of the host namespace
 
     # -- test hooks -------------------------------------------------------------------------
 
@@ -231,6 +234,12 @@ class FakeKernel:
             )
         spec = self.filter_spec if self.filters else None
         vnis = tuple(v for v, _ in spec.members) if spec is not None else ()
+        egress = any(nv.network.egress is not None for nv in view.networks)
+        addresses = {
+            n: tuple(sorted(lk.addresses))
+            for n, lk in self._links.items()
+            if lk.owned and lk.kind == "bridge" and lk.addresses
+        }
         return KernelState(
             links=links,
             fdb=fdb,
@@ -239,6 +248,8 @@ class FakeKernel:
             endpoints=sides,
             filters=spec,
             filter_vnis=vnis,
+            bridge_addresses=addresses,
+            forwarding=self.forwarding if egress else None,
         )
 
     def plan(self, view: HostView, actual: KernelState) -> tuple[KernelOp, ...]:
@@ -287,6 +298,8 @@ class FakeKernel:
         match op:
             case SyncFilters():
                 self.filter_spec = op.spec
+            case EnableForwarding():
+                self.forwarding = True
             case EnsureBridge():
                 self._ensure_bridge(op)
             case EnsureVxlan():
@@ -389,6 +402,9 @@ class FakeKernel:
             lk = _Link(op.name, "bridge", owned=True, index=self._index(), mac=self._mac())
             self._links[op.name] = lk
         lk.mtu, lk.up, lk.mcast_snooping = op.mtu, True, False
+        if op.mac is not None:
+            lk.mac = op.mac
+        lk.addresses = tuple(sorted(set(op.addresses)))
 
     def _ensure_vxlan(self, op: EnsureVxlan) -> None:
         self._bridge(op.bridge)

@@ -39,6 +39,12 @@ from typing import Any, Self
 from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
+from controller.dataplane.kernel_egress import (
+    bridge_addresses,
+    enable_forwarding,
+    forwarding,
+    set_bridge_address,
+)
 from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
 from controller.dataplane.netns_socket import iproute_in
 from controller.dataplane.nftables import Nft, NftError
@@ -84,6 +90,7 @@ from controller.plan.kernel_ops import (
     DelLink,
     DelNeigh,
     DelPortFdb,
+    EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
@@ -391,6 +398,7 @@ class KernelDataPlane:
                     case NeighSeen(dev=dev, entry=nentry) if nentry is not None:
                         neigh[dev].add(nentry)
         listing = self._remembered_filters()
+        egress = any(nv.network.egress is not None for nv in view.networks)
         return KernelState(
             links=links,
             fdb={k: frozenset(v) for k, v in fdb.items()},
@@ -399,6 +407,8 @@ class KernelDataPlane:
             endpoints=self._observe_endpoints(endpoint_keys(view)),
             filters=listing.spec,
             filter_vnis=listing.vni_sets,
+            bridge_addresses=bridge_addresses(self._host(), links),
+            forwarding=forwarding(self.netns) if egress else None,
         )
 
     def _remembered_filters(self) -> FilterListing:
@@ -585,6 +595,8 @@ class KernelDataPlane:
                 self._tables = (time.monotonic(), FilterListing(op.spec, sets))
             case EnsureBridge():
                 self._ensure_bridge(op)
+            case EnableForwarding():
+                enable_forwarding(self.netns)
             case EnsureVxlan():
                 self._ensure_vxlan(op)
             case EnsureVeth():
@@ -782,6 +794,7 @@ class KernelDataPlane:
         self._host().link(
             "set", index=idx, kind="bridge", br_mcast_snooping=0, mtu=op.mtu, state="up"
         )
+        set_bridge_address(self._host(), idx, op.mac, op.addresses)
 
     def _ensure_vxlan(self, op: EnsureVxlan) -> None:
         br = self._bridge_index(op.bridge)

@@ -1,4 +1,4 @@
-"""Sockets inside a named network namespace, without changing the caller's namespace.
+"""Sockets (and sysctls) inside a network namespace, without changing the caller's namespace.
 
 ``setns`` is per thread and a socket keeps the namespace it was created in, so a short-lived
 thread joins the namespace (``flags=0``: never creates it — pyroute2's default would) and makes
@@ -12,20 +12,22 @@ import errno
 import os
 import socket
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from controller.model.naming import netns_path
 
+T = TypeVar("T")
 
-def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A new socket in ``netns`` (``None``: the caller's; a name under /run/netns or a path,
-    ``controller/model/naming.py``). Raises ``FileNotFoundError`` if the
-    namespace does not exist, ``OSError`` if the socket cannot be made."""
+
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """``fn()`` run on a short-lived thread inside ``netns`` (``None``: here, on this thread).
+    Raises ``FileNotFoundError`` if the namespace does not exist, else what ``fn`` raises."""
     if netns is None:
-        return socket.socket(family, kind, proto)
+        return fn()
     path = netns_path(netns)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, f"network namespace {netns} does not exist")
@@ -34,7 +36,7 @@ def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> sock
     def work() -> None:
         try:
             pyroute2_netns.setns(path, flags=0)
-            box["sock"] = socket.socket(family, kind, proto)
+            box["result"] = fn()
         except BaseException as exc:  # handed to the caller
             box["error"] = exc
 
@@ -43,8 +45,31 @@ def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> sock
     t.join()
     if "error" in box:
         raise box["error"]
-    sock: socket.socket = box["sock"]
-    return sock
+    result: T = box["result"]
+    return result
+
+
+def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A new socket in ``netns`` (``None``: the caller's; a name under /run/netns or a path,
+    ``controller/model/naming.py``). Raises ``FileNotFoundError`` if the namespace does not
+    exist, ``OSError`` if the socket cannot be made."""
+    return in_netns(netns, lambda: socket.socket(family, kind, proto))
+
+
+def sysctl(netns: str | None, key: str, value: str | None = None) -> str:
+    """Read (and with ``value`` first write) ``/proc/sys/<key>`` of ``netns``: the network
+    sysctls are per namespace, and the file answers for the namespace of whoever opens it.
+    Raises ``OSError``."""
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def work() -> str:
+        if value is not None:
+            with open(path, "w") as f:
+                f.write(value)
+        with open(path) as f:
+            return f.read().strip()
+
+    return in_netns(netns, work)
 
 
 def iproute_in(netns: str | None) -> IPRoute:

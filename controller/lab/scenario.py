@@ -47,8 +47,10 @@ class Scenario:
     networks: list[str] = field(default_factory=list)
     placed: list[Placed] = field(default_factory=list)
 
-    def network(self, name: str, subnet: str, vni: int | None = None) -> None:
-        self.desired.create_network(name, subnet, vni=vni)
+    def network(
+        self, name: str, subnet: str, vni: int | None = None, egress: str | None = None
+    ) -> None:
+        self.desired.create_network(name, subnet, vni=vni, egress=egress)
         self.networks.append(name)
 
     def endpoint(self, network: str, host: str, name: str, ip: str | None = None) -> Placed:

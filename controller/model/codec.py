@@ -24,7 +24,7 @@ from controller.model.records import (
     clip_reasons,
 )
 
-_NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu"}
+_NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu", "egress"}
 _ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname", "container"}
 _HOST_FIELDS = {"name", "vtep", "underlay_mtu", "backend", "version"}
 #: A status record of an older agent may list every skipped reason: allow more than a record.
@@ -68,9 +68,14 @@ def _require(obj: dict[str, Any], fields: set[str], required: set[str], what: st
 
 
 def encode_network(n: Network) -> str:
-    return _dumps(
-        {"name": n.name, "vni": n.vni, "subnet": n.subnet, "gateway": n.gateway, "mtu": n.mtu}
-    )
+    """``egress`` only when set: a network without it reads the same to an agent that predates
+    the field (which refuses unknown fields)."""
+    obj: dict[str, object] = {
+        "name": n.name, "vni": n.vni, "subnet": n.subnet, "gateway": n.gateway, "mtu": n.mtu
+    }  # fmt: skip
+    if n.egress is not None:
+        obj["egress"] = n.egress
+    return _dumps(obj)
 
 
 @_total
@@ -78,7 +83,9 @@ def decode_network(raw: bytes | str) -> Network:
     o = _object(raw, "network")
     _require(o, _NETWORK_FIELDS, {"name", "vni", "subnet"}, "network")
     try:
-        return Network(o["name"], o["vni"], o["subnet"], o.get("gateway"), o.get("mtu"))
+        return Network(
+            o["name"], o["vni"], o["subnet"], o.get("gateway"), o.get("mtu"), o.get("egress")
+        )
     except InvalidRecord as exc:
         raise InvalidRecord(f"network: {exc}") from None
 

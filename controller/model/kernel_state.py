@@ -113,7 +113,9 @@ class KernelState:
     bridge with none maps to an empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every
     endpoint namespace the observation was asked to look into. ``filters``: what heddle's
     nftables tables hold (``None`` when they are missing, malformed, or the backend does not
-    keep them); ``filter_vnis``: the per-network sets present in them.
+    keep them); ``filter_vnis``: the per-network sets present in them. ``bridge_addresses``:
+    the IPv4 addresses (``ip/prefixlen``, sorted) of every *owned* bridge that has any.
+    ``forwarding``: ``net.ipv4.ip_forward`` of the host namespace (``None``: not read).
     """
 
     links: Mapping[str, LinkState] = field(default_factory=dict)
@@ -123,6 +125,8 @@ class KernelState:
     endpoints: Mapping[tuple[str, str], EndpointSide] = field(default_factory=dict)
     filters: FilterSpec | None = None
     filter_vnis: tuple[int, ...] = ()
+    bridge_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    forwarding: bool | None = None
 
     def owned(self, name: str) -> LinkState | None:
         """The link called ``name`` if it exists and is heddle's, else ``None``."""

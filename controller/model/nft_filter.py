@@ -16,6 +16,18 @@ device) passes at once; from a guarded port it passes only if (port, source MAC,
 or, for ARP, both (port, source MAC, sender IP) and (port, sender MAC, sender IP) are in the
 set ``guards``; everything else is dropped and counted (``spoof_dropped``).
 
+``inet heddle`` also keeps what the overlays may reach through the host (the Linux bridges
+``hdb*`` are heddle's): chain ``input`` starts with ``iifname . ip daddr @gateways icmp type
+echo-request accept`` (an endpoint may ping its egress gateway) and ``iifname "hdb*" counter
+name host_dropped drop`` (nothing else from an overlay reaches the host itself: not its VTEP,
+not etcd, not another overlay's gateway). Chain ``forward`` (priority -200): traffic within
+one bridge passes (``iifname . oifname @loops``: only where bridged frames are sent through the
+IP hooks, K6), an egress bridge's traffic to anything but a heddle bridge passes, and so do
+the replies to it (``ct state established,related``); everything else from or to a heddle
+bridge is dropped and counted (``routed_dropped``): no overlay routes into another. Chain
+``postrouting`` (nat, priority 100): per egress network ``iifname <bridge> ip saddr <subnet>
+oifname != "hdb*" masquerade``.
+
 The rules are fixed shapes; what changes are set elements and the per-network rules. A
 ``FilterSpec`` is both what the planner wants and what an observation found (``parse_tables``),
 so converged means equal. ``render_sync`` writes one batch that replaces heddle's rules and
@@ -29,12 +41,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.model.egress import Gateway
+from controller.model.naming import bridge_name
+
 TABLE = "heddle"
 INET_CHAIN = "input"
+FORWARD_CHAIN = "forward"
+NAT_CHAIN = "postrouting"
 BRIDGE_CHAIN = "prerouting"
 VXLAN_DROPPED = "vxlan_dropped"
 SPOOF_DROPPED = "spoof_dropped"
+HOST_DROPPED = "host_dropped"
+ROUTED_DROPPED = "routed_dropped"
 PRIORITY = -200
+NAT_PRIORITY = 100
+BRIDGES = "hdb*"  # every heddle Linux bridge (controller/model/naming.py)
 VXLAN_PORT = 4789
 _VNI_SET = "vni_"
 
@@ -52,18 +73,24 @@ class PortGuard:
 
 @dataclass(frozen=True, slots=True)
 class FilterSpec:
-    """``members``: VNI -> the VTEPs accepted for it (sorted). ``guards``: sorted by port."""
+    """``members``: VNI -> the VTEPs accepted for it (sorted). ``guards``: sorted by port.
+    ``gateways``: the egress gateways of this host (``controller/model/egress.py``), by VNI."""
 
     members: tuple[tuple[int, tuple[str, ...]], ...] = ()
     guards: tuple[PortGuard, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
 
     def union(self, other: FilterSpec) -> FilterSpec:
-        """Everything either allows (what is in force while a change is half-way)."""
+        """Everything either allows (what is in force while a change is half-way). Egress is
+        not widened: ``other``'s gateways are the ones in force (a bridge holds one address
+        for the gateway it is planned for, not the union)."""
         merged: dict[int, set[str]] = {}
         for vni, vteps in (*self.members, *other.members):
             merged.setdefault(vni, set()).update(vteps)
         return make_spec(
-            {v: tuple(s) for v, s in merged.items()}, set(self.guards) | set(other.guards)
+            {v: tuple(s) for v, s in merged.items()},
+            set(self.guards) | set(other.guards),
+            other.gateways,
         )
 
     def accepts(self, vni: int) -> tuple[str, ...] | None:
@@ -73,12 +100,15 @@ class FilterSpec:
 
 
 def make_spec(
-    members: Mapping[int, Sequence[str]], guards: Sequence[PortGuard] | set[PortGuard]
+    members: Mapping[int, Sequence[str]],
+    guards: Sequence[PortGuard] | set[PortGuard],
+    gateways: Sequence[Gateway] = (),
 ) -> FilterSpec:
     """A canonical ``FilterSpec`` (sorted, so equal contents compare equal)."""
     return FilterSpec(
         tuple(sorted((vni, tuple(sorted(set(v)))) for vni, v in members.items())),
         tuple(sorted(set(guards))),
+        tuple(sorted(set(gateways))),
     )
 
 
@@ -103,6 +133,63 @@ def vni_rule(vni: int) -> list[Json]:
 
 def vxlan_tail_rule() -> list[Json]:
     return [_udp_4789(), {"counter": VXLAN_DROPPED}, {"drop": None}]
+
+
+def _is(key: str, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": right}}
+
+
+def host_rules() -> list[list[Json]]:
+    """The fixed rules that start chain ``input``: what an overlay may reach on the host."""
+    to_gateway = {"concat": [{"meta": {"key": "iifname"}},
+                             {"payload": {"protocol": "ip", "field": "daddr"}}]}  # fmt: skip
+    return [
+        [
+            {"match": {"op": "==", "left": to_gateway, "right": "@gateways"}},
+            {
+                "match": {
+                    "op": "==",
+                    "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                    "right": "echo-request",
+                }
+            },
+            {"accept": None},
+        ],
+        [_is("iifname", BRIDGES), {"counter": HOST_DROPPED}, {"drop": None}],
+    ]
+
+
+def forward_rules() -> list[list[Json]]:
+    """The fixed rules of chain ``forward``: egress out and its replies in, nothing else."""
+    loop = {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}
+    return [
+        [{"match": {"op": "==", "left": loop, "right": "@loops"}}, {"accept": None}],
+        [_is("iifname", "@egress"), _is("oifname", BRIDGES, "!="), {"accept": None}],
+        [
+            _is("oifname", "@egress"),
+            {
+                "match": {
+                    "op": "in",
+                    "left": {"ct": {"key": "state"}},
+                    "right": ["established", "related"],
+                }
+            },
+            {"accept": None},
+        ],
+        [_is("iifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
+        [_is("oifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
+    ]
+
+
+def masquerade_rule(gw: Gateway) -> list[Json]:
+    addr, length = gw.subnet.split("/")
+    return [
+        _is("iifname", gw.bridge),
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": addr, "len": int(length)}}}},
+        _is("oifname", BRIDGES, "!="),
+        {"masquerade": None},
+    ]  # fmt: skip
 
 
 def _iif_concat(*fields: tuple[str, str]) -> Json:
@@ -142,8 +229,8 @@ def _obj(kind: str, family: str, **fields: Any) -> Json:
     return {kind: {"family": family, "table": TABLE, **fields}}
 
 
-def _chain(family: str, name: str, hook: str) -> Json:
-    return _obj("chain", family, name=name, type="filter", hook=hook, prio=PRIORITY,
+def _chain(family: str, name: str, hook: str, kind: str = "filter", prio: int = PRIORITY) -> Json:
+    return _obj("chain", family, name=name, type=kind, hook=hook, prio=prio,
                 policy="accept")  # fmt: skip
 
 
@@ -154,9 +241,33 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
     cmds: list[Json] = [
         {"add": {"table": {"family": "inet", "name": TABLE}}},
         {"add": _obj("counter", "inet", name=VXLAN_DROPPED)},
+        {"add": _obj("counter", "inet", name=HOST_DROPPED)},
+        {"add": _obj("counter", "inet", name=ROUTED_DROPPED)},
         {"add": _chain("inet", INET_CHAIN, "input")},
+        {"add": _chain("inet", FORWARD_CHAIN, "forward")},
+        {"add": _chain("inet", NAT_CHAIN, "postrouting", "nat", NAT_PRIORITY)},
         {"flush": _obj("chain", "inet", name=INET_CHAIN)},
+        {"flush": _obj("chain", "inet", name=FORWARD_CHAIN)},
+        {"flush": _obj("chain", "inet", name=NAT_CHAIN)},
     ]
+    sets = {
+        "gateways": (["ifname", "ipv4_addr"],
+                     [{"concat": [g.bridge, g.address]} for g in spec.gateways]),
+        "egress": ("ifname", [g.bridge for g in spec.gateways]),
+        "loops": (["ifname", "ifname"],
+                  [{"concat": [bridge_name(v), bridge_name(v)]} for v, _ in spec.members]),
+    }  # fmt: skip
+    for name, (kind, elems) in sets.items():
+        cmds.append({"add": _obj("set", "inet", name=name, type=kind)})
+        cmds.append({"flush": _obj("set", "inet", name=name)})
+        if elems:
+            cmds.append({"add": _obj("element", "inet", name=name, elem=elems)})
+    for expr in host_rules():
+        cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=expr)})
+    for expr in forward_rules():
+        cmds.append({"add": _obj("rule", "inet", chain=FORWARD_CHAIN, expr=expr)})
+    for gw in spec.gateways:
+        cmds.append({"add": _obj("rule", "inet", chain=NAT_CHAIN, expr=masquerade_rule(gw))})
     wanted = {vni for vni, _ in spec.members}
     for vni in sorted(set(stale_vnis) - wanted):
         cmds.append({"delete": _obj("set", "inet", name=f"{_VNI_SET}{vni}")})
@@ -244,7 +355,8 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
     members: dict[int, list[str]] = {}
     guards: list[PortGuard] = []
     guarded: list[str] = []
-    rules: dict[str, list[Any]] = {"inet": [], "bridge": []}
+    inet_sets: dict[str, list[Any]] = {}
+    rules: dict[tuple[str, str], list[Any]] = {}
     drops: dict[str, int] = {}
     chains: set[tuple[str, str]] = set()
     for obj in objects:
@@ -256,6 +368,8 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
                 members[int(s["name"][len(_VNI_SET) :])] = [
                     str(e) for e in _elements(s.get("elem"))
                 ]
+            elif s["family"] == "inet":
+                inet_sets[s["name"]] = _elements(s.get("elem"))
             elif s["family"] == "bridge" and s["name"] == "guards":
                 for e in _elements(s.get("elem")):
                     port, mac, ip = e["concat"]
@@ -267,19 +381,52 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
             drops[c["name"]] = int(c.get("packets", 0))
         elif "chain" in obj:
             c = obj["chain"]
-            ok = c.get("hook") in ("input", "prerouting") and c.get("prio") == PRIORITY
-            if ok:
+            if (c.get("hook"), c.get("prio")) in _HOOKS.get((c["family"], c["name"]), ()):
                 chains.add((c["family"], c["name"]))
         elif "rule" in obj:
             r = obj["rule"]
-            rules.setdefault(r["family"], []).append(r["expr"])
+            rules.setdefault((r["family"], r["chain"]), []).append(r["expr"])
+    gateways = _gateways(inet_sets, rules.get(("inet", NAT_CHAIN), []))
+    loops = {tuple(e["concat"]) for e in inet_sets.get("loops", [])}
     vni_sets = tuple(sorted(members))
     shaped = (
         tables == {"inet", "bridge"}
-        and chains == {("inet", INET_CHAIN), ("bridge", BRIDGE_CHAIN)}
-        and rules["inet"] == [vni_rule(v) for v in sorted(members)] + [vxlan_tail_rule()]
-        and rules["bridge"] == bridge_rules()
+        and chains == set(_HOOKS)
+        and rules.get(("inet", INET_CHAIN), [])
+        == [*host_rules(), *(vni_rule(v) for v in sorted(members)), vxlan_tail_rule()]
+        and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules()
+        and loops == {(bridge_name(v), bridge_name(v)) for v in members}
+        and rules.get(("bridge", BRIDGE_CHAIN), []) == bridge_rules()
         and sorted(set(guarded)) == sorted({g.port for g in guards})
     )
-    spec = make_spec(members, guards) if shaped else None
+    spec = make_spec(members, guards, gateways or ()) if shaped and gateways is not None else None
     return FilterListing(spec, vni_sets, drops)
+
+
+_HOOKS: Mapping[tuple[str, str], tuple[tuple[str, int], ...]] = {
+    ("inet", INET_CHAIN): (("input", PRIORITY),),
+    ("inet", FORWARD_CHAIN): (("forward", PRIORITY),),
+    ("inet", NAT_CHAIN): (("postrouting", NAT_PRIORITY),),
+    ("bridge", BRIDGE_CHAIN): (("prerouting", PRIORITY),),
+}
+
+
+def _gateways(sets: Mapping[str, list[Any]], nat: list[Any]) -> tuple[Gateway, ...] | None:
+    """The gateways the sets ``gateways`` and ``egress`` and the masquerade rules describe
+    together; ``None`` when they do not describe the same ones (rewrite the tables)."""
+    addresses = {str(e["concat"][0]): str(e["concat"][1]) for e in sets.get("gateways", [])}
+    out: list[Gateway] = []
+    for expr in nat:
+        bridge = str(expr[0]["match"]["right"])
+        prefix = expr[1]["match"]["right"]["prefix"]
+        if not bridge.startswith("hdb") or bridge not in addresses:
+            return None
+        vni = int(bridge[3:], 16)
+        gw = Gateway(vni, f"{prefix['addr']}/{prefix['len']}", addresses[bridge], prefix["len"])
+        if masquerade_rule(gw) != expr:
+            return None
+        out.append(gw)
+    bridges = sorted(g.bridge for g in out)
+    if sorted(addresses) != bridges or sorted(map(str, sets.get("egress", []))) != bridges:
+        return None
+    return tuple(out)

@@ -136,15 +136,23 @@ def check_netns(value: object, field: str = "netns") -> str:
     )
 
 
+EGRESS_MODES = ("masquerade",)
+
+
 @dataclass(frozen=True, slots=True)
 class Network:
-    """An overlay network: one L2 segment (one VNI) with one IPv4 subnet."""
+    """An overlay network: one L2 segment (one VNI) with one IPv4 subnet.
+
+    ``egress``: ``"masquerade"`` lets its endpoints reach addresses outside the overlay through
+    ``gateway`` (held by every host with a local endpoint, masqueraded out of that host's
+    uplink); ``None`` (the default) routes nothing."""
 
     name: str
     vni: int
     subnet: str
     gateway: str | None = None
     mtu: int | None = None
+    egress: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.name, "network name")
@@ -158,6 +166,12 @@ class Network:
                 )
         if self.mtu is not None:
             check_int(self.mtu, "mtu", MTU_MIN, MTU_MAX)
+        if self.egress is not None:
+            if self.egress not in EGRESS_MODES:
+                modes = ", ".join(EGRESS_MODES)
+                raise InvalidRecord(f"egress {brief(self.egress)} must be one of {modes} (or null)")
+            if self.gateway is None:
+                raise InvalidRecord("egress needs a gateway: the address endpoints route through")
 
     @property
     def network(self) -> ipaddress.IPv4Network:

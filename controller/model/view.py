@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.model.egress import egress_gateways
 from controller.model.records import Endpoint, Host, Network
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
@@ -161,7 +162,7 @@ def host_view(
             views.append(nv)
     if memo is not None:
         memo.keep_only(mine)
-    return HostView(host, tuple(views), tuple(problems))
+    return _with_egress(host, views, problems)
 
 
 def _grouped_view(
@@ -193,7 +194,13 @@ def _grouped_view(
         if nv is not None:
             views.append(nv)
     memo.keep_only(set(groups))
-    return HostView(host, tuple(views), tuple(problems))
+    return _with_egress(host, views, problems)
+
+
+def _with_egress(host: Host, views: list[NetworkView], problems: list[str]) -> HostView:
+    """The view, with the reasons egress is refused here (``egress_gateways``) reported."""
+    _, refused = egress_gateways((nv.network for nv in views), host.backend)
+    return HostView(host, tuple(views), (*problems, *refused))
 
 
 def _network_view(

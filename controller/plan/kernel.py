@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from controller.model.egress import Gateway, egress_gateways
 from controller.model.kernel_state import (
     FdbEntry,
     KernelState,
@@ -51,6 +52,7 @@ from controller.plan.kernel_ops import (
     DelLink,
     DelNeigh,
     DelPortFdb,
+    EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
@@ -106,9 +108,15 @@ def endpoint_keys(view: HostView) -> tuple[tuple[str, str], ...]:
     )
 
 
+def gateways_of(view: HostView) -> tuple[Gateway, ...]:
+    """The egress gateways this host holds (``controller/model/egress.py``). Pure."""
+    return egress_gateways((nv.network for nv in view.networks), view.host.backend)[0]
+
+
 def desired_filters(view: HostView) -> FilterSpec:
     """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; per
-    local endpoint, its host-side veth guarded to the endpoint's MAC and address. Pure."""
+    local endpoint, its host-side veth guarded to the endpoint's MAC and address; the egress
+    gateways. Pure."""
     return make_spec(
         {nv.network.vni: nv.flood for nv in view.networks},
         {
@@ -116,6 +124,7 @@ def desired_filters(view: HostView) -> FilterSpec:
             for nv in view.networks
             for ep in nv.local
         },
+        gateways_of(view),
     )
 
 
@@ -138,22 +147,32 @@ def plan_filters(view: HostView, actual: KernelState) -> tuple[list[KernelOp], l
     return [SyncFilters(both, ())], [SyncFilters(want, stale)]
 
 
-def plan_kernel(view: HostView, actual: KernelState, filters: bool = True) -> tuple[KernelOp, ...]:
+def plan_kernel(
+    view: HostView,
+    actual: KernelState,
+    filters: bool = True,
+    gateways: tuple[Gateway, ...] | None = None,
+) -> tuple[KernelOp, ...]:
     """The ops that turn ``actual`` into what ``view`` asks for. Pure and deterministic.
 
     Never raises for any well-formed input. ``OWNER_ALIAS`` marks what may be deleted; a link
     that has a desired name but is not owned is not adopted: the ``Ensure*`` op is still planned
     and the driver refuses it, so the conflict is reported on every pass instead of hidden.
     ``filters``: also keep heddle's nftables tables (``SyncFilters``; off where another
-    backend builds on this planner's links).
+    backend builds on this planner's links). ``gateways``: the egress gateways of the whole
+    host (default: of ``view``; a caller planning part of a host gives the whole host's).
     """
+    gws = {g.vni: g for g in (gateways_of(view) if gateways is None else gateways)}
     entry_dels: list[KernelOp] = []
     recreate_dels: list[KernelOp] = []
     builds: list[KernelOp] = []
     desired: set[str] = set()
 
     for nv in view.networks:
-        _plan_network(view.host.vtep, nv, actual, desired, entry_dels, recreate_dels, builds)
+        gw = gws.get(nv.network.vni)
+        _plan_network(view.host.vtep, nv, gw, actual, desired, entry_dels, recreate_dels, builds)
+    if gws and actual.forwarding is False:
+        builds.append(EnableForwarding())
 
     first, last = plan_filters(view, actual) if filters else ([], [])
     link_dels = stale_link_dels(actual, desired)
@@ -163,6 +182,7 @@ def plan_kernel(view: HostView, actual: KernelState, filters: bool = True) -> tu
 def _plan_network(
     vtep: str,
     nv: NetworkView,
+    gw: Gateway | None,
     actual: KernelState,
     desired: set[str],
     entry_dels: list[KernelOp],
@@ -177,8 +197,10 @@ def _plan_network(
     if bridge is not None and is_owned(bridge) and bridge.kind != "bridge":
         recreate_dels.append(DelLink(br))
         bridge = None
-    if not _bridge_ok(bridge, mtu):
-        builds.append(EnsureBridge(br, mtu))
+    addresses = (gw.cidr,) if gw is not None else ()
+    mac = gw.mac if gw is not None else None
+    if not _bridge_ok(bridge, mtu, mac) or actual.bridge_addresses.get(br, ()) != addresses:
+        builds.append(EnsureBridge(br, mtu, mac, addresses))
 
     want = VxlanAttrs(vni=vni, local=vtep, port=VXLAN_PORT, learning=False, proxy=True)
     vxlan = actual.links.get(vx)
@@ -274,7 +296,7 @@ def _in_bridge(link: LinkState | None, br: str) -> bool:
     return link is not None and is_owned(link) and link.master == br
 
 
-def _bridge_ok(link: LinkState | None, mtu: int) -> bool:
+def _bridge_ok(link: LinkState | None, mtu: int, mac: str | None) -> bool:
     return (
         link is not None
         and is_owned(link)
@@ -282,6 +304,7 @@ def _bridge_ok(link: LinkState | None, mtu: int) -> bool:
         and link.mtu == mtu
         and link.up
         and link.mcast_snooping is False
+        and (mac is None or link.mac == mac)
     )
 
 

@@ -24,7 +24,7 @@ from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
 from controller.model.view import HostView, NetworkView, changed_networks
-from controller.plan.kernel import plan_filters, plan_kernel
+from controller.plan.kernel import gateways_of, plan_filters, plan_kernel
 from controller.plan.kernel_ops import (
     ZERO_MAC,
     AddFlood,
@@ -73,6 +73,8 @@ def _restrict(state: KernelState, nvs: Iterable[NetworkView]) -> KernelState:
         neigh=_pick(state.neigh, links),
         port_fdb=_pick(state.port_fdb, links),
         endpoints={k: v for k, v in state.endpoints.items() if k in sides},
+        bridge_addresses=_pick(state.bridge_addresses, links),
+        forwarding=state.forwarding,
     )
 
 
@@ -91,13 +93,16 @@ def plan_incremental(
     names = changed_networks(last, view)
     if names is None:
         return None
+    gateways = gateways_of(view)
+    if gateways != gateways_of(last):  # egress moved between networks: plan the host
+        return None
     if not names:
         first, late = plan_filters(view, state) if filters else ([], [])
         return (*first, *late)
     old = [nv for nv in last.networks if nv.network.name in names]
     new = tuple(nv for nv in view.networks if nv.network.name in names)
     part = _restrict(state, (*old, *new))
-    ops = plan_kernel(HostView(view.host, new), part, filters=False)
+    ops = plan_kernel(HostView(view.host, new), part, filters=False, gateways=gateways)
     first, late = plan_filters(view, state) if filters else ([], [])
     return (*first, *ops, *late)
 

@@ -29,10 +29,15 @@ VXLAN_PORT = 4789
 
 @dataclass(frozen=True, slots=True)
 class EnsureBridge:
-    """A Linux bridge ``name``: MTU ``mtu``, multicast snooping off (G4), up, owned."""
+    """A Linux bridge ``name``: MTU ``mtu``, multicast snooping off (G4), up, owned; with
+    ``mac`` that MAC, and exactly ``addresses`` (IPv4 ``ip/prefixlen``: an egress network's
+    gateway) as its addresses -- any other IPv4 address on it is removed (the bridge is
+    heddle's)."""
 
     name: str
     mtu: int
+    mac: str | None = None
+    addresses: tuple[str, ...] = ()
 
     @property
     def needs(self) -> frozenset[str]:
@@ -43,7 +48,25 @@ class EnsureBridge:
         return frozenset({self.name})
 
     def __str__(self) -> str:
-        return f"ensure bridge {self.name} mtu {self.mtu} mcast_snooping 0"
+        extra = f" address {self.mac} ip {','.join(self.addresses)}" if self.mac else ""
+        return f"ensure bridge {self.name} mtu {self.mtu} mcast_snooping 0{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnableForwarding:
+    """``net.ipv4.ip_forward = 1`` in the host namespace (an egress network is local). Never
+    turned off again by heddle: other things on the host may route too."""
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return "sysctl net.ipv4.ip_forward=1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +321,7 @@ class SyncFilters:
 
 KernelOp = (
     SyncFilters
+    | EnableForwarding
     | EnsureBridge
     | EnsureVxlan
     | EnsureVeth

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -199,3 +200,39 @@ def test_agent_restart_under_ping_loses_nothing(
     assert res.sent > 500 and not res.lost, f"lost {len(res.lost)} of {res.sent}"
     c = pods.run("h1", "rc", "prst")  # and a new container joins after the restarts
     assert pods.ping(c, b.ip)
+
+
+SERVER = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8088))
+s.listen(16)
+while True:
+    c, peer = s.accept()
+    c.sendall(peer[0].encode() + b"\\n")
+    c.close()
+"""
+
+
+def test_egress_to_an_outside_server(lab: Lab, desired: DesiredState, pods: Pods) -> None:
+    """A stand-in outside server (a namespace on the lab's underlay): a container of an egress
+    network reaches it, seen as its host; one of a network without egress does not."""
+    ns, address = lab.add_outsider("pout")
+    server = lab.popen(ns, [sys.executable, "-c", SERVER])
+    try:
+        desired.create_network("pweb", "10.86.0.0/24", vni=8601, egress="masquerade")
+        desired.create_network("pdark", "10.87.0.0/24", vni=8701)
+        pods.sync()
+        web = pods.run("h2", "w", "pweb")
+        dark = pods.run("h2", "dk", "pdark")
+        got = pods.podman.podman("h2", ["exec", "w", "nc", "-w", "3", address, "8088"])
+        assert got.stdout.strip() == lab.host("h2").vtep
+        refused = pods.podman.podman(
+            "h2", ["exec", "dk", "nc", "-w", "2", address, "8088"], check=False
+        )
+        assert refused.stdout.strip() == "", "a network without egress reached the outside"
+        assert web.ip != dark.ip
+    finally:
+        server.kill()
+        server.wait()

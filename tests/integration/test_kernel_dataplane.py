@@ -308,7 +308,8 @@ def _normalise(state: KernelState) -> KernelState:
     """Drop what the kernel assigns (ifindex, MACs it generates) and foreign links."""
     links: dict[str, LinkState] = {}
     for name, lk in state.links.items():
-        keep_mac = name.startswith("hdp")  # the peer MAC is ours
+        # the peer MAC is ours, and so is an egress bridge's (it holds an address)
+        keep_mac = name.startswith("hdp") or name in state.bridge_addresses
         links[name] = replace(lk, index=0, mac=lk.mac if keep_mac else "")
     return replace(state, links=links)
 
@@ -317,9 +318,13 @@ def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab, fast: bool) -> N
     snap = snapshot(lab)
     eps = dict(snap.endpoints)
     del eps["blue", "e"]
+    blue = snap.networks["blue"]
+    egress = replace(snap, networks={"blue": replace(blue, egress="masquerade")})
     steps = [
         view_of(snap),
-        view_of(replace(snap, endpoints=eps)),
+        view_of(egress),  # the gateway on the bridge, forwarding, the rules
+        view_of(replace(egress, endpoints=eps)),
+        view_of(replace(snap, endpoints=eps)),  # and egress off again
         view_of(replace(snap, endpoints={})),
     ]
     fake = FakeKernel(H1.vtep, netns=(lab.ep_a, lab.ep_b))
@@ -328,6 +333,10 @@ def test_contract_fake_and_kernel_end_in_equal_states(lab: Lab, fast: bool) -> N
             real_state = converge(dp, view)
             fake_state = converge(fake, view)
             assert _normalise(real_state) == _normalise(fake_state)
+            if any(nv.network.egress for nv in view.networks):
+                assert real_state.bridge_addresses == {bridge_name(VNI): ("10.77.0.1/24",)}
+                assert real_state.forwarding is True
+                assert real_state.filters is not None and real_state.filters.gateways
             # what the metrics and `heddle trace` read agree too, and the inventory counts
             # what the kernel really holds
             assert dp.inventory(view, real_state) == _counted(real_state)

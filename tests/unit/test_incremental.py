@@ -55,6 +55,7 @@ class World:
     endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     now: float = 0.0
     mtu: dict[str, int | None] = field(default_factory=dict)
+    egress: dict[str, bool] = field(default_factory=dict)
     nets: dict[str, Network] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,8 +63,13 @@ class World:
 
     def snapshot(self) -> Snapshot:
         for n in NETS:  # a record object is replaced only when it changes, as in the cache
-            if self.nets.get(n.name, n).mtu != self.mtu.get(n.name) or n.name not in self.nets:
-                self.nets[n.name] = Network(n.name, n.vni, n.subnet, mtu=self.mtu.get(n.name))
+            egress = self.egress.get(n.name, False)
+            want = Network(
+                n.name, n.vni, n.subnet, f"{n.subnet[:-4]}254" if egress else None,
+                self.mtu.get(n.name), "masquerade" if egress else None,
+            )  # fmt: skip
+            if self.nets.get(n.name) != want:
+                self.nets[n.name] = want
         return Snapshot(1, dict(self.nets), dict(self.endpoints), {h.name: h for h in HOSTS})
 
     def view(self) -> HostView:
@@ -83,14 +89,16 @@ class World:
         self.endpoints.pop((f"n{net}", f"e{n}"), None)
 
     def step(self, kind: str, net: int, host: int, n: int) -> None:
-        """One generated change: ``put``, ``drop``, ``mtu`` (0: none) or ``tick`` (time passes
-        beyond the remembered observation's ttl)."""
+        """One generated change: ``put``, ``drop``, ``mtu`` (0: none), ``egress`` (toggled) or
+        ``tick`` (time passes beyond the remembered observation's ttl)."""
         if kind == "put":
             self.put(net, host, n)
         elif kind == "drop":
             self.drop(net, n)
         elif kind == "mtu":
             self.mtu[f"n{net}"] = n or None
+        elif kind == "egress":
+            self.egress[f"n{net}"] = not self.egress.get(f"n{net}", False)
         else:
             self.now += 11
 
@@ -200,6 +208,7 @@ STEP = st.one_of(  # mostly what other hosts change (the incremental path), link
     *[DROP] * 3,
     st.tuples(st.just("put"), st.integers(0, 2), st.just(0), st.integers(10, 17)),
     st.tuples(st.just("mtu"), st.integers(0, 2), st.just(0), st.sampled_from((0, 1400))),
+    st.tuples(st.just("egress"), st.integers(0, 2), st.just(0), st.just(0)),
     st.tuples(st.just("tick"), st.just(0), st.just(0), st.just(0)),
 )
 
