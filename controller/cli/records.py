@@ -29,9 +29,7 @@ def network(args: argparse.Namespace, kv: KV) -> int:
     ds = DesiredState(kv)
     heads = ["name", "vni", "subnet", "gateway", "mtu", "egress"]
     if args.action == "create":
-        n = ds.create_network(
-            args.name, args.subnet, args.vni, args.gateway, args.mtu, args.egress
-        )
+        n = ds.create_network(args.name, args.subnet, args.vni, args.gateway, args.mtu, args.egress)
         emit(args, asdict(n), heads, [_network_row(n)])
     elif args.action == "ls":
         nets = ds.networks()
