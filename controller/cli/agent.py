@@ -248,24 +248,26 @@ class Agent:
             return
         from controller.plugin.service import plugin_server
 
-        readiness = self._waiter()
-
-        def on_call(method: str, status: int, seconds: float) -> None:
-            self.metrics.record_plugin(method, status == 200, seconds)
-
         server = plugin_server(
-            self.kv, self.host.name, cfg.plugin_socket, readiness, on_call=on_call
+            self.kv, self.host.name, cfg.plugin_socket, self._waiter(), on_call=self._on_call
         )
+        self._plugin = self._serve(server, "docker plugin")
+
+    def _on_call(self, method: str, status: int, seconds: float) -> None:
+        self.metrics.record_plugin(method, status == 200, seconds)
+
+    @staticmethod
+    def _serve(server: Any, what: str) -> Any:
+        """Start ``server``; None (logged) if it cannot serve. The data plane is the agent's
+        first job: a socket another process serves (or a directory we cannot write) must not
+        stop it. The error says why Docker or the CNI runtime cannot reach us."""
         try:
             server.start()
         except (HeddleError, OSError) as exc:
-            # The data plane is the agent's first job; a socket another process serves (or a
-            # directory we cannot write) must not stop it. The error says why Docker cannot
-            # reach us.
-            log.error("docker plugin NOT served on %s: %s", cfg.plugin_socket, exc)
-            return
-        log.info("docker plugin on %s", cfg.plugin_socket)
-        self._plugin = server
+            log.error("%s NOT served on %s: %s", what, server.path, exc)
+            return None
+        log.info("%s on %s", what, server.path)
+        return server
 
     def _waiter(self) -> Any:
         """The one ``LinkReadiness`` Docker's Join and CNI's ADD wait with (each pass
@@ -286,18 +288,8 @@ class Agent:
         from controller.plugin.server import PluginServer
 
         service = CniService(self.kv, self.host.name, self._waiter(), self._first_pass_done)
-
-        def on_call(method: str, status: int, seconds: float) -> None:
-            self.metrics.record_plugin(method, status == 200, seconds)
-
-        server = PluginServer(cfg.cni_socket, cni_routes(service), on_call=on_call)
-        try:
-            server.start()
-        except (HeddleError, OSError) as exc:
-            log.error("CNI plugin NOT served on %s: %s", cfg.cni_socket, exc)
-            return
-        log.info("CNI plugin on %s", cfg.cni_socket)
-        self._cni = server
+        server = PluginServer(cfg.cni_socket, cni_routes(service), on_call=self._on_call)
+        self._cni = self._serve(server, "CNI plugin")
 
     def _start_telemetry(self) -> None:
         """Serve metrics, health and diagnostics (``--metrics``). Like the plugin, an address

@@ -25,9 +25,10 @@ def cni(args: argparse.Namespace, kv: KV) -> int:
         raise NotFound(
             f"host {host!r} is not registered (its agent has not run yet, or give --host)"
         )
-    path = install(args.dir, args.network, host, args.socket or DEFAULT_SOCKET)
+    path, changed = install(args.dir, args.network, host, args.socket or DEFAULT_SOCKET)
     if args.output == "json":
-        print(json.dumps({"path": str(path), "network": args.network, "host": host}))
+        print(json.dumps({"path": str(path), "network": args.network, "host": host,
+                          "changed": changed}))  # fmt: skip
     else:
         print(path)
     return OK

@@ -46,16 +46,22 @@ def _ours(path: Path) -> bool:
         return False
 
 
-def install(directory: str | Path, network: str, host: str, socket: str = DEFAULT_SOCKET) -> Path:
-    """Write ``<directory>/<network>.conflist`` atomically (a runtime never reads half a file)
-    and return its path. Idempotent. Raises ``Conflict`` if that file exists and is not
-    heddle's (it is someone else's network), ``OSError`` if the directory cannot be written."""
+def install(
+    directory: str | Path, network: str, host: str, socket: str = DEFAULT_SOCKET
+) -> tuple[Path, bool]:
+    """Write ``<directory>/<network>.conflist`` atomically (a runtime never reads half a file);
+    return its path and whether it changed. Idempotent. Raises ``Conflict`` if that file
+    exists and is not heddle's (it is someone else's network), ``OSError`` if the directory
+    cannot be written."""
     text = json.dumps(conflist(network, host, socket), indent=2) + "\n"
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{network}.conflist"
     if path.exists() and not _ours(path):
         raise Conflict(f"{path} exists and is not heddle's: remove it or use another --dir")
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return path, False
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{network}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -66,4 +72,4 @@ def install(directory: str | Path, network: str, host: str, socket: str = DEFAUL
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+    return path, True

@@ -157,7 +157,7 @@ class PodmanLab:
         finally:
             kv.close()
         socket = str(self.lab.cni_socket(host))
-        written = [install(self.cni_dir(host), n, host, socket) for n in names]
+        written = [install(self.cni_dir(host), n, host, socket)[0] for n in names]
         for old in self.cni_dir(host).glob("*.conflist"):
             if old not in written and _is_heddle(old):
                 old.unlink()

@@ -92,15 +92,6 @@ def podman(lab: Lab) -> Iterator[PodmanLab]:
         pl.down()
 
 
-@pytest.fixture(scope="module")
-def desired(lab: Lab) -> Iterator[DesiredState]:
-    kv = lab.kv()
-    try:
-        yield DesiredState(kv)
-    finally:
-        kv.close()
-
-
 @pytest.fixture
 def pods(lab: Lab, podman: PodmanLab, desired: DesiredState) -> Iterator[Pods]:
     made = Pods(lab, podman)

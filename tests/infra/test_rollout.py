@@ -120,6 +120,7 @@ def test_agent_config(rollout: Rollout, name: str) -> None:
         "backend": rollout.scenario.backend,
         "resync_interval": 30.0,
         "plugin_socket": "/run/docker/plugins/heddle.sock",
+        "cni_socket": "/run/heddle/cni.sock",
     }
     if rollout.scenario.backend == "ovs":
         expected |= {"ovs_datapath": "netdev", "underlay_dev": "host0"}
@@ -232,6 +233,47 @@ def test_endpoints_ping_across_hosts(rollout: Rollout) -> None:
             capture_output=True,
             timeout=30,
         )
+
+
+def test_the_role_installs_the_cni_plugin_and_its_configuration_lists(rollout: Rollout) -> None:
+    """``heddle_cni``: heddle-cni linked into /opt/cni/bin and one configuration list per
+    network, which a runtime can use as it is (an ADD and a DEL through it on a rolled-out
+    host); a second run changes nothing."""
+    if rollout.scenario.name != "etcd1":
+        pytest.skip("checked once, in the etcd1 scenario (another playbook run)")
+    heddle(rollout, "network", "create", "hin-cni", "--subnet", "172.31.226.0/24")
+    extra = ("-e", "heddle_cni=true", "-e", '{"heddle_cni_networks": ["hin-cni"]}')
+    try:
+        rollout.run_again(*extra)
+        name = HOSTS[0]
+        h = host(rollout, name)
+        link = h.file("/opt/cni/bin/heddle-cni")
+        assert link.is_symlink and link.linked_to == "/opt/heddle/venv/bin/heddle-cni"
+        conflist = json.loads(h.file("/etc/cni/net.d/hin-cni.conflist").content_string)
+        plugin = conflist["plugins"][0]
+        assert plugin == {"type": "heddle-cni", "network": "hin-cni", "host": name,
+                          "socket": "/run/heddle/cni.sock"}  # fmt: skip
+        config = json.dumps({"cniVersion": conflist["cniVersion"], "name": "hin-cni", **plugin})
+        env = ("CNI_CONTAINERID=roll1 CNI_NETNS=/run/netns/hin-cni CNI_IFNAME=eth0 "
+               "CNI_PATH=/opt/cni/bin")  # fmt: skip
+        rollout.lab.ssh(name, "ip netns add hin-cni")
+        add = rollout.lab.ssh(
+            name, f"printf %s '{config}' | CNI_COMMAND=ADD {env} /opt/cni/bin/heddle-cni"
+        )
+        address = json.loads(add.stdout)["ips"][0]["address"]
+        shown = rollout.lab.ssh(name, "ip netns exec hin-cni ip -br address show eth0").stdout
+        assert address in shown
+        rollout.lab.ssh(
+            name, f"printf %s '{config}' | CNI_COMMAND=DEL {env} /opt/cni/bin/heddle-cni"
+        )
+        again = rollout.run_again(*extra)
+        assert {n: c[1] for n, c in again.recap.items()} == dict.fromkeys(HOSTS, 0), (
+            again.changed_tasks()
+        )
+    finally:
+        rollout.lab.ssh(HOSTS[0], "ip netns del hin-cni", check=False)
+        subprocess.run([*rollout.cli(), "network", "rm", "hin-cni", "--force"],
+                       capture_output=True, timeout=30)  # fmt: skip
 
 
 def test_config_change_restarts_only_the_agent(rollout: Rollout) -> None:

@@ -115,7 +115,7 @@ def test_happy_path_tables_and_json(seeded: KV, heddle: Run) -> None:
     listed = json.loads(heddle("-o", "json", "endpoint", "ls", "blue").stdout)
     assert {e["id"] for e in listed} == {"fixed", ep["id"]}
     table = heddle("network", "ls").stdout
-    assert table.splitlines()[0].split() == ["NAME", "VNI", "SUBNET", "GATEWAY", "MTU"]
+    assert table.splitlines()[0].split() == ["NAME", "VNI", "SUBNET", "GATEWAY", "MTU", "EGRESS"]
     assert "blue" in table and "100" in table
     hosts = json.loads(heddle("-o", "json", "host", "ls").stdout)
     assert [(h["name"], h["alive"]) for h in hosts] == [("h1", False), ("h2", False)]

@@ -20,12 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.cni import shim, spec
+from controller.cni.install import install
 from controller.cni.interface import InterfaceSeen
 from controller.cni.service import CniService, cni_routes, endpoint_id_for
 from controller.cni.spec import CniError, parse_invocation
 from controller.desired import DesiredState
 from controller.model import codec
-from controller.model.errors import InvalidRecord
+from controller.model.errors import Conflict, InvalidRecord
 from controller.model.records import Endpoint, Host, check_netns
 from controller.plugin.server import PluginServer
 from controller.store import keys
@@ -284,3 +285,31 @@ def test_the_executable_hands_off_over_the_socket_and_relays_errors(
         rc, err = call("ADD", CNI_NETNS="/etc/shadow")
         assert rc == 1 and err["code"] == spec.INVALID_ENVIRONMENT
         assert call("DEL") == (0, None)
+
+
+# -- heddle cni install -------------------------------------------------------------------------
+def test_install_writes_a_list_a_runtime_uses_as_is_and_never_someone_elses(
+    tmp_path: Path,
+) -> None:
+    path, changed = install(tmp_path, "blue", "h1", "/run/x.sock")
+    assert changed and path == tmp_path / "blue.conflist"
+    conf = json.loads(path.read_text())
+    assert conf["name"] == "blue" and conf["cniVersion"] == "1.0.0"
+    assert conf["plugins"] == [{"type": "heddle-cni", "network": "blue", "host": "h1",
+                                "socket": "/run/x.sock"}]  # fmt: skip
+    assert install(tmp_path, "blue", "h1", "/run/x.sock") == (path, False)
+    assert install(tmp_path, "blue", "h2", "/run/x.sock") == (path, True)
+    (tmp_path / "red.conflist").write_text('{"plugins": [{"type": "bridge"}]}')
+    with pytest.raises(Conflict):
+        install(tmp_path, "red", "h1")
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    # what a runtime passes the plugin (the list's name and version with the plugin's
+    # configuration) is an invocation heddle accepts, for this host only
+    plugin = {"cniVersion": conf["cniVersion"], "name": conf["name"], **conf["plugins"][0]}
+    inv = parse_invocation(env("ADD"), raw(plugin))
+    assert inv.network == "blue"
+    kv = MemoryKV()
+    svc = CniService(kv, "h2", AgentWaiter(kv, FakeKernel()), lambda: True)
+    with pytest.raises(CniError) as err:
+        svc.accept(inv)
+    assert err.value.code == spec.INVALID_CONFIG and "for host 'h1'" in err.value.msg
