@@ -1,17 +1,24 @@
 """``podman run --rm`` on a heddle network vs Debian's ``bridge`` CNI plugin vs ``--network
 none``, and the latency of a CNI ADD through ``heddle-cni``.
 
-A 2-host lab with a private Podman per host (``controller/lab/podman.py``) and a heddle network
-spanning both hosts (a long-running container on h2, so h1's runs are real cross-host members).
-On h1, ``podman run --rm IMAGE true`` is timed ``--runs`` times per network, the three
-interleaved so load from other processes hits each alike; the result is the ratio of the
-medians. The baseline network ``bridge`` is the reference plugin with ``host-local`` IPAM in the
-same Podman (the aim: heddle <= 1.10x it).
+A 2-host lab with a private Podman per host (``controller/lab/podman.py``, which runs
+``heddle-cni`` as ``heddle cni plugin`` writes it) and a heddle network spanning both hosts (a
+long-running container on h2, so h1's runs are real cross-host members). On h1, ``podman run
+--rm IMAGE true`` is timed ``--runs`` times per network, interleaved so load from other
+processes hits each alike; the result is the ratio of the medians. The baseline network
+``bridge`` is the reference plugin with ``host-local`` IPAM in the same Podman (the aim: heddle
+<= 1.10x it). Two heddle cases:
+
+* ``warm``: h1 already has a container on the network, so its bridge and VXLAN device exist
+  and a run adds and removes a veth pair -- like for like with the bridge plugin, whose bridge
+  stays once made;
+* ``cold``: the run's container is h1's only member, so every run also makes the agent build
+  (and afterwards remove) the network's bridge, VXLAN device and entries.
 
 ADD latency: ``heddle-cni`` run as a runtime runs it (the specification's environment, the
-configuration on stdin) for ``--adds`` new namespaces on h1, each ADD timed from exec to exit
-(the executable's start, the hand-off to the agent, the etcd transaction, the agent's pass that
-builds the interface and the readiness check); p50 and p99, then a DEL each.
+configuration on stdin) for ``--adds`` new namespaces on h1 (warm), each ADD timed from exec to
+exit (the executable's start, the hand-off to the agent, the etcd transaction, the agent's pass
+that builds the interface and the readiness check); p50 and p99, then a DEL each.
 
 Run (root): .venv/bin/python bench/bench_podman.py [--runs 15 --adds 40]
 Writes bench/results/podman-<UTC timestamp>.json. Prints SKIPPED (exit 0) without podman.
@@ -46,7 +53,6 @@ BRIDGE_CONF = {
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.199.0.0/24"}]]}},
     ],
 }  # fmt: skip
-PLUGIN = str(Path(sys.executable).parent / "heddle-cni")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -55,21 +61,31 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_times(pl: PodmanLab, runs: int) -> dict[str, list[float]]:
-    """``podman run --rm IMAGE true`` on h1, per network, interleaved."""
-    nets = {"none": "none", "bridge": "refbridge", "heddle": NETWORK}
-    times: dict[str, list[float]] = {k: [] for k in nets}
+    """``podman run --rm IMAGE true`` on h1, per network, interleaved; ``heddle_cold`` before
+    h1 has a member of the network, ``heddle`` (warm) after."""
+    nets = {"none": "none", "bridge": "refbridge", "heddle_cold": NETWORK}
+    times: dict[str, list[float]] = {k: [] for k in (*nets, "heddle")}
     for name in nets.values():  # warm-up: caches, first use of each plugin
         pl.podman("h1", ["run", "--rm", "--network", name, IMAGE, "true"])
     for _ in range(runs):
         for key, name in nets.items():
-            t0 = time.perf_counter()
-            pl.podman("h1", ["run", "--rm", "--network", name, IMAGE, "true"])
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(_timed_run(pl, name))
+    pl.podman("h1", ["run", "-d", "--name", "resident", "--network", NETWORK, IMAGE,
+                     "sleep", "3600"])  # fmt: skip
+    for _ in range(runs):
+        for key, name in (("none", "none"), ("bridge", "refbridge"), ("heddle", NETWORK)):
+            times[key].append(_timed_run(pl, name))
     return times
 
 
-def add_times(lab: Lab, adds: int) -> list[float]:
-    """CNI ADD through ``heddle-cni`` for ``adds`` fresh namespaces on h1 (then DEL each)."""
+def _timed_run(pl: PodmanLab, network: str) -> float:
+    t0 = time.perf_counter()
+    pl.podman("h1", ["run", "--rm", "--network", network, IMAGE, "true"])
+    return time.perf_counter() - t0
+
+
+def add_times(lab: Lab, plugin: str, adds: int) -> list[float]:
+    """CNI ADD through ``plugin`` for ``adds`` fresh namespaces on h1 (then DEL each)."""
     conf = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "heddle-cni",
                        "socket": str(lab.cni_socket("h1"))}).encode()  # fmt: skip
     out: list[float] = []
@@ -78,11 +94,11 @@ def add_times(lab: Lab, adds: int) -> list[float]:
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"bench{i}", "CNI_NETNS":
                f"/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}  # fmt: skip
         t0 = time.perf_counter()
-        done = subprocess.run([PLUGIN], input=conf, env=env, capture_output=True, check=False)
+        done = subprocess.run([plugin], input=conf, env=env, capture_output=True, check=False)
         out.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise RuntimeError(f"ADD failed: {done.stdout!r}")
-        subprocess.run([PLUGIN], input=conf, env={**env, "CNI_COMMAND": "DEL"},
+        subprocess.run([plugin], input=conf, env={**env, "CNI_COMMAND": "DEL"},
                        capture_output=True, check=True)  # fmt: skip
         lab.remove_netns(ns)
     return out
@@ -112,7 +128,7 @@ def main() -> int:
         pl.podman("h2", ["run", "-d", "--name", "peer", "--network", NETWORK, IMAGE,
                          "sleep", "3600"])  # fmt: skip
         times = run_times(pl, a.runs)
-        adds = add_times(lab, a.adds)
+        adds = add_times(lab, str(pl.base / "bin" / "heddle-cni"), a.adds)
     finally:
         pl.down()
         lab.down()
@@ -121,15 +137,18 @@ def main() -> int:
         "runs": a.runs,
         "median_s": med,
         "heddle_over_bridge": med["heddle"] / med["bridge"],
+        "heddle_cold_over_bridge": med["heddle_cold"] / med["bridge"],
         "bridge_over_none": med["bridge"] / med["none"],
         "heddle_over_none": med["heddle"] / med["none"],
         "times_s": times,
         "add_ms": {"p50": pct(adds, 0.5) * 1000, "p99": pct(adds, 0.99) * 1000, "n": len(adds)},
         "load_avg_after": os.getloadavg(),
     }
-    print(f"podman run --rm (median of {a.runs}): none {med['none']:.3f} s, bridge "
-          f"{med['bridge']:.3f} s, heddle {med['heddle']:.3f} s; heddle/bridge "
-          f"{result['heddle_over_bridge']:.2f}x (aim <= 1.10), bridge/none "
+    print(f"podman run --rm (median of {len(times['heddle'])}+): none "
+          f"{med['none']:.3f} s, bridge {med['bridge']:.3f} s, heddle warm "
+          f"{med['heddle']:.3f} s, cold {med['heddle_cold']:.3f} s; heddle/bridge "
+          f"{result['heddle_over_bridge']:.2f}x warm (aim <= 1.10), "
+          f"{result['heddle_cold_over_bridge']:.2f}x cold; bridge/none "
           f"{result['bridge_over_none']:.2f}x")  # fmt: skip
     print(f"CNI ADD through heddle-cni: p50 {result['add_ms']['p50']:.1f} ms, p99 "
           f"{result['add_ms']['p99']:.1f} ms ({len(adds)} samples)")  # fmt: skip

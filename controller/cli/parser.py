@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--host", help="the host whose agent serves it (default: this machine's name)")
     ci.add_argument("--dir", default="/etc/cni/net.d", help="where (default %(default)s)")
     ci.add_argument("--socket", help="the agent's CNI socket (default /run/heddle/cni.sock)")
+    cp = _leaf(cni, "plugin", help="write the heddle-cni executable into a runtime's plugin dir")
+    cp.add_argument("--dir", default="/opt/cni/bin", help="where (default %(default)s)")
     _agent(sub)
     _lab(sub)
     return p

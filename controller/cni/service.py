@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import time
@@ -245,17 +244,14 @@ def _prev(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def invocation(body: Mapping[str, Any]) -> Invocation:
-    """A request from the shim, validated again as if it came from a runtime (the socket is
-    open to whoever may write it). Raises ``CniError``."""
-    args = body.get("args", {})
-    env = {
-        "CNI_COMMAND": str(body.get("command", "")),
-        "CNI_CONTAINERID": str(body.get("containerId", "")),
-        "CNI_NETNS": str(body.get("netns", "")),
-        "CNI_IFNAME": str(body.get("ifname", "")),
-        "CNI_ARGS": ";".join(f"{k}={v}" for k, v in args.items()) if isinstance(args, dict) else "",
-    }
-    return spec.parse_invocation(env, json.dumps(body.get("config", {})).encode())
+    """The invocation the executable handed over (``{"env": {CNI_*}, "stdin": text}``: the
+    runtime's, as it came), parsed and checked here (``spec.parse_invocation``) -- whoever may
+    open the socket may send anything. Raises ``CniError``."""
+    env, stdin = body.get("env"), body.get("stdin")
+    if not isinstance(env, dict) or not isinstance(stdin, str):
+        raise CniError(spec.INVALID_ENVIRONMENT, "a request needs env (an object) and stdin")
+    clean = {str(k): str(v) for k, v in env.items() if str(k).startswith("CNI_")}
+    return spec.parse_invocation(clean, stdin.encode())
 
 
 def _translated(
@@ -266,6 +262,13 @@ def _translated(
 
     def serve(body: Mapping[str, Any]) -> Answer:
         inv = invocation(body)
+        try:
+            return _served(inv)
+        except CniError as exc:
+            exc.version = inv.version  # the error object speaks the caller's version
+            raise
+
+    def _served(inv: Invocation) -> Answer:
         if inv.command != command:
             raise CniError(spec.INVALID_ENVIRONMENT, f"{inv.command} sent to {command}")
         service.accept(inv)

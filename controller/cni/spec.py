@@ -18,10 +18,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from controller.cni import shim
 from controller.model.errors import HeddleError
 
-#: Versions whose configurations and results heddle reads and writes.
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 #: CHECK exists from 0.4.0 on, GC and STATUS from 1.1.0 on.
 SINCE = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
@@ -34,15 +33,18 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "STATUS": (),
 }
 
-# The specification's well-known error codes (0-99 are its own; 100+ are the plugin's).
+#: Versions whose configurations and results heddle reads and writes.
+SUPPORTED_VERSIONS = shim.SUPPORTED_VERSIONS
+# The specification's well-known error codes (0-99 are its own; 100+ are the plugin's). Those
+# the executable reports by itself are defined there (``controller/cni/shim.py``).
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
 UNKNOWN_CONTAINER = 3
-INVALID_ENVIRONMENT = 4
-IO_FAILURE = 5
-UNDECODABLE = 6
-INVALID_CONFIG = 7
-TRY_AGAIN_LATER = 11
+INVALID_ENVIRONMENT = shim.INVALID_ENVIRONMENT
+IO_FAILURE = shim.IO_FAILURE
+UNDECODABLE = shim.UNDECODABLE
+INVALID_CONFIG = shim.INVALID_CONFIG
+TRY_AGAIN_LATER = shim.TRY_AGAIN_LATER
 NOT_AVAILABLE = 50  # STATUS: the plugin cannot serve ADD now
 # heddle's own
 EXHAUSTED = 100  # the network has no free address
@@ -57,9 +59,9 @@ class CniError(HeddleError):
     """A CNI error object: ``code`` (see above), ``msg``, ``details``. Whether retrying can help
     is the code's meaning (11 and 50 may; the others need another request or configuration)."""
 
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
+    def __init__(self, code: int, msg: str, details: str = "", version: str = "1.0.0") -> None:
         super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
+        self.code, self.msg, self.details, self.version = code, msg, details, version
 
     def to_json(self, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {"cniVersion": version, "code": self.code, "msg": self.msg}
@@ -102,18 +104,6 @@ class Invocation:
         """The heddle network: the configuration's ``network``, else its ``name``."""
         name = self.config.get("network", self.config.get("name"))
         return name if isinstance(name, str) else ""
-
-    def request(self) -> dict[str, Any]:
-        """What the shim sends the agent: everything the agent needs, nothing from its own
-        environment (DEL may come from another process with another environment)."""
-        return {
-            "command": self.command,
-            "containerId": self.container,
-            "netns": self.netns,
-            "ifname": self.ifname,
-            "args": dict(self.args),
-            "config": dict(self.config),
-        }
 
 
 def parse_args(raw: str) -> dict[str, str]:
@@ -169,11 +159,6 @@ def parse_invocation(env: Mapping[str, str], stdin: bytes) -> Invocation:
     if command in ("ADD", "DEL", "CHECK", "GC") and not inv.network:
         raise CniError(INVALID_CONFIG, "the configuration names no heddle network (network)")
     return inv
-
-
-def version_result(version: str) -> dict[str, Any]:
-    """VERSION's answer. Pure."""
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def result_in(version: str, result: Mapping[str, Any]) -> dict[str, Any]:

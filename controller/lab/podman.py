@@ -7,7 +7,8 @@ Recipe (docs/platform.md P1-P4), per host ``hK`` with its directory ``D = base/h
   ``CONTAINERS_STORAGE_CONF``) keep everything of this Podman under ``D``: storage, run root,
   temporary files, locks (``lock_type = "file"``), events, runc's state (through the wrapper
   ``D/runc-wrap``), and the CNI configuration directory ``D/cni-net.d``. The plugin directories
-  are the one holding ``heddle-cni`` and Debian's ``/usr/lib/cni``.
+  are ``base/bin``, which holds ``heddle-cni`` as ``heddle cni plugin`` writes it
+  (``controller/cni/install.py``), and Debian's ``/usr/lib/cni``.
 * every podman command runs in the host's network namespace (one ``setns`` before exec, as
   ``nsenter --net``; not ``ip netns exec``, which remounts ``/sys`` and hides the cgroups runc
   needs), so the container namespaces Podman makes and the CNI calls it makes belong to that
@@ -30,11 +31,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.cni.install import PLUGIN_TYPE, install
+from controller.cni.install import PLUGIN_TYPE, install, install_plugin
 from controller.desired import DesiredState
 from controller.lab.nsutil import LabError, popen_in_netns
 from controller.lab.rootfs import build_rootfs_tar
@@ -110,6 +110,7 @@ class PodmanLab:
         if BLOB_CACHE.exists() and not marker.exists():
             marker.write_text("")
         rootfs = build_rootfs_tar(self.base / "rootfs.tar")
+        install_plugin(self.base / "bin")
         for h in self.lab.hosts:
             self._configure(h.name)
             self.podman(h.name, ["import", "--change", 'CMD ["/bin/sh"]', str(rootfs), IMAGE])
@@ -119,7 +120,7 @@ class PodmanLab:
         d = self.dir(host)
         for sub in ("tmp", "storage", "run", "runc", "cni-net.d"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        plugin_dirs = ", ".join(f'"{p}"' for p in (Path(sys.executable).parent, "/usr/lib/cni"))
+        plugin_dirs = ", ".join(f'"{p}"' for p in (self.base / "bin", "/usr/lib/cni"))
         (d / "containers.conf").write_text(_CONTAINERS_CONF.format(d=d, plugin_dirs=plugin_dirs))
         (d / "storage.conf").write_text(_STORAGE_CONF.format(d=d))
         wrap = d / "runc-wrap"

@@ -108,7 +108,8 @@ def _error(interface: Interface, status: int, message: str, exc: Exception | Non
         body = {"Error": message, "Err": message}
     if interface == "Cni":
         code = getattr(exc, "code", None)
-        body = {"code": code if isinstance(code, int) else 999, "msg": message,
+        body = {"cniVersion": str(getattr(exc, "version", "1.0.0")),
+                "code": code if isinstance(code, int) else 999, "msg": message,
                 "details": str(getattr(exc, "details", ""))}  # fmt: skip
     return Reply(status, body)
 

@@ -21,13 +21,15 @@ from typing import Any
 
 import pytest
 
+from controller.cni.install import install_plugin
 from controller.desired import DesiredState
 from controller.lab.probes import ping
 from controller.lab.topology import Lab
 from controller.store import keys
 
 LAB_NETS = {"kernel": ("hcn", "172.31.206.0/24", "172.31.205.0/24")}
-PLUGIN = str(Path(sys.executable).parent / "heddle-cni")
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "heddle-cni")
+PLUGIN = ""  # the executable as `heddle cni plugin` writes it (the ``plugin`` fixture)
 TUNING = "/usr/lib/cni/tuning"
 NETWORK = "cnet"
 
@@ -40,9 +42,11 @@ def cni(
     ifname: str = "eth0",
     args: str = "",
     timeout: float = 60.0,
-    plugin: str = PLUGIN,
+    plugin: str | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
-    """Run a CNI plugin as a runtime does; (exit status, its JSON output or None)."""
+    """Run a CNI plugin (default: heddle's) as a runtime does; (exit status, its JSON output
+    or None)."""
+    plugin = plugin or PLUGIN
     env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni"}
     for k, v in (("CNI_CONTAINERID", container), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname),
                  ("CNI_ARGS", args)):  # fmt: skip
@@ -54,6 +58,15 @@ def cni(
     )
     out = proc.stdout.strip()
     return proc.returncode, (json.loads(out) if out else None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """What a runtime runs: ``heddle-cni`` as ``heddle cni plugin`` writes it."""
+    global PLUGIN
+    path, _ = install_plugin(tmp_path_factory.mktemp("cni-bin"))
+    PLUGIN = str(path)
+    yield PLUGIN
 
 
 def conf(lab: Lab, host: str, network: str = NETWORK, **extra: Any) -> dict[str, Any]:
@@ -273,8 +286,13 @@ def test_no_agent_or_no_etcd_is_an_error_not_a_hang(lab: Lab, network: str, netn
     assert rc == 0, err
 
 
-def test_plugin_is_installed_as_a_console_script() -> None:
+def test_the_console_script_is_the_same_plugin(lab: Lab, network: str, netns: Any) -> None:
     assert shutil.which("heddle-cni", path=str(Path(sys.executable).parent)) is not None
+    path = netns("cni-cs")
+    cfg = conf(lab, "h1")
+    rc, res = cni("ADD", cfg, "console01", path, plugin=CONSOLE_SCRIPT)
+    assert rc == 0 and res is not None and addresses(path) == [res["ips"][0]["address"]]
+    assert cni("DEL", cfg, "console01", path, plugin=CONSOLE_SCRIPT) == (0, None)
 
 
 def test_an_endpoint_naming_the_hosts_own_namespace_is_refused(lab: Lab, network: str) -> None:

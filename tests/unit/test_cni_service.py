@@ -9,7 +9,6 @@ tests/e2e/test_podman.py).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.cni import shim, spec
-from controller.cni.install import install
+from controller.cni.install import install, plugin_script
 from controller.cni.interface import InterfaceSeen
 from controller.cni.service import CniService, cni_routes, endpoint_id_for
 from controller.cni.spec import CniError, parse_invocation
@@ -109,7 +108,11 @@ def test_any_invocation_parses_or_is_a_cni_error(environment: dict[str, str], st
     except CniError as exc:
         assert 1 <= exc.code < 100
     status, out = shim.run({**environment, "CNI_COMMAND": "VERSION"}, stdin)
-    assert out is not None and (status == 0) == ("supportedVersions" in out)
+    assert status == 0 and out is not None
+    assert json.loads(out)["supportedVersions"] == list(spec.SUPPORTED_VERSIONS)
+    # anything else the executable cannot hand over is a CNI error object, never a crash
+    status, out = shim.run({**environment, "CNI_COMMAND": "ADD"}, stdin)
+    assert status == 1 and out is not None and json.loads(out)["code"] in (4, 6, 7, 11)
 
 
 def test_add_result_extends_a_previous_result_and_older_versions_say_ip_version() -> None:
@@ -272,9 +275,8 @@ def test_the_executable_hands_off_over_the_socket_and_relays_errors(
     conf = {**CONF, "socket": str(sock)}
 
     def call(command: str, **kw: str) -> tuple[int, Any]:
-        out = io.StringIO()
-        rc = shim.main(env(command, **kw), io.BytesIO(raw(conf)), out)
-        return rc, json.loads(out.getvalue()) if out.getvalue() else None
+        rc, out = shim.run(env(command, **kw), raw(conf))
+        return rc, json.loads(out) if out else None
 
     rc, err = call("ADD")
     assert rc == 1 and err["code"] == spec.TRY_AGAIN_LATER and str(sock) in err["msg"]
@@ -284,7 +286,11 @@ def test_the_executable_hands_off_over_the_socket_and_relays_errors(
         assert call("CHECK") == (0, None)
         rc, err = call("ADD", CNI_NETNS="/etc/shadow")
         assert rc == 1 and err["code"] == spec.INVALID_ENVIRONMENT
+        assert err["cniVersion"] == "1.0.0"
         assert call("DEL") == (0, None)
+    script = plugin_script("/usr/bin/python3")
+    assert script.startswith("#!/usr/bin/python3 -IS\n") and "import controller" not in script
+    assert "from controller" not in script, "the plugin script must stand alone"
 
 
 # -- heddle cni install -------------------------------------------------------------------------
