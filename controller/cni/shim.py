@@ -108,6 +108,20 @@ def agent_socket(config: dict) -> str:  # type: ignore[type-arg]
     return path
 
 
+def load_config(stdin: bytes) -> dict:  # type: ignore[type-arg]
+    """The network configuration on stdin (empty: ``{}``). Raises ``ShimError`` (6) for
+    anything but a JSON object. (``controller/cni/spec.py`` reads it with this too.)"""
+    import json
+
+    try:
+        config = json.loads(stdin or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShimError(UNDECODABLE, "the network configuration is not JSON", str(exc)) from None
+    if not isinstance(config, dict):
+        raise ShimError(UNDECODABLE, "the network configuration is not a JSON object")
+    return config
+
+
 def call_agent(env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
     """Hand the invocation to the agent: (HTTP status, its answer). Raises ``ShimError``."""
     import json
@@ -116,12 +130,7 @@ def call_agent(env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
     if command not in COMMANDS:
         raise ShimError(INVALID_ENVIRONMENT, f"CNI_COMMAND {command[:20]!r} is not one of "
                         f"{', '.join((*COMMANDS, 'VERSION'))}")  # fmt: skip
-    try:
-        config = json.loads(stdin or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ShimError(UNDECODABLE, "the network configuration is not JSON", str(exc)) from None
-    if not isinstance(config, dict):
-        raise ShimError(UNDECODABLE, "the network configuration is not a JSON object")
+    config = load_config(stdin)
     path = agent_socket(config)
     timeout = config.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 600:

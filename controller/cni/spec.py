@@ -13,7 +13,6 @@ JSON error 6, one heddle cannot serve error 7, a version it does not speak error
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -126,11 +125,9 @@ def parse_invocation(env: Mapping[str, str], stdin: bytes) -> Invocation:
             INVALID_ENVIRONMENT, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}"
         )
     try:
-        config = json.loads(stdin or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CniError(UNDECODABLE, "the network configuration is not JSON", str(exc)) from None
-    if not isinstance(config, dict):
-        raise CniError(UNDECODABLE, "the network configuration is not a JSON object")
+        config = shim.load_config(stdin)
+    except shim.ShimError as exc:
+        raise CniError(exc.code, exc.msg, exc.details) from None
     version = config.get("cniVersion", "0.3.0" if command != "VERSION" else "1.0.0")
     if version not in SUPPORTED_VERSIONS:
         raise CniError(
