@@ -37,6 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from controller.cni import spec
 from controller.cni.interface import InterfaceSeen, differences, read_interface
 from controller.cni.spec import CniError, Invocation
+from controller.dataplane.netns_socket import is_netns
 from controller.desired import DesiredState
 from controller.model.errors import (
     Conflict,
@@ -78,7 +79,8 @@ class Answer:
 
 class CniService:
     """See the module docstring. ``ready()``: whether the agent's first pass is done;
-    ``read`` and ``exists`` read the kernel and the namespace files (tests give fakes)."""
+    ``read``, ``exists`` and ``netns_check`` read the kernel and the namespace files (tests give
+    fakes)."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class CniService:
         ready: Callable[[], bool],
         read: ReadInterface = read_interface,
         exists: Callable[[str], bool] = os.path.exists,
+        netns_check: Callable[[str], bool] = is_netns,
     ) -> None:
         self._desired = DesiredState(kv)
         self._host = host
@@ -95,12 +98,15 @@ class CniService:
         self._ready = ready
         self._read = read
         self._exists = exists
+        self._is_netns = netns_check
 
     # -- commands -----------------------------------------------------------------------------
     def add(self, inv: Invocation) -> dict[str, Any]:
         netns = _netns(inv.netns)
         if not self._exists(netns):
             raise CniError(spec.UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
+        if not self._is_netns(netns):
+            raise CniError(spec.INVALID_ENVIRONMENT, f"CNI_NETNS {netns} is no network namespace")
         if "MAC" in inv.args:
             raise CniError(spec.UNSUPPORTED_FIELD, "heddle derives every MAC from its address: "
                            "CNI_ARGS MAC cannot be honoured")  # fmt: skip

@@ -46,7 +46,7 @@ from controller.dataplane.kernel_egress import (
     set_bridge_address,
 )
 from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
-from controller.dataplane.netns_socket import iproute_in
+from controller.dataplane.netns_socket import iproute_in, is_netns
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
     NTF_MASTER,
@@ -264,11 +264,12 @@ class KernelDataPlane:
             self._raw = None
 
     def _ns_handle(self, name: str) -> IPRoute | None:
-        """A cached socket in endpoint netns ``name``; ``None`` if the namespace does not exist.
+        """A cached socket in endpoint netns ``name``; ``None`` if the namespace does not exist
+        (or the file is no network namespace: that endpoint fails, not the pass).
 
         Never creates a namespace (``flags=0``). A cached socket whose name now refers to a
         different namespace (deleted and re-created) is replaced."""
-        inode = _netns_inode(name)
+        inode = _netns_inode(name) if is_netns(name) else None
         cached = self._ns.get(name)
         if cached is not None and cached[0] != inode:
             cached[1].close()

@@ -9,6 +9,7 @@ helper process: in an agent with gRPC threads a fork costs 20-30 ms, the thread 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -47,6 +48,26 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
         raise box["error"]
     result: T = box["result"]
     return result
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type (Linux >= 4.11)
+CLONE_NEWNET = 0x40000000
+
+
+def is_netns(netns: str) -> bool:
+    """Whether ``netns`` (a name or a path) is a network namespace: the file exists and the
+    kernel says it is one (an endpoint record may name any path; a regular file there must be
+    a refused endpoint, not a failed pass)."""
+    try:
+        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return bool(fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def socket_in(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:

@@ -36,12 +36,10 @@ MTU_MAX = 9000 - 50
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
-#: A namespace file an endpoint may name by path: one bound under /run/netns (what ``ip netns``
-#: and Podman create), or a process's (a runtime that keeps no bind mount).
-_NETNS_PATH = re.compile(
-    r"^(/(var/)?run/netns/(?!\.\.?$)[A-Za-z0-9_.-]{1,128}"
-    r"|/proc/[1-9][0-9]{0,9}(/task/[1-9][0-9]{0,9})?/ns/net)$"
-)
+#: A namespace file an endpoint may name by path: absolute, normalised (no empty, ``.`` or
+#: ``..`` component), of the characters runtimes use (``/run/netns/...``, ``/proc/PID/ns/net``).
+_NETNS_PATH = re.compile(r"^(/(?!\.\.?(/|$))[A-Za-z0-9_.:@+=,-]+)+$")
+_NETNS_PATH_MAX = 255
 #: A container id as CNI defines it: letters, digits, '_', '.', '-'; here at most 128.
 _CONTAINER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -122,17 +120,17 @@ def check_vtep(value: object, field: str = "vtep", *, allow_link_local: bool = F
 
 def check_netns(value: object, field: str = "netns") -> str:
     """Return ``value`` if it names a network namespace: a name under ``/run/netns`` (1-15 of
-    ``A-Za-z0-9_.-``) or one of the absolute paths ``/run/netns/NAME``, ``/var/run/netns/NAME``,
-    ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``. Pure; raises ``InvalidRecord``.
-
-    Why only these paths: the agent opens the file and moves an interface into whatever
-    namespace it is, so a record must not be able to point it at an arbitrary file."""
+    ``A-Za-z0-9_.-``) or an absolute, normalised path of at most 255 characters
+    (``/run/netns/NAME``, ``/var/run/netns/NAME``, ``/proc/PID/ns/net``, ...). Pure; raises
+    ``InvalidRecord``. Whether the file is a network namespace is the agent's check when it
+    uses it (a file that is none fails that endpoint); its host's own namespace is refused."""
     named = isinstance(value, str) and value not in (".", "..") and bool(_IFNAME.match(value))
-    if named or (isinstance(value, str) and _NETNS_PATH.match(value)):
+    pathed = isinstance(value, str) and len(value) <= _NETNS_PATH_MAX and _NETNS_PATH.match(value)
+    if named or pathed:
         return str(value)
     raise InvalidRecord(
-        f"{field} {brief(value)} is not a namespace name (1-15 of A-Z a-z 0-9 _ . -) or a "
-        "path /run/netns/NAME, /var/run/netns/NAME or /proc/PID/ns/net"
+        f"{field} {brief(value)} is not a namespace name (1-15 of A-Z a-z 0-9 _ . -) or an "
+        "absolute path such as /run/netns/NAME or /proc/PID/ns/net"
     )
 
 

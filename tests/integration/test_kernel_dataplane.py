@@ -286,8 +286,11 @@ def test_changes_converge_and_removal_leaves_no_owned_object(lab: Lab, fast: boo
             assert [m.get("IFLA_IFNAME") for m in ipa.link("dump")] == ["lo"]
 
 
-def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool) -> None:
-    ghost = f"{lab.prefix}-g"
+@pytest.mark.parametrize("kind", ["missing", "not-a-namespace"])
+def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool, kind: str) -> None:
+    """A namespace that does not exist, or a path that is no network namespace (a record may
+    name any path): that endpoint fails, everything else converges."""
+    ghost = f"{lab.prefix}-g" if kind == "missing" else "/etc/hostname"
     g = Endpoint("g", "blue", "h1", "10.77.0.40", "02:42:0a:4d:00:28", netns=ghost)
     view = view_of(snapshot(lab, extra=(g,)))
     with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
@@ -298,7 +301,8 @@ def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool) -
         assert [type(op) for op, _ in err.value.failures] == [EnsureVeth]
         assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint, PutPortFdb]
         assert ghost in str(err.value)
-        assert not os.path.exists(f"/run/netns/{ghost}")  # never created by accident (P2)
+        if kind == "missing":
+            assert not os.path.exists(f"/run/netns/{ghost}")  # never created by accident (K1)
         ops = dp.plan(view, dp.observe(view))
         assert ops == (err.value.op, *err.value.skipped)  # everything else converged
     assert ping(lab.ep_a, "10.77.0.11").returncode == 0
