@@ -41,11 +41,13 @@ def conflist(network: str, host: str, socket: str = DEFAULT_SOCKET) -> dict[str,
     }
 
 
-def _ours(path: Path) -> bool:
+def is_heddles(path: Path) -> bool:
+    """Whether the configuration list at ``path`` is one heddle wrote (its first plugin is
+    ``heddle-cni``). False for anything unreadable."""
     try:
         plugins = json.loads(path.read_text()).get("plugins", [])
         return bool(plugins) and plugins[0].get("type") == PLUGIN_TYPE
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return False
 
 
@@ -72,7 +74,7 @@ def install(
     cannot be written."""
     text = json.dumps(conflist(network, host, socket), indent=2) + "\n"
     path = Path(directory) / f"{network}.conflist"
-    if path.exists() and not _ours(path):
+    if path.exists() and not is_heddles(path):
         raise Conflict(f"{path} exists and is not heddle's: remove it or use another --dir")
     return _write(Path(directory), path.name, text, 0o644)
 

@@ -260,38 +260,38 @@ def invocation(body: Mapping[str, Any]) -> Invocation:
     return spec.parse_invocation(clean, stdin.encode())
 
 
+#: A heddle error -> the CNI error code it is (the first class that matches).
+_CODES: tuple[tuple[type[HeddleError], int], ...] = (
+    (InvalidRecord, spec.INVALID_CONFIG),
+    (NotFound, spec.INVALID_CONFIG),
+    (Exhausted, spec.EXHAUSTED),
+    (Conflict, spec.CONFLICT),
+    (StoreUnavailable, spec.TRY_AGAIN_LATER),
+)
+
+
 def _translated(
     service: CniService, call: Callable[[Invocation], dict[str, Any]], command: str
 ) -> Route:
     """A route that parses the request, checks its command and turns every heddle error into
-    the CNI error the specification (or heddle's 100+) has for it."""
+    the CNI error the specification (or heddle's 100+) has for it, in the caller's version."""
 
     def serve(body: Mapping[str, Any]) -> Answer:
         inv = invocation(body)
         try:
-            return _served(inv)
-        except CniError as exc:
-            exc.version = inv.version  # the error object speaks the caller's version
-            raise
-
-    def _served(inv: Invocation) -> Answer:
-        if inv.command != command:
-            raise CniError(spec.INVALID_ENVIRONMENT, f"{inv.command} sent to {command}")
-        service.accept(inv)
-        try:
+            if inv.command != command:
+                raise CniError(spec.INVALID_ENVIRONMENT, f"{inv.command} sent to {command}")
+            service.accept(inv)
             return Answer(call(inv))
-        except CniError:
+        except CniError as exc:
+            exc.version = inv.version
             raise
-        except InvalidRecord as exc:
-            raise CniError(spec.INVALID_CONFIG, str(exc)) from None
-        except NotFound as exc:
-            raise CniError(spec.INVALID_CONFIG, str(exc)) from None
-        except Exhausted as exc:
-            raise CniError(spec.EXHAUSTED, str(exc)) from None
-        except Conflict as exc:
-            raise CniError(spec.CONFLICT, str(exc)) from None
-        except StoreUnavailable as exc:
-            raise CniError(spec.TRY_AGAIN_LATER, f"etcd unavailable: {exc}") from None
+        except HeddleError as exc:
+            code = next((c for kind, c in _CODES if isinstance(exc, kind)), None)
+            if code is None:
+                raise
+            why = f"etcd unavailable: {exc}" if isinstance(exc, StoreUnavailable) else str(exc)
+            raise CniError(code, why, version=inv.version) from None
 
     return Route("Cni", serve)
 

@@ -28,6 +28,7 @@ heddle then refuses to adopt (reported on every pass) until an operator deletes 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -143,14 +144,16 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _move_into(ipr: IPRoute, index: int, netns: str) -> None:
-    """Move link ``index`` into ``netns`` (a name or a path), by a descriptor of its file."""
+@contextlib.contextmanager
+def _netns_fd(netns: str) -> Iterator[int]:
+    """A descriptor of ``netns``'s file (a name or a path), closed afterwards; what the kernel
+    takes to put a link there. Raises ``OpFailed`` if the namespace does not exist."""
     try:
         fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise OpFailed(f"network namespace {netns} does not exist") from None
     try:
-        ipr.link("set", index=index, net_ns_fd=fd)
+        yield fd
     finally:
         os.close(fd)
 
@@ -865,15 +868,9 @@ class KernelDataPlane:
             raise OpFailed(f"network namespace {op.netns} does not exist")
         if _get_link(ns, op.ifname) is not None:
             raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
-        try:
-            fd = os.open(netns_path(op.netns), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise OpFailed(f"network namespace {op.netns} does not exist") from None
-        try:
+        with _netns_fd(op.netns) as fd:
             peer = {"ifname": op.ifname, "address": op.peer_mac, "mtu": op.mtu, "net_ns_fd": fd}
             idx = self._create(op.host_name, kind="veth", mtu=op.mtu, peer=peer)
-        finally:
-            os.close(fd)
         try:
             inner = _get_link(ns, op.ifname)
             if inner is None:
@@ -903,7 +900,8 @@ class KernelDataPlane:
                     raise OpFailed(
                         f"veth peer {op.peer_name} not found in the host namespace or {op.netns}"
                     )
-                _move_into(ipr, int(peer["index"]), op.netns)
+                with _netns_fd(op.netns) as fd:
+                    ipr.link("set", index=peer["index"], net_ns_fd=fd)
                 self._index.pop(op.peer_name, None)
                 moved = _get_link(ns, op.peer_name)
                 if moved is None:

@@ -34,7 +34,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.cni.install import PLUGIN_TYPE, install, install_plugin
+from controller.cni.install import install, install_plugin, is_heddles
 from controller.desired import DesiredState
 from controller.lab.nsutil import LabError, popen_in_netns
 from controller.lab.rootfs import build_rootfs_tar
@@ -160,7 +160,7 @@ class PodmanLab:
         socket = str(self.lab.cni_socket(host))
         written = [install(self.cni_dir(host), n, host, socket)[0] for n in names]
         for old in self.cni_dir(host).glob("*.conflist"):
-            if old not in written and _is_heddle(old):
+            if old not in written and is_heddles(old):
                 old.unlink()
         return written
 
@@ -193,12 +193,6 @@ class PodmanLab:
                 config = base64.b64decode(cached.get("config", "")).decode(errors="replace")
                 if mine in config:
                     entry.unlink()
-
-
-def _is_heddle(path: Path) -> bool:
-    with contextlib.suppress(OSError, ValueError, AttributeError, IndexError):
-        return bool(json.loads(path.read_text())["plugins"][0].get("type") == PLUGIN_TYPE)
-    return False
 
 
 def _unmount_under(base: Path) -> None:

@@ -113,10 +113,10 @@ def gateways_of(view: HostView) -> tuple[Gateway, ...]:
     return egress_gateways((nv.network for nv in view.networks), view.host.backend)[0]
 
 
-def desired_filters(view: HostView) -> FilterSpec:
+def desired_filters(view: HostView, gateways: tuple[Gateway, ...] | None = None) -> FilterSpec:
     """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; per
     local endpoint, its host-side veth guarded to the endpoint's MAC and address; the egress
-    gateways. Pure."""
+    gateways (``gateways_of(view)`` unless the caller has them). Pure."""
     return make_spec(
         {nv.network.vni: nv.flood for nv in view.networks},
         {
@@ -124,15 +124,17 @@ def desired_filters(view: HostView) -> FilterSpec:
             for nv in view.networks
             for ep in nv.local
         },
-        gateways_of(view),
+        gateways_of(view) if gateways is None else gateways,
     )
 
 
-def plan_filters(view: HostView, actual: KernelState) -> tuple[list[KernelOp], list[KernelOp]]:
+def plan_filters(
+    view: HostView, actual: KernelState, gateways: tuple[Gateway, ...] | None = None
+) -> tuple[list[KernelOp], list[KernelOp]]:
     """(before everything, after the deletes). Additions (a new member VTEP, a new guard) are
     in force before the FDB entries and veths that use them exist; removals take effect only
     after the entries and links they covered are gone. Both ``[]`` when converged."""
-    want = desired_filters(view)
+    want = desired_filters(view, gateways)
     have = actual.filters
     if have == want:
         return [], []
@@ -162,7 +164,8 @@ def plan_kernel(
     backend builds on this planner's links). ``gateways``: the egress gateways of the whole
     host (default: of ``view``; a caller planning part of a host gives the whole host's).
     """
-    gws = {g.vni: g for g in (gateways_of(view) if gateways is None else gateways)}
+    gateways = gateways_of(view) if gateways is None else gateways
+    gws = {g.vni: g for g in gateways}
     entry_dels: list[KernelOp] = []
     recreate_dels: list[KernelOp] = []
     builds: list[KernelOp] = []
@@ -174,7 +177,7 @@ def plan_kernel(
     if gws and actual.forwarding is False:
         builds.append(EnableForwarding())
 
-    first, last = plan_filters(view, actual) if filters else ([], [])
+    first, last = plan_filters(view, actual, gateways) if filters else ([], [])
     link_dels = stale_link_dels(actual, desired)
     return (*first, *entry_dels, *link_dels, *recreate_dels, *last, *builds)
 

@@ -97,13 +97,13 @@ def plan_incremental(
     if gateways != gateways_of(last):  # egress moved between networks: plan the host
         return None
     if not names:
-        first, late = plan_filters(view, state) if filters else ([], [])
+        first, late = plan_filters(view, state, gateways) if filters else ([], [])
         return (*first, *late)
     old = [nv for nv in last.networks if nv.network.name in names]
     new = tuple(nv for nv in view.networks if nv.network.name in names)
     part = _restrict(state, (*old, *new))
     ops = plan_kernel(HostView(view.host, new), part, filters=False, gateways=gateways)
-    first, late = plan_filters(view, state) if filters else ([], [])
+    first, late = plan_filters(view, state, gateways) if filters else ([], [])
     return (*first, *ops, *late)
 
 
