@@ -21,9 +21,12 @@ from controller.store.kv import KV
 def cni(args: argparse.Namespace, kv: KV) -> int:
     """``install``: write the configuration list; print its path. Raises ``NotFound`` for a
     network or a host etcd does not know (a list naming them would fail every ADD).
-    ``plugin``: write the executable (no etcd)."""
+    ``plugin``: write the executable (no etcd): compiled when a C compiler is at hand (a
+    runtime starts it two to four times per container), else the script; ``--script`` asks
+    for the script. Raises ``PluginBuildError``."""
     if args.action == "plugin":
-        return _report(args, *install_plugin(args.dir), {})
+        path, changed, kind = install_plugin(args.dir, script=args.script)
+        return _report(args, path, changed, {"kind": kind})
     DesiredState(kv).get_network(args.network)
     host = args.host or socket.gethostname().split(".")[0].lower()
     if kv.get(keys.host(host)) is None:

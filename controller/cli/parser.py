@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--socket", help="the agent's CNI socket (default /run/heddle/cni.sock)")
     cp = _leaf(cni, "plugin", help="write the heddle-cni executable into a runtime's plugin dir")
     cp.add_argument("--dir", default="/opt/cni/bin", help="where (default %(default)s)")
+    cp.add_argument(
+        "--script", action="store_true", help="write the script even when cc is at hand"
+    )
     _agent(sub)
     _lab(sub)
     return p

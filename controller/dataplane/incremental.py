@@ -6,13 +6,17 @@ view it realised. The next pass then asks the backend's ``Shortcut`` (pure, in `
 
 1. ``plan``: the ops that turn the remembered state into the new view, planned only where the
    view changed (``controller/plan/kernel_incremental.py``, ``controller/plan/ovs_incremental.py``);
-2. ``known``: whether those ops' effect on the state is known in advance -- the kernel's FDB,
+2. whenever ``plan`` answers, those ops are the pass: ``observe`` returns the remembered state
+   without reading anything and ``plan`` returns them;
+3. ``known``: whether their effect on the state is known in advance -- the kernel's FDB,
    neighbour and static bridge entries and its filters, OVS's flow modifications: a remote
-   endpoint added, moved or removed, a member host joining or leaving. Then they are the
-   pass: ``observe`` returns the remembered state without reading anything, ``plan`` returns
-   those ops, and ``apply`` moves the remembered state on by their effect (``after``);
-3. otherwise (a local endpoint, a new network, an MTU: links or ports change) the pass
-   observes and plans in full, as without this wrapper.
+   endpoint added, moved or removed, a member host joining or leaving. Then ``apply`` moves
+   the remembered state on by their effect (``after``). Otherwise (a local endpoint, a new
+   network: links change, and the kernel picks their indexes and MACs) ``apply`` forgets it
+   and the next pass observes in full -- after the change is made, off its critical path
+   (a container's interface no longer waits for a read of every link and namespace);
+4. when ``plan`` says only a full plan can tell (ovs: ports change), the pass observes and
+   plans in full, as without this wrapper.
 
 What is remembered is also kept true by notifications: ``notice`` takes what the kernel
 announced (``controller/dataplane/kernel_events.py``; called from the listener's thread) and
@@ -165,8 +169,8 @@ class Incremental(Generic[S, Op]):
 
     # -- observe / plan -----------------------------------------------------------------------
     def observe(self, view: HostView) -> S:
-        """The remembered state when this pass can be planned incrementally with ``known``
-        ops only; else a full observation. Raises what the inner driver raises."""
+        """The remembered state when this pass can be planned incrementally; else a full
+        observation. Raises what the inner driver raises."""
         now = self._clock()
         with self._lock:
             kept = self._kept
@@ -174,7 +178,7 @@ class Incremental(Generic[S, Op]):
             state, last, at = kept
             if self.still is None or self.still(state):
                 ops = self.shortcut.plan(last, view, state)
-                if ops is not None and self.shortcut.known(ops):
+                if ops is not None:
                     self._pass = (view, state, ops, at)
                     self.observed_in_full = False
                     return state

@@ -64,7 +64,7 @@ def cni(
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """What a runtime runs: ``heddle-cni`` as ``heddle cni plugin`` writes it."""
     global PLUGIN
-    path, _ = install_plugin(tmp_path_factory.mktemp("cni-bin"))
+    path, _, _ = install_plugin(tmp_path_factory.mktemp("cni-bin"))
     PLUGIN = str(path)
     yield PLUGIN
 
