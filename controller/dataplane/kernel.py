@@ -35,10 +35,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
+from controller.dataplane import endpoint_netlink
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel_egress import (
     bridge_addresses,
@@ -54,6 +55,7 @@ from controller.dataplane.rtnetlink import (
     NTF_SELF,
     NUD_NOARP,
     NUD_PERMANENT,
+    RawLink,
     RawRtnl,
     entry_request,
     ip_text,
@@ -142,6 +144,36 @@ def _same_file(a: str, b: str) -> bool:
     except FileNotFoundError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_Socket = TypeVar("_Socket", bound=_Closable)
+
+
+def _cached_in(
+    cache: dict[str, tuple[int, _Socket]], name: str, make: Callable[[str], _Socket]
+) -> _Socket | None:
+    """``cache[name]``'s socket, made with ``make(name)`` when missing or when the name now
+    refers to another namespace (deleted and re-created: the old socket is closed); ``None``
+    if there is no such namespace (or the file is none: that endpoint fails, not the pass)."""
+    inode = _netns_inode(name) if is_netns(name) else None
+    cached = cache.get(name)
+    if cached is not None and cached[0] != inode:
+        cache.pop(name)[1].close()
+        cached = None
+    if inode is None:
+        return None
+    if cached is None:
+        try:
+            sock = make(name)
+        except FileNotFoundError:
+            return None
+        cache[name] = (inode, sock)
+        return sock
+    return cached[1]
 
 
 @contextlib.contextmanager
@@ -243,6 +275,7 @@ class KernelDataPlane:
         self._ipr: IPRoute | None = None
         self._raw: RawRtnl | None = None
         self._ns: dict[str, tuple[int, IPRoute]] = {}
+        self._raw_ns: dict[str, tuple[int, RawRtnl]] = {}  # fast_netlink: endpoint namespaces
         self._index: dict[str, int] = {}
         # netns -> (when read, its inode, what its endpoint interfaces looked like)
         self._sides: dict[str, tuple[float, int | None, dict[str, EndpointSide]]] = {}
@@ -272,23 +305,16 @@ class KernelDataPlane:
 
         Never creates a namespace (``flags=0``). A cached socket whose name now refers to a
         different namespace (deleted and re-created) is replaced."""
-        inode = _netns_inode(name) if is_netns(name) else None
-        cached = self._ns.get(name)
-        if cached is not None and cached[0] != inode:
-            cached[1].close()
-            del self._ns[name]
-            cached = None
-        if inode is None:
-            return None
-        if cached is None:
-            try:
-                # not IPRoute(netns=...): that forks (see netns_socket)
-                ipr = iproute_in(name)
-            except FileNotFoundError:
-                return None
-            self._ns[name] = (inode, ipr)
-            return ipr
-        return cached[1]
+        return _cached_in(self._ns, name, iproute_in)  # not IPRoute(netns=...): that forks
+
+    def _raw_in(self, name: str) -> RawRtnl | None:
+        """A cached raw socket in endpoint netns ``name`` (as ``_ns_handle``)."""
+        return _cached_in(self._raw_ns, name, RawRtnl)
+
+    def _drop_ns(self, name: str) -> None:
+        for cache in (self._ns, self._raw_ns):
+            if name in cache:
+                cache.pop(name)[1].close()
 
     def __enter__(self) -> Self:
         return self
@@ -309,9 +335,8 @@ class KernelDataPlane:
 
     def close(self) -> None:
         """Close every socket. Idempotent; the instance reopens on next use."""
-        for _, ipr in self._ns.values():
-            ipr.close()
-        self._ns.clear()
+        for name in {*self._ns, *self._raw_ns}:
+            self._drop_ns(name)
         self._drop_raw()
         if self._ipr is not None:
             self._ipr.close()
@@ -471,8 +496,8 @@ class KernelDataPlane:
         by_ns: dict[str, list[str]] = {}
         for netns, ifname in keys:
             by_ns.setdefault(netns, []).append(ifname)
-        for gone in set(self._ns) - set(by_ns):  # no endpoint there any more: drop the socket
-            self._ns.pop(gone)[1].close()
+        for gone in {*self._ns, *self._raw_ns} - set(by_ns):  # no endpoint there: drop sockets
+            self._drop_ns(gone)
         now = time.monotonic()
         for gone in set(self._sides) - set(by_ns):
             del self._sides[gone]
@@ -830,6 +855,13 @@ class KernelDataPlane:
         self._host().brport("set", index=idx, learning=0)
 
     def _ensure_veth(self, op: EnsureVeth) -> None:
+        if (
+            op.netns is not None
+            and self.fast_netlink
+            and self._raw_mine(op.host_name, "veth") is None
+        ):
+            self._index[op.host_name] = self._create_pair_raw(op)
+            return  # born complete: in the bridge, marked, learning off, up
         ipr = self._host()
         br = self._bridge_index(op.bridge)
         msg = self._mine(op.host_name, "veth")
@@ -858,6 +890,34 @@ class KernelDataPlane:
         if _same_file(netns_path(netns), host):
             raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
 
+    def _create_pair_raw(self, op: EnsureVeth) -> int:
+        """``_create_veth_into`` and the rest of ``_ensure_veth`` over raw rtnetlink
+        (``endpoint_netlink.create_pair``): the pair's host side, its index."""
+        assert op.netns is not None
+        self._refuse_host_namespace(op.netns)
+        bridge = self._raw_mine(op.bridge, "bridge")
+        if bridge is None:
+            raise OpFailed(f"no bridge {op.bridge}")
+        inside = self._raw_in(op.netns)
+        if inside is None:
+            raise OpFailed(f"network namespace {op.netns} does not exist")
+        with _netns_fd(op.netns) as fd:
+            return endpoint_netlink.create_pair(self._rtnl(), inside, op, bridge.index, fd)
+
+    def _raw_mine(self, name: str, kind: str) -> RawLink | None:
+        """``_mine`` over the raw socket: the owned link ``name`` of ``kind``, ``None`` if
+        absent; ``OpFailed`` if it is someone else's or of another kind."""
+        [(code, link)] = self._rtnl().exchange([endpoint_netlink.get_link(name)])
+        if code == errno.ENODEV:
+            return None
+        if link is None:
+            raise OpFailed(f"netlink: reading {name}: {os.strerror(code or errno.EIO)}")
+        if link.alias != OWNER_ALIAS:
+            raise OpFailed(f"link {name} exists and is not owned by heddle; refusing to adopt it")
+        if link.kind != kind:
+            raise OpFailed(f"link {name} is a {link.kind or 'link'}, not a {kind}")
+        return link
+
     def _create_veth_into(self, op: EnsureVeth) -> int:
         """Create the pair with its peer born inside ``op.netns`` as ``op.ifname`` and mark
         both ends; on any failure nothing is left behind (deleting one end deletes both)."""
@@ -885,6 +945,12 @@ class KernelDataPlane:
 
     def _configure_endpoint(self, op: ConfigureEndpoint) -> None:
         self._refuse_host_namespace(op.netns)
+        if self.fast_netlink:
+            inside = self._raw_in(op.netns)
+            if inside is None:
+                raise OpFailed(f"network namespace {op.netns} does not exist")
+            if endpoint_netlink.configure_inside(inside, op):
+                return  # else the peer is still to be moved in: the path below
         ns = self._ns_handle(op.netns)
         if ns is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")

@@ -47,9 +47,9 @@ _HDR = struct.Struct("=LHHLL")  # nlmsghdr
 HEADER = _HDR.size
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _RTA = struct.Struct("=HH")
-_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _RTM_NEWLINK, _RTM_GETLINK = 16, 18
-_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER = 1, 3, 4, 5, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_EXT_MASK = 18, 20, 29
 _INFO_KIND, _INFO_DATA, _INFO_SLAVE_KIND, _INFO_SLAVE_DATA = 1, 2, 4, 5
 _RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -96,6 +96,12 @@ class RawRtnl:
     def write(self, msgs: Sequence[tuple[int, int, bytes]]) -> list[int]:
         """Send ``(type, flags, payload)`` requests in one buffer; return each one's errno
         (0 = success), in order. Raises ``OSError`` if the ACKs cannot be read."""
+        return [code for code, _ in self.exchange(msgs)]
+
+    def exchange(self, msgs: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, RawLink | None]]:
+        """``write``, also returning the link each request was answered with (a GETLINK, an
+        echoed NEWLINK; None for the others), in order. The kernel handles the messages of one
+        buffer in order, each after the one before it is done."""
         seqs = [next(self._seq) for _ in msgs]
         buf = b"".join(
             _HDR.pack(_HDR.size + len(payload), mtype, flags | _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
@@ -104,14 +110,19 @@ class RawRtnl:
         )
         self._sock.send(buf)
         codes: dict[int, int] = {}
+        links: dict[int, RawLink] = {}
         wanted = set(seqs)
         while wanted:
             data = self._sock.recv(1 << 16)
-            for off, _length, mtype, mseq in messages(data):
-                if mtype == _NLMSG_ERROR and mseq in wanted:
+            for off, length, mtype, mseq in messages(data):
+                if mseq not in wanted:
+                    continue
+                if mtype == _NLMSG_ERROR:
                     codes[mseq] = -_ERR.unpack_from(data, off + _HDR.size)[0]
                     wanted.discard(mseq)
-        return [codes[seq] for seq in seqs]
+                elif mtype == _RTM_NEWLINK:
+                    links[mseq] = parse_link(data, off + _HDR.size, off + length)
+        return [(codes[seq], links.get(seq)) for seq in seqs]
 
     def dump(self, family: int) -> Iterator[RawNeigh]:
         payload = _NDMSG.pack(family, 0, 0, 0, 0)
@@ -120,7 +131,7 @@ class RawRtnl:
 
     def links(self) -> Iterator[RawLink]:
         """One link dump (statistics left out), each link reduced to what observation reads."""
-        payload = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _rta(
+        payload = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + rta(
             _IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS)
         )
         for data, body, end in self._dump(_RTM_GETLINK, _RTM_NEWLINK, payload, "link"):
@@ -189,6 +200,7 @@ class RawLink:
     slave_kind: str
     data: dict[int, bytes] | None
     slave_data: dict[int, bytes] | None
+    link: int = 0  # IFLA_LINK: a veth's peer's index (in the peer's namespace)
 
 
 def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
@@ -208,13 +220,13 @@ def _text(raw: bytes | None) -> str:
 
 
 def parse_link(data: bytes, body: int, end: int) -> RawLink:
-    _family, _type, index, flags, _change = _IFINFO.unpack_from(data, body)
-    attrs = _attrs(data, body + _IFINFO.size, end)
+    _family, _type, index, flags, _change = IFINFO.unpack_from(data, body)
+    attrs = _attrs(data, body + IFINFO.size, end)
     info = attrs.get(_IFLA_LINKINFO)
     nested = _attrs(info, 0, len(info)) if info is not None else {}
     raw_data, raw_slave = nested.get(_INFO_DATA), nested.get(_INFO_SLAVE_DATA)
     mtu, master = attrs.get(_IFLA_MTU), attrs.get(_IFLA_MASTER)
-    alias = attrs.get(_IFLA_IFALIAS)
+    alias, peer = attrs.get(_IFLA_IFALIAS), attrs.get(_IFLA_LINK)
     return RawLink(
         index=index,
         flags=flags,
@@ -227,6 +239,7 @@ def parse_link(data: bytes, body: int, end: int) -> RawLink:
         slave_kind=_text(nested.get(_INFO_SLAVE_KIND)),
         data=_attrs(raw_data, 0, len(raw_data)) if raw_data is not None else None,
         slave_data=_attrs(raw_slave, 0, len(raw_slave)) if raw_slave is not None else None,
+        link=struct.unpack("=I", peer[:4])[0] if peer else 0,
     )
 
 
@@ -235,11 +248,12 @@ def ip_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
-def _rta(kind: int, payload: bytes) -> bytes:
+def rta(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
     return _RTA.pack(_RTA.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-def _mac(mac: str) -> bytes:
+def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
@@ -249,31 +263,31 @@ def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
     match op:
         case PutFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(op.mac)) + _rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, inet(op.dst))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
         case AddFlood():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(ZERO_MAC)) + _rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(ZERO_MAC)) + rta(_NDA_DST, inet(op.dst))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_APPEND, nd + body
         case DelFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
-            body = _rta(_NDA_LLADDR, _mac(op.mac)) + _rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, inet(op.dst))
             return _RTM_DELNEIGH, 0, nd + body
         case PutPortFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_NOARP, NTF_MASTER, 0)
             return (
                 _RTM_NEWNEIGH,
                 _NLM_F_CREATE | _NLM_F_REPLACE,
-                nd + _rta(_NDA_LLADDR, _mac(op.mac)),
+                nd + rta(_NDA_LLADDR, mac_bytes(op.mac)),
             )
         case DelPortFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_MASTER, 0)
-            return _RTM_DELNEIGH, 0, nd + _rta(_NDA_LLADDR, _mac(op.mac))
+            return _RTM_DELNEIGH, 0, nd + rta(_NDA_LLADDR, mac_bytes(op.mac))
         case PutNeigh():
             nd = _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
-            body = _rta(_NDA_DST, inet(op.ip)) + _rta(_NDA_LLADDR, _mac(op.mac))
+            body = rta(_NDA_DST, inet(op.ip)) + rta(_NDA_LLADDR, mac_bytes(op.mac))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
         case DelNeigh():
             nd = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
-            return _RTM_DELNEIGH, 0, nd + _rta(_NDA_DST, inet(op.ip))
+            return _RTM_DELNEIGH, 0, nd + rta(_NDA_DST, inet(op.ip))
     raise TypeError(f"not an entry op: {op!r}")

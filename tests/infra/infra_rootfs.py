@@ -41,6 +41,8 @@ PACKAGES = (
     "etcd-server",
     "etcd-client",
     "openvswitch-switch",
+    "gcc",  # heddle_cni builds heddle-cni on the host (heddle_cni_compiled)
+    "libc6-dev",
 )
 # Units the packages enable at install time that the roles, not the image, must own; and
 # housekeeping timers (apt-daily would contend for the dpkg lock with the roles' apt tasks).

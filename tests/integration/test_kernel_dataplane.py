@@ -33,7 +33,13 @@ from controller.model.kernel_state import (
     PortFdbEntry,
     VxlanAttrs,
 )
-from controller.model.naming import OWNER_ALIAS, bridge_name, veth_host_name, vxlan_name
+from controller.model.naming import (
+    OWNER_ALIAS,
+    bridge_name,
+    veth_host_name,
+    veth_peer_name,
+    vxlan_name,
+)
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.kernel_incremental import KernelShortcut
@@ -306,6 +312,31 @@ def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool, k
         ops = dp.plan(view, dp.observe(view))
         assert ops == (err.value.op, *err.value.skipped)  # everything else converged
     assert ping(lab.ep_a, "10.77.0.11").returncode == 0
+
+
+@pytest.mark.parametrize("where", ["inside", "host"])
+def test_a_name_taken_by_someone_else_is_refused_never_adopted(
+    lab: Lab, fast: bool, where: str
+) -> None:
+    """The endpoint's interface name inside its namespace, or its veth's name on the host, is
+    already someone else's link: that endpoint fails naming it, nothing half-made stays, the
+    foreign link is untouched, everything else converges."""
+    view = view_of(snapshot(lab))
+    ns, name = (lab.ep_a, "eth0") if where == "inside" else (lab.host, veth_host_name("blue", "a"))
+    subprocess.run(["ip", "-n", ns, "link", "add", name, "type", "bridge"], check=True)
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
+        with pytest.raises(DataPlaneError) as err:
+            dp.apply(dp.plan(view, dp.observe(view)))
+        assert [type(op) for op, _ in err.value.failures] == [EnsureVeth]
+        assert "not owned by heddle" in str(err.value) and name in str(err.value)
+        state = dp.observe(view)
+        assert veth_peer_name("blue", "a") not in state.links
+        if where == "inside":
+            assert veth_host_name("blue", "a") not in state.links, "a half-made pair stayed"
+        assert dp.plan(view, state) == (err.value.op, *err.value.skipped)
+    shown = subprocess.run(["ip", "-n", ns, "-d", "link", "show", name], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "bridge" in shown and "alias" not in shown, "the foreign link was touched"
 
 
 def _normalise(state: KernelState) -> KernelState:

@@ -1,0 +1,200 @@
+"""An endpoint built over raw rtnetlink: its veth pair born with the peer inside the endpoint's
+namespace (``create_pair``), and the inside configured -- MAC, MTU, address, default route, up
+(``configure_inside``). The requests are packed here (pure functions returning ``(type, flags,
+payload)``) and sent on ``RawRtnl`` sockets the caller holds: the host's and one inside.
+
+Why not pyroute2 here: building one endpoint took it about 19 requests at about 0.7 ms of
+Python each -- 13 ms of the 15 ms pass that stands between an endpoint's write and its first
+packet -- where the kernel's own work is well under a millisecond. Packed by hand the same
+endpoint is five round trips of a few messages each, about 1 ms in all: the pair is created
+with its master and MTU in the message that creates it, and the create's echo names both
+ends' indexes.
+
+What the kernel ends up holding is exactly what the pyroute2 path builds (ownership marker on
+both ends, no IPv6 addresses of the kernel's making, learning off on the port, the host side up
+only once marked), so observation, planning and the ``fast_netlink=False`` path are unchanged;
+tests/integration/test_kernel_dataplane.py runs its cases on both paths. Used by
+``controller/dataplane/kernel.py`` only; the layouts are the kernel's
+(``include/uapi/linux/rtnetlink.h``, ``if_link.h``, ``veth.h``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+from controller.dataplane.backend import OpFailed
+from controller.dataplane.rtnetlink import IFINFO, RawRtnl, mac_bytes, rta
+from controller.model.naming import OWNER_ALIAS
+from controller.plan.kernel_ops import ConfigureEndpoint, EnsureVeth
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
+NLM_F_ECHO, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x8, 0x100, 0x200, 0x400
+IFF_UP = 0x1
+_NLA_F_NESTED = 0x8000
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_AF_SPEC, _IFLA_NET_NS_FD = 18, 20, 26, 28
+_INFO_KIND, _INFO_DATA, _INFO_SLAVE_DATA = 1, 2, 5
+_VETH_INFO_PEER = 1
+_IFLA_BRPORT_LEARNING = 8
+_IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 8, 1
+_IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst/src len, tos, table, proto, scope, type, flags
+_RTA_OIF, _RTA_GATEWAY = 4, 5
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
+
+Request = tuple[int, int, bytes]
+
+
+def _nest(kind: int, payload: bytes) -> bytes:
+    return rta(kind | _NLA_F_NESTED, payload)
+
+
+def _name(name: str) -> bytes:
+    return rta(_IFLA_IFNAME, name.encode() + b"\0")
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def _no_ipv6_addresses() -> bytes:
+    """IFLA_AF_SPEC: no IPv6 address of the kernel's own making (link-local, DAD) on the link."""
+    inet6 = rta(_IFLA_INET6_ADDR_GEN_MODE, bytes([_IN6_ADDR_GEN_MODE_NONE]))
+    return _nest(_IFLA_AF_SPEC, _nest(socket.AF_INET6, inet6))
+
+
+def create_veth(
+    name: str, mtu: int, master: int, peer: str, peer_mac: str, peer_netns_fd: int
+) -> Request:
+    """Create veth ``name`` (``mtu``, in bridge ``master``, down) whose peer is born inside the
+    namespace open as ``peer_netns_fd`` as ``peer`` with ``peer_mac`` and ``mtu`` (down).
+    Exclusive: fails with EEXIST rather than touch a link that exists; echoed, so the answer
+    carries the new link (its index)."""
+    peer_msg = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
+        _name(peer), rta(_IFLA_ADDRESS, mac_bytes(peer_mac)), rta(_IFLA_MTU, _u32(mtu)),
+        rta(_IFLA_NET_NS_FD, _u32(peer_netns_fd)),
+    ))  # fmt: skip
+    info = rta(_INFO_KIND, b"veth\0") + _nest(_INFO_DATA, rta(_VETH_INFO_PEER, peer_msg))
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
+        _name(name), rta(_IFLA_MTU, _u32(mtu)), rta(_IFLA_MASTER, _u32(master)),
+        _nest(_IFLA_LINKINFO, info),
+    ))  # fmt: skip
+    return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body
+
+
+def mark(index: int, port: bool = False, mac: str | None = None, mtu: int | None = None) -> Request:
+    """Mark link ``index`` as heddle's, without IPv6 addresses of the kernel's making; a bridge
+    ``port`` also gets learning off (the bridge learns nothing: every MAC is a static entry);
+    ``mac`` and ``mtu`` when given."""
+    attrs = [rta(_IFLA_IFALIAS, OWNER_ALIAS.encode() + b"\0"), _no_ipv6_addresses()]
+    if port:
+        attrs.append(
+            _nest(_IFLA_LINKINFO, _nest(_INFO_SLAVE_DATA, rta(_IFLA_BRPORT_LEARNING, b"\0")))
+        )
+    if mac is not None:
+        attrs.append(rta(_IFLA_ADDRESS, mac_bytes(mac)))
+    if mtu is not None:
+        attrs.append(rta(_IFLA_MTU, _u32(mtu)))
+    return RTM_NEWLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + b"".join(attrs)
+
+
+def set_up(index: int) -> Request:
+    return RTM_NEWLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+
+
+def delete(index: int) -> Request:
+    return RTM_DELLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+
+
+def get_link(name: str) -> Request:
+    """The link called ``name`` (answered with one RTM_NEWLINK, or ENODEV)."""
+    return RTM_GETLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name)
+
+
+def replace_address(index: int, ip: str, prefixlen: int) -> Request:
+    """IPv4 ``ip/prefixlen`` on link ``index`` (as ``ip address replace``)."""
+    raw = socket.inet_aton(ip)
+    body = _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, index)
+    return (
+        RTM_NEWADDR,
+        NLM_F_CREATE | NLM_F_REPLACE,
+        body + rta(_IFA_LOCAL, raw) + rta(_IFA_ADDRESS, raw),
+    )
+
+
+def replace_default_route(index: int, gateway: str) -> Request:
+    """The main table's IPv4 default route via ``gateway`` out of link ``index``."""
+    body = _RTMSG.pack(
+        socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0
+    )
+    attrs = rta(_RTA_GATEWAY, socket.inet_aton(gateway)) + rta(_RTA_OIF, _u32(index))
+    return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body + attrs
+
+
+# -- the exchanges ----------------------------------------------------------------------------
+def _failed(what: str, code: int) -> OpFailed:
+    return OpFailed(f"netlink: {what}: {os.strerror(code)}")
+
+
+def create_pair(host: RawRtnl, inside: RawRtnl, op: EnsureVeth, bridge: int, netns_fd: int) -> int:
+    """Create ``op``'s pair in bridge ``bridge`` with the peer born in the namespace open as
+    ``netns_fd`` (``inside`` is a socket there), mark both ends, and bring the host side up;
+    return the host side's index. On any failure after the create the pair is deleted again
+    (deleting one end deletes both), so nothing half-made stays. Raises ``OpFailed``; a name
+    taken on either side is refused, never adopted."""
+    req = create_veth(op.host_name, op.mtu, bridge, op.ifname, op.peer_mac, netns_fd)
+    [(code, link)] = host.exchange([req])
+    if code == errno.EEXIST:
+        if inside.exchange([get_link(op.ifname)])[0][0] == 0:
+            raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
+        raise OpFailed(f"cannot create {op.host_name}: a link of that name already exists")
+    if code:
+        raise _failed(f"creating {op.host_name}", code)
+    if link is None:  # no echo (a kernel before 6.3): ask
+        [(code, link)] = host.exchange([get_link(op.host_name)])
+        if link is None:
+            raise _failed(f"reading {op.host_name} back", code or errno.ENODEV)
+    try:
+        peer = link.link
+        if not peer:
+            [(code, inner)] = inside.exchange([get_link(op.ifname)])
+            if inner is None:
+                raise _failed(f"finding {op.netns}/{op.ifname}", code or errno.ENODEV)
+            peer = inner.index
+        codes = host.write([mark(link.index, port=True), set_up(link.index)])
+        codes += inside.write([mark(peer)])
+        if any(codes):
+            raise _failed(f"marking {op.host_name}", next(c for c in codes if c))
+    except BaseException:
+        host.write([delete(link.index)])
+        raise
+    return link.index
+
+
+def configure_inside(inside: RawRtnl, op: ConfigureEndpoint) -> bool:
+    """Give the endpoint's own side ``op.ifname`` (a socket in ``op.netns``) its MAC, MTU,
+    address and default route, and bring it up; False when there is no such link (the caller
+    takes the path that moves a peer in). Idempotent. Raises ``OpFailed``; a link of that name
+    that is not heddle's is refused."""
+    [(code, link)] = inside.exchange([get_link(op.ifname)])
+    if code == errno.ENODEV:
+        return False
+    if link is None:
+        raise _failed(f"reading {op.netns}/{op.ifname}", code or errno.EIO)
+    if link.alias != OWNER_ALIAS:
+        raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
+    reqs = [mark(link.index, mac=op.mac, mtu=op.mtu), set_up(link.index),
+            replace_address(link.index, op.ip, op.prefixlen)]  # fmt: skip
+    if op.gateway is not None:
+        reqs.append(replace_default_route(link.index, op.gateway))
+    codes = inside.write(reqs)
+    if any(codes):
+        what = ("configuring", "bringing up", "addressing", "routing")[
+            codes.index(next(c for c in codes if c))
+        ]
+        raise _failed(f"{what} {op.netns}/{op.ifname}", next(c for c in codes if c))
+    return True
