@@ -68,15 +68,15 @@ def _no_ipv6_addresses() -> bytes:
 
 
 def create_veth(
-    name: str, mtu: int, master: int, peer: str, peer_mac: str, peer_netns_fd: int
+    name: str, mtu: int, master: int, peer: str, peer_mac: str, peer_netns_fd: int | None
 ) -> Request:
-    """Create veth ``name`` (``mtu``, in bridge ``master``, down) whose peer is born inside the
-    namespace open as ``peer_netns_fd`` as ``peer`` with ``peer_mac`` and ``mtu`` (down).
-    Exclusive: fails with EEXIST rather than touch a link that exists; echoed, so the answer
-    carries the new link (its index)."""
+    """Create veth ``name`` (``mtu``, in bridge ``master``, down) whose peer is born as ``peer``
+    with ``peer_mac`` and ``mtu`` (down) inside the namespace open as ``peer_netns_fd`` (None:
+    beside it, for Docker to move). Exclusive: fails with EEXIST rather than touch a link that
+    exists; echoed, so the answer carries the new link (its index)."""
     peer_msg = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
         _name(peer), rta(_IFLA_ADDRESS, mac_bytes(peer_mac)), rta(_IFLA_MTU, _u32(mtu)),
-        rta(_IFLA_NET_NS_FD, _u32(peer_netns_fd)),
+        rta(_IFLA_NET_NS_FD, _u32(peer_netns_fd)) if peer_netns_fd is not None else b"",
     ))  # fmt: skip
     info = rta(_INFO_KIND, b"veth\0") + _nest(_INFO_DATA, rta(_VETH_INFO_PEER, peer_msg))
     body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
@@ -140,18 +140,28 @@ def _failed(what: str, code: int) -> OpFailed:
     return OpFailed(f"netlink: {what}: {os.strerror(code)}")
 
 
-def create_pair(host: RawRtnl, inside: RawRtnl, op: EnsureVeth, bridge: int, netns_fd: int) -> int:
-    """Create ``op``'s pair in bridge ``bridge`` with the peer born in the namespace open as
-    ``netns_fd`` (``inside`` is a socket there), mark both ends, and bring the host side up;
-    return the host side's index. On any failure after the create the pair is deleted again
-    (deleting one end deletes both), so nothing half-made stays. Raises ``OpFailed``; a name
-    taken on either side is refused, never adopted."""
-    req = create_veth(op.host_name, op.mtu, bridge, op.ifname, op.peer_mac, netns_fd)
-    [(code, link)] = host.exchange([req])
+def create_pair(
+    host: RawRtnl, op: EnsureVeth, bridge: int, inside: tuple[RawRtnl, int] | None = None
+) -> int:
+    """Create ``op``'s pair in bridge ``bridge``, mark both ends, and bring the host side up;
+    return the host side's index. With ``inside`` -- (a socket in ``op.netns``, a descriptor
+    of it) -- the peer is born there as ``op.ifname``; without, beside the host side as
+    ``op.peer_name`` (Docker moves it). On any failure after the create the pair is deleted
+    again (deleting one end deletes both), so nothing half-made stays. Raises ``OpFailed``; a
+    name taken on either side is refused, never adopted."""
+    peer_name = op.ifname if inside is not None else op.peer_name
+    peer_sock = inside[0] if inside is not None else host
+    fd = inside[1] if inside is not None else None
+    [(code, link)] = host.exchange(
+        [create_veth(op.host_name, op.mtu, bridge, peer_name, op.peer_mac, fd)]
+    )
     if code == errno.EEXIST:
-        if inside.exchange([get_link(op.ifname)])[0][0] == 0:
+        if inside is not None and peer_sock.exchange([get_link(peer_name)])[0][0] == 0:
             raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
-        raise OpFailed(f"cannot create {op.host_name}: a link of that name already exists")
+        raise OpFailed(
+            f"cannot create {op.host_name}: a link of that name (or of its peer's, {peer_name}) "
+            "already exists"
+        )
     if code:
         raise _failed(f"creating {op.host_name}", code)
     if link is None:  # no echo (a kernel before 6.3): ask
@@ -161,12 +171,12 @@ def create_pair(host: RawRtnl, inside: RawRtnl, op: EnsureVeth, bridge: int, net
     try:
         peer = link.link
         if not peer:
-            [(code, inner)] = inside.exchange([get_link(op.ifname)])
+            [(code, inner)] = peer_sock.exchange([get_link(peer_name)])
             if inner is None:
-                raise _failed(f"finding {op.netns}/{op.ifname}", code or errno.ENODEV)
+                raise _failed(f"finding the peer {peer_name}", code or errno.ENODEV)
             peer = inner.index
         codes = host.write([mark(link.index, port=True), set_up(link.index)])
-        codes += inside.write([mark(peer)])
+        codes += peer_sock.write([mark(peer)])
         if any(codes):
             raise _failed(f"marking {op.host_name}", next(c for c in codes if c))
     except BaseException:

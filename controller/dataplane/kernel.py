@@ -855,11 +855,7 @@ class KernelDataPlane:
         self._host().brport("set", index=idx, learning=0)
 
     def _ensure_veth(self, op: EnsureVeth) -> None:
-        if (
-            op.netns is not None
-            and self.fast_netlink
-            and self._raw_mine(op.host_name, "veth") is None
-        ):
+        if self.fast_netlink and self._raw_mine(op.host_name, "veth") is None:
             self._index[op.host_name] = self._create_pair_raw(op)
             return  # born complete: in the bridge, marked, learning off, up
         ipr = self._host()
@@ -893,16 +889,17 @@ class KernelDataPlane:
     def _create_pair_raw(self, op: EnsureVeth) -> int:
         """``_create_veth_into`` and the rest of ``_ensure_veth`` over raw rtnetlink
         (``endpoint_netlink.create_pair``): the pair's host side, its index."""
-        assert op.netns is not None
-        self._refuse_host_namespace(op.netns)
         bridge = self._raw_mine(op.bridge, "bridge")
         if bridge is None:
             raise OpFailed(f"no bridge {op.bridge}")
+        if op.netns is None:  # Docker's: the peer is born beside it, Docker moves it
+            return endpoint_netlink.create_pair(self._rtnl(), op, bridge.index)
+        self._refuse_host_namespace(op.netns)
         inside = self._raw_in(op.netns)
         if inside is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
         with _netns_fd(op.netns) as fd:
-            return endpoint_netlink.create_pair(self._rtnl(), inside, op, bridge.index, fd)
+            return endpoint_netlink.create_pair(self._rtnl(), op, bridge.index, (inside, fd))
 
     def _raw_mine(self, name: str, kind: str) -> RawLink | None:
         """``_mine`` over the raw socket: the owned link ``name`` of ``kind``, ``None`` if

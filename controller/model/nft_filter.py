@@ -26,7 +26,10 @@ IP hooks, K6), an egress bridge's traffic to anything but a heddle bridge passes
 the replies to it (``ct state established,related``); everything else from or to a heddle
 bridge is dropped and counted (``routed_dropped``): no overlay routes into another. Chain
 ``postrouting`` (nat, priority 100): per egress network ``iifname <bridge> ip saddr <subnet>
-oifname != "hdb*" masquerade``.
+oifname != "hdb*" masquerade``. The replies' rule and the NAT chain exist only while this host
+has an egress network: either one makes the kernel run connection tracking on every packet of
+the namespace (the VXLAN traffic included), which costs throughput and buys nothing without
+egress.
 
 The rules are fixed shapes; what changes are set elements and the per-network rules. A
 ``FilterSpec`` is both what the planner wants and what an observation found (``parse_tables``),
@@ -159,9 +162,21 @@ def host_rules() -> list[list[Json]]:
     ]
 
 
-def forward_rules() -> list[list[Json]]:
-    """The fixed rules of chain ``forward``: egress out and its replies in, nothing else."""
+def forward_rules(egress: bool) -> list[list[Json]]:
+    """The fixed rules of chain ``forward``: with ``egress`` (some network has it on this
+    host), egress out and its replies in; nothing else either way. The replies' rule is the
+    only ``ct`` expression, and conntrack runs for every packet of the namespace while one
+    exists, so it is there only when egress needs it."""
     loop = {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}
+    drops = [
+        [_is("iifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
+        [_is("oifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
+    ]
+    if not egress:
+        return [
+            [{"match": {"op": "==", "left": loop, "right": "@loops"}}, {"accept": None}],
+            *drops,
+        ]
     return [
         [{"match": {"op": "==", "left": loop, "right": "@loops"}}, {"accept": None}],
         [_is("iifname", "@egress"), _is("oifname", BRIDGES, "!="), {"accept": None}],
@@ -176,8 +191,7 @@ def forward_rules() -> list[list[Json]]:
             },
             {"accept": None},
         ],
-        [_is("iifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
-        [_is("oifname", BRIDGES), {"counter": ROUTED_DROPPED}, {"drop": None}],
+        *drops,
     ]
 
 
@@ -250,6 +264,8 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
         {"flush": _obj("chain", "inet", name=FORWARD_CHAIN)},
         {"flush": _obj("chain", "inet", name=NAT_CHAIN)},
     ]
+    if not spec.gateways:  # no NAT chain without egress: it would run conntrack (see above)
+        cmds.append({"delete": _obj("chain", "inet", name=NAT_CHAIN)})
     sets = {
         "gateways": (["ifname", "ipv4_addr"],
                      [{"concat": [g.bridge, g.address]} for g in spec.gateways]),
@@ -264,7 +280,7 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
             cmds.append({"add": _obj("element", "inet", name=name, elem=elems)})
     for expr in host_rules():
         cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=expr)})
-    for expr in forward_rules():
+    for expr in forward_rules(bool(spec.gateways)):
         cmds.append({"add": _obj("rule", "inet", chain=FORWARD_CHAIN, expr=expr)})
     for gw in spec.gateways:
         cmds.append({"add": _obj("rule", "inet", chain=NAT_CHAIN, expr=masquerade_rule(gw))})
@@ -391,10 +407,10 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
     vni_sets = tuple(sorted(members))
     shaped = (
         tables == {"inet", "bridge"}
-        and chains == set(_HOOKS)
+        and chains == set(_HOOKS) - ({("inet", NAT_CHAIN)} if not gateways else set())
         and rules.get(("inet", INET_CHAIN), [])
         == [*host_rules(), *(vni_rule(v) for v in sorted(members)), vxlan_tail_rule()]
-        and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules()
+        and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules(bool(gateways))
         and loops == {(bridge_name(v), bridge_name(v)) for v in members}
         and rules.get(("bridge", BRIDGE_CHAIN), []) == bridge_rules()
         and sorted(set(guarded)) == sorted({g.port for g in guards})

@@ -4,9 +4,12 @@ libnftables by the kernel driver's integration tests and the security e2e tests.
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.model.egress import Gateway
 from controller.model.nft_filter import (
     FilterSpec,
     PortGuard,
@@ -32,9 +35,22 @@ def test_specs_are_canonical_and_union_admits_both() -> None:
 def test_a_sync_batch_keeps_counters_and_deletes_only_stale_sets() -> None:
     batch = render_sync(make_spec({7: ["192.0.2.1"]}, [G1]), stale_vnis=(7, 8))["nftables"]
     deletes = [c["delete"] for c in batch if "delete" in c]
-    assert deletes == [{"set": {"family": "inet", "table": "heddle", "name": "vni_8"}}]
+    assert deletes == [
+        {"chain": {"family": "inet", "table": "heddle", "name": "postrouting"}},  # no egress
+        {"set": {"family": "inet", "table": "heddle", "name": "vni_8"}},
+    ]
     assert not any("delete" in c and "counter" in c["delete"] for c in batch)
     assert not any("delete" in c and "table" in c["delete"] for c in batch)
+
+
+def test_connection_tracking_is_asked_for_only_with_egress() -> None:
+    """A ``ct`` expression or a NAT chain makes the kernel track every packet of the host's
+    namespace: the batch has neither unless a network has egress here."""
+    gw = Gateway(7, "10.7.0.0/24", "10.7.0.1", 24)
+    plain = json.dumps(render_sync(make_spec({7: ["192.0.2.1"]}, [G1])))
+    assert '"ct"' not in plain and '"masquerade"' not in plain
+    egress = render_sync(make_spec({7: ["192.0.2.1"]}, [G1], (gw,)))["nftables"]
+    assert '"ct"' in json.dumps(egress) and not any("delete" in c for c in egress)
 
 
 def test_an_empty_listing_is_no_filter() -> None:
