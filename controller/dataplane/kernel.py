@@ -39,7 +39,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
-from controller.dataplane import endpoint_netlink
+from controller.dataplane import link_netlink
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel_egress import (
     bridge_addresses,
@@ -174,6 +174,11 @@ def _cached_in(
         cache[name] = (inode, sock)
         return sock
     return cached[1]
+
+
+def _cidr(cidr: str) -> tuple[str, int]:
+    ip, length = cidr.split("/")
+    return ip, int(length)
 
 
 @contextlib.contextmanager
@@ -815,6 +820,13 @@ class KernelDataPlane:
         return self._mark(name)
 
     def _ensure_bridge(self, op: EnsureBridge) -> None:
+        if self.fast_netlink and self._raw_mine(op.name, "bridge") is None:
+            link_netlink.create_marked(
+                self._rtnl(), link_netlink.create_bridge(op), op.name, False,
+                lambda index: [link_netlink.replace_address(index, *_cidr(a))
+                               for a in sorted(op.addresses)],
+            )  # fmt: skip
+            return
         msg = self._mine(op.name, "bridge")
         if msg is None:
             idx = self._create(op.name, kind="bridge", mtu=op.mtu, br_mcast_snooping=0)
@@ -826,6 +838,13 @@ class KernelDataPlane:
         set_bridge_address(self._host(), idx, op.mac, op.addresses)
 
     def _ensure_vxlan(self, op: EnsureVxlan) -> None:
+        if self.fast_netlink and self._raw_mine(op.name, "vxlan") is None:
+            bridge = self._raw_mine(op.bridge, "bridge")
+            if bridge is None:
+                raise OpFailed(f"no bridge {op.bridge}")
+            req = link_netlink.create_vxlan(op, bridge.index)
+            self._index[op.name] = link_netlink.create_marked(self._rtnl(), req, op.name, True)
+            return
         br = self._bridge_index(op.bridge)
         want = VxlanAttrs(vni=op.vni, local=op.vtep, port=op.port, learning=False, proxy=True)
         msg = self._mine(op.name, "vxlan")
@@ -888,23 +907,23 @@ class KernelDataPlane:
 
     def _create_pair_raw(self, op: EnsureVeth) -> int:
         """``_create_veth_into`` and the rest of ``_ensure_veth`` over raw rtnetlink
-        (``endpoint_netlink.create_pair``): the pair's host side, its index."""
+        (``link_netlink.create_pair``): the pair's host side, its index."""
         bridge = self._raw_mine(op.bridge, "bridge")
         if bridge is None:
             raise OpFailed(f"no bridge {op.bridge}")
         if op.netns is None:  # Docker's: the peer is born beside it, Docker moves it
-            return endpoint_netlink.create_pair(self._rtnl(), op, bridge.index)
+            return link_netlink.create_pair(self._rtnl(), op, bridge.index)
         self._refuse_host_namespace(op.netns)
         inside = self._raw_in(op.netns)
         if inside is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
         with _netns_fd(op.netns) as fd:
-            return endpoint_netlink.create_pair(self._rtnl(), op, bridge.index, (inside, fd))
+            return link_netlink.create_pair(self._rtnl(), op, bridge.index, (inside, fd))
 
     def _raw_mine(self, name: str, kind: str) -> RawLink | None:
         """``_mine`` over the raw socket: the owned link ``name`` of ``kind``, ``None`` if
         absent; ``OpFailed`` if it is someone else's or of another kind."""
-        [(code, link)] = self._rtnl().exchange([endpoint_netlink.get_link(name)])
+        [(code, link)] = self._rtnl().exchange([link_netlink.get_link(name)])
         if code == errno.ENODEV:
             return None
         if link is None:
@@ -946,7 +965,7 @@ class KernelDataPlane:
             inside = self._raw_in(op.netns)
             if inside is None:
                 raise OpFailed(f"network namespace {op.netns} does not exist")
-            if endpoint_netlink.configure_inside(inside, op):
+            if link_netlink.configure_inside(inside, op):
                 return  # else the peer is still to be moved in: the path below
         ns = self._ns_handle(op.netns)
         if ns is None:
