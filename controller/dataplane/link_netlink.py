@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from controller.dataplane.backend import OpFailed
-from controller.dataplane.rtnetlink import IFINFO, RawRtnl, mac_bytes, rta
+from controller.dataplane.rtnetlink import IFINFO, RawLink, RawRtnl, mac_bytes, rta
 from controller.model.naming import OWNER_ALIAS
 from controller.plan.kernel_ops import ConfigureEndpoint, EnsureBridge, EnsureVeth, EnsureVxlan
 
@@ -175,6 +175,35 @@ def _failed(what: str, code: int) -> OpFailed:
     return OpFailed(f"netlink: {what}: {os.strerror(code)}")
 
 
+def _send_create(host: RawRtnl, req: Request, name: str, taken: Callable[[], str]) -> RawLink:
+    """Send the exclusive create ``req`` for link ``name``: the new link (from the echo, or
+    asked for on a kernel before 6.3, which sends none). ``OpFailed(taken())`` when the name
+    is taken."""
+    [(code, link)] = host.exchange([req])
+    if code == errno.EEXIST:
+        raise OpFailed(taken())
+    if code:
+        raise _failed(f"creating {name}", code)
+    if link is None:
+        [(code, link)] = host.exchange([get_link(name)])
+        if link is None:
+            raise _failed(f"reading {name} back", code or errno.ENODEV)
+    return link
+
+
+def _finish(host: RawRtnl, link: RawLink, name: str, steps: Callable[[], list[int]]) -> int:
+    """Run ``steps`` (the answers of what sets the new ``link`` up); on any failure delete the
+    link again (a veth takes its peer along), so nothing half-made stays. Its index."""
+    try:
+        codes = steps()
+        if any(codes):
+            raise _failed(f"setting up {name}", next(c for c in codes if c))
+    except BaseException:
+        host.write([delete(link.index)])
+        raise
+    return link.index
+
+
 def create_marked(
     host: RawRtnl,
     req: Request,
@@ -186,26 +215,12 @@ def create_marked(
     ``port``: learning off too), send ``then(its index)`` and bring it up; its index. On any
     failure after the create the link is deleted again. Raises ``OpFailed``; a name that is
     taken is refused, never adopted."""
-    [(code, link)] = host.exchange([req])
-    if code == errno.EEXIST:
-        raise OpFailed(
-            f"cannot create {name}: a link of that name (or a VXLAN device with the same VNI "
-            "and port) already exists"
-        )
-    if code:
-        raise _failed(f"creating {name}", code)
-    if link is None:  # no echo (a kernel before 6.3): ask
-        [(code, link)] = host.exchange([get_link(name)])
-        if link is None:
-            raise _failed(f"reading {name} back", code or errno.ENODEV)
-    try:
-        codes = host.write([mark(link.index, port=port), *then(link.index), set_up(link.index)])
-        if any(codes):
-            raise _failed(f"setting up {name}", next(c for c in codes if c))
-    except BaseException:
-        host.write([delete(link.index)])
-        raise
-    return link.index
+    link = _send_create(host, req, name, lambda: (
+        f"cannot create {name}: a link of that name (or a VXLAN device with the same VNI and "
+        "port) already exists"
+    ))  # fmt: skip
+    i = link.index
+    return _finish(host, link, name, lambda: host.write([mark(i, port=port), *then(i), set_up(i)]))
 
 
 def create_pair(
@@ -220,37 +235,27 @@ def create_pair(
     peer_name = op.ifname if inside is not None else op.peer_name
     peer_sock = inside[0] if inside is not None else host
     fd = inside[1] if inside is not None else None
-    [(code, link)] = host.exchange(
-        [create_veth(op.host_name, op.mtu, bridge, peer_name, op.peer_mac, fd)]
-    )
-    if code == errno.EEXIST:
+
+    def taken() -> str:
         if inside is not None and peer_sock.exchange([get_link(peer_name)])[0][0] == 0:
-            raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
-        raise OpFailed(
-            f"cannot create {op.host_name}: a link of that name (or of its peer's, {peer_name}) "
-            "already exists"
-        )
-    if code:
-        raise _failed(f"creating {op.host_name}", code)
-    if link is None:  # no echo (a kernel before 6.3): ask
-        [(code, link)] = host.exchange([get_link(op.host_name)])
-        if link is None:
-            raise _failed(f"reading {op.host_name} back", code or errno.ENODEV)
-    try:
+            return f"{op.netns}/{op.ifname} exists and is not owned by heddle"
+        return (f"cannot create {op.host_name}: a link of that name (or of its peer's, "
+                f"{peer_name}) already exists")  # fmt: skip
+
+    req = create_veth(op.host_name, op.mtu, bridge, peer_name, op.peer_mac, fd)
+    link = _send_create(host, req, op.host_name, taken)
+
+    def steps() -> list[int]:
         peer = link.link
-        if not peer:
+        if not peer:  # no IFLA_LINK in the answer: ask the peer's side
             [(code, inner)] = peer_sock.exchange([get_link(peer_name)])
             if inner is None:
                 raise _failed(f"finding the peer {peer_name}", code or errno.ENODEV)
             peer = inner.index
         codes = host.write([mark(link.index, port=True), set_up(link.index)])
-        codes += peer_sock.write([mark(peer)])
-        if any(codes):
-            raise _failed(f"marking {op.host_name}", next(c for c in codes if c))
-    except BaseException:
-        host.write([delete(link.index)])
-        raise
-    return link.index
+        return codes + peer_sock.write([mark(peer)])
+
+    return _finish(host, link, op.host_name, steps)
 
 
 def configure_inside(inside: RawRtnl, op: ConfigureEndpoint) -> bool:
