@@ -5,7 +5,9 @@ A 2-host lab with a private Podman per host (``controller/lab/podman.py``, which
 ``heddle-cni`` as ``heddle cni plugin`` writes it) and a heddle network spanning both hosts (a
 long-running container on h2, so h1's runs are real cross-host members). On h1, ``podman run
 --rm IMAGE true`` is timed ``--runs`` times per network, interleaved so load from other
-processes hits each alike; the result is the ratio of the medians. The baseline network
+processes hits each alike; the result is the ratio of the medians, within each phase (the cold
+runs come first, then the warm ones: each heddle case is compared with the baseline runs
+interleaved with it, never with the other phase's). The baseline network
 ``bridge`` is the reference plugin with ``host-local`` IPAM in the same Podman (the aim: heddle
 <= 1.10x it). Two heddle cases:
 
@@ -43,6 +45,7 @@ from controller.lab.podman import IMAGE, PodmanLab
 from controller.lab.topology import Lab
 
 PREFIX = "hbp"
+PHASES = ("cold", "warm")
 MGMT, UNDERLAY = "172.31.198.0/24", "172.31.197.0/24"
 NETWORK = "bench"
 BRIDGE_CONF = {
@@ -60,21 +63,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_times(pl: PodmanLab, runs: int) -> dict[str, list[float]]:
-    """``podman run --rm IMAGE true`` on h1, per network, interleaved; ``heddle_cold`` before
-    h1 has a member of the network, ``heddle`` (warm) after."""
-    nets = {"none": "none", "bridge": "refbridge", "heddle_cold": NETWORK}
-    times: dict[str, list[float]] = {k: [] for k in (*nets, "heddle")}
+def run_times(pl: PodmanLab, runs: int) -> dict[str, dict[str, list[float]]]:
+    """``podman run --rm IMAGE true`` on h1, per phase and network, interleaved: ``cold``
+    before h1 has a member of the network, ``warm`` after."""
+    nets = {"none": "none", "bridge": "refbridge", "heddle": NETWORK}
+    times: dict[str, dict[str, list[float]]] = {p: {k: [] for k in nets} for p in PHASES}
     for name in nets.values():  # warm-up: caches, first use of each plugin
         pl.podman("h1", ["run", "--rm", "--network", name, IMAGE, "true"])
-    for _ in range(runs):
-        for key, name in nets.items():
-            times[key].append(_timed_run(pl, name))
-    pl.podman("h1", ["run", "-d", "--name", "resident", "--network", NETWORK, IMAGE,
-                     "sleep", "3600"])  # fmt: skip
-    for _ in range(runs):
-        for key, name in (("none", "none"), ("bridge", "refbridge"), ("heddle", NETWORK)):
-            times[key].append(_timed_run(pl, name))
+    for phase in PHASES:
+        if phase == "warm":
+            pl.podman("h1", ["run", "-d", "--name", "resident", "--network", NETWORK, IMAGE,
+                             "sleep", "3600"])  # fmt: skip
+        for _ in range(runs):
+            for key, name in nets.items():
+                times[phase][key].append(_timed_run(pl, name))
     return times
 
 
@@ -132,24 +134,24 @@ def main() -> int:
     finally:
         pl.down()
         lab.down()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {p: {k: statistics.median(v) for k, v in t.items()} for p, t in times.items()}
+    ratio = {p: {"heddle_over_bridge": m["heddle"] / m["bridge"],
+                 "bridge_over_none": m["bridge"] / m["none"],
+                 "heddle_over_none": m["heddle"] / m["none"]} for p, m in med.items()}  # fmt: skip
     result: dict[str, Any] = {
         "runs": a.runs,
         "median_s": med,
-        "heddle_over_bridge": med["heddle"] / med["bridge"],
-        "heddle_cold_over_bridge": med["heddle_cold"] / med["bridge"],
-        "bridge_over_none": med["bridge"] / med["none"],
-        "heddle_over_none": med["heddle"] / med["none"],
+        "ratios": ratio,
         "times_s": times,
         "add_ms": {"p50": pct(adds, 0.5) * 1000, "p99": pct(adds, 0.99) * 1000, "n": len(adds)},
         "load_avg_after": os.getloadavg(),
     }
-    print(f"podman run --rm (median of {len(times['heddle'])}+): none "
-          f"{med['none']:.3f} s, bridge {med['bridge']:.3f} s, heddle warm "
-          f"{med['heddle']:.3f} s, cold {med['heddle_cold']:.3f} s; heddle/bridge "
-          f"{result['heddle_over_bridge']:.2f}x warm (aim <= 1.10), "
-          f"{result['heddle_cold_over_bridge']:.2f}x cold; bridge/none "
-          f"{result['bridge_over_none']:.2f}x")  # fmt: skip
+    for p in PHASES:
+        m, r = med[p], ratio[p]
+        print(f"podman run --rm, {p}, median of {a.runs}: none {m['none']:.3f} s, bridge "
+              f"{m['bridge']:.3f} s, heddle {m['heddle']:.3f} s; heddle/bridge "
+              f"{r['heddle_over_bridge']:.3f}x (aim <= 1.10), bridge/none "
+              f"{r['bridge_over_none']:.2f}x")  # fmt: skip
     print(f"CNI ADD through heddle-cni: p50 {result['add_ms']['p50']:.1f} ms, p99 "
           f"{result['add_ms']['p99']:.1f} ms ({len(adds)} samples)")  # fmt: skip
     out = Path(__file__).parent / "results"

@@ -7,12 +7,12 @@ Reads only; the agent's driver is the one writer (``controller/dataplane/kernel.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from controller.dataplane.netns_socket import iproute_in
+from controller.dataplane.link_netlink import get_link
+from controller.dataplane.rtnetlink import RawRtnl
 from controller.model.naming import OWNER_ALIAS
 from controller.model.records import Endpoint
 
@@ -31,30 +31,27 @@ class InterfaceSeen:
 
 def read_interface(netns: str, ifname: str) -> InterfaceSeen | None:
     """``ifname`` in ``netns`` (a name or a path); None when the namespace or the interface
-    does not exist. Raises ``OSError``/``NetlinkError`` for other failures (retrying may help)."""
+    does not exist. Raises ``OSError`` for other failures (retrying may help). Two raw
+    rtnetlink requests (``controller/dataplane/rtnetlink.py``): ADD asks this after every pass
+    until the interface is there, so it is on the path of every container start."""
     try:
-        ipr = iproute_in(netns)
+        rtnl = RawRtnl(netns)
     except FileNotFoundError:
         return None
     try:
-        try:
-            link = ipr.link("get", ifname=ifname)[0]
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise
-        addrs = tuple(
-            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(family=socket.AF_INET, index=link["index"])
-        )
+        [(code, link)] = rtnl.exchange([get_link(ifname)])
+        if code == errno.ENODEV:
+            return None
+        if link is None:
+            raise OSError(code or errno.EIO, f"reading {ifname}: {os.strerror(code or errno.EIO)}")
+        addrs = tuple(f"{ip}/{length}" for index, ip, length in rtnl.addresses(socket.AF_INET)
+                      if index == link.index)  # fmt: skip
         return InterfaceSeen(
-            owned=link.get("IFLA_IFALIAS") == OWNER_ALIAS,
-            up=bool(link["flags"] & IFF_UP),
-            mac=str(link.get("IFLA_ADDRESS", "")),
+            owned=link.alias == OWNER_ALIAS, up=bool(link.flags & IFF_UP), mac=link.mac,
             addresses=addrs,
-        )
+        )  # fmt: skip
     finally:
-        ipr.close()
+        rtnl.close()
 
 
 def differences(ep: Endpoint, prefixlen: int, seen: InterfaceSeen | None) -> list[str]:

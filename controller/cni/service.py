@@ -32,8 +32,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from controller.cni import spec
 from controller.cni.interface import InterfaceSeen, differences, read_interface
 from controller.cni.spec import CniError, Invocation
@@ -232,7 +230,7 @@ class CniService:
         assert ep.netns is not None
         try:
             seen = self._read(ep.netns, ep.ifname)
-        except (OSError, NetlinkError) as exc:
+        except OSError as exc:
             return [f"reading {ep.ifname} failed: {exc}"]
         return differences(ep, prefixlen, seen)
 

@@ -49,6 +49,9 @@ _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, typ
 _RTA = struct.Struct("=HH")
 IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _RTM_NEWLINK, _RTM_GETLINK = 16, 18
+_RTM_NEWADDR, _RTM_GETADDR = 20, 22
+_IFADDRMSG = struct.Struct("=BBBBi")  # ifaddrmsg: family, prefixlen, flags, scope, index
+_IFA_ADDRESS = 1
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER = 1, 3, 4, 5, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_EXT_MASK = 18, 20, 29
 _INFO_KIND, _INFO_DATA, _INFO_SLAVE_KIND, _INFO_SLAVE_DATA = 1, 2, 4, 5
@@ -128,6 +131,15 @@ class RawRtnl:
         payload = _NDMSG.pack(family, 0, 0, 0, 0)
         for data, body, end in self._dump(_RTM_GETNEIGH, _RTM_NEWNEIGH, payload, "neighbour"):
             yield self._parse(data, body, end)
+
+    def addresses(self, family: int = socket.AF_INET) -> Iterator[tuple[int, str, int]]:
+        """``(ifindex, address, prefixlen)`` of every address of ``family`` (one dump)."""
+        payload = _IFADDRMSG.pack(family, 0, 0, 0, 0)
+        for data, body, end in self._dump(_RTM_GETADDR, _RTM_NEWADDR, payload, "address"):
+            fam, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, body)
+            raw = _attrs(data, body + _IFADDRMSG.size, end).get(_IFA_ADDRESS)
+            if fam == family and raw:
+                yield index, ip_text(raw), prefixlen
 
     def links(self) -> Iterator[RawLink]:
         """One link dump (statistics left out), each link reduced to what observation reads."""
