@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from controller.model.kernel_state import ZERO_MAC as ZERO_MAC  # the ops' flood entries
 from controller.model.nft_filter import FilterSpec
+from controller.plan.independent import Independent
 
 VXLAN_PORT = 4789
 
@@ -53,17 +54,9 @@ class EnsureBridge:
 
 
 @dataclass(frozen=True, slots=True)
-class EnableForwarding:
+class EnableForwarding(Independent):
     """``net.ipv4.ip_forward = 1`` in the host namespace (an egress network is local). Never
     turned off again by heddle: other things on the host may route too."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return "sysctl net.ipv4.ip_forward=1"
@@ -174,19 +167,11 @@ class ConfigureEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class DelLink:
+class DelLink(Independent):
     """Delete owned link ``name`` (and with it a veth's peer, or a VXLAN device's FDB and
     neighbour entries). Absent is success; a link without the owner marker is never deleted."""
 
     name: str
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return f"delete link {self.name}"
@@ -296,20 +281,12 @@ class DelNeigh(_EntryOp):
 
 
 @dataclass(frozen=True, slots=True)
-class SyncFilters:
+class SyncFilters(Independent):
     """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
     in one atomic batch; ``stale_vnis`` are per-network sets to delete (observed, not wanted)."""
 
     spec: FilterSpec
     stale_vnis: tuple[int, ...] = ()
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         vteps = sum(len(v) for _, v in self.spec.members)

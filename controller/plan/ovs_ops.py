@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from controller.model.flow import Flow
 from controller.model.naming import OWNER_ALIAS
+from controller.plan.independent import Independent
 from controller.plan.kernel_ops import VXLAN_PORT, ConfigureEndpoint, DelLink
 
 OWNER_KEY = "heddle-owner"
@@ -85,18 +86,10 @@ class EnsureOvsBridge:
 
 
 @dataclass(frozen=True, slots=True)
-class DelOvsBridge:
+class DelOvsBridge(Independent):
     """Delete owned bridge ``name`` and its ports. Absent is success."""
 
     name: str
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return f"ovs delete bridge {self.name}"
@@ -138,19 +131,11 @@ class EnsureOvsPort:
 
 
 @dataclass(frozen=True, slots=True)
-class DelOvsPort:
+class DelOvsPort(Independent):
     """Remove owned port ``name`` from ``bridge``. Absent is success."""
 
     bridge: str
     name: str
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return f"ovs delete port {self.bridge}/{self.name}"
@@ -200,21 +185,13 @@ class ModFlows:
 
 
 @dataclass(frozen=True, slots=True)
-class ArmFlowRestoreWait:
+class ArmFlowRestoreWait(Independent):
     """Set ``Open_vSwitch:other_config:flow-restore-wait=true`` and keep it so.
 
     ovs-vswitchd reads the key only at start-up (and until it first sees it false): armed, a
     restarted ovs-vswitchd keeps the datapath's flows and processes no packets until the agent
     has put the flows back and released it (``EndFlowRestore``), instead of running on an empty
     table. A running ovs-vswitchd ignores the key once released, so keeping it armed is free."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return "ovs set other_config:flow-restore-wait=true"
