@@ -15,8 +15,8 @@ view it realised. The next pass then asks the backend's ``Shortcut`` (pure, in `
    network: links change, and the kernel picks their indexes and MACs) ``apply`` forgets it
    and the next pass observes in full -- after the change is made, off its critical path
    (a container's interface no longer waits for a read of every link and namespace);
-4. when ``plan`` says only a full plan can tell (ovs: ports change), the pass observes and
-   plans in full, as without this wrapper.
+4. when ``plan`` says only a full plan can tell (the kernel: the host's own record changed),
+   the pass observes and plans in full, as without this wrapper.
 
 What is remembered is also kept true by notifications: ``notice`` takes what the kernel
 announced (``controller/dataplane/kernel_events.py``; called from the listener's thread) and

@@ -7,9 +7,13 @@ a remote endpoint added, moved or removed, a member host joining or leaving -- o
 integration bridge's table changes, and only those networks' flows: ``plan_remote`` renders
 them before and after (``flows.render_network_flows``) and returns their difference as one
 ``ModFlows``, the op a full plan (``controller/plan/ovs.py``) would return, at the cost of the
-networks that changed. Its effect is known (``after_flows``), so nothing is read. Anything
-else (ports, links, a table replaced) is left to a full observation
-(``controller/dataplane/incremental.py`` decides).
+networks that changed. Its effect is known (``after_flows``), so nothing is read.
+
+Anything else (a local endpoint added or removed: ports and links change) is planned in full
+(``plan_ovs``) against the remembered state, which is exact after a successful pass: a new
+container's port does not wait for a read of every OVSDB row, flow and link. Those ops are not
+``known`` (OVSDB picks ofports, the kernel picks indexes), so the pass after them observes in
+full (``controller/dataplane/incremental.py`` decides), off the container's critical path.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from controller.model.kernel_events import Sighting, agrees
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView, NetworkView, changed_networks
 from controller.plan.flows import EndpointKey, render_network_flows
+from controller.plan.ovs import plan_ovs
 from controller.plan.ovs_ops import ModFlows, OvsOp
 from controller.plan.ovsdb import TUNNEL_OFPORT, OvsLayout, assign_ofports
 
@@ -105,10 +110,13 @@ class OvsShortcut:
     layout: OvsLayout
     rendered: Rendered = field(default_factory=dict, compare=False, repr=False)
 
-    def plan(self, last: HostView, view: HostView, state: OvsState) -> tuple[OvsOp, ...] | None:
+    def plan(self, last: HostView, view: HostView, state: OvsState) -> tuple[OvsOp, ...]:
+        """``plan_remote`` when only flows change, else ``plan_ovs`` on the remembered
+        state; never ``None`` (nothing the remembered state cannot plan)."""
         if len(self.rendered) > 4 * len(view.networks) + 16:  # networks gone: start afresh
             self.rendered.clear()
-        return plan_remote(self.layout, last, view, state, self.rendered)
+        ops = plan_remote(self.layout, last, view, state, self.rendered)
+        return plan_ovs(self.layout, view, state) if ops is None else ops
 
     def known(self, ops: Sequence[OvsOp]) -> bool:
         return only_flow_mods(ops)
