@@ -1,15 +1,20 @@
-"""OpenFlow tables through ``ovs-ofctl``, and a watch on ovs-vswitchd's liveness.
+"""OpenFlow tables through ``ovs-ofctl`` and a persistent connection, and a watch on
+ovs-vswitchd's liveness.
 
 Shelling out to ``ovs-ofctl`` is the accepted way to move whole tables: it packs thousands of
-flow mods into one atomic bundle faster than Python could. Every call names the instance
-explicitly: ``OVS_RUNDIR`` selects the directory of the ``<bridge>.mgmt`` sockets (the machine
-may run other OVS instances, docs/platform.md O2), and flows are read and written in OpenFlow 1.4
-(bundles are native there; the canonical text ``plan.flows`` compares against is 1.4's).
+flow mods into one atomic bundle faster than Python could, and parses dumps. The small
+changes of an incremental pass go over one long-lived connection per bridge instead
+(``dataplane/ofp_session.py``): starting a process cost more than the change. Every call names
+the instance explicitly: ``OVS_RUNDIR`` selects the directory of the ``<bridge>.mgmt`` sockets
+(the machine may run other OVS instances, docs/platform.md O2), and flows are read and written
+in OpenFlow 1.4 (bundles are native there; the canonical text ``plan.flows`` compares against
+is 1.4's).
 
 * ``dump`` reads only flows with our cookie (``cookie=C/-1``);
 * ``replace`` makes a file the whole table (``--bundle replace-flows``): the switch goes from the
   old table to the new one atomically, never through an empty table;
-* ``modify`` applies ``delete_strict`` (cookie-scoped) and ``add`` lines in one bundle.
+* ``modify`` applies strict, cookie-scoped deletes and adds in one bundle over the bridge's
+  ``FlowSession``.
 
 ``VswitchdWatch`` keeps one OpenFlow connection to a bridge's mgmt socket and calls back when it
 breaks (ovs-vswitchd died) and when it comes back (a new ovs-vswitchd, with empty tables), so the
@@ -28,6 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from controller.dataplane.ofp_session import FlowSession, FlowSessionError
 from controller.model.errors import HeddleError
 from controller.model.flow import COOKIE, Flow, parse_flow
 
@@ -61,6 +67,13 @@ class OpenFlow:
         self.cookie = cookie
         self._env = dict(os.environ, OVS_RUNDIR=rundir)
         self._parsed: dict[str, dict[str, Flow]] = {}
+        self._sessions: dict[str, FlowSession] = {}
+
+    def close(self) -> None:
+        """Close every bridge's connection (idempotent; reopened on use)."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
 
     def mgmt_socket(self, bridge: str) -> str:
         return os.path.join(self.rundir, f"{bridge}.mgmt")
@@ -134,11 +147,15 @@ class OpenFlow:
         self._run(["--bundle", "replace-flows", bridge, "-"], stdin=text)
 
     def modify(self, bridge: str, add: Iterable[Flow], delete: Iterable[Flow]) -> None:
-        """Delete (strict, cookie-scoped) then add, atomically (one bundle)."""
-        lines = [f"delete_strict {f.strict_text()}" for f in delete]
-        lines += [f"add {f.text()}" for f in add]
-        if lines:
-            self._run(["--bundle", "add-flows", bridge, "-"], stdin="\n".join(lines) + "\n")
+        """Delete (strict, cookie-scoped) then add, atomically (one bundle over the bridge's
+        persistent connection, opened on first use and after a failure)."""
+        session = self._sessions.get(bridge)
+        if session is None:
+            session = self._sessions[bridge] = FlowSession(self.mgmt_socket(bridge), self.timeout)
+        try:
+            session.modify(add, delete)
+        except FlowSessionError as exc:
+            raise OpenFlowError(str(exc)) from None
 
 
 # -- liveness watch ----------------------------------------------------------------------------

@@ -4,8 +4,8 @@ It combines four drivers, each addressed explicitly at one OVS instance or names
 
 * ``Ovsdb`` (``dataplane.ovsdb``): bridges and ports through the OVSDB IDL; writes wait for
   ovs-vswitchd and fail clearly on ofport -1;
-* ``OpenFlow`` (``dataplane.openflow``): whole tables and deltas in atomic ``ovs-ofctl``
-  bundles, observed by cookie;
+* ``OpenFlow`` (``dataplane.openflow``): whole tables in atomic ``ovs-ofctl`` bundles, deltas
+  in atomic bundles over a persistent OpenFlow 1.4 connection, observed by cookie;
 * ``KernelDataPlane`` (the kernel backend, reused as it is): observation of heddle's links and of
   the endpoint sides, and the ``ConfigureEndpoint`` / ``DelLink`` ops;
 * ``HostLinks`` (``dataplane.ovs_host``): veths without a bridge master, TX checksum offload,
@@ -142,6 +142,7 @@ class OvsDataPlane:
             self._watch.stop()
             self._watch = None
         self.ovsdb.close()
+        self.openflow.close()
         self._kernel.close()
         self._host.close()
 
