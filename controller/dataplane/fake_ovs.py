@@ -424,7 +424,9 @@ class FakeOvs:
             del br.ports[op.name]
 
     def _ensure_veth(self, op: EnsurePortVeth) -> None:
-        veth = EnsureVeth(op.host_name, op.peer_name, SYSTEM_MASTER, op.mtu, op.peer_mac)
+        veth = EnsureVeth(
+            op.host_name, op.peer_name, SYSTEM_MASTER, op.mtu, op.peer_mac, op.netns, op.ifname
+        )
         try:
             self.kernel.apply([veth])
         except DataPlaneError as exc:

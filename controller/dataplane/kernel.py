@@ -28,14 +28,13 @@ heddle then refuses to adopt (reported on every pass) until an operator deletes 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -48,7 +47,8 @@ from controller.dataplane.kernel_egress import (
     set_bridge_address,
 )
 from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
-from controller.dataplane.netns_socket import iproute_in, is_netns
+from controller.dataplane.netns_handles import cached_in, netns_fd, netns_inode, same_file
+from controller.dataplane.netns_socket import iproute_in
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
     NTF_MASTER,
@@ -131,68 +131,9 @@ def _is_entry(op: KernelOp) -> bool:
     return isinstance(op, _ENTRY_OPS)
 
 
-def _netns_inode(name: str) -> int | None:
-    try:
-        return os.stat(netns_path(name)).st_ino
-    except FileNotFoundError:
-        return None
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except FileNotFoundError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-_Socket = TypeVar("_Socket", bound=_Closable)
-
-
-def _cached_in(
-    cache: dict[str, tuple[int, _Socket]], name: str, make: Callable[[str], _Socket]
-) -> _Socket | None:
-    """``cache[name]``'s socket, made with ``make(name)`` when missing or when the name now
-    refers to another namespace (deleted and re-created: the old socket is closed); ``None``
-    if there is no such namespace (or the file is none: that endpoint fails, not the pass)."""
-    inode = _netns_inode(name) if is_netns(name) else None
-    cached = cache.get(name)
-    if cached is not None and cached[0] != inode:
-        cache.pop(name)[1].close()
-        cached = None
-    if inode is None:
-        return None
-    if cached is None:
-        try:
-            sock = make(name)
-        except FileNotFoundError:
-            return None
-        cache[name] = (inode, sock)
-        return sock
-    return cached[1]
-
-
 def _cidr(cidr: str) -> tuple[str, int]:
     ip, length = cidr.split("/")
     return ip, int(length)
-
-
-@contextlib.contextmanager
-def _netns_fd(netns: str) -> Iterator[int]:
-    """A descriptor of ``netns``'s file (a name or a path), closed afterwards; what the kernel
-    takes to put a link there. Raises ``OpFailed`` if the namespace does not exist."""
-    try:
-        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise OpFailed(f"network namespace {netns} does not exist") from None
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _code(exc: NetlinkError) -> int:
@@ -310,11 +251,11 @@ class KernelDataPlane:
 
         Never creates a namespace (``flags=0``). A cached socket whose name now refers to a
         different namespace (deleted and re-created) is replaced."""
-        return _cached_in(self._ns, name, iproute_in)  # not IPRoute(netns=...): that forks
+        return cached_in(self._ns, name, iproute_in)  # not IPRoute(netns=...): that forks
 
     def _raw_in(self, name: str) -> RawRtnl | None:
         """A cached raw socket in endpoint netns ``name`` (as ``_ns_handle``)."""
-        return _cached_in(self._raw_ns, name, RawRtnl)
+        return cached_in(self._raw_ns, name, RawRtnl)
 
     def _drop_ns(self, name: str) -> None:
         for cache in (self._ns, self._raw_ns):
@@ -511,7 +452,7 @@ class KernelDataPlane:
             if (
                 cached is not None
                 and now - cached[0] < self.endpoint_ttl
-                and cached[1] == _netns_inode(netns)
+                and cached[1] == netns_inode(netns)
                 and all(i in cached[2] for i in ifnames)
             ):
                 for ifname in ifnames:
@@ -551,7 +492,7 @@ class KernelDataPlane:
                 )
             self._sides[netns] = (
                 now,
-                _netns_inode(netns),
+                netns_inode(netns),
                 {i: out[netns, i] for i in ifnames},
             )
         return out
@@ -902,7 +843,7 @@ class KernelDataPlane:
         """An endpoint's namespace is a workload's, never the one the agent manages as the
         host (a record naming ``/proc/1/ns/net`` would put an overlay address on the host)."""
         host = "/proc/self/ns/net" if self.netns is None else netns_path(self.netns)
-        if _same_file(netns_path(netns), host):
+        if same_file(netns_path(netns), host):
             raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
 
     def _create_pair_raw(self, op: EnsureVeth) -> int:
@@ -917,7 +858,7 @@ class KernelDataPlane:
         inside = self._raw_in(op.netns)
         if inside is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
-        with _netns_fd(op.netns) as fd:
+        with netns_fd(op.netns) as fd:
             return link_netlink.create_pair(self._rtnl(), op, bridge.index, (inside, fd))
 
     def _raw_mine(self, name: str, kind: str) -> RawLink | None:
@@ -944,7 +885,7 @@ class KernelDataPlane:
             raise OpFailed(f"network namespace {op.netns} does not exist")
         if _get_link(ns, op.ifname) is not None:
             raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
-        with _netns_fd(op.netns) as fd:
+        with netns_fd(op.netns) as fd:
             peer = {"ifname": op.ifname, "address": op.peer_mac, "mtu": op.mtu, "net_ns_fd": fd}
             idx = self._create(op.host_name, kind="veth", mtu=op.mtu, peer=peer)
         try:
@@ -982,7 +923,7 @@ class KernelDataPlane:
                     raise OpFailed(
                         f"veth peer {op.peer_name} not found in the host namespace or {op.netns}"
                     )
-                with _netns_fd(op.netns) as fd:
+                with netns_fd(op.netns) as fd:
                     ipr.link("set", index=peer["index"], net_ns_fd=fd)
                 self._index.pop(op.peer_name, None)
                 moved = _get_link(ns, op.peer_name)

@@ -18,7 +18,8 @@ every link, no IPv6 addresses of the kernel's making, learning off on every brid
 up only once marked), so observation, planning and the ``fast_netlink=False`` path are
 unchanged; tests/integration/test_kernel_dataplane.py runs its cases on both paths. Only
 creation goes this way: converging a link that exists stays on the pyroute2 path. Used by
-``controller/dataplane/kernel.py`` only; the layouts are the kernel's
+``controller/dataplane/kernel.py`` and, for the ovs backend's veths, by
+``controller/dataplane/ovs_host.py``; the layouts are the kernel's
 (``include/uapi/linux/rtnetlink.h``, ``if_link.h``, ``veth.h``).
 """
 
@@ -34,6 +35,7 @@ from controller.dataplane.backend import OpFailed
 from controller.dataplane.rtnetlink import IFINFO, RawLink, RawRtnl, mac_bytes, rta
 from controller.model.naming import OWNER_ALIAS
 from controller.plan.kernel_ops import ConfigureEndpoint, EnsureBridge, EnsureVeth, EnsureVxlan
+from controller.plan.ovs_ops import EnsurePortVeth
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
 NLM_F_ECHO, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x8, 0x100, 0x200, 0x400
@@ -76,19 +78,20 @@ def _no_ipv6_addresses() -> bytes:
 
 
 def create_veth(
-    name: str, mtu: int, master: int, peer: str, peer_mac: str, peer_netns_fd: int | None
+    name: str, mtu: int, master: int | None, peer: str, peer_mac: str, peer_netns_fd: int | None
 ) -> Request:
-    """Create veth ``name`` (``mtu``, in bridge ``master``, down) whose peer is born as ``peer``
-    with ``peer_mac`` and ``mtu`` (down) inside the namespace open as ``peer_netns_fd`` (None:
-    beside it, for Docker to move). Exclusive: fails with EEXIST rather than touch a link that
-    exists; echoed, so the answer carries the new link (its index)."""
+    """Create veth ``name`` (``mtu``, in bridge ``master`` unless ``None``, down) whose peer is
+    born as ``peer`` with ``peer_mac`` and ``mtu`` (down) inside the namespace open as
+    ``peer_netns_fd`` (None: beside it, for Docker to move). Exclusive: fails with EEXIST
+    rather than touch a link that exists; echoed, so the answer carries the new link (its index)."""
     peer_msg = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
         _name(peer), rta(_IFLA_ADDRESS, mac_bytes(peer_mac)), rta(_IFLA_MTU, _u32(mtu)),
         rta(_IFLA_NET_NS_FD, _u32(peer_netns_fd)) if peer_netns_fd is not None else b"",
     ))  # fmt: skip
     info = rta(_INFO_KIND, b"veth\0") + _nest(_INFO_DATA, rta(_VETH_INFO_PEER, peer_msg))
     body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join((
-        _name(name), rta(_IFLA_MTU, _u32(mtu)), rta(_IFLA_MASTER, _u32(master)),
+        _name(name), rta(_IFLA_MTU, _u32(mtu)),
+        rta(_IFLA_MASTER, _u32(master)) if master is not None else b"",
         _nest(_IFLA_LINKINFO, info),
     ))  # fmt: skip
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body
@@ -224,14 +227,17 @@ def create_marked(
 
 
 def create_pair(
-    host: RawRtnl, op: EnsureVeth, bridge: int, inside: tuple[RawRtnl, int] | None = None
+    host: RawRtnl,
+    op: EnsureVeth | EnsurePortVeth,
+    bridge: int | None,
+    inside: tuple[RawRtnl, int] | None = None,
 ) -> int:
-    """Create ``op``'s pair in bridge ``bridge``, mark both ends, and bring the host side up;
-    return the host side's index. With ``inside`` -- (a socket in ``op.netns``, a descriptor
-    of it) -- the peer is born there as ``op.ifname``; without, beside the host side as
-    ``op.peer_name`` (Docker moves it). On any failure after the create the pair is deleted
-    again (deleting one end deletes both), so nothing half-made stays. Raises ``OpFailed``; a
-    name taken on either side is refused, never adopted."""
+    """Create ``op``'s pair in bridge ``bridge`` (``None``: no master, an OVS port), mark both
+    ends, and bring the host side up; return the host side's index. With ``inside`` -- (a
+    socket in ``op.netns``, a descriptor of it) -- the peer is born there as ``op.ifname``;
+    without, beside the host side as ``op.peer_name`` (Docker moves it). On any failure after
+    the create the pair is deleted again (deleting one end deletes both), so nothing half-made
+    stays. Raises ``OpFailed``; a name taken on either side is refused, never adopted."""
     peer_name = op.ifname if inside is not None else op.peer_name
     peer_sock = inside[0] if inside is not None else host
     fd = inside[1] if inside is not None else None
@@ -252,7 +258,7 @@ def create_pair(
             if inner is None:
                 raise _failed(f"finding the peer {peer_name}", code or errno.ENODEV)
             peer = inner.index
-        codes = host.write([mark(link.index, port=True), set_up(link.index)])
+        codes = host.write([mark(link.index, port=bridge is not None), set_up(link.index)])
         return codes + peer_sock.write([mark(peer)])
 
     return _finish(host, link, op.host_name, steps)

@@ -28,10 +28,13 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
+from controller.dataplane import link_netlink
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.kernel import NO_IPV6_ADDRESSES
+from controller.dataplane.netns_handles import cached_in, netns_fd, same_file
 from controller.dataplane.netns_socket import iproute_in, socket_in
-from controller.model.naming import OWNER_ALIAS
+from controller.dataplane.rtnetlink import RawRtnl
+from controller.model.naming import OWNER_ALIAS, netns_path
 from controller.model.ovs_state import UnderlayState
 from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
 
@@ -98,11 +101,14 @@ def _addresses(ipr: IPRoute, index: int) -> frozenset[str]:
 
 class HostLinks:
     """The host-namespace side (``netns``; ``None``: this process's namespace). One pyroute2
-    socket, opened on first use; ``close()`` closes it (idempotent)."""
+    socket and raw rtnetlink sockets (the host's, one per endpoint namespace a veth was born
+    in), opened on first use; ``close()`` closes them (idempotent)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr: IPRoute | None = None
+        self._raw: RawRtnl | None = None
+        self._raw_ns: dict[str, tuple[int, RawRtnl]] = {}
 
     def _host(self) -> IPRoute:
         if self._ipr is None:
@@ -113,6 +119,12 @@ class HostLinks:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        for _, sock in self._raw_ns.values():
+            sock.close()
+        self._raw_ns.clear()
 
     def _get(self, name: str) -> Msg | None:
         try:
@@ -130,6 +142,9 @@ class HostLinks:
         msg = self._get(op.host_name)
         if msg is not None and msg.get("IFLA_IFALIAS") != OWNER_ALIAS:
             raise OpFailed(f"link {op.host_name} exists and is not owned by heddle")
+        if msg is None and op.netns is not None:
+            self._create_into(op, op.netns)
+            return
         if msg is None:
             if self._get(op.peer_name) is not None:
                 raise OpFailed(f"peer name {op.peer_name} is taken in the host namespace")
@@ -156,6 +171,27 @@ class HostLinks:
         peer = self._get(op.peer_name)
         if peer is not None and peer.get("IFLA_IFALIAS") == OWNER_ALIAS:
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
+
+    def _create_into(self, op: EnsurePortVeth, netns: str) -> None:
+        """The pair with its peer born inside ``netns`` as ``op.ifname``, over raw rtnetlink
+        (``link_netlink.create_pair``, no master), then TX checksum off inside. Nothing half-made
+        stays: a pair whose checksum cannot be set is deleted again."""
+        host = "/proc/self/ns/net" if self.netns is None else netns_path(self.netns)
+        if same_file(netns_path(netns), host):
+            raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
+        inside = cached_in(self._raw_ns, netns, RawRtnl)
+        if inside is None:
+            raise OpFailed(f"network namespace {netns} does not exist")
+        if self._raw is None:
+            self._raw = RawRtnl(self.netns)
+        with netns_fd(netns) as fd:
+            index = link_netlink.create_pair(self._raw, op, None, (inside, fd))
+        if op.tx_checksum_off:
+            try:
+                set_tx_checksum(netns, op.ifname, on=False)
+            except OSError:
+                self._raw.write([link_netlink.delete(index)])
+                raise
 
     def _mark(self, name: str) -> None:
         """The owner marker, right after creation (the kernel ignores it in the create

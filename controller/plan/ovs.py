@@ -211,7 +211,8 @@ def _plan_endpoint(
         # added again opens the new device (a reconfiguration with equal rows does not).
         ops.append(DelOvsPort(port.bridge, port.name))
     if not (host_ok and peer_ok):
-        ops.append(EnsurePortVeth(hv, pv, mtu, ep.mac, tx_checksum_off=layout.netdev))
+        veth = EnsurePortVeth(hv, pv, mtu, ep.mac, layout.netdev, ep.netns, ep.ifname)
+        ops.append(veth)
     if fresh or not port_ok(port, have):
         ops.append(port)
     if ep.netns is not None:

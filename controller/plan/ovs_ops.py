@@ -246,17 +246,22 @@ class EnsurePortVeth:
     """A veth pair for an endpoint whose host side ``host_name`` is an OVS port: host side MTU,
     up, owned (no Linux bridge master: unlike ``kernel_ops.EnsureVeth``).
 
-    When created, the peer is born in the host namespace as ``peer_name`` with ``peer_mac`` and
-    ``mtu``, and, with ``tx_checksum_off``, TX checksum offload off (the userspace datapath
-    forwards partial checksums as they are: TCP breaks otherwise; the setting moves with the
-    device, so Docker-style endpoints get it too). While the peer is still in the host namespace
-    its MAC and MTU are kept converged."""
+    When created with ``netns``, the peer is born directly inside that namespace as ``ifname``
+    with ``peer_mac`` and ``mtu`` (and owned): moving a device between namespaces costs the
+    kernel 15-30 ms of RCU synchronisation, creating it in place under 1 ms (as
+    ``kernel_ops.EnsureVeth``). Without ``netns`` (Docker moves the peer itself) the peer is
+    born in the host namespace as ``peer_name``, and its MAC and MTU are kept converged while it
+    is still there. With ``tx_checksum_off``, TX checksum offload goes off on the peer where it
+    is born (the userspace datapath forwards partial checksums as they are: TCP breaks
+    otherwise; the setting moves with the device, so Docker-style endpoints get it too)."""
 
     host_name: str
     peer_name: str
     mtu: int
     peer_mac: str
     tx_checksum_off: bool = False
+    netns: str | None = None
+    ifname: str = "eth0"
 
     @property
     def needs(self) -> frozenset[str]:
@@ -268,9 +273,9 @@ class EnsurePortVeth:
 
     def __str__(self) -> str:
         tx = " tx-checksum off" if self.tx_checksum_off else ""
+        where = f"{self.netns}/{self.ifname}" if self.netns else self.peer_name
         return (
-            f"ensure veth {self.host_name} mtu {self.mtu} peer {self.peer_name} "
-            f"address {self.peer_mac}{tx}"
+            f"ensure veth {self.host_name} mtu {self.mtu} peer {where} address {self.peer_mac}{tx}"
         )
 
 
