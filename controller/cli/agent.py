@@ -71,6 +71,10 @@ def make_dataplane(
     remember = 1.5 * cfg.resync_interval
     on_drift = None if trigger is None else trigger.fire
     at_once = cfg.drift_repair == "at-once"
+    # Endpoint namespaces, and the whole observation on the incremental path, are read afresh
+    # at every resync, not at every event-driven pass.
+    # (75 %: a resync comes 0.8-1.2 intervals after the last pass.)
+    ttl = 0.0 if for_diagnostics else min(0.75 * cfg.resync_interval, 10.0)
     if cfg.backend == "ovs":
         from controller.dataplane.ovs import OvsDataPlane
         from controller.plan.ovs_incremental import OvsShortcut
@@ -81,6 +85,7 @@ def make_dataplane(
             datapath=cfg.ovs_datapath,
             underlay_dev=cfg.underlay_dev,
             on_change=on_drift,  # a restart: a full wake-up, which reads OVS afresh
+            endpoint_ttl=ttl,
         )
         if for_diagnostics:
             return ovs
@@ -91,10 +96,6 @@ def make_dataplane(
     from controller.dataplane.kernel import KernelDataPlane
     from controller.plan.kernel_incremental import KernelShortcut
 
-    # Endpoint namespaces, and the whole observation on the incremental path, are read afresh
-    # at every resync, not at every event-driven pass.
-    # (75 %: a resync comes 0.8-1.2 intervals after the last pass.)
-    ttl = 0.0 if for_diagnostics else min(0.75 * cfg.resync_interval, 10.0)
     kernel = KernelDataPlane(host.vtep, endpoint_ttl=ttl, filters=cfg.filters)
     if for_diagnostics:
         return kernel

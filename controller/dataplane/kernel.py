@@ -536,6 +536,11 @@ class KernelDataPlane:
             if not only_entries(ops):
                 self._index.clear()
 
+    def forget_endpoint(self, netns: str) -> None:
+        """The next observe reads endpoint namespace ``netns`` afresh (another driver changed
+        it: the ovs backend's veths)."""
+        self._sides.pop(netns, None)
+
     def _forget_sides(self, ops: Sequence[KernelOp]) -> None:
         """Drop the remembered endpoint sides these ops may change (all of them for a link
         delete, whose peer may sit in any namespace), so the next observe reads them again."""

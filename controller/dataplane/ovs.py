@@ -34,7 +34,7 @@ from pyroute2 import NetlinkError
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
-from controller.dataplane.ovs_host import HostLinks, set_tx_checksum, tx_checksum
+from controller.dataplane.ovs_host import HostLinks, set_tx_checksum
 from controller.dataplane.ovsdb import Ovsdb, OvsdbError
 from controller.diag.facts import NetworkFacts
 from controller.diag.ovs_facts import ovs_facts
@@ -83,7 +83,9 @@ class OvsDataPlane:
     the host (``None``, production: the agent's own; ovs-vswitchd must run in it).
     ``restore_wait``: keep ``flow-restore-wait`` armed (switch-wide; turn off on a shared OVS).
     ``on_change``: called from a watch thread when ovs-vswitchd goes away or comes back (pass the
-    reconciler's ``Trigger.fire``); ``None`` starts no thread.
+    reconciler's ``Trigger.fire``); ``None`` starts no thread. ``endpoint_ttl``: as
+    ``KernelDataPlane``'s (endpoint namespaces read at most that often unless an apply touched
+    them).
 
     Raises ``InvalidRecord`` (a ``HeddleError``) for an unknown datapath or an impossible layout;
     nothing else at construction (connections open on first use)."""
@@ -102,6 +104,7 @@ class OvsDataPlane:
         restore_wait: bool = True,
         on_change: Callable[[], None] | None = None,
         timeout: float = 10.0,
+        endpoint_ttl: float = 0.0,
     ) -> None:
         self.vtep = vtep
         self.layout = OvsLayout(
@@ -114,7 +117,7 @@ class OvsDataPlane:
         self.netns = netns
         self.ovsdb = Ovsdb(ovsdb, timeout)
         self.openflow = OpenFlow(rundir or rundir_of(ovsdb), timeout=max(timeout, 30.0))
-        self._kernel = KernelDataPlane(vtep, netns=netns, filters=False)
+        self._kernel = KernelDataPlane(vtep, netns=netns, filters=False, endpoint_ttl=endpoint_ttl)
         self._host = HostLinks(netns)
         self._on_change = on_change
         self._watch: VswitchdWatch | None = None
@@ -172,7 +175,9 @@ class OvsDataPlane:
             return OvsState(ovsdb=db, flows=flows, kernel=kernel)
         assert self.layout.underlay_dev is not None
         try:
-            tx = {key: tx_checksum(*key) for key in endpoint_keys(view)}
+            keys = endpoint_keys(view)
+            self._host.keep_only({netns for netns, _ in keys})
+            tx = {key: self._host.tx_checksum(*key) for key in keys}
             underlay = self._host.observe_underlay(self.layout.underlay_dev, self.layout.phy_bridge)
         except (NetlinkError, OSError) as exc:
             raise DataPlaneError("observe", f"cannot read host links: {exc}") from exc
@@ -224,6 +229,9 @@ class OvsDataPlane:
 
     def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:
         """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""
+        for op in ops:  # a pair born in a namespace changes what the kernel driver remembers
+            if isinstance(op, EnsurePortVeth) and op.netns is not None:
+                self._kernel.forget_endpoint(op.netns)
         apply_all(ops, self._apply_one, progress=progress)
 
     def _apply_one(self, op: OvsOp) -> None:

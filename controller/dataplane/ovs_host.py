@@ -56,30 +56,38 @@ def _socket_in(netns: str | None) -> socket.socket:
     return socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
 
 
-def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
-    """One ``struct ethtool_value`` ioctl; returns the value the kernel wrote back."""
+def _ethtool(sock: socket.socket | int, ifname: str, cmd: int, data: int = 0) -> int:
+    """One ``struct ethtool_value`` ioctl on a socket (or its descriptor) of the device's
+    namespace -- any family: the kernel hands a socket ioctl it does not know to the
+    namespace's devices; returns the value the kernel wrote back."""
     buf = array.array("B", struct.pack("II", cmd, data))
     addr, _ = buf.buffer_info()
     ifreq = struct.pack("16sP", ifname.encode(), addr).ljust(40, b"\0")
-    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    fcntl.ioctl(sock if isinstance(sock, int) else sock.fileno(), SIOCETHTOOL, ifreq)
     return int(struct.unpack("II", buf.tobytes())[1])
 
 
 def tx_checksum(netns: str | None, ifname: str) -> bool | None:
     """Whether TX checksum offload is on for ``ifname`` in ``netns``; ``None`` when the
-    namespace or the interface is missing. Read-only."""
+    namespace or the interface is missing. Read-only. (The driver reads over its cached
+    sockets: ``HostLinks.tx_checksum``.)"""
     try:
         sock = _socket_in(netns)
     except FileNotFoundError:
         return None
     try:
-        return bool(_ethtool(sock, ifname, ETHTOOL_GTXCSUM))
+        return _read_tx(sock.fileno(), ifname)
+    finally:
+        sock.close()
+
+
+def _read_tx(fd: int, ifname: str) -> bool | None:
+    try:
+        return bool(_ethtool(fd, ifname, ETHTOOL_GTXCSUM))
     except OSError as exc:
         if exc.errno in (errno.ENODEV, errno.ENXIO):
             return None
         raise
-    finally:
-        sock.close()
 
 
 def set_tx_checksum(netns: str | None, ifname: str, on: bool) -> None:
@@ -138,13 +146,13 @@ class HostLinks:
 
     def ensure_port_veth(self, op: EnsurePortVeth) -> None:
         """See ``EnsurePortVeth``. Raises ``OpFailed`` for a link heddle does not own."""
+        if op.netns is not None and self._absent(op.host_name):
+            self._create_into(op, op.netns)
+            return
         ipr = self._host()
         msg = self._get(op.host_name)
         if msg is not None and msg.get("IFLA_IFALIAS") != OWNER_ALIAS:
             raise OpFailed(f"link {op.host_name} exists and is not owned by heddle")
-        if msg is None and op.netns is not None:
-            self._create_into(op, op.netns)
-            return
         if msg is None:
             if self._get(op.peer_name) is not None:
                 raise OpFailed(f"peer name {op.peer_name} is taken in the host namespace")
@@ -172,6 +180,28 @@ class HostLinks:
         if peer is not None and peer.get("IFLA_IFALIAS") == OWNER_ALIAS:
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
 
+    def tx_checksum(self, netns: str, ifname: str) -> bool | None:
+        """``tx_checksum`` over the namespace's cached socket (no thread to enter it): whether
+        TX checksum offload is on for ``ifname`` in endpoint namespace ``netns``; ``None`` when
+        the namespace or the interface is missing. Read-only."""
+        inside = cached_in(self._raw_ns, netns, RawRtnl)
+        return None if inside is None else _read_tx(inside.fileno(), ifname)
+
+    def keep_only(self, netns: set[str]) -> None:
+        """Close the cached sockets of endpoint namespaces not in ``netns`` (endpoints gone)."""
+        for name in [n for n in self._raw_ns if n not in netns]:
+            self._raw_ns.pop(name)[1].close()
+
+    def _rtnl(self) -> RawRtnl:
+        if self._raw is None:
+            self._raw = RawRtnl(self.netns)
+        return self._raw
+
+    def _absent(self, name: str) -> bool:
+        """Whether there is no link ``name`` in the host namespace (one raw request)."""
+        [(code, _)] = self._rtnl().exchange([link_netlink.get_link(name)])
+        return code == errno.ENODEV
+
     def _create_into(self, op: EnsurePortVeth, netns: str) -> None:
         """The pair with its peer born inside ``netns`` as ``op.ifname``, over raw rtnetlink
         (``link_netlink.create_pair``, no master), then TX checksum off inside. Nothing half-made
@@ -182,15 +212,13 @@ class HostLinks:
         inside = cached_in(self._raw_ns, netns, RawRtnl)
         if inside is None:
             raise OpFailed(f"network namespace {netns} does not exist")
-        if self._raw is None:
-            self._raw = RawRtnl(self.netns)
         with netns_fd(netns) as fd:
-            index = link_netlink.create_pair(self._raw, op, None, (inside, fd))
+            index = link_netlink.create_pair(self._rtnl(), op, None, (inside, fd))
         if op.tx_checksum_off:
-            try:
-                set_tx_checksum(netns, op.ifname, on=False)
+            try:  # on the namespace's rtnetlink socket: no thread to enter the namespace
+                _ethtool(inside.fileno(), op.ifname, ETHTOOL_STXCSUM, 0)
             except OSError:
-                self._raw.write([link_netlink.delete(index)])
+                self._rtnl().write([link_netlink.delete(index)])
                 raise
 
     def _mark(self, name: str) -> None:

@@ -96,6 +96,10 @@ class RawRtnl:
     def close(self) -> None:
         self._sock.close()
 
+    def fileno(self) -> int:
+        """The socket's descriptor (for ioctls on the devices of its namespace)."""
+        return self._sock.fileno()
+
     def write(self, msgs: Sequence[tuple[int, int, bytes]]) -> list[int]:
         """Send ``(type, flags, payload)`` requests in one buffer; return each one's errno
         (0 = success), in order. Raises ``OSError`` if the ACKs cannot be read."""
