@@ -22,8 +22,10 @@ start, observed, veth created, address/route/link up, apply done) and the peer's
 (event, pass start, FDB and neighbour entries in place, apply done), then the first reply.
 Agent log lines carry wall-clock milliseconds, so stages are good to about 1 ms.
 
-Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs] [--endpoints 60]
-Prints two tables and writes bench/results/convergence[-ovs]-<time>.json.
+Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs|kernel,ovs]
+[--endpoints 60]. Prints two tables per backend (with ``kernel,ovs``: one lab after the other
+in the same run, then the ratio ovs / kernel at p50 and p99) and writes
+bench/results/convergence[-<backends>]-<time>.json.
 """
 
 from __future__ import annotations
@@ -92,12 +94,14 @@ def passes_of(log: Path) -> list[dict[str, object]]:
 
 LOCAL_STAGES = (
     ("event", "event"), ("pass started", "start"), ("observed", "observe"),
-    ("veth created", "EnsureVeth"), ("address, route, link up", "ConfigureEndpoint"),
-    ("apply done", "end"),
+    ("veth created", "EnsureVeth"), ("veth created", "EnsurePortVeth"),
+    ("OVS port ready", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
+    ("flows in place", "ModFlows"), ("apply done", "end"),
 )  # fmt: skip
 PEER_STAGES = (
     ("event", "event"), ("pass started", "start"), ("FDB entry in place", "PutFdb"),
-    ("neighbour entry in place", "PutNeigh"), ("apply done", "end"),
+    ("neighbour entry in place", "PutNeigh"), ("flows in place", "ModFlows"),
+    ("apply done", "end"),
 )  # fmt: skip
 
 
@@ -181,26 +185,21 @@ def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
     return samples, failures
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--endpoints", type=int, default=60)
-    p.add_argument("--backend", choices=tuple(LABS), default="kernel")
-    p.add_argument("--agent-arg", action="append", default=[],
-                   help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters")
-    args = p.parse_args()
-    prefix, mgmt, underlay = LABS[args.backend]
+def run_backend(backend: str, n: int, agent_args: list[str]) -> dict[str, object]:
+    """One fresh lab on ``backend``, ``n`` samples: the summary, samples and stages."""
+    prefix, mgmt, underlay = LABS[backend]
     with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
         lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
-        lab.up(hosts=3, backend=args.backend, agent_args=args.agent_arg)
+        lab.up(hosts=3, backend=backend, agent_args=agent_args)
         try:
-            samples, failures = measure(lab, args.endpoints)
+            samples, failures = measure(lab, n)
             stages = breakdown(lab, samples)
         finally:
             lab.down()
     lat = [float(s["first_reply_ms"]) for s in samples]  # type: ignore[arg-type]
     wr = [float(s["write_ms"]) for s in samples]  # type: ignore[arg-type]
     summary = {
-        "backend": args.backend,
+        "backend": backend,
         "n": len(lat),
         "failures": failures,
         "p50_ms": percentile(lat, 50) if lat else None,
@@ -217,7 +216,7 @@ def main() -> int:
         ["etcd write (txn) only", f"{percentile(wr, 50):.1f}", f"{percentile(wr, 90):.1f}",
          f"{percentile(wr, 99):.1f}", f"{min(wr):.1f}", f"{max(wr):.1f}"],
     ] if lat else []  # fmt: skip
-    print(f"Convergence over {len(lat)} endpoints on a 3-host {args.backend} lab (ms)")
+    print(f"Convergence over {len(lat)} endpoints on a 3-host {backend} lab (ms)")
     print(table(["measure", "p50", "p90", "p99", "min", "max"], rows))
     if failures:
         print(f"{len(failures)} endpoint(s) never answered: {failures[:5]}")
@@ -227,17 +226,35 @@ def main() -> int:
         [[name, f"{percentile(v, 50):.1f}", f"{percentile(v, 99):.1f}", len(v)]
          for name, v in stages.items()],
     ))  # fmt: skip
+    return {"summary": summary, "samples": samples, "stages_ms": stages}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--endpoints", type=int, default=60)
+    p.add_argument("--backend", default="kernel",
+                   help="kernel, ovs, or both in one run: kernel,ovs (prints ovs/kernel)")
+    p.add_argument("--agent-arg", action="append", default=[],
+                   help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters")
+    args = p.parse_args()
+    backends = args.backend.split(",")
+    if not backends or any(b not in LABS for b in backends):
+        p.error(f"--backend: one or more of {', '.join(LABS)}, comma-separated")
+    runs = {b: run_backend(b, args.endpoints, args.agent_arg) for b in backends}
+    ok = all(r["summary"]["n"] and not r["summary"]["failures"] for r in runs.values())  # type: ignore[index]
+    ratio: dict[str, float] = {}
+    if {"kernel", "ovs"} <= runs.keys() and ok:
+        k, o = runs["kernel"]["summary"], runs["ovs"]["summary"]
+        ratio = {q: o[f"{q}_ms"] / k[f"{q}_ms"] for q in ("p50", "p99")}  # type: ignore[index]
+        print(f"ovs / kernel, same run: p50 {ratio['p50']:.2f}x, p99 {ratio['p99']:.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    tag = "" if args.backend == "kernel" else f"-{args.backend}"
+    tag = "" if backends == ["kernel"] else "-" + "-".join(backends)
     out = RESULTS / f"convergence{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     env = {"kernel": platform.release(), "python": platform.python_version()}
-    out.write_text(
-        json.dumps(
-            {"summary": summary, "samples": samples, "stages_ms": stages, "env": env}, indent=2
-        )
-    )
+    data: dict[str, object] = dict(runs[backends[0]]) if len(backends) == 1 else {"runs": runs}
+    out.write_text(json.dumps({**data, "ratio": ratio, "env": env}, indent=2))
     print(f"results: {out}")
-    return 0 if lat and not failures else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ the kernel reports as the master of a port of the ``system`` datapath (and, not 
 Test hooks: ``restart_vswitchd`` / ``kill_vswitchd`` / ``start_vswitchd``, ``add_foreign_bridge`` /
 ``add_foreign_port`` / ``add_foreign_flow``, ``del_flow`` / ``del_port`` (drift),
 ``enable_tx_checksum``, ``fail_next(op_type)``, ``kernel`` (the ``FakeKernel``, with its own hooks),
-``waiting`` (ovs-vswitchd holds back forwarding for flow-restore-wait), ``applied``.
+``waiting`` (ovs-vswitchd holds back forwarding for flow-restore-wait), ``applied``,
+``tunnel_neighbours`` (ovs-vswitchd's cache; every member VTEP answers ARP but those in
+``silent_vteps``, which are reported as unanswered from then on).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from controller.plan.ovs_ops import (
     ModFlows,
     OvsOp,
     ReplaceFlows,
+    ResolveVteps,
 )
 from controller.plan.ovsdb import OvsLayout
 
@@ -118,6 +121,9 @@ class FakeOvs:
         self.nic_addresses: set[str] = {nic_address} if nic_address else set()
         self.phy_up = False
         self.phy_addresses: set[str] = set()
+        self.tunnel_neighbours: set[str] = set()
+        self.silent_vteps: set[str] = set()  # member VTEPs that never answer ARP
+        self._unanswered: set[str] = set()
         self._fail: list[tuple[type, str]] = []
         self._on_change = on_change
         self.applied: list[OvsOp] = []
@@ -126,8 +132,10 @@ class FakeOvs:
     # -- test hooks -------------------------------------------------------------------------
 
     def kill_vswitchd(self) -> None:
-        """ovs-vswitchd dies: its flow tables are gone, OVSDB and the tap devices stay."""
+        """ovs-vswitchd dies: its flow tables and tunnel-neighbour cache are gone, OVSDB and
+        the tap devices stay."""
         self.running = False
+        self.tunnel_neighbours.clear()
         for br in self._bridges.values():
             br.flows.clear()
         if self._on_change is not None:
@@ -207,6 +215,8 @@ class FakeOvs:
             phy_present=phy is not None,
             phy_up=phy is not None and self.phy_up,
             phy_addresses=frozenset(self.phy_addresses) if phy is not None else frozenset(),
+            tunnel_neighbours=frozenset(self.tunnel_neighbours),
+            unanswered=frozenset(self._unanswered),
         )
         return OvsState(ovsdb=db, flows=flows, kernel=kernel, tx_checksum=tx, underlay=underlay)
 
@@ -357,6 +367,14 @@ class FakeOvs:
                 self._tx_on.discard((op.netns, op.ifname))
             case EnsureUnderlay():
                 self._ensure_underlay(op)
+            case ResolveVteps():
+                if op.phy not in self._bridges:
+                    raise OpFailed(f"{op.phy} has no device")
+                self._need_vswitchd()
+                # while it holds back forwarding (flow-restore-wait), no ARP gets out
+                silent = set(op.peers) if self.waiting else self.silent_vteps
+                self.tunnel_neighbours |= set(op.peers) - silent
+                self._unanswered |= set(op.peers) & silent
             case ConfigureEndpoint() | DelLink():
                 try:
                     self.kernel.apply([op])

@@ -34,6 +34,10 @@ class FlowSessionError(HeddleError):
     """The connection failed or the switch refused a bundle (the message says which)."""
 
 
+class _Broken(FlowSessionError):
+    """The connection failed (not a refusal by the switch)."""
+
+
 class FlowSession:
     """See the module docstring. ``path``: the bridge's mgmt socket; ``timeout``: seconds per
     exchange."""
@@ -98,9 +102,9 @@ class FlowSession:
             try:
                 data = self._sock.recv(65536)
             except OSError as exc:
-                raise FlowSessionError(f"{self.path}: {exc}") from None
+                raise _Broken(f"{self.path}: {exc}") from None
             if not data:
-                raise FlowSessionError(f"{self.path}: ovs-vswitchd closed the connection")
+                raise _Broken(f"{self.path}: ovs-vswitchd closed the connection")
             self._buf += data
 
     def _until(self, xid: int, errors: list[str], track: set[int]) -> tuple[int, bytes]:
@@ -124,7 +128,7 @@ class FlowSession:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise FlowSessionError(f"{self.path}: {exc}") from None
+            raise _Broken(f"{self.path}: {exc}") from None
 
     def modify(self, add: Iterable[Flow], delete: Iterable[Flow]) -> None:
         """Delete (strict, cookie-scoped) then add, in one atomic bundle; nothing when both
@@ -139,8 +143,21 @@ class FlowSession:
             raise FlowSessionError(f"cannot encode a flow: {exc}") from None
         if not mods:
             return
+        reused = self._sock is not None
         try:
             self._bundle_of(mods)
+        except _Broken:
+            self.close()
+            if not reused:
+                raise
+            # A connection that broke since its last use (ovs-vswitchd restarted): once more
+            # on a new one. Safe even if the commit went through: adds replace, strict deletes
+            # of absent flows do nothing.
+            try:
+                self._bundle_of(mods)
+            except FlowSessionError:
+                self.close()
+                raise
         except FlowSessionError:
             self.close()
             raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
@@ -35,6 +36,8 @@ from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
 from controller.dataplane.ovs_host import HostLinks, set_tx_checksum
+from controller.dataplane.ovs_tunnel_neigh import TunnelNeighbours
+from controller.dataplane.ovs_unixctl import UnixctlError
 from controller.dataplane.ovsdb import Ovsdb, OvsdbError
 from controller.diag.facts import NetworkFacts
 from controller.diag.ovs_facts import ovs_facts
@@ -58,6 +61,7 @@ from controller.plan.ovs_ops import (
     ModFlows,
     OvsOp,
     ReplaceFlows,
+    ResolveVteps,
 )
 from controller.plan.ovsdb import (
     DEFAULT_BRIDGE,
@@ -117,6 +121,7 @@ class OvsDataPlane:
         self.netns = netns
         self.ovsdb = Ovsdb(ovsdb, timeout)
         self.openflow = OpenFlow(rundir or rundir_of(ovsdb), timeout=max(timeout, 30.0))
+        self._neighbours = TunnelNeighbours(netns, rundir or rundir_of(ovsdb))
         self._kernel = KernelDataPlane(vtep, netns=netns, filters=False, endpoint_ttl=endpoint_ttl)
         self._host = HostLinks(netns)
         self._on_change = on_change
@@ -146,6 +151,7 @@ class OvsDataPlane:
             self._watch = None
         self.ovsdb.close()
         self.openflow.close()
+        self._neighbours.close()
         self._kernel.close()
         self._host.close()
 
@@ -158,8 +164,9 @@ class OvsDataPlane:
 
     def observe(self, view: HostView) -> OvsState:
         """Heddle's OVSDB rows, its flows on its bridges, its links and endpoint sides, and in
-        ``netdev`` mode TX checksum state and the underlay. Read-only. Raises ``DataPlaneError``
-        when OVSDB, ovs-vswitchd or the host namespace cannot be read."""
+        ``netdev`` mode TX checksum state, the underlay and OVS's tunnel-neighbour cache.
+        Read-only. Raises ``DataPlaneError`` when OVSDB, ovs-vswitchd or the host namespace
+        cannot be read."""
         self._ensure_watch()
         try:
             db = self.ovsdb.observe(self.layout.bridges)
@@ -181,6 +188,13 @@ class OvsDataPlane:
             underlay = self._host.observe_underlay(self.layout.underlay_dev, self.layout.phy_bridge)
         except (NetlinkError, OSError) as exc:
             raise DataPlaneError("observe", f"cannot read host links: {exc}") from exc
+        try:
+            cached = self._neighbours.cached(self.layout.phy_bridge)
+        except UnixctlError as exc:
+            raise DataPlaneError("observe", f"cannot read Open vSwitch: {exc}") from exc
+        underlay = replace(
+            underlay, tunnel_neighbours=cached, unanswered=self._neighbours.unanswered()
+        )
         return OvsState(ovsdb=db, flows=flows, kernel=kernel, tx_checksum=tx, underlay=underlay)
 
     def unchanged(self, state: OvsState) -> bool:
@@ -273,6 +287,11 @@ class OvsDataPlane:
                 self._host.ensure_port_veth(op)
             case DisableTxChecksum():
                 set_tx_checksum(op.netns, op.ifname, on=False)
+            case ResolveVteps():
+                mac = self._host.mac_of(op.phy)
+                if mac is None:
+                    raise OpFailed(f"{op.phy} has no device")
+                self._neighbours.resolve(op, mac)
             case EnsureUnderlay():
                 self._host.ensure_underlay(op)
             case ConfigureEndpoint() | DelLink():

@@ -28,7 +28,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
-from controller.dataplane import link_netlink
+from controller.dataplane import link_netlink, vtep_arp
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.kernel import NO_IPV6_ADDRESSES
 from controller.dataplane.netns_handles import cached_in, netns_fd, same_file
@@ -239,6 +239,11 @@ class HostLinks:
 
     # -- underlay -----------------------------------------------------------------------------
 
+    def mac_of(self, name: str) -> str | None:
+        """The MAC of link ``name`` in the host namespace; ``None`` when there is none."""
+        msg = self._get(name)
+        return None if msg is None else str(msg.get("IFLA_ADDRESS"))
+
     def observe_underlay(self, nic: str, phy: str) -> UnderlayState:
         """The NIC's and br-phy's device state (see ``UnderlayState``). Read-only."""
         ipr = self._host()
@@ -286,29 +291,6 @@ class HostLinks:
             # the NIC's MAC until their entry ages out: tell them now, as a NIC failover would.
             phy_mac = str(phy.get("IFLA_ADDRESS"))
             try:
-                announce_address(self.netns, op.phy, op.vtep, phy_mac)
+                vtep_arp.announce(self.netns, op.phy, op.vtep, phy_mac)
             except OSError as exc:
                 raise OpFailed(f"gratuitous ARP for {op.vtep} on {op.phy} failed: {exc}") from exc
-
-
-def _garp(op: int, mac: str, ip: str) -> bytes:
-    """A gratuitous ARP frame (request or reply): sender and target address are both ``ip``."""
-    hw = bytes.fromhex(mac.replace(":", ""))
-    addr = ipaddress.IPv4Address(ip).packed
-    eth = b"\xff" * 6 + hw + struct.pack("!H", 0x0806)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + hw + addr + b"\x00" * 6 + addr
-    return eth + arp
-
-
-def announce_address(netns: str | None, ifname: str, ip: str, mac: str) -> None:
-    """Send gratuitous ARP (a request and a reply) for ``ip`` at ``mac`` out of ``ifname``.
-
-    Linux updates an existing neighbour entry from either; OVS's tunnel-neighbour cache snoops
-    gratuitous ARP of both kinds. Raises ``OSError``."""
-    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-    try:
-        sock.bind((ifname, 0))
-        for op in (1, 2):
-            sock.send(_garp(op, mac, ip))
-    finally:
-        sock.close()

@@ -64,7 +64,10 @@ class OvsdbState:
 class UnderlayState:
     """The devices of OVS userspace tunnelling (``netdev`` only), in the host namespace.
 
-    Addresses are IPv4 ``ip/prefixlen`` strings. ``nic_noarp`` is IFF_NOARP on the NIC."""
+    Addresses are IPv4 ``ip/prefixlen`` strings. ``nic_noarp`` is IFF_NOARP on the NIC.
+    ``tunnel_neighbours``: the VTEPs ovs-vswitchd's tunnel-neighbour cache holds a MAC for on
+    br-phy; ``unanswered``: VTEPs the agent asked recently that did not answer (not asked
+    again until the driver's retry interval has passed)."""
 
     nic_present: bool = False
     nic_up: bool = False
@@ -73,6 +76,8 @@ class UnderlayState:
     phy_present: bool = False
     phy_up: bool = False
     phy_addresses: frozenset[str] = frozenset()
+    tunnel_neighbours: frozenset[str] = frozenset()
+    unanswered: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

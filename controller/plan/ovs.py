@@ -10,7 +10,10 @@ Order of the result:
 1. deletes: owned OVS ports nobody wants, owned bridges nobody wants, then owned links nobody
    wants (a port leaves OVS before its device goes) and links to re-create;
 2. bridges, ``flow-restore-wait`` armed, the NIC port on br-phy and the tunnel port;
-3. flows of br-phy, then the underlay (the VTEP address moves only once br-phy forwards);
+3. flows of br-phy, then the underlay (the VTEP address moves only once br-phy forwards), then
+   member VTEPs missing from OVS's tunnel-neighbour cache resolved (``netdev``; before any
+   flow tunnels to them, so the first packet is not dropped -- but after the restore ends when
+   a restarted ovs-vswitchd holds back all forwarding for ``flow-restore-wait``);
 4. per local endpoint: veth, OVS port, endpoint side, TX checksum;
 5. flows of the integration bridge.
 
@@ -44,6 +47,7 @@ from controller.plan.ovs_ops import (
     ModFlows,
     OvsOp,
     ReplaceFlows,
+    ResolveVteps,
 )
 from controller.plan.ovsdb import (
     NIC_OFPORT,
@@ -57,7 +61,7 @@ from controller.plan.ovsdb import (
     port_ok,
 )
 
-__all__ = ["desired_flows", "owned_counts", "plan_flows", "plan_ovs"]
+__all__ = ["desired_flows", "owned_counts", "plan_flows", "plan_ovs", "vteps_to_resolve"]
 
 
 def desired_flows(
@@ -164,6 +168,12 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
         if layout.phy_bridge in installs:
             phy.append(installs[layout.phy_bridge])
         phy += _plan_underlay(layout, view, actual.underlay or UnderlayState())
+        missing = vteps_to_resolve(layout, view, actual)
+        if missing:
+            # A restarted ovs-vswitchd (armed, empty tables) forwards nothing until the restore
+            # ends: ask then.
+            resolve = ResolveVteps(layout.phy_bridge, view.host.vtep, missing)
+            (end if end and restarted and db.flow_restore_wait else phy).append(resolve)
     integ_flows = [installs[layout.bridge]] if layout.bridge in installs else []
 
     stale: list[KernelOp] = stale_link_dels(actual.kernel, desired_links)
@@ -233,6 +243,17 @@ def _plan_endpoint(
         if layout.netdev and actual.tx_checksum.get((ep.netns, ep.ifname)) is True:
             ops.append(DisableTxChecksum(ep.netns, ep.ifname, pv))
     return ops
+
+
+def vteps_to_resolve(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[str, ...]:
+    """The member VTEPs (of every network's flood list) that OVS's tunnel-neighbour cache
+    lacks and that were not asked recently without an answer; ``()`` unless ``netdev``. Pure;
+    sorted."""
+    if not layout.netdev:
+        return ()
+    u = actual.underlay or UnderlayState()
+    members = {vtep for nv in view.networks for vtep in nv.flood}
+    return tuple(sorted(members - u.tunnel_neighbours - u.unanswered))
 
 
 def _plan_underlay(layout: OvsLayout, view: HostView, u: UnderlayState) -> list[OvsOp]:

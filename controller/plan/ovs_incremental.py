@@ -26,7 +26,7 @@ from controller.model.kernel_events import Sighting, agrees
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView, NetworkView, changed_networks
 from controller.plan.flows import EndpointKey, render_network_flows
-from controller.plan.ovs import plan_ovs
+from controller.plan.ovs import plan_ovs, vteps_to_resolve
 from controller.plan.ovs_ops import ModFlows, OvsOp
 from controller.plan.ovsdb import TUNNEL_OFPORT, OvsLayout, assign_ofports
 
@@ -111,12 +111,14 @@ class OvsShortcut:
     rendered: Rendered = field(default_factory=dict, compare=False, repr=False)
 
     def plan(self, last: HostView, view: HostView, state: OvsState) -> tuple[OvsOp, ...]:
-        """``plan_remote`` when only flows change, else ``plan_ovs`` on the remembered
-        state; never ``None`` (nothing the remembered state cannot plan)."""
+        """``plan_remote`` when only flows change, else (a local endpoint, or a member VTEP to
+        resolve first) ``plan_ovs`` on the remembered state; never ``None``."""
         if len(self.rendered) > 4 * len(view.networks) + 16:  # networks gone: start afresh
             self.rendered.clear()
         ops = plan_remote(self.layout, last, view, state, self.rendered)
-        return plan_ovs(self.layout, view, state) if ops is None else ops
+        if ops is None or vteps_to_resolve(self.layout, view, state):  # a new member VTEP
+            return plan_ovs(self.layout, view, state)
+        return ops
 
     def known(self, ops: Sequence[OvsOp]) -> bool:
         return only_flow_mods(ops)

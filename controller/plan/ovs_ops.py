@@ -49,6 +49,7 @@ __all__ = [
     "ModFlows",
     "OvsOp",
     "ReplaceFlows",
+    "ResolveVteps",
 ]
 
 
@@ -326,6 +327,30 @@ class EnsureUnderlay:
         return f"underlay: {self.vtep}/{plen} on {self.phy} up, {self.nic} up arp off no address"
 
 
+@dataclass(frozen=True, slots=True)
+class ResolveVteps:
+    """Member VTEPs ``peers`` in ovs-vswitchd's tunnel-neighbour cache of ``phy`` before any
+    flow tunnels to them (``netdev`` only): each is asked with ARP from ``vtep`` on br-phy and
+    its answer set in OVS (``tnl/neigh/set``), so the first tunnelled packet is not dropped
+    while OVS resolves it (docs/platform.md O7). A VTEP that does not answer is left to OVS's
+    own resolution and reported; it is asked again after the driver's retry interval."""
+
+    phy: str
+    vtep: str
+    peers: tuple[str, ...]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.phy), flows_token(self.phy)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"resolve VTEPs {', '.join(self.peers)} on {self.phy}"
+
+
 OvsOp = (
     EnsureOvsBridge
     | DelOvsBridge
@@ -339,6 +364,7 @@ OvsOp = (
     | EnsurePortVeth
     | DisableTxChecksum
     | EnsureUnderlay
+    | ResolveVteps
     | ConfigureEndpoint
     | DelLink
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,19 @@ def test_generated_flows_read_back_as_themselves(switch: Switch, flows: list[Flo
     switch.session.modify(flows, ())
     assert switch.ours() == frozenset(flows)
     assert all(f.cookie == COOKIE for f in switch.ours())
+
+
+def test_a_restarted_vswitchd_is_reconnected_to_transparently(switch: Switch) -> None:
+    """The session's connection dies with ovs-vswitchd; the next bundle goes over a new one
+    (a restarted ovs-vswitchd has empty tables: the bundle is all there is)."""
+    switch.clear()
+    first = make_flow(20, 100, {"reg6": 1}, ["output:3"])
+    switch.session.modify((first,), ())
+    switch.inst.restart_vswitchd()
+    deadline = time.monotonic() + 10
+    while not (switch.inst.rundir / f"{BRIDGE}.mgmt").exists():
+        assert time.monotonic() < deadline, "the new ovs-vswitchd has no mgmt socket"
+        time.sleep(0.05)
+    second = make_flow(20, 100, {"reg6": 2}, ["output:4"])
+    switch.session.modify((second,), ())
+    assert switch.ours() == {second}

@@ -19,6 +19,7 @@ from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
 from controller.plan.ovs import desired_flows, plan_ovs
+from controller.plan.ovs_incremental import OvsShortcut
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
     BeginFlowRestore,
@@ -33,6 +34,7 @@ from controller.plan.ovs_ops import (
     ModFlows,
     OvsOp,
     ReplaceFlows,
+    ResolveVteps,
 )
 from controller.plan.ovsdb import (
     FIRST_ENDPOINT_OFPORT,
@@ -238,7 +240,8 @@ def test_vswitchd_restart_restores_flows_inside_the_flow_restore_window() -> Non
     fo.restart_vswitchd()
     assert woke == [1, 1] and fo.waiting, "armed: the new ovs-vswitchd waits for our flows"
     ops = fo.plan(FULL, fo.observe(FULL))
-    assert isinstance(ops[0], BeginFlowRestore) and isinstance(ops[-1], EndFlowRestore)
+    assert isinstance(ops[0], BeginFlowRestore) and isinstance(ops[-2], EndFlowRestore)
+    assert isinstance(ops[-1], ResolveVteps), "asked once ovs-vswitchd forwards again"
     assert {op.bridge for op in of_type(ops, ReplaceFlows)} == {BR, PHY}
     assert not of_type(ops, EnsureOvsPort), "ports come back from OVSDB by themselves"
     fo.apply(ops)
@@ -377,3 +380,66 @@ def test_cookie_is_on_every_flow() -> None:
     fo = fake()
     state = converge(fo, FULL)
     assert all(f.cookie == COOKIE for b in state.flows.values() for f in b)
+
+
+# -- member VTEPs resolved ahead of traffic (netdev) ----------------------------------------
+
+
+def test_member_vteps_are_resolved_before_any_flow_tunnels_to_them() -> None:
+    fo = fake()
+    ops = fo.plan(FULL, fo.observe(FULL))
+    resolve = [op for op in ops if isinstance(op, ResolveVteps)]
+    assert resolve == [ResolveVteps("br-phy", H1.vtep, (H2.vtep, H3.vtep))]
+    integ = next(i for i, op in enumerate(ops) if isinstance(op, ReplaceFlows) and op.bridge == BR)
+    assert ops.index(resolve[0]) < integ
+    converge(fo, FULL)
+    assert fo.tunnel_neighbours == {H2.vtep, H3.vtep}
+
+
+def test_only_member_vteps_and_only_on_netdev() -> None:
+    fo = fake()
+    converge(fo, view(A, B))  # no remote member: nothing to resolve
+    assert fo.tunnel_neighbours == set()
+    converge(fo, view(A, C))
+    assert fo.tunnel_neighbours == {H2.vtep}
+    sysfo = fake(SYSTEM)
+    ops = sysfo.plan(FULL, sysfo.observe(FULL))
+    assert not [op for op in ops if isinstance(op, ResolveVteps)]
+
+
+def test_a_silent_vtep_is_not_asked_on_every_pass() -> None:
+    fo = fake()
+    fo.silent_vteps.add(H3.vtep)
+    state = converge(fo, FULL)  # converge asserts the next plan is ()
+    assert state.underlay is not None and state.underlay.unanswered == {H3.vtep}
+    assert fo.tunnel_neighbours == {H2.vtep}
+
+
+def test_a_restarted_vswitchd_resolves_again_once_it_forwards() -> None:
+    fo = fake()
+    converge(fo, FULL)
+    fo.restart_vswitchd()
+    assert fo.tunnel_neighbours == set()
+    ops = fo.plan(FULL, fo.observe(FULL))
+    end = next(i for i, op in enumerate(ops) if isinstance(op, EndFlowRestore))
+    resolve = next(i for i, op in enumerate(ops) if isinstance(op, ResolveVteps))
+    assert resolve > end, "asked while ovs-vswitchd still holds back forwarding"
+    converge(fo, FULL)
+    assert fo.tunnel_neighbours == {H2.vtep, H3.vtep}
+
+
+def test_a_new_member_host_is_resolved_on_the_incremental_path() -> None:
+    fo = fake()
+    last = view(A, C)
+    state = converge(fo, last)
+    short = OvsShortcut(NETDEV)
+    # a remote endpoint on a host already resolved: flows only
+    more = view(A, C, ep("e", "h2", 21))
+    assert all(isinstance(op, ModFlows) for op in short.plan(last, more, state))
+    # on a host not resolved yet: planned in full, the VTEP first
+    joined = view(A, C, D)
+    ops = short.plan(last, joined, state)
+    kinds = [type(op) for op in ops]
+    assert ResolveVteps in kinds and kinds.index(ResolveVteps) < kinds.index(ModFlows)
+    fo.apply(ops)
+    assert fo.tunnel_neighbours == {H2.vtep, H3.vtep}
