@@ -49,6 +49,7 @@ class FlowSession:
         self._buf = b""
         self._xid = 0x68000000
         self._bundle = 0
+        self._decoded: dict[bytes, Flow] = {}
         self.bundles = 0  # committed
 
     def close(self) -> None:
@@ -130,6 +131,59 @@ class FlowSession:
         except OSError as exc:
             raise _Broken(f"{self.path}: {exc}") from None
 
+    def dump(self) -> frozenset[Flow]:
+        """Every flow carrying our cookie, in every table (one flow-stats request). Entries
+        seen in the previous dump are not decoded again (the decode is most of the cost of a
+        10,000-flow table). Raises ``FlowSessionError``; ``ValueError`` for a flow outside the
+        vocabulary (someone else wrote a flow with our cookie: the caller reads it another
+        way)."""
+        reused = self._sock is not None
+        try:
+            entries = self._dump()
+        except _Broken:
+            self.close()
+            if not reused:
+                raise
+            entries = self._dump()  # a connection that broke since its last use: once more
+        except FlowSessionError:
+            self.close()
+            raise
+        seen, fresh = self._decoded, {}
+        for entry in entries:
+            key = wire.stats_key(entry)
+            flow = seen.get(key)
+            fresh[key] = flow if flow is not None else wire.decode_flow_stats(entry)
+        self._decoded = fresh
+        return frozenset(fresh.values())
+
+    def _dump(self) -> list[bytes]:
+        self._connect()
+        xid = self._next_xid()
+        self._send(wire.flow_stats_request(xid))
+        entries: list[bytes] = []
+        while True:
+            errors: list[str] = []
+            mtype, body = self._until(xid, errors, set())
+            if errors or mtype != wire.MULTIPART_REPLY:
+                raise FlowSessionError(f"{self.path}: flow dump refused: {'; '.join(errors)}")
+            try:
+                entries += wire.flow_stats_entries(body)
+            except ValueError as exc:
+                raise FlowSessionError(f"{self.path}: {exc}") from None
+            if not wire.multipart_more(body):
+                return entries
+
+    def replace(self, flows: Iterable[Flow]) -> None:
+        """Make ``flows`` the bridge's whole table (every table, whatever the cookie, as
+        ``ovs-ofctl replace-flows`` does) in one atomic bundle: a delete of everything, then
+        the adds; no packet sees the table in between. Raises as ``modify``."""
+        try:
+            mods = [wire.flow_delete_all(self._next_xid())]
+            mods += [wire.flow_add(f, self._next_xid()) for f in flows]
+        except ValueError as exc:  # a planner bug: retrying cannot help
+            raise FlowSessionError(f"cannot encode a flow: {exc}") from None
+        self._send_bundle(mods)
+
     def modify(self, add: Iterable[Flow], delete: Iterable[Flow]) -> None:
         """Delete (strict, cookie-scoped) then add, in one atomic bundle; nothing when both
         are empty. Raises ``FlowSessionError``: for a flow outside the encodable vocabulary
@@ -141,8 +195,10 @@ class FlowSession:
             mods += [wire.flow_add(f, self._next_xid()) for f in add]
         except ValueError as exc:  # a planner bug: retrying cannot help
             raise FlowSessionError(f"cannot encode a flow: {exc}") from None
-        if not mods:
-            return
+        if mods:
+            self._send_bundle(mods)
+
+    def _send_bundle(self, mods: list[bytes]) -> None:
         reused = self._sock is not None
         try:
             self._bundle_of(mods)

@@ -1,20 +1,19 @@
-"""OpenFlow tables through ``ovs-ofctl`` and a persistent connection, and a watch on
-ovs-vswitchd's liveness.
+"""OpenFlow tables over a persistent connection per bridge (``ovs-ofctl`` for the rest), and a
+watch on ovs-vswitchd's liveness.
 
-Shelling out to ``ovs-ofctl`` is the accepted way to move whole tables: it packs thousands of
-flow mods into one atomic bundle faster than Python could, and parses dumps. The small
-changes of an incremental pass go over one long-lived connection per bridge instead
-(``dataplane/ofp_session.py``): starting a process cost more than the change. Every call names
-the instance explicitly: ``OVS_RUNDIR`` selects the directory of the ``<bridge>.mgmt`` sockets
-(the machine may run other OVS instances, docs/platform.md O2), and flows are read and written
-in OpenFlow 1.4 (bundles are native there; the canonical text ``plan.flows`` compares against
-is 1.4's).
+Tables are read and written over one long-lived OpenFlow 1.4 connection per bridge
+(``dataplane/ofp_session.py``): starting ``ovs-ofctl`` cost more than the small changes of an
+incremental pass, and a pass should start no process. ``ovs-ofctl`` remains for what is not on
+a pass's path -- the packet counters the metrics read, and a table holding a flow with our
+cookie that the codec cannot decode. Every call names the instance explicitly:
+``OVS_RUNDIR`` selects the directory of the ``<bridge>.mgmt`` sockets (the machine may run other
+OVS instances, docs/platform.md O2), and flows are read and written in OpenFlow 1.4 (bundles
+are native there; the canonical text ``plan.flows`` compares against is 1.4's).
 
-* ``dump`` reads only flows with our cookie (``cookie=C/-1``);
-* ``replace`` makes a file the whole table (``--bundle replace-flows``): the switch goes from the
-  old table to the new one atomically, never through an empty table;
-* ``modify`` applies strict, cookie-scoped deletes and adds in one bundle over the bridge's
-  ``FlowSession``.
+* ``dump`` reads only flows with our cookie;
+* ``replace`` makes a list the whole table in one bundle: the switch goes from the old table to
+  the new one atomically, never through an empty table;
+* ``modify`` applies strict, cookie-scoped deletes and adds in one bundle.
 
 ``VswitchdWatch`` keeps one OpenFlow connection to a bridge's mgmt socket and calls back when it
 breaks (ovs-vswitchd died) and when it comes back (a new ovs-vswitchd, with empty tables), so the
@@ -99,12 +98,31 @@ class OpenFlow:
             raise OpenFlowError(f"{OFCTL} {' '.join(args[:3])}: {err or 'failed'}")
         return done.stdout
 
+    def _session(self, bridge: str) -> FlowSession:
+        session = self._sessions.get(bridge)
+        if session is None:
+            session = self._sessions[bridge] = FlowSession(self.mgmt_socket(bridge), self.timeout)
+        return session
+
     def dump(self, bridge: str) -> frozenset[Flow]:
-        """Our flows on ``bridge`` (cookie-filtered), parsed into canonical ``Flow``s.
+        """Our flows on ``bridge`` (cookie-filtered), as canonical ``Flow``s: one flow-stats
+        request over the bridge's connection. A table holding a flow with our cookie that the
+        codec cannot decode (someone else wrote it) is read with ``ovs-ofctl`` instead, whose
+        text the parser knows more of, so the pass sees it and replaces it."""
+        try:
+            return self._session(bridge).dump()
+        except FlowSessionError as exc:
+            raise OpenFlowError(str(exc)) from None
+        except ValueError as exc:
+            log.warning("a flow with heddle's cookie on %s is not heddle's (%s): read with %s",
+                        bridge, exc, OFCTL)  # fmt: skip
+            return self.dump_text(bridge)
+
+    def dump_text(self, bridge: str) -> frozenset[Flow]:
+        """``dump`` through ``ovs-ofctl dump-flows``.
 
         Lines seen in the previous dump of the bridge are not parsed again (``--no-stats``
-        output is stable while a flow is unchanged): parsing is most of the cost of observing
-        a 10,000-flow table, and a pass usually finds the table as the last one left it."""
+        output is stable while a flow is unchanged)."""
         out = self._run(
             ["--no-names", "dump-flows", "--no-stats", bridge, f"cookie={self.cookie:#x}/-1"]
         )
@@ -142,18 +160,18 @@ class OpenFlow:
         return counts
 
     def replace(self, bridge: str, flows: Iterable[Flow]) -> None:
-        """Make ``flows`` the whole table of ``bridge`` atomically (one bundle)."""
-        text = "".join(f.text() + "\n" for f in flows)
-        self._run(["--bundle", "replace-flows", bridge, "-"], stdin=text)
+        """Make ``flows`` the whole table of ``bridge`` atomically (one bundle over the
+        bridge's connection)."""
+        try:
+            self._session(bridge).replace(flows)
+        except FlowSessionError as exc:
+            raise OpenFlowError(str(exc)) from None
 
     def modify(self, bridge: str, add: Iterable[Flow], delete: Iterable[Flow]) -> None:
         """Delete (strict, cookie-scoped) then add, atomically (one bundle over the bridge's
         persistent connection, opened on first use and after a failure)."""
-        session = self._sessions.get(bridge)
-        if session is None:
-            session = self._sessions[bridge] = FlowSession(self.mgmt_socket(bridge), self.timeout)
         try:
-            session.modify(add, delete)
+            self._session(bridge).modify(add, delete)
         except FlowSessionError as exc:
             raise OpenFlowError(str(exc)) from None
 

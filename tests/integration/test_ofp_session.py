@@ -1,8 +1,10 @@
-"""``FlowSession`` (our OpenFlow 1.4 encoder and bundles) against a real ovs-vswitchd.
+"""``FlowSession`` (our OpenFlow 1.4 codec and bundles) against a real ovs-vswitchd.
 
 The contract: every flow the planner can render, installed over the session, reads back with
-``ovs-ofctl`` (``OpenFlow.dump``) as the very same ``Flow``; strict deletes remove exactly
-their flow and only with our cookie; a bundle the switch refuses changes nothing. One private
+``ovs-ofctl`` (``OpenFlow.dump_text``) as the very same ``Flow``, and the session's own dump
+(flow-stats decoded by our codec) reads exactly what ``ovs-ofctl`` reads; strict deletes remove
+exactly their flow and only with our cookie; a replace makes a list the whole table; a bundle
+the switch refuses changes nothing. One private
 OVS instance (``netdev`` datapath) per module in a throw-away namespace, stopped by PID.
 """
 
@@ -47,7 +49,10 @@ class Switch:
         self.ofctl = OpenFlow(str(inst.rundir))
 
     def ours(self) -> frozenset[Flow]:
-        return self.ofctl.dump(BRIDGE)
+        """Our flows as ``ovs-ofctl`` reads them, checked against the session's own dump."""
+        text = self.ofctl.dump_text(BRIDGE)
+        assert self.session.dump() == text
+        return text
 
     def clear(self) -> None:
         self.session.modify((), self.ours())
@@ -112,6 +117,12 @@ def test_every_rendered_flow_reads_back_as_itself(switch: Switch) -> None:
     assert switch.ours() == (frozenset(flows) - {flows[5]}) | {changed}
     switch.session.modify((), (changed, *flows[:5]))
     assert switch.ours() == frozenset(flows[6:])
+    # replace: the whole table, foreign flows too (as ovs-ofctl replace-flows)
+    foreign = make_flow(10, 5, {"reg6": 3}, ["drop"], cookie=0x1234)
+    switch.inst.ofctl("-O", "OpenFlow14", "add-flow", BRIDGE, foreign.text())
+    switch.session.replace(flows[:7])
+    assert switch.ours() == frozenset(flows[:7])
+    assert "cookie=0x1234" not in switch.inst.ofctl("-O", "OpenFlow14", "dump-flows", BRIDGE)
     switch.clear()
 
 
@@ -124,6 +135,13 @@ def test_strict_delete_spares_other_cookies_and_a_refused_bundle_changes_nothing
     switch.inst.ofctl("-O", "OpenFlow14", "add-flow", BRIDGE, theirs.text())
     switch.session.modify((), (mine,))  # not there with our cookie: theirs stays
     assert switch.inst.ofctl("-O", "OpenFlow14", "dump-flows", BRIDGE).count("cookie=0x1234") == 1
+    # a flow with our cookie outside the codec's vocabulary: the dump falls back to ovs-ofctl
+    odd = "cookie=0x68646c65,table=0,priority=7,udp,tp_dst=53,actions=drop"
+    switch.inst.ofctl("-O", "OpenFlow14", "add-flow", BRIDGE, odd)
+    with pytest.raises(ValueError):
+        switch.session.dump()
+    assert any(f.priority == 7 for f in switch.ofctl.dump(BRIDGE))
+    switch.inst.ofctl("-O", "OpenFlow14", "del-flows", BRIDGE, "cookie=0x68646c65/-1,udp")
     switch.inst.ofctl("-O", "OpenFlow14", "del-flows", BRIDGE, "cookie=0x1234/-1")
     good = make_flow(20, 100, {"reg6": 8}, ["output:3"])
     bad = make_flow(99, 100, {"reg6": 9}, ["goto_table:10"])  # goto_table must go forward
