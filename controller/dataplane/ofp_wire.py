@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from controller.model.flow import COOKIE, DROP, Flow, make_flow
 
@@ -310,15 +310,21 @@ def _oxms(data: bytes, names: dict[tuple[int, int], str]) -> list[tuple[str, str
     return out
 
 
-def _actions(data: bytes) -> list[str]:
-    out: list[str] = []
+def _tlvs(data: bytes, what: str) -> Iterator[tuple[int, bytes]]:
+    """``(type, whole TLV)`` of each action or instruction (16-bit type and length)."""
     off = 0
     while off + 4 <= len(data):
-        atype, length = struct.unpack_from("!HH", data, off)
+        kind, length = struct.unpack_from("!HH", data, off)
         if length < 8:
-            raise ValueError(f"malformed action (length {length})")
-        body = data[off : off + length]
+            raise ValueError(f"malformed {what} (length {length})")
+        yield kind, data[off : off + length]
         off += length
+
+
+def _actions(data: bytes) -> list[str]:
+    out: list[str] = []
+    for atype, body in _tlvs(data, "action"):
+        length = len(body)
         if atype == _OFPAT_OUTPUT:
             port = struct.unpack_from("!I", body, 4)[0]
             name = _PORT_NAMES.get(port)
@@ -347,18 +353,13 @@ def _actions(data: bytes) -> list[str]:
 
 def _instructions(data: bytes) -> list[str]:
     out: list[str] = []
-    off = 0
-    while off + 4 <= len(data):
-        itype, length = struct.unpack_from("!HH", data, off)
-        if length < 8:
-            raise ValueError(f"malformed instruction (length {length})")
+    for itype, body in _tlvs(data, "instruction"):
         if itype == _OFPIT_APPLY_ACTIONS:
-            out += _actions(data[off + 8 : off + length])
+            out += _actions(body[8:])
         elif itype == _OFPIT_GOTO_TABLE:
-            out.append(f"goto_table:{data[off + 4]}")
+            out.append(f"goto_table:{body[4]}")
         else:
             raise ValueError(f"cannot decode instruction type {itype}")
-        off += length
     return out or [DROP]
 
 

@@ -301,8 +301,24 @@ class DisableTxChecksum:
         return f"ethtool -K {self.netns}/{self.ifname} tx off"
 
 
+class _OnForwardingPhy:
+    """Mixin for an op on br-phy's underlay: it needs br-phy and its flows (the NIC <-> LOCAL
+    forwarding) and provides nothing other ops wait for."""
+
+    __slots__ = ()
+    phy: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({bridge_token(self.phy), flows_token(self.phy)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+
 @dataclass(frozen=True, slots=True)
-class EnsureUnderlay:
+class EnsureUnderlay(_OnForwardingPhy):
     """OVS userspace tunnelling (``netdev`` datapath): the underlay NIC ``nic`` is up with ARP
     off and without the VTEP address; the VTEP ``vtep/prefixlen`` is on ``phy`` (br-phy's
     internal port), which is up. ``prefixlen`` comes from where the address was found; ``None``
@@ -314,21 +330,13 @@ class EnsureUnderlay:
     vtep: str
     prefixlen: int | None
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({bridge_token(self.phy), flows_token(self.phy)})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
-
     def __str__(self) -> str:
         plen = self.prefixlen if self.prefixlen is not None else "?"
         return f"underlay: {self.vtep}/{plen} on {self.phy} up, {self.nic} up arp off no address"
 
 
 @dataclass(frozen=True, slots=True)
-class ResolveVteps:
+class ResolveVteps(_OnForwardingPhy):
     """Member VTEPs ``peers`` in ovs-vswitchd's tunnel-neighbour cache of ``phy`` before any
     flow tunnels to them (``netdev`` only): each is asked with ARP from ``vtep`` on br-phy and
     its answer set in OVS (``tnl/neigh/set``), so the first tunnelled packet is not dropped
@@ -338,14 +346,6 @@ class ResolveVteps:
     phy: str
     vtep: str
     peers: tuple[str, ...]
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset({bridge_token(self.phy), flows_token(self.phy)})
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset()
 
     def __str__(self) -> str:
         return f"resolve VTEPs {', '.join(self.peers)} on {self.phy}"
