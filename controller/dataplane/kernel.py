@@ -131,6 +131,11 @@ def _is_entry(op: KernelOp) -> bool:
     return isinstance(op, _ENTRY_OPS)
 
 
+def _batchable(op: KernelOp) -> bool:
+    """Entry ops (one netlink buffer) and link deletes (one kernel operation for a run)."""
+    return isinstance(op, (*_ENTRY_OPS, DelLink))
+
+
 def _cidr(cidr: str) -> tuple[str, int]:
     ip, length = cidr.split("/")
     return ip, int(length)
@@ -524,8 +529,8 @@ class KernelDataPlane:
                 apply_all(
                     ops,
                     self._apply_one,
-                    batchable=_is_entry,
-                    apply_batch=self._apply_entries,
+                    batchable=_batchable,
+                    apply_batch=self._apply_batch,
                     progress=progress,
                 )
             else:
@@ -639,6 +644,56 @@ class KernelDataPlane:
         except NetlinkError as exc:
             if _code(exc) not in _TOLERATED.get(type(op), frozenset()):
                 raise
+
+    def _apply_batch(self, ops: Sequence[KernelOp]) -> list[str | None]:
+        """A run of batchable ops, in order: each stretch of link deletes together
+        (``_del_links``), each stretch of entry ops in one buffer (``_apply_entries``)."""
+        out: list[str | None] = []
+        start = 0
+        for end in range(1, len(ops) + 1):
+            if end == len(ops) or isinstance(ops[end], DelLink) != isinstance(ops[start], DelLink):
+                run = ops[start:end]
+                if isinstance(run[0], DelLink):
+                    out += self._del_links([op for op in run if isinstance(op, DelLink)])
+                else:
+                    out += self._apply_entries(run)
+                start = end
+        return out
+
+    def _del_links(self, ops: Sequence[DelLink]) -> list[str | None]:
+        """Delete the owned links ``ops`` name in one kernel operation
+        (``link_netlink.delete_together``); absent is success, a link that is not heddle's is
+        refused (that op fails, the others go on)."""
+        if len(ops) == 1:
+            try:
+                self._del_link(ops[0])
+            except OpFailed as exc:
+                return [exc.reason]
+            return [None]
+        raw = self._rtnl()
+        answers = raw.exchange([link_netlink.get_link(op.name) for op in ops])
+        results: list[str | None] = []
+        mine: list[int] = []  # link indexes
+        at: list[int] = []  # their positions in ops
+        for op, (code, link) in zip(ops, answers, strict=True):
+            self._index.pop(op.name, None)
+            if code == errno.ENODEV:
+                results.append(None)
+            elif link is None:
+                results.append(f"netlink: reading {op.name}: {os.strerror(code or errno.EIO)}")
+            elif link.alias != OWNER_ALIAS:
+                results.append(f"link {op.name} is not owned by heddle; refusing to delete it")
+            else:
+                at.append(len(results))
+                results.append(None)
+                mine.append(link.index)
+        self._index.clear()  # a veth takes its peer with it
+        try:
+            link_netlink.delete_together(raw, mine)
+        except OpFailed as exc:
+            for i in at:
+                results[i] = exc.reason
+        return results
 
     def _apply_entries(self, ops: Sequence[KernelOp]) -> list[str | None]:
         """FDB/neighbour ops in one raw netlink buffer; one failure reason (or None) per op.

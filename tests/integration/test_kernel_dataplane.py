@@ -47,6 +47,7 @@ from controller.plan.kernel_ops import (
     AddFlood,
     ConfigureEndpoint,
     DelFdb,
+    DelLink,
     DelNeigh,
     EnsureVeth,
     PutFdb,
@@ -413,6 +414,29 @@ def test_entry_ops_report_per_op_results(lab: Lab, fast: bool) -> None:
         state = dp.observe(view)
         assert NeighEntry("10.77.0.99", "02:42:0a:4d:00:63") in state.neigh[vx]
         assert dp.plan(view, state) == (DelNeigh(vx, "10.77.0.99"),)
+
+
+def test_link_deletes_go_together_and_spare_what_is_not_ours(lab: Lab, fast: bool) -> None:
+    """A run of DelLink ops is one kernel operation on the raw path (a device group); a link
+    that is not heddle's in the run is refused and keeps its group, an absent one is fine."""
+    view = view_of(snapshot(lab))
+    with (
+        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp,
+        IPRoute(netns=lab.host, flags=0) as ipr,
+    ):
+        state = converge(dp, view)
+        ipr.link("add", ifname="hdxforeign", kind="bridge")
+        ours = sorted(n for n, lk in state.links.items() if lk.owned)
+        assert len(ours) >= 4  # bridge, VXLAN device, veths
+        ops = [DelLink(n) for n in ours[:2]] + [DelLink("hdxforeign"), DelLink("hdxgone")]
+        ops += [DelLink(n) for n in ours[2:]]
+        with pytest.raises(DataPlaneError) as err:
+            dp.apply(ops)
+        assert [op for op, _ in err.value.failures] == [DelLink("hdxforeign")]
+        left = {m.get("IFLA_IFNAME"): m for m in ipr.link("dump")}
+        assert not set(ours) & left.keys()
+        assert left["hdxforeign"].get("IFLA_GROUP") == 0
+        converge(dp, view)  # and it all comes back
 
 
 def test_endpoint_ttl_rereads_namespaces_after_it_expires(lab: Lab) -> None:
