@@ -675,6 +675,10 @@ class KernelDataPlane:
         results: list[str | None] = []
         mine: list[int] = []  # link indexes
         at: list[int] = []  # their positions in ops
+        pairs = {  # a veth whose peer is beside it in this namespace: the pair goes as one
+            lk.index: lk.link for _, lk in answers if lk is not None and lk.kind == "veth"
+            and lk.link_here and lk.link
+        }  # fmt: skip
         for op, (code, link) in zip(ops, answers, strict=True):
             self._index.pop(op.name, None)
             if code == errno.ENODEV:
@@ -686,7 +690,9 @@ class KernelDataPlane:
             else:
                 at.append(len(results))
                 results.append(None)
-                mine.append(link.index)
+                peer = pairs.get(link.index)
+                if peer is None or peer not in mine or pairs.get(peer) != link.index:
+                    mine.append(link.index)  # (a peer already listed goes with its veth)
         self._index.clear()  # a veth takes its peer with it
         try:
             link_netlink.delete_together(raw, mine)

@@ -53,6 +53,7 @@ _RTM_NEWADDR, _RTM_GETADDR = 20, 22
 _IFADDRMSG = struct.Struct("=BBBBi")  # ifaddrmsg: family, prefixlen, flags, scope, index
 _IFA_ADDRESS = 1
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER = 1, 3, 4, 5, 10
+_IFLA_LINK_NETNSID = 37
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_EXT_MASK = 18, 20, 29
 _INFO_KIND, _INFO_DATA, _INFO_SLAVE_KIND, _INFO_SLAVE_DATA = 1, 2, 4, 5
 _RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -217,6 +218,7 @@ class RawLink:
     data: dict[int, bytes] | None
     slave_data: dict[int, bytes] | None
     link: int = 0  # IFLA_LINK: a veth's peer's index (in the peer's namespace)
+    link_here: bool = True  # no IFLA_LINK_NETNSID: that peer is in this link's namespace
 
 
 def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
@@ -256,6 +258,7 @@ def parse_link(data: bytes, body: int, end: int) -> RawLink:
         data=_attrs(raw_data, 0, len(raw_data)) if raw_data is not None else None,
         slave_data=_attrs(raw_slave, 0, len(raw_slave)) if raw_slave is not None else None,
         link=struct.unpack("=I", peer[:4])[0] if peer else 0,
+        link_here=_IFLA_LINK_NETNSID not in attrs,
     )
 
 
