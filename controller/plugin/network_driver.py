@@ -16,10 +16,11 @@
 * DeleteEndpoint removes the record, its placement key and the mapping; the agent then deletes
   the veth, which Docker has moved back to the host namespace by then.
 
-Every handler is idempotent (a repeated call answers like the first), thread-safe and holds no
-state but the ``KV``: concurrent calls are decided by etcd compares. Raises ``InvalidRecord``,
-``Conflict``, ``NotFound``, ``NotReady`` and ``StoreUnavailable`` (``routes.dispatch`` turns them
-into ``{"Err": ...}`` answers).
+Every handler is idempotent (a repeated call answers like the first) and thread-safe, and holds
+no state but the ``KV`` and a memo of the endpoints it created (``controller/plugin/made.py``:
+it saves reads, never decides anything): concurrent calls are decided by etcd compares.
+Raises ``InvalidRecord``, ``Conflict``, ``NotFound``, ``NotReady`` and ``StoreUnavailable``
+(``routes.dispatch`` turns them into ``{"Err": ...}`` answers).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from controller.model.records import Endpoint, check_label
 from controller.plugin import api, lookup
 from controller.plugin import keys as pkeys
 from controller.plugin.ipam_driver import ADDRESS_SPACES
+from controller.plugin.made import Made, MadeMemo
 from controller.plugin.mapping import (
     DockerEndpoint,
     DockerNetwork,
@@ -94,6 +96,7 @@ class NetworkDriver:
         self._wait_ready = wait_ready
         self._join_timeout = join_timeout
         self._owner = pkeys.reservation_owner(host)
+        self._made = MadeMemo()
 
     # -- capabilities, discovery, external connectivity (nothing to do) ----------------------
     def capabilities(self, _: api.Empty) -> api.NetworkCapabilities:
@@ -186,9 +189,7 @@ class NetworkDriver:
         """Write the endpoint record and the EndpointID mapping in one transaction."""
         if req.address_ipv6:
             raise InvalidRecord("heddle networks are IPv4 only (got Interface.AddressIPv6)")
-        done = self._existing_endpoint(req)
-        if done is not None:
-            return done
+        # A repeated call fails the transaction's "mapping absent" guard and is answered below.
         net_map = self._docker_network(req.network_id)
         stored = lookup.network(self._kv, net_map.network)
         if stored is None:
@@ -224,7 +225,9 @@ class NetworkDriver:
                 ),
                 success=(*endpoint_ops.put_endpoint(ep), Put(map_key, encode_endpoint(mapping))),
             )
-            if self._kv.commit(txn).succeeded:
+            result = self._kv.commit(txn)
+            if result.succeeded:
+                self._made.put(req.endpoint_id, Made(mapping, ip, mac, result.revision))
                 return api.CreateEndpointResponse(None if req.mac else mac)
             # Diagnose which compare failed; only an id collision tries the next id.
             done = self._existing_endpoint(req)
@@ -263,6 +266,18 @@ class NetworkDriver:
         """Remove the endpoint record and the mapping in one transaction (the address stays
         reserved until ReleaseAddress). Idempotent."""
         map_key = pkeys.endpoint(self._host, req.endpoint_id)
+        made = self._made.pop(req.endpoint_id)
+        if made is not None:  # nothing changed since CreateEndpoint: one guarded transaction
+            network, eid = made.mapping.network, made.mapping.id
+            guarded = Txn(
+                compares=(
+                    Compare(map_key, "mod", "=", made.revision),
+                    Compare(keys.endpoint(network, eid), "mod", "=", made.revision),
+                ),
+                success=(Delete(map_key), *endpoint_ops.delete_endpoint(network, eid, self._host)),
+            )
+            if self._kv.commit(guarded).succeeded:
+                return api.Ok()
         for _ in range(8):
             found = self._kv.get(map_key)
             if found is None:
@@ -287,7 +302,8 @@ class NetworkDriver:
 
     def join(self, req: api.JoinRequest) -> api.JoinResponse:
         """Wait for the veth (bounded), then name the peer and the gateway. Idempotent."""
-        mapping = self._mapping(req.endpoint_id)
+        made = self._made.get(req.endpoint_id)
+        mapping = made.mapping if made is not None else self._mapping(req.endpoint_id)
         if lookup.endpoint(self._kv, mapping.network, mapping.id) is None:
             raise NotFound(f"heddle endpoint {mapping.network}/{mapping.id} was removed meanwhile")
         net_map = lookup.docker_network(self._kv, self._host, req.network_id)
@@ -307,19 +323,17 @@ class NetworkDriver:
     def endpoint_oper_info(self, req: api.EndpointRequest) -> api.OperInfoResponse:
         """What heddle made of the endpoint (shown by ``docker inspect``). Never fails for an
         unknown endpoint: dockerd treats an error here as fatal for the container."""
+        made = self._made.get(req.endpoint_id)
+        if made is not None:
+            return api.OperInfoResponse(_oper_info(made.mapping, made.ip, made.mac))
         found = lookup.docker_endpoint(self._kv, self._host, req.endpoint_id)
         if found is None:
             return api.OperInfoResponse({})
         mapping = found[0]
-        value: dict[str, Any] = {
-            "heddle.network": mapping.network,
-            "heddle.endpoint": mapping.id,
-            "host_if": veth_host_name(mapping.network, mapping.id),
-        }
         ep = lookup.endpoint(self._kv, mapping.network, mapping.id)
-        if ep is not None:
-            value.update(ip=ep[0].ip, mac=ep[0].mac)
-        return api.OperInfoResponse(value)
+        if ep is None:
+            return api.OperInfoResponse(_oper_info(mapping))
+        return api.OperInfoResponse(_oper_info(mapping, ep[0].ip, ep[0].mac))
 
     # -- helpers -----------------------------------------------------------------------------
     def _docker_network(self, network_id: str) -> DockerNetwork:
@@ -338,3 +352,17 @@ class NetworkDriver:
                 f"Docker endpoint {endpoint_id[:12]} is not known to heddle on host {self._host}"
             )
         return found[0]
+
+
+def _oper_info(
+    mapping: DockerEndpoint, ip: str | None = None, mac: str | None = None
+) -> dict[str, Any]:
+    """EndpointOperInfo's value: the heddle endpoint, its host-side interface, its address."""
+    value: dict[str, Any] = {
+        "heddle.network": mapping.network,
+        "heddle.endpoint": mapping.id,
+        "host_if": veth_host_name(mapping.network, mapping.id),
+    }
+    if ip is not None:
+        value.update(ip=ip, mac=mac)
+    return value

@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from unittest.mock import ANY
 
 import pytest
 
@@ -221,6 +222,43 @@ def test_oper_info_describes_the_endpoint(world: World) -> None:
     assert value["heddle.endpoint"] == c.endpoint_id[:12]
     assert (value["ip"], value["mac"]) == (c.ip, c.mac)
     assert value["host_if"].startswith("hdv")
+
+
+def test_what_the_plugin_remembers_answers_as_etcd_would(world: World) -> None:
+    """OperInfo from the memo of CreateEndpoint equals a fresh plugin's (which reads etcd)."""
+    d1 = world.docker("h1")
+    net = d1.network_create("blue", "10.20.0.0/24")
+    c = d1.run(net)
+    body = {"NetworkID": net.network_id, "EndpointID": c.endpoint_id}
+    remembered = d1.call("/NetworkDriver.EndpointOperInfo", body)["Value"]
+    fresh = world.docker("h1").call("/NetworkDriver.EndpointOperInfo", body)["Value"]
+    assert remembered == fresh
+
+
+@pytest.mark.parametrize("change", ["endpoint rewritten", "mapping rewritten", "none"])
+def test_delete_endpoint_cleans_up_even_after_someone_changed_the_records(
+    world: World, change: str
+) -> None:
+    """DeleteEndpoint's one guarded transaction fails when the records changed since
+    CreateEndpoint; it then reads and deletes as without the memo."""
+    d1 = world.docker("h1")
+    net = d1.network_create("blue", "10.20.0.0/24")
+    c = d1.run(net)
+    eid = c.endpoint_id[:12]
+    if change == "endpoint rewritten":
+        key = keys.endpoint("blue", eid)
+        got = world.kv.get(key)
+        assert got is not None
+        world.kv.put_raw(key, got.value)  # same value, new revision
+    elif change == "mapping rewritten":
+        key = pkeys.endpoint("h1", c.endpoint_id)
+        got = world.kv.get(key)
+        assert got is not None
+        world.kv.put_raw(key, got.value)
+    d1.stop(net, c)
+    assert DesiredState(world.kv).endpoints("blue") == []
+    assert world.dump(pkeys.of_host("h1")) == {pkeys.network("h1", net.network_id): ANY}
+    assert world.owner("blue", c.ip) is None
 
 
 def test_join_fails_clearly_when_the_agent_builds_nothing_and_docker_rolls_back(
