@@ -47,7 +47,12 @@ from controller.dataplane.kernel_egress import (
     set_bridge_address,
 )
 from controller.dataplane.kernel_events import entry_sighting, link_state, owned_devices
-from controller.dataplane.netns_handles import cached_in, netns_fd, netns_inode, same_file
+from controller.dataplane.netns_handles import (
+    cached_in,
+    netns_fd,
+    netns_inode,
+    refuse_host_namespace,
+)
 from controller.dataplane.netns_socket import iproute_in
 from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.rtnetlink import (
@@ -72,7 +77,7 @@ from controller.model.kernel_state import (
     PortFdbEntry,
     VxlanAttrs,
 )
-from controller.model.naming import OWNER_ALIAS, PREFIX, netns_path
+from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.model.nft_filter import (
     LIST_TABLES,
     SPOOF_DROPPED,
@@ -905,13 +910,6 @@ class KernelDataPlane:
         if peer is not None and _owned(peer) and _kind(peer) == "veth":
             ipr.link("set", index=peer["index"], address=op.peer_mac, mtu=op.mtu)
 
-    def _refuse_host_namespace(self, netns: str) -> None:
-        """An endpoint's namespace is a workload's, never the one the agent manages as the
-        host (a record naming ``/proc/1/ns/net`` would put an overlay address on the host)."""
-        host = "/proc/self/ns/net" if self.netns is None else netns_path(self.netns)
-        if same_file(netns_path(netns), host):
-            raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
-
     def _create_pair_raw(self, op: EnsureVeth) -> int:
         """``_create_veth_into`` and the rest of ``_ensure_veth`` over raw rtnetlink
         (``link_netlink.create_pair``): the pair's host side, its index."""
@@ -920,7 +918,7 @@ class KernelDataPlane:
             raise OpFailed(f"no bridge {op.bridge}")
         if op.netns is None:  # Docker's: the peer is born beside it, Docker moves it
             return link_netlink.create_pair(self._rtnl(), op, bridge.index)
-        self._refuse_host_namespace(op.netns)
+        refuse_host_namespace(op.netns, self.netns)
         inside = self._raw_in(op.netns)
         if inside is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
@@ -945,7 +943,7 @@ class KernelDataPlane:
         """Create the pair with its peer born inside ``op.netns`` as ``op.ifname`` and mark
         both ends; on any failure nothing is left behind (deleting one end deletes both)."""
         assert op.netns is not None
-        self._refuse_host_namespace(op.netns)
+        refuse_host_namespace(op.netns, self.netns)
         ns = self._ns_handle(op.netns)
         if ns is None:
             raise OpFailed(f"network namespace {op.netns} does not exist")
@@ -967,7 +965,7 @@ class KernelDataPlane:
         return idx
 
     def _configure_endpoint(self, op: ConfigureEndpoint) -> None:
-        self._refuse_host_namespace(op.netns)
+        refuse_host_namespace(op.netns, self.netns)
         if self.fast_netlink:
             inside = self._raw_in(op.netns)
             if inside is None:

@@ -2,7 +2,7 @@
 (``controller/dataplane/kernel.py``, ``controller/dataplane/ovs_host.py``): sockets cached per
 namespace and dropped when the name comes to refer to another namespace (deleted and
 re-created), a descriptor of a namespace for the requests that put a link there, and whether two
-names are one namespace. No state of its own.
+names are one namespace (an endpoint's is never the host's). No state of its own.
 """
 
 from __future__ import annotations
@@ -76,3 +76,12 @@ def netns_fd(netns: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def refuse_host_namespace(netns: str, host: str | None) -> None:
+    """Raise ``OpFailed`` if endpoint namespace ``netns`` is ``host`` (the namespace the agent
+    manages as the host; ``None``: its own). An endpoint's namespace is a workload's: a record
+    naming ``/proc/1/ns/net`` would otherwise put an overlay address on the host."""
+    here = "/proc/self/ns/net" if host is None else netns_path(host)
+    if same_file(netns_path(netns), here):
+        raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")

@@ -266,6 +266,7 @@ _SET_NAMES = {**_BY_OXM, (_BASIC, 3): "eth_dst", (_BASIC, 4): "eth_src"}
 _KINDS = {(cls, field): kind for cls, field, _, kind in _FIELDS.values()}
 _BY_NXM = {(cls, field): name for name, (cls, field, _) in _NXM.items()}
 _PORT_NAMES = {v: k for k, v in PORTS.items()}
+_SHORTHAND_OF = {v: k for k, v in _SHORTHAND_TYPES.items()}
 
 
 def _text(kind: str, raw: bytes) -> str:
@@ -294,7 +295,7 @@ def _oxms(data: bytes, names: dict[tuple[int, int], str]) -> list[tuple[str, str
         raw = data[off + 4 : off + 4 + length]
         off += 4 + length
         if (cls, field) == _ETH_TYPE[:2]:
-            short = {v: k for k, v in _SHORTHAND_TYPES.items()}.get(int.from_bytes(raw, "big"))
+            short = _SHORTHAND_OF.get(int.from_bytes(raw, "big"))
             if short is None:
                 raise ValueError(f"cannot decode eth_type {raw.hex()}")
             out.append((short, ""))

@@ -1,11 +1,13 @@
 """``OvsDataPlane``: the Open vSwitch backend (README.md "Open vSwitch backend").
 
-It combines four drivers, each addressed explicitly at one OVS instance or namespace:
+It combines five drivers, each addressed explicitly at one OVS instance or namespace:
 
 * ``Ovsdb`` (``dataplane.ovsdb``): bridges and ports through the OVSDB IDL; writes wait for
   ovs-vswitchd and fail clearly on ofport -1;
-* ``OpenFlow`` (``dataplane.openflow``): whole tables in atomic ``ovs-ofctl`` bundles, deltas
-  in atomic bundles over a persistent OpenFlow 1.4 connection, observed by cookie;
+* ``OpenFlow`` (``dataplane.openflow``): whole tables and deltas in atomic bundles, and dumps
+  by cookie, over a persistent OpenFlow 1.4 connection per bridge;
+* ``TunnelNeighbours`` (``dataplane.ovs_tunnel_neigh``, ``netdev``): ovs-vswitchd's
+  tunnel-neighbour cache, read and filled with member VTEPs ahead of traffic;
 * ``KernelDataPlane`` (the kernel backend, reused as it is): observation of heddle's links and of
   the endpoint sides, and the ``ConfigureEndpoint`` / ``DelLink`` ops;
 * ``HostLinks`` (``dataplane.ovs_host``): veths without a bridge master, TX checksum offload,

@@ -31,10 +31,10 @@ from pyroute2 import IPRoute, NetlinkError
 from controller.dataplane import link_netlink, vtep_arp
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.kernel import NO_IPV6_ADDRESSES
-from controller.dataplane.netns_handles import cached_in, netns_fd, same_file
+from controller.dataplane.netns_handles import cached_in, netns_fd, refuse_host_namespace
 from controller.dataplane.netns_socket import iproute_in, socket_in
 from controller.dataplane.rtnetlink import RawRtnl
-from controller.model.naming import OWNER_ALIAS, netns_path
+from controller.model.naming import OWNER_ALIAS
 from controller.model.ovs_state import UnderlayState
 from controller.plan.ovs_ops import EnsurePortVeth, EnsureUnderlay
 
@@ -206,9 +206,7 @@ class HostLinks:
         """The pair with its peer born inside ``netns`` as ``op.ifname``, over raw rtnetlink
         (``link_netlink.create_pair``, no master), then TX checksum off inside. Nothing half-made
         stays: a pair whose checksum cannot be set is deleted again."""
-        host = "/proc/self/ns/net" if self.netns is None else netns_path(self.netns)
-        if same_file(netns_path(netns), host):
-            raise OpFailed(f"namespace {netns} is the host's own: no endpoint goes there")
+        refuse_host_namespace(netns, self.netns)
         inside = cached_in(self._raw_ns, netns, RawRtnl)
         if inside is None:
             raise OpFailed(f"network namespace {netns} does not exist")
