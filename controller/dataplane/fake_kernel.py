@@ -233,7 +233,6 @@ class FakeKernel:
                 gateway=ns.gateway[0] if ns.gateway else None,
             )
         spec = self.filter_spec if self.filters else None
-        vnis = tuple(v for v, _ in spec.members) if spec is not None else ()
         egress = any(nv.network.egress is not None for nv in view.networks)
         addresses = {
             n: tuple(sorted(lk.addresses))
@@ -247,7 +246,6 @@ class FakeKernel:
             port_fdb=port_fdb,
             endpoints=sides,
             filters=spec,
-            filter_vnis=vnis,
             bridge_addresses=addresses,
             forwarding=self.forwarding if egress else None,
         )

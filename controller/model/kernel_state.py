@@ -113,8 +113,9 @@ class KernelState:
     bridge with none maps to an empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every
     endpoint namespace the observation was asked to look into. ``filters``: what heddle's
     nftables tables hold (``None`` when they are missing, malformed, or the backend does not
-    keep them); ``filter_vnis``: the per-network sets present in them. ``bridge_addresses``:
-    the IPv4 addresses (``ip/prefixlen``, sorted) of every *owned* bridge that has any.
+    keep them); ``filter_vnis``: an earlier release's per-network sets found in them (to
+    delete). ``bridge_addresses``: the IPv4 addresses (``ip/prefixlen``, sorted) of every
+    *owned* bridge that has any.
     ``forwarding``: ``net.ipv4.ip_forward`` of the host namespace (``None``: not read).
     """
 

@@ -4,34 +4,44 @@ Two tables, both named ``heddle`` and owned by the agent (nothing else in them, 
 anyone else's touched):
 
 ``inet heddle`` -- VXLAN accepted only from members. Chain ``input`` (filter hook, priority
--200): per network a rule ``udp dport 4789 @th,96,24 <VNI> ip saddr @vni_<VNI> accept``
-(bits 96..119 of the transport header are the VXLAN header's VNI), whose set holds the VTEPs of
-the network's other member hosts; then ``udp dport 4789 counter name vxlan_dropped drop``: any
-other VXLAN packet -- unknown VNI, a non-member source, a member of another network -- is
-dropped and counted.
+-200), after the two rules about overlay traffic to the host (below): one rule ``udp dport 4789
+@th,96,24 . ip saddr { <VNI> . <VTEP>, ... } accept`` (bits 96..119 of the transport header are
+the VXLAN header's VNI; the set holds, per network, the VTEPs of its other member hosts); then
+``udp dport 4789 counter name vxlan_dropped drop``: any other VXLAN packet -- unknown VNI, a
+non-member source, a member of another network -- is dropped and counted. One lookup per
+packet whatever the number of networks: the set is anonymous (libnftables 1.0.6's JSON cannot
+declare a named set keyed by a raw 24-bit field), so it is rewritten with its rule, in the
+same atomic batch that rewrites every rule. Which networks the host filters for is the set
+``loops`` (one element per network, below), so a network without other members yet is still
+known. Earlier releases kept one rule and one set ``vni_<VNI>`` per network; a sync deletes
+such sets (``FilterListing.vni_sets``).
 
 ``bridge heddle`` -- anti-spoofing on endpoint ports. Chain ``prerouting`` (priority -200, so
-before the bridge learns anything): a frame from a port not in the set ``guarded`` (the VXLAN
-device) passes at once; from a guarded port it passes only if (port, source MAC, source IPv4)
-or, for ARP, both (port, source MAC, sender IP) and (port, sender MAC, sender IP) are in the
-set ``guards``; everything else is dropped and counted (``spoof_dropped``).
+before the bridge learns anything): a frame from a VXLAN device (``hdx*``, never guarded) or
+from a port not in the set ``guarded`` passes; from a guarded port it passes only if (port,
+source MAC, source IPv4) or, for ARP, both (port, source MAC, sender IP) and (port, sender
+MAC, sender IP) are in the set ``guards``; everything else is dropped and counted
+(``spoof_dropped``).
 
 ``inet heddle`` also keeps what the overlays may reach through the host (the Linux bridges
-``hdb*`` are heddle's): chain ``input`` starts with ``iifname . ip daddr @gateways icmp type
-echo-request accept`` (an endpoint may ping its egress gateway) and ``iifname "hdb*" counter
-name host_dropped drop`` (nothing else from an overlay reaches the host itself: not its VTEP,
-not etcd, not another overlay's gateway). Chain ``forward`` (priority -200): traffic within
-one bridge passes (``iifname . oifname @loops``: only where bridged frames are sent through the
-IP hooks, K6), an egress bridge's traffic to anything but a heddle bridge passes, and so do
-the replies to it (``ct state established,related``); everything else from or to a heddle
-bridge is dropped and counted (``routed_dropped``): no overlay routes into another. Chain
-``postrouting`` (nat, priority 100): per egress network ``iifname <bridge> ip saddr <subnet>
-oifname != "hdb*" masquerade``. The replies' rule and the NAT chain exist only while this host
-has an egress network: either one makes the kernel run connection tracking on every packet of
-the namespace (the VXLAN traffic included), which costs throughput and buys nothing without
-egress.
+``hdb*`` are heddle's): chain ``input`` starts with ``iifname "hdb*" iifname . ip daddr
+@gateways icmp type echo-request accept`` (an endpoint may ping its egress gateway) and
+``iifname "hdb*" counter name host_dropped drop`` (nothing else from an overlay reaches the host
+itself: not its VTEP, not etcd, not another overlay's gateway). Chain ``forward`` (priority
+-200): traffic within one bridge passes (``iifname . oifname @loops``: only where bridged frames
+are sent through the IP hooks, K6), an egress bridge's traffic to anything but a heddle bridge
+passes, and so do the replies to it (``ct state established,related``); everything else from or
+to a heddle bridge is dropped and counted (``routed_dropped``): no overlay routes into another.
+Chain ``postrouting`` (nat, priority 100): per egress network ``iifname <bridge> ip saddr
+<subnet> oifname != "hdb*" masquerade``. The replies' rule and the NAT chain exist only while
+this host has an egress network: either one makes the kernel run connection tracking on every
+packet of the namespace (the VXLAN traffic included), which costs throughput and buys nothing
+without egress.
 
-The rules are fixed shapes; what changes are set elements and the per-network rules. A
+The rules are fixed shapes; what changes are set elements and the members' rule. Each rule is
+ordered so the packets the overlay carries cost the least: a VXLAN packet two string compares
+and one lookup, a frame from a VXLAN port one compare, an endpoint's IPv4 frame one compare
+and one lookup. A
 ``FilterSpec`` is both what the planner wants and what an observation found (``parse_tables``),
 so converged means equal. ``render_sync`` writes one batch that replaces heddle's rules and
 elements and keeps the named counters (nftables applies a batch atomically: there is no moment
@@ -45,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.model.egress import Gateway
-from controller.model.naming import bridge_name
+from controller.model.naming import bridge_name, vxlan_name
 
 TABLE = "heddle"
 INET_CHAIN = "input"
@@ -59,8 +69,9 @@ ROUTED_DROPPED = "routed_dropped"
 PRIORITY = -200
 NAT_PRIORITY = 100
 BRIDGES = "hdb*"  # every heddle Linux bridge (controller/model/naming.py)
+VXLANS = vxlan_name(0)[:-1] + "*"  # every heddle VXLAN device: "hdx*"
 VXLAN_PORT = 4789
-_VNI_SET = "vni_"
+_VNI_SET = "vni_"  # earlier releases' per-network sets, deleted by a sync
 
 Json = dict[str, Any]
 
@@ -123,15 +134,21 @@ def _udp_4789() -> Json:
                       "right": VXLAN_PORT}}  # fmt: skip
 
 
-def vni_rule(vni: int) -> list[Json]:
-    return [
+_VNI_SADDR: Json = {"concat": [{"payload": {"base": "th", "offset": 96, "len": 24}},
+                               {"payload": {"protocol": "ip", "field": "saddr"}}]}  # fmt: skip
+
+
+def members_rule(spec: FilterSpec) -> list[list[Json]]:
+    """The rule that accepts VXLAN from members (``[]`` when no network has another member:
+    an anonymous set cannot be empty, and the tail rule then drops all VXLAN)."""
+    elems = [{"concat": [vni, vtep]} for vni, vteps in spec.members for vtep in vteps]
+    if not elems:
+        return []
+    return [[
         _udp_4789(),
-        {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 96, "len": 24}},
-                   "right": vni}},
-        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                   "right": f"@{_VNI_SET}{vni}"}},
+        {"match": {"op": "==", "left": _VNI_SADDR, "right": {"set": elems}}},
         {"accept": None},
-    ]  # fmt: skip
+    ]]  # fmt: skip
 
 
 def vxlan_tail_rule() -> list[Json]:
@@ -143,11 +160,14 @@ def _is(key: str, right: Any, op: str = "==") -> Json:
 
 
 def host_rules() -> list[list[Json]]:
-    """The fixed rules that start chain ``input``: what an overlay may reach on the host."""
+    """The fixed rules that start chain ``input``: what an overlay may reach on the host.
+    Each starts with the name compare, so a packet from the underlay costs one compare per
+    rule (the gateways' elements all name heddle bridges: the same verdicts)."""
     to_gateway = {"concat": [{"meta": {"key": "iifname"}},
                              {"payload": {"protocol": "ip", "field": "daddr"}}]}  # fmt: skip
     return [
         [
+            _is("iifname", BRIDGES),
             {"match": {"op": "==", "left": to_gateway, "right": "@gateways"}},
             {
                 "match": {
@@ -213,19 +233,22 @@ def _iif_concat(*fields: tuple[str, str]) -> Json:
 
 
 def bridge_rules() -> list[list[Json]]:
-    """The four fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints).
+    """The five fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints).
 
-    Ordered for the common case: a frame from a port heddle does not guard (the VXLAN device)
-    costs one set lookup; an IPv4 frame from an endpoint two."""
+    Ordered for the common case: a frame from a VXLAN device costs one compare, an IPv4 frame
+    from an endpoint one compare and one lookup. The verdicts are those of "unguarded port:
+    pass; else the guards decide": a VXLAN device is never guarded, and a frame the guards
+    admit comes from a guarded port."""
     guards = "@guards"
     return [
-        [
-            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
-            {"accept": None},
-        ],
+        [_is("iifname", VXLANS), {"accept": None}],
         [
             {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip", "saddr")),
                        "right": guards}},
+            {"accept": None},
+        ],
+        [
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
             {"accept": None},
         ],
         [
@@ -249,9 +272,9 @@ def _chain(family: str, name: str, hook: str, kind: str = "filter", prio: int = 
 
 
 def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
-    """One batch that makes both tables hold exactly ``spec`` (``stale_vnis``: per-network sets
-    found by the last observation and no longer wanted, deleted after the rules that used
-    them). Creates what is missing, keeps the named counters and their values."""
+    """One batch that makes both tables hold exactly ``spec`` (``stale_vnis``: earlier releases'
+    per-network sets found by the last observation, deleted after the rules that used them).
+    Creates what is missing, keeps the named counters and their values."""
     cmds: list[Json] = [
         {"add": {"table": {"family": "inet", "name": TABLE}}},
         {"add": _obj("counter", "inet", name=VXLAN_DROPPED)},
@@ -284,16 +307,10 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
         cmds.append({"add": _obj("rule", "inet", chain=FORWARD_CHAIN, expr=expr)})
     for gw in spec.gateways:
         cmds.append({"add": _obj("rule", "inet", chain=NAT_CHAIN, expr=masquerade_rule(gw))})
-    wanted = {vni for vni, _ in spec.members}
-    for vni in sorted(set(stale_vnis) - wanted):
+    for vni in sorted(set(stale_vnis)):
         cmds.append({"delete": _obj("set", "inet", name=f"{_VNI_SET}{vni}")})
-    for vni, vteps in spec.members:
-        name = f"{_VNI_SET}{vni}"
-        cmds.append({"add": _obj("set", "inet", name=name, type="ipv4_addr")})
-        cmds.append({"flush": _obj("set", "inet", name=name)})
-        if vteps:
-            cmds.append({"add": _obj("element", "inet", name=name, elem=list(vteps))})
-        cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=vni_rule(vni))})
+    for expr in members_rule(spec):
+        cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=expr)})
     cmds.append({"add": _obj("rule", "inet", chain=INET_CHAIN, expr=vxlan_tail_rule())})
 
     cmds += [
@@ -346,7 +363,8 @@ def render_delete() -> Json:
 @dataclass(frozen=True, slots=True)
 class FilterListing:
     """What an observation found: ``spec`` (``None`` when a table is missing or holds rules of
-    another shape -- the planner then rewrites it), the per-network sets present, counters."""
+    another shape, or an earlier release's -- the planner then rewrites it), ``vni_sets``: the
+    earlier releases' per-network sets present (a sync deletes them), counters."""
 
     spec: FilterSpec | None
     vni_sets: tuple[int, ...] = ()
@@ -368,7 +386,7 @@ def parse_tables(objects: Sequence[Json]) -> FilterListing:
 
 def _parse(objects: Sequence[Json]) -> FilterListing:
     tables: set[str] = set()
-    members: dict[int, list[str]] = {}
+    legacy: list[int] = []
     guards: list[PortGuard] = []
     guarded: list[str] = []
     inet_sets: dict[str, list[Any]] = {}
@@ -381,9 +399,7 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
         elif "set" in obj:
             s = obj["set"]
             if s["family"] == "inet" and s["name"].startswith(_VNI_SET):
-                members[int(s["name"][len(_VNI_SET) :])] = [
-                    str(e) for e in _elements(s.get("elem"))
-                ]
+                legacy.append(int(s["name"][len(_VNI_SET) :]))
             elif s["family"] == "inet":
                 inet_sets[s["name"]] = _elements(s.get("elem"))
             elif s["family"] == "bridge" and s["name"] == "guards":
@@ -403,20 +419,54 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
             r = obj["rule"]
             rules.setdefault((r["family"], r["chain"]), []).append(r["expr"])
     gateways = _gateways(inet_sets, rules.get(("inet", NAT_CHAIN), []))
-    loops = {tuple(e["concat"]) for e in inet_sets.get("loops", [])}
-    vni_sets = tuple(sorted(members))
+    members = _members(inet_sets.get("loops", []), rules.get(("inet", INET_CHAIN), []))
     shaped = (
         tables == {"inet", "bridge"}
+        and not legacy
+        and members is not None
         and chains == set(_HOOKS) - ({("inet", NAT_CHAIN)} if not gateways else set())
-        and rules.get(("inet", INET_CHAIN), [])
-        == [*host_rules(), *(vni_rule(v) for v in sorted(members)), vxlan_tail_rule()]
         and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules(bool(gateways))
-        and loops == {(bridge_name(v), bridge_name(v)) for v in members}
         and rules.get(("bridge", BRIDGE_CHAIN), []) == bridge_rules()
         and sorted(set(guarded)) == sorted({g.port for g in guards})
     )
-    spec = make_spec(members, guards, gateways or ()) if shaped and gateways is not None else None
-    return FilterListing(spec, vni_sets, drops)
+    spec = (
+        make_spec(members, guards, gateways or ())
+        if shaped and members is not None and gateways is not None
+        else None
+    )
+    return FilterListing(spec, tuple(sorted(legacy)), drops)
+
+
+def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | None:
+    """VNI -> member VTEPs, from the set ``loops`` (which networks) and chain ``input`` (their
+    members); ``None`` when the chain is not exactly what ``render_sync`` writes for them."""
+    members: dict[int, list[str]] = {}
+    for e in loops:
+        a, b = e["concat"]
+        vni = int(str(a)[3:], 16)
+        if a != b or bridge_name(vni) != a:
+            return None
+        members[vni] = []
+    head, tail = host_rules(), [vxlan_tail_rule()]
+    if inet_input[: len(head)] != head or inet_input[-1:] != tail:
+        return None
+    middle = inet_input[len(head) : -1]
+    if len(middle) > 1:
+        return None
+    listed = []
+    for rule in middle:
+        elems = rule[1]["match"]["right"]["set"]
+        for e in elems:
+            vni, vtep = e["concat"]
+            if vni not in members:
+                return None
+            members[vni].append(str(vtep))
+        in_order = sorted(elems, key=lambda e: (e["concat"][0], str(e["concat"][1])))
+        listed.append([rule[0], {"match": {**rule[1]["match"], "right": {"set": in_order}}},
+                       *rule[2:]])  # fmt: skip
+    if listed != members_rule(make_spec(members, ())):
+        return None
+    return members
 
 
 _HOOKS: Mapping[tuple[str, str], tuple[tuple[str, int], ...]] = {

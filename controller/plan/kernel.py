@@ -138,7 +138,7 @@ def plan_filters(
     have = actual.filters
     if have == want:
         return [], []
-    stale = tuple(v for v in actual.filter_vnis if v not in dict(want.members))
+    stale = actual.filter_vnis  # an earlier release's per-network sets: none is wanted
     if have is None:
         return [SyncFilters(want, stale)], []
     both = have.union(want)

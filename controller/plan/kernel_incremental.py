@@ -148,7 +148,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
                 else:
                     got_p.discard(PortFdbEntry(op.mac, op.dev))
             case SyncFilters():
-                filters, filter_vnis = op.spec, tuple(vni for vni, _ in op.spec.members)
+                filters, filter_vnis = op.spec, ()
             case _:
                 raise TypeError(f"not an entry op: {op!r}")
     return replace(

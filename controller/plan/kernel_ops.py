@@ -283,7 +283,7 @@ class DelNeigh(_EntryOp):
 @dataclass(frozen=True, slots=True)
 class SyncFilters(Independent):
     """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
-    in one atomic batch; ``stale_vnis`` are per-network sets to delete (observed, not wanted)."""
+    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete."""
 
     spec: FilterSpec
     stale_vnis: tuple[int, ...] = ()

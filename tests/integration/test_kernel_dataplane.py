@@ -496,6 +496,30 @@ def test_endpoint_ttl_remembers_the_filters_it_wrote(lab: Lab) -> None:
         assert fresh.plan(smaller, fresh.observe(smaller)) == ()
 
 
+def test_an_earlier_releases_per_network_filter_sets_go_in_one_sync(lab: Lab) -> None:
+    """Earlier releases kept a rule and a set ``vni_<VNI>`` per network in ``inet heddle``: the
+    first pass of this release replaces them with the members' rule in one ``SyncFilters``
+    (one atomic batch: the filter never lapses), and the next pass changes nothing."""
+    view = view_of(snapshot(lab))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        converge(dp, view)
+    legacy = f"""add set inet heddle vni_{VNI} {{ type ipv4_addr; elements = {{ 192.0.2.2 }}; }}
+insert rule inet heddle input udp dport 4789 @th,96,24 {VNI} ip saddr @vni_{VNI} accept
+"""
+    subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=legacy.encode(),
+                   check=True)  # fmt: skip
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        ops = dp.plan(view, dp.observe(view))
+        assert [(type(op).__name__, getattr(op, "stale_vnis", None)) for op in ops] == [
+            ("SyncFilters", (VNI,))
+        ]
+        dp.apply(ops)
+        assert dp.plan(view, dp.observe(view)) == ()
+    argv = ["ip", "netns", "exec", lab.host, "nft", "list", "table", "inet", "heddle"]
+    listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert "vni_" not in listed and "@th,96,24 . ip saddr" in listed
+
+
 def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
     """The raw link codec (``fast_netlink``) and pyroute2 report every ``hd*`` link the same:
     bridges, VXLAN devices, veths in and out of bridges, a foreign link, learning on and off."""

@@ -5,6 +5,7 @@ libnftables by the kernel driver's integration tests and the security e2e tests.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from controller.model.nft_filter import (
 
 G1 = PortGuard("hdv1", "02:00:00:00:00:01", "10.0.0.1")
 G2 = PortGuard("hdv2", "02:00:00:00:00:02", "10.0.0.2")
+TH = '"base": "th"'  # the VXLAN header's VNI, read by the members' rule
 
 
 def test_specs_are_canonical_and_union_admits_both() -> None:
@@ -32,15 +34,75 @@ def test_specs_are_canonical_and_union_admits_both() -> None:
     assert u.accepts(7) == ("192.0.2.1", "192.0.2.2", "192.0.2.3") and u.accepts(8) == ()
 
 
-def test_a_sync_batch_keeps_counters_and_deletes_only_stale_sets() -> None:
+def test_a_sync_batch_keeps_counters_and_deletes_an_earlier_layouts_sets() -> None:
+    """Earlier releases kept a set ``vni_<VNI>`` per network: a sync deletes those it is told
+    of, after the flush that removes the rules using them."""
     batch = render_sync(make_spec({7: ["192.0.2.1"]}, [G1]), stale_vnis=(7, 8))["nftables"]
     deletes = [c["delete"] for c in batch if "delete" in c]
     assert deletes == [
         {"chain": {"family": "inet", "table": "heddle", "name": "postrouting"}},  # no egress
+        {"set": {"family": "inet", "table": "heddle", "name": "vni_7"}},
         {"set": {"family": "inet", "table": "heddle", "name": "vni_8"}},
     ]
+    input_chain = {"family": "inet", "table": "heddle", "name": "input"}
+    flush = batch.index({"flush": {"chain": input_chain}})
+    assert flush < min(i for i, c in enumerate(batch) if "set" in c.get("delete", {}))
     assert not any("delete" in c and "counter" in c["delete"] for c in batch)
     assert not any("delete" in c and "table" in c["delete"] for c in batch)
+
+
+def _listing(batch: list[dict[str, Any]], shuffle: bool = False) -> list[dict[str, Any]]:
+    """What ``nft -j list table`` would show after ``batch`` ran on empty tables (enough of
+    libnftables' form for the parser; the real round trip is in the kernel driver's
+    integration tests)."""
+    out: list[dict[str, Any]] = []
+    sets: dict[tuple[str, str], dict[str, Any]] = {}
+    for cmd in batch:
+        if "delete" in cmd:
+            ((kind, body),) = cmd["delete"].items()
+            out = [o for o in out if o.get(kind, {}).get("name") != body["name"]]
+        if "add" not in cmd:
+            continue
+        ((kind, body),) = cmd["add"].items()
+        if kind == "element":
+            sets[(body["family"], body["name"])].setdefault("elem", []).extend(body["elem"])
+        elif kind == "set":
+            sets[(body["family"], body["name"])] = dict(body)
+            out.append({"set": sets[(body["family"], body["name"])]})
+        elif kind == "rule":
+            expr = json.loads(json.dumps(body["expr"]))
+            for m in expr:
+                right = m.get("match", {}).get("right")
+                if shuffle and isinstance(right, dict) and "set" in right:
+                    right["set"].reverse()
+            out.append({"rule": {**body, "expr": expr}})
+        else:
+            out.append({kind: dict(body)})
+    return out
+
+
+def test_members_are_one_rule_and_read_back_in_any_order() -> None:
+    """One rule holds every VNI . VTEP pair (one lookup per packet however many networks); a
+    network without other members yet is kept by the set ``loops``; the listing's element
+    order does not matter."""
+    spec = make_spec({7: ["192.0.2.2", "192.0.2.1"], 9: [], 0xFFFFFF: ["192.0.2.9"]}, [G1, G2])
+    batch = render_sync(spec)["nftables"]
+    member_rules = [c for c in batch if "rule" in c.get("add", {}) and TH in json.dumps(c)]
+    assert len(member_rules) == 1
+    for shuffle in (False, True):
+        got = parse_tables(_listing(batch, shuffle))
+        assert got.spec == spec and got.vni_sets == ()
+    lone = make_spec({9: []}, [G1])
+    assert not any(TH in json.dumps(c) for c in render_sync(lone)["nftables"])
+    assert parse_tables(_listing(render_sync(lone)["nftables"])).spec == lone
+
+
+def test_an_earlier_layout_is_read_as_no_filter_and_its_sets_named() -> None:
+    listing = _listing(render_sync(make_spec({7: ["192.0.2.1"]}, [G1]))["nftables"])
+    listing.append({"set": {"family": "inet", "table": "heddle", "name": "vni_7",
+                            "type": "ipv4_addr", "elem": ["192.0.2.1"]}})  # fmt: skip
+    got = parse_tables(listing)
+    assert got.spec is None and got.vni_sets == (7,)
 
 
 def test_connection_tracking_is_asked_for_only_with_egress() -> None:

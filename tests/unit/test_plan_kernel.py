@@ -216,7 +216,7 @@ def test_unowned_objects_are_never_deleted_or_adopted() -> None:
     assert "hdxyz" in state.links
     assert "eth0" not in state.links  # not ours by name: not even reported
     # nothing owned: nothing to delete (the filters are heddle's own tables: they empty)
-    assert plan_kernel(view(), state) == (SyncFilters(FilterSpec(), (100,)),)
+    assert plan_kernel(view(), state) == (SyncFilters(FilterSpec(), ()),)
 
 
 def test_foreign_interface_in_endpoint_netns_is_not_touched() -> None:
