@@ -29,6 +29,7 @@ heddle then refuses to adopt (reported on every pass) until an operator deletes 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
@@ -85,6 +86,7 @@ from controller.model.nft_filter import (
     FilterListing,
     ours,
     parse_tables,
+    render_guard_delta,
     render_list,
     render_sync,
 )
@@ -112,6 +114,8 @@ from controller.plan.kernel_ops import (
 
 IFF_UP = 0x1
 MAIN_TABLE = 254
+
+log = logging.getLogger("heddle.kernel")
 
 Msg = Any  # a parsed pyroute2 netlink message (untyped library)
 
@@ -571,18 +575,33 @@ class KernelDataPlane:
             self._index.clear()
             raise OpFailed(str(exc)) from exc
 
+    def _sync_filters(self, op: SyncFilters) -> None:
+        """Apply ``op`` in one nftables transaction: only the guards' elements when that is all
+        that changes from ``op.base`` (a new or leaving local endpoint: 0.16 against 1.5 ms for
+        the whole tables, on the path to its first packet), else everything. A delta the
+        tables refuse (they are not ``op.base`` any more: an element to delete is missing)
+        changes nothing, being one transaction, and the whole tables are written instead."""
+        assert self._nft is not None
+        delta = render_guard_delta(op.base, op.spec) if op.base and not op.stale_vnis else None
+        if delta is not None:
+            try:
+                self._nft.run(delta)
+                return
+            except NftError as exc:
+                log.info("filters: the guards' delta was refused (%s); writing the tables", exc)
+        try:
+            self._nft.run(render_sync(op.spec, op.stale_vnis))
+        except NftError as exc:
+            raise OpFailed(f"nftables: {exc}") from exc
+
     def _dispatch(self, op: KernelOp) -> None:
         match op:
             case SyncFilters():
                 if self._nft is None:
                     raise OpFailed("filters are off on this data plane")
                 self._tables = None
-                try:
-                    self._nft.run(render_sync(op.spec, op.stale_vnis))
-                except NftError as exc:
-                    raise OpFailed(f"nftables: {exc}") from exc
-                sets = tuple(vni for vni, _ in op.spec.members)
-                self._tables = (time.monotonic(), FilterListing(op.spec, sets))
+                self._sync_filters(op)
+                self._tables = (time.monotonic(), FilterListing(op.spec))
             case EnsureBridge():
                 self._ensure_bridge(op)
             case EnableForwarding():

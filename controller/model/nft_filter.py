@@ -333,6 +333,26 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
     return {"nftables": cmds}
 
 
+def render_guard_delta(have: FilterSpec, want: FilterSpec) -> Json | None:
+    """The batch that takes tables holding ``have`` to ``want`` when only the guards differ
+    (a local endpoint came or went): the guards' elements added and deleted, nothing else
+    touched. ``None`` when anything else differs (``render_sync`` then). The deletes fail the
+    whole batch, changing nothing, when the tables do not hold ``have``'s elements."""
+    if (have.members, have.gateways) != (want.members, want.gateways) or have == want:
+        return None
+    gone, new = set(have.guards) - set(want.guards), set(want.guards) - set(have.guards)
+    ports_gone = {g.port for g in have.guards} - {g.port for g in want.guards}
+    ports_new = {g.port for g in want.guards} - {g.port for g in have.guards}
+    cmds: list[Json] = []
+    for verb, guards, ports in (("delete", gone, ports_gone), ("add", new, ports_new)):
+        if guards:
+            elems = [{"concat": [g.port, g.mac, g.ip]} for g in sorted(guards)]
+            cmds.append({verb: _obj("element", "bridge", name="guards", elem=elems)})
+        if ports:
+            cmds.append({verb: _obj("element", "bridge", name="guarded", elem=sorted(ports))})
+    return {"nftables": cmds}
+
+
 FAMILIES = ("inet", "bridge")
 LIST_TABLES: Json = {"nftables": [{"list": {"tables": None}}]}
 

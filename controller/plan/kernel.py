@@ -143,10 +143,10 @@ def plan_filters(
         return [SyncFilters(want, stale)], []
     both = have.union(want)
     if both == want:
-        return [SyncFilters(want, stale)], []
+        return [SyncFilters(want, stale, have)], []
     if both == have:
-        return [], [SyncFilters(want, stale)]
-    return [SyncFilters(both, ())], [SyncFilters(want, stale)]
+        return [], [SyncFilters(want, stale, have)]
+    return [SyncFilters(both, (), have)], [SyncFilters(want, stale, both)]
 
 
 def plan_kernel(

@@ -19,7 +19,7 @@ Every op is a small frozen, hashable value. Contracts shared by all ops:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.model.kernel_state import ZERO_MAC as ZERO_MAC  # the ops' flood entries
 from controller.model.nft_filter import FilterSpec
@@ -283,10 +283,14 @@ class DelNeigh(_EntryOp):
 @dataclass(frozen=True, slots=True)
 class SyncFilters(Independent):
     """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
-    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete."""
+    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete.
+    ``base``: what the planner saw the tables hold (``None``: unknown). It lets the driver
+    write only what differs, and takes no part in equality: two syncs to one ``spec`` are the
+    same change."""
 
     spec: FilterSpec
     stale_vnis: tuple[int, ...] = ()
+    base: FilterSpec | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         vteps = sum(len(v) for _, v in self.spec.members)

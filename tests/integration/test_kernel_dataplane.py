@@ -53,6 +53,7 @@ from controller.plan.kernel_ops import (
     PutFdb,
     PutNeigh,
     PutPortFdb,
+    SyncFilters,
 )
 
 pytestmark = [
@@ -518,6 +519,54 @@ insert rule inet heddle input udp dport 4789 @th,96,24 {VNI} ip saddr @vni_{VNI}
     argv = ["ip", "netns", "exec", lab.host, "nft", "list", "table", "inet", "heddle"]
     listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     assert "vni_" not in listed and "@th,96,24 . ip saddr" in listed
+
+
+def test_a_guard_change_writes_only_the_guards_even_after_drift(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local endpoint leaving (or coming) changes only the guards: the sync is a delta of
+    elements (the rules keep their handles). When the tables no longer hold what the planner
+    remembered (an element deleted behind its back), libnftables refuses the delta, nothing
+    changes, and the whole tables are written: the end state is the wanted one either way."""
+    from controller.dataplane.nftables import Nft
+
+    snap = snapshot(lab)
+    eps = dict(snap.endpoints)
+    del eps["blue", "b"]
+    full, smaller = view_of(snap), view_of(replace(snap, endpoints=eps))
+    port_b = veth_host_name("blue", "b")
+    argv = ["ip", "netns", "exec", lab.host, "nft", "-a", "list", "table", "bridge", "heddle"]
+
+    def handles() -> list[str]:
+        listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        return [line.split("# handle")[1] for line in listed.splitlines() if "accept #" in line]
+
+    caplog.set_level("INFO", logger="heddle.kernel")
+    for drift in (False, True):
+        caplog.clear()
+        with KernelDataPlane(H1.vtep, netns=lab.host, endpoint_ttl=60) as dp:
+            converge(dp, full)
+            dp.observe(smaller)  # remembered from here on (endpoint_ttl)
+            before = handles()
+            if drift:
+                nft = Nft(lab.host)
+                try:
+                    elem = {"concat": [port_b, "02:42:0a:4d:00:0b", "10.77.0.11"]}
+                    nft.run({"nftables": [{"delete": {"element": {
+                        "family": "bridge", "table": "heddle", "name": "guards",
+                        "elem": [elem]}}}]})  # fmt: skip
+                finally:
+                    nft.close()
+            ops = dp.plan(smaller, dp.observe(smaller))
+            syncs = [op for op in ops if isinstance(op, SyncFilters)]
+            assert len(syncs) == 1 and syncs[0].base is not None
+            dp.apply(ops)
+            assert (handles() == before) is (not drift)
+            assert ("delta was refused" in caplog.text) is drift
+        with KernelDataPlane(H1.vtep, netns=lab.host) as fresh:
+            assert fresh.plan(smaller, fresh.observe(smaller)) == ()
+        listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        assert port_b not in listed and veth_host_name("blue", "a") in listed
 
 
 def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:

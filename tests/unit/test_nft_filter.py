@@ -16,6 +16,7 @@ from controller.model.nft_filter import (
     PortGuard,
     make_spec,
     parse_tables,
+    render_guard_delta,
     render_sync,
 )
 
@@ -131,3 +132,20 @@ KEYS = st.sampled_from(["table", "set", "rule", "chain", "counter", "other"])
 @given(st.lists(st.dictionaries(KEYS, JSON, max_size=2), max_size=6))
 def test_the_parser_never_raises(objects: list[dict[str, object]]) -> None:
     parse_tables(objects)  # type: ignore[arg-type]
+
+
+def test_a_guards_only_change_is_a_delta_of_elements() -> None:
+    base = make_spec({7: ["192.0.2.1"]}, [G1])
+    assert render_guard_delta(base, base) is None
+    assert render_guard_delta(base, make_spec({7: ["192.0.2.9"]}, [G1])) is None  # members
+    moved = PortGuard("hdv1", "02:00:00:00:00:09", "10.0.0.1")  # same port, a new MAC
+    delta = render_guard_delta(base, make_spec({7: ["192.0.2.1"]}, [moved, G2]))
+    assert delta is not None
+    got = [(verb, body["element"]["name"], body["element"]["elem"])
+           for cmd in delta["nftables"] for verb, body in cmd.items()]  # fmt: skip
+    assert got == [
+        ("delete", "guards", [{"concat": ["hdv1", "02:00:00:00:00:01", "10.0.0.1"]}]),
+        ("add", "guards", [{"concat": ["hdv1", "02:00:00:00:00:09", "10.0.0.1"]},
+                           {"concat": ["hdv2", "02:00:00:00:00:02", "10.0.0.2"]}]),
+        ("add", "guarded", ["hdv2"]),
+    ]  # fmt: skip
