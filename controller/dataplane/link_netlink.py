@@ -18,7 +18,7 @@ every link, no IPv6 addresses of the kernel's making, learning off on every brid
 up only once marked), so observation, planning and the ``fast_netlink=False`` path are
 unchanged; tests/integration/test_kernel_dataplane.py runs its cases on both paths. Only
 creation goes this way: converging a link that exists stays on the pyroute2 path. Used by
-``controller/dataplane/kernel.py`` and, for the ovs backend's veths, by
+``controller/dataplane/kernel_links.py`` and, for the ovs backend's veths, by
 ``controller/dataplane/ovs_host.py``; the layouts are the kernel's
 (``include/uapi/linux/rtnetlink.h``, ``if_link.h``, ``veth.h``).
 """

@@ -1,5 +1,5 @@
 """Handles on network namespaces by name, for the drivers that work inside endpoint namespaces
-(``controller/dataplane/kernel.py``, ``controller/dataplane/ovs_host.py``): sockets cached per
+(``controller/dataplane/kernel_host.py``, ``controller/dataplane/ovs_host.py``): sockets cached per
 namespace and dropped when the name comes to refer to another namespace (deleted and
 re-created), a descriptor of a namespace for the requests that put a link there, and whether two
 names are one namespace (an endpoint's is never the host's). No state of its own.

@@ -30,9 +30,9 @@ from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane import link_netlink, vtep_arp
 from controller.dataplane.backend import OpFailed
-from controller.dataplane.kernel import NO_IPV6_ADDRESSES
 from controller.dataplane.netns_handles import cached_in, netns_fd, refuse_host_namespace
 from controller.dataplane.netns_socket import iproute_in, socket_in
+from controller.dataplane.pyroute2_msgs import NO_IPV6_ADDRESSES
 from controller.dataplane.rtnetlink import RawRtnl
 from controller.model.naming import OWNER_ALIAS
 from controller.model.ovs_state import UnderlayState

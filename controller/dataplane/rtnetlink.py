@@ -5,7 +5,9 @@ pyroute2, so sequence numbers cannot collide).
 Why a codec of our own: pyroute2 spends ~70 µs of Python per dumped message and ~200 µs per
 request (docs/platform.md K9), so a no-op pass at 10,000 entries cost ~0.7 s and a first pass
 ~2.5 s. The kernel applies every message of a buffer and acknowledges each one, so a batch
-still gives each op its own result. Used by ``controller/dataplane/kernel.py`` only.
+still gives each op its own result. Used by the kernel backend's modules
+(``controller/dataplane/kernel_*.py``, ``link_netlink.py``), the ovs backend's host links
+(``ovs_host.py``) and the CNI service's readiness check (``controller/cni/interface.py``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from controller.dataplane.fake_kernel import FakeKernel
 from controller.dataplane.incremental import Incremental
 from controller.dataplane.kernel import KernelDataPlane
 from controller.dataplane.kernel_events import KernelEvents
+from controller.dataplane.kernel_host import HostSockets
+from controller.dataplane.kernel_read import read_links
 from controller.dataplane.rtnetlink import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 from controller.model.kernel_state import (
     FdbEntry,
@@ -575,15 +577,18 @@ def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
     view = view_of(snapshot(lab))
     with (
         KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=True) as raw,
-        KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=False) as slow,
         IPRoute(netns=lab.host, flags=0) as ipr,
     ):
         converge(raw, view)
         ipr.link("add", ifname="hdforeign", kind="bridge")  # not ours: reported, not owned
         port = ipr.link("get", ifname=veth_host_name("blue", "a"))[0]["index"]
         ipr.brport("set", index=port, learning=1)
-        links = raw._links()
-        assert links == slow._links()
+        sockets = HostSockets(lab.host)
+        try:
+            links = read_links(sockets, fast=True)
+            assert links == read_links(sockets, fast=False)
+        finally:
+            sockets.close()
         assert links["hdforeign"].owned is False and links["hdforeign"].kind == "bridge"
         assert links[veth_host_name("blue", "a")].learning is True
         assert links[vxlan_name(VNI)].vxlan == VxlanAttrs(VNI, H1.vtep, 4789, False, True)
