@@ -97,8 +97,6 @@ def _rendered() -> tuple[Flow, ...]:
         endpoints={(e.network, e.id): e for e in eps},
         hosts={h.name: h for h in HOSTS},
     )
-    # No port of br-int has these numbers: flows may name a port before it exists (the
-    # agent writes an endpoint's flows while ovs-vswitchd still adds its port: platform O10).
     ofports = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12}
     flows = render_flows(host_view(snap, HOSTS[0]), ofports, 100)
     keys = {f.key for f in flows}
