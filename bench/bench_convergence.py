@@ -95,7 +95,7 @@ def passes_of(log: Path) -> list[dict[str, object]]:
 LOCAL_STAGES = (
     ("event", "event"), ("pass started", "start"), ("observed", "observe"),
     ("veth created", "EnsureVeth"), ("veth created", "EnsurePortVeth"),
-    ("OVS port written", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
+    ("OVS port ready", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
     ("flows in place", "ModFlows"), ("apply done", "end"),
 )  # fmt: skip
 PEER_STAGES = (

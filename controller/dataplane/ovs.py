@@ -244,45 +244,11 @@ class OvsDataPlane:
         return out
 
     def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:
-        """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``.
-
-        An endpoint's port is written to OVSDB without waiting for ovs-vswitchd to add it:
-        the ops after it (its address and route, its flows, which name the ofport the port
-        requested) go out meanwhile, and whether ovs-vswitchd gave the port that ofport is
-        checked once every op is applied, a failure reported against the port's op. On the
-        way to a new endpoint's first packet that overlaps our work with ovs-vswitchd's
-        (docs/platform.md O10). Flows written for a port that then fails match nothing and
-        send nowhere until the next pass, which plans the port again."""
+        """Apply ``ops`` in order (``backend.apply_all``). Raises ``DataPlaneError``."""
         for op in ops:  # a pair born in a namespace changes what the kernel driver remembers
             if isinstance(op, EnsurePortVeth) and op.netns is not None:
                 self._kernel.forget_endpoint(op.netns)
-        checks: list[tuple[EnsureOvsPort, Callable[[], None]]] = []
-
-        def one(op: OvsOp) -> None:
-            if isinstance(op, EnsureOvsPort) and op.endpoint is not None:
-                try:
-                    checks.append((op, self.ovsdb.write_port(op)))
-                except OvsdbError as exc:
-                    raise OpFailed(str(exc)) from exc
-            else:
-                self._apply_one(op)
-
-        failed: DataPlaneError | None = None
-        try:
-            apply_all(ops, one, progress=progress)
-        except DataPlaneError as exc:
-            failed = exc
-        late: list[tuple[object, str]] = []
-        for op, check in checks:
-            try:
-                check()
-            except OvsdbError as exc:
-                late.append((op, str(exc)))
-        if failed is None and not late:
-            return
-        failures = (*(failed.failures if failed else ()), *late)
-        first, reason = failures[0]
-        raise DataPlaneError(first, reason, failures, failed.skipped if failed else ())
+        apply_all(ops, self._apply_one, progress=progress)
 
     def _apply_one(self, op: OvsOp) -> None:
         try:

@@ -195,27 +195,13 @@ class Ovsdb:
     ) -> tuple[Any, Row]:
         """Run ``build(idl, txn, root)`` as one transaction (retried on a verify conflict);
         with ``wait``, return only once ovs-vswitchd has applied it."""
-        if not wait:
-            idl, root, _ = self._transact_nowait(what, build, bump=False)
-            return idl, root
-        idl, root, next_cfg = self._transact_nowait(what, build)
-        if next_cfg is not None:
-            self._wait_applied(idl, root, next_cfg, what)
-        return idl, root
-
-    def _transact_nowait(
-        self, what: str, build: Callable[[Any, Txn, Row], None], bump: bool = True
-    ) -> tuple[Any, Row, int | None]:
-        """Commit ``build(idl, txn, root)`` (retried on a verify conflict) and return at once
-        with, when ``bump`` and something changed, the ``next_cfg`` ovs-vswitchd reports in
-        ``cur_cfg`` once it has applied the transaction (``None``: nothing to wait for)."""
         for _ in range(5):
             idl = self._sync()
             root = self._root(idl)
             txn = ovs.db.idl.Transaction(idl)
             txn.add_comment(f"heddle: {what}")
             build(idl, txn, root)
-            if bump:
+            if wait:
                 root.increment("next_cfg")
             deadline = time.monotonic() + self.timeout
             while True:
@@ -230,11 +216,13 @@ class Ovsdb:
             if status == _TXN.TRY_AGAIN:
                 continue
             if status == _TXN.UNCHANGED:
-                return idl, root, None
+                return idl, root
             if status != _TXN.SUCCESS:
                 err = txn.get_error() or _TXN.status_to_string(status)
                 raise OvsdbError(f"{what}: transaction failed: {err}")
-            return idl, root, txn.get_increment_new_value() if bump else None
+            if wait:
+                self._wait_applied(idl, root, txn.get_increment_new_value(), what)
+            return idl, root
         raise OvsdbError(f"{what}: the database kept changing under the transaction")
 
     def _wait_applied(self, idl: Any, root: Row, next_cfg: int, what: str) -> None:
@@ -301,16 +289,6 @@ class Ovsdb:
 
     def ensure_port(self, op: EnsureOvsPort) -> None:
         """Create or converge port ``op.name`` on ``op.bridge``; wait for its ofport."""
-        self.write_port(op)()
-
-    def write_port(self, op: EnsureOvsPort) -> Callable[[], None]:
-        """Write port ``op.name`` on ``op.bridge`` (create or converge it) and return at once
-        with the check that ovs-vswitchd gave it ``op.ofport``: the check waits for
-        ovs-vswitchd to apply the transaction and raises ``OvsdbError`` when the interface has
-        no ofport (its ``error``) or another one. Between the two, flows for the requested
-        ofport may already be written: OpenFlow takes them for a port that does not exist
-        yet, and they take effect once it does (what ``OvsDataPlane.apply`` does for
-        endpoint ports)."""
 
         def build(idl: Any, txn: Txn, root: Row) -> None:
             br = self._bridge(idl, op.bridge)
@@ -348,26 +326,20 @@ class Ovsdb:
             if _opt(iface.ofport_request) != op.ofport:
                 iface.ofport_request = [op.ofport]
 
-        idl, root, next_cfg = self._transact_nowait(str(op), build)
-
-        def check() -> None:
-            if next_cfg is not None:
-                self._wait_applied(idl, root, next_cfg, str(op))
-            port, _on = self._port_and_bridge(idl, op.name)
-            if port is None or not port.interfaces:
-                raise OvsdbError(f"port {op.name} vanished right after it was written")
-            iface = port.interfaces[0]
-            ofport = _opt(iface.ofport)
-            if ofport == -1 or ofport is None:
-                why = _opt(iface.error) or "no error reported"
-                raise OvsdbError(f"interface {op.name} has ofport {ofport}: {why}")
-            if ofport != op.ofport:
-                raise OvsdbError(
-                    f"interface {op.name} got ofport {ofport}, not the requested {op.ofport} "
-                    "(another interface holds it)"
-                )
-
-        return check
+        idl, _ = self._transact(str(op), build, wait=True)
+        port, _on = self._port_and_bridge(idl, op.name)
+        if port is None or not port.interfaces:
+            raise OvsdbError(f"port {op.name} vanished right after it was written")
+        iface = port.interfaces[0]
+        ofport = _opt(iface.ofport)
+        if ofport == -1 or ofport is None:
+            why = _opt(iface.error) or "no error reported"
+            raise OvsdbError(f"interface {op.name} has ofport {ofport}: {why}")
+        if ofport != op.ofport:
+            raise OvsdbError(
+                f"interface {op.name} got ofport {ofport}, not the requested {op.ofport} "
+                "(another interface holds it)"
+            )
 
     def del_port(self, bridge: str, name: str) -> None:
         """Remove owned port ``name`` from ``bridge``. Absent is success."""

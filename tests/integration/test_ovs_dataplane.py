@@ -437,9 +437,8 @@ def test_port_with_ofport_minus_one_fails_clearly(lab: Lab) -> None:
     with dataplane(lab) as dp:
         converge(dp, view)
         bad = EnsureOvsPort("br-heddle", "hdvnothere", 500, network="blue", endpoint="zz")
-        with pytest.raises(DataPlaneError, match="ofport -1") as err:
-            dp.apply([bad])  # an endpoint's port: checked after the pass's other ops
-        assert err.value.op == bad and len(err.value.failures) == 1
+        with pytest.raises(DataPlaneError, match="ofport -1"):
+            dp.apply([bad])
         view2 = host_view(snapshot(lab, rev=2), H1)
         dp.apply(dp.plan(view2, dp.observe(view2)))  # the stray owned port is collected
         assert "hdvnothere" not in dp.observe(view2).ovsdb.bridges["br-heddle"].ports
