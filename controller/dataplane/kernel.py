@@ -308,7 +308,9 @@ class KernelDataPlane:
         tables refuse (they are not ``op.base`` any more: an element to delete is missing)
         changes nothing, being one transaction, and the whole tables are written instead."""
         assert self._nft is not None
-        delta = render_guard_delta(op.base, op.spec) if op.base and not op.stale_vnis else None
+        delta = None
+        if op.base is not None and not op.stale_vnis:
+            delta = render_guard_delta(op.base, op.spec)
         if delta is not None:
             try:
                 self._nft.run(delta)

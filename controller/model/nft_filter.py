@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.model.egress import Gateway
-from controller.model.naming import bridge_name, vxlan_name
+from controller.model.naming import bridge_name
 
 TABLE = "heddle"
 INET_CHAIN = "input"
@@ -69,7 +69,7 @@ ROUTED_DROPPED = "routed_dropped"
 PRIORITY = -200
 NAT_PRIORITY = 100
 BRIDGES = "hdb*"  # every heddle Linux bridge (controller/model/naming.py)
-VXLANS = vxlan_name(0)[:-1] + "*"  # every heddle VXLAN device: "hdx*"
+VXLANS = "hdx*"  # every heddle VXLAN device (controller/model/naming.py)
 VXLAN_PORT = 4789
 _VNI_SET = "vni_"  # earlier releases' per-network sets, deleted by a sync
 
