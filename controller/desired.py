@@ -44,21 +44,28 @@ class DesiredState:
     def create_network(
         self,
         name: str,
-        subnet: str,
+        subnet: str | None,
         vni: int | None = None,
         gateway: str | None = None,
         mtu: int | None = None,
         egress: str | None = None,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> Network:
-        """Create a network and its VNI guard in one transaction; picks the lowest free VNI
-        when ``vni`` is None. Refuses (``Conflict``) a taken name or VNI. With ``egress`` and
-        no ``gateway`` the gateway is the subnet's first address."""
-        if egress is not None and gateway is None:
+        """Create a network (``subnet`` IPv4, ``subnet6`` IPv6, or both) and its VNI guard in
+        one transaction; picks the lowest free VNI when ``vni`` is None. Refuses
+        (``Conflict``) a taken name or VNI. With ``egress`` and no ``gateway`` the gateway is
+        the IPv4 subnet's first address."""
+        if egress is not None and gateway is None and subnet is not None:
             gateway = str(next(parse_subnet(subnet).hosts()))
+
+        def record(vni: int) -> Network:
+            return Network(name, vni, subnet, gateway, mtu, egress, subnet6, gateway6)
+
         # Validate everything (with a placeholder VNI) before touching the store.
-        Network(name, vni if vni is not None else 1, subnet, gateway, mtu, egress)
+        record(vni if vni is not None else 1)
         if vni is not None:
-            net = Network(name, vni, subnet, gateway, mtu, egress)
+            net = record(vni)
             if self._try_create_network(net):
                 return net
             raise self._network_conflict(net)
@@ -67,7 +74,7 @@ class DesiredState:
             listing = self._kv.list(keys.VNIS)
             taken |= {int(k) for kv in listing.items if (k := kv.key[len(keys.VNIS) :]).isdigit()}
             for candidate in ipam.free_vnis(taken):
-                net = Network(name, candidate, subnet, gateway, mtu, egress)
+                net = record(candidate)
                 if self._try_create_network(net):
                     return net
                 if self._kv.get(keys.network(name)) is not None:
@@ -169,37 +176,37 @@ class DesiredState:
         endpoint_id: str | None = None,
         require_host: bool = True,
         container: str | None = None,
+        ip6: str | None = None,
     ) -> Endpoint:
-        """Allocate an address (the lowest free one, or ``ip``) and write the endpoint and its
-        IPAM key in one transaction. ``Exhausted`` when the pool is full; ``Conflict`` when
-        ``ip`` or ``endpoint_id`` is taken. ``container``: a CNI runtime's container id (its
-        namespace is the runtime's own, so the courtesy check of the interface is skipped: it
-        reads every endpoint)."""
+        """Allocate an address of each family of the network (the lowest free ones, or ``ip``
+        and ``ip6``: all of its families or none) and write the endpoint and its IPAM keys in
+        one transaction. ``Exhausted`` when a pool is full; ``Conflict`` when an address or
+        ``endpoint_id`` is taken. ``container``: a CNI runtime's container id (its namespace
+        is the runtime's own, so the courtesy check of the interface is skipped: it reads
+        every endpoint)."""
         check_label(host, "host")
         eid = endpoint_id if endpoint_id is not None else secrets.token_hex(6)
         stored = self._stored_network(network)
         net = stored.network
-        # Validate the record shape (with a placeholder address) before any allocation.
-        Endpoint(
-            eid,
-            network,
-            host,
-            str(next(iter(net.network.hosts()))),
-            "02:00:00:00:00:01",
-            netns,
-            ifname,
-            container,
-        )
+        # Validate the record shape (with placeholder addresses) before any allocation.
+        placeholder = tuple(next(ipam.usable_addresses(net, six)) for six in ipam.families(net))
+        _endpoint(net, eid, host, placeholder, netns, ifname, container)
         if netns is not None and container is None:
             self._check_interface_free(host, netns, ifname)
         # Host registration and id uniqueness are compares in the allocation txn itself (one
         # round trip less each); a failed txn is diagnosed afterwards.
-        if ip is not None:
-            why = ipam.check_requested(net, ip)
-            if why:
-                raise InvalidRecord(why)
-            mac = derive_mac(net.vni, ip)
-            ep = Endpoint(eid, network, host, ip, mac, netns, ifname, container)
+        requested = tuple(a for a in (ip, ip6) if a is not None)
+        if requested:
+            for addr in requested:
+                why = ipam.check_requested(net, addr)
+                if why:
+                    raise InvalidRecord(why)
+            if len(requested) != len(placeholder):
+                raise InvalidRecord(
+                    f"network {net.name} has subnets {net.subnets}: request an address of each "
+                    "family (--ip and --ip6) or none"
+                )
+            ep = _endpoint(net, eid, host, requested, netns, ifname, container)
             if self._try_create_endpoint(stored, ep, require_host):
                 return ep
             raise self._endpoint_conflict(stored, ep, require_host)
@@ -234,26 +241,25 @@ class DesiredState:
     ) -> Endpoint:
         net = stored.network
 
-        def endpoint(ip: str) -> Endpoint:
-            mac = derive_mac(net.vni, ip)
-            return Endpoint(eid, net.name, host, ip, mac, netns, ifname, container)
+        def endpoint(ips: allocation.Addresses) -> Endpoint:
+            return _endpoint(net, eid, host, ips, netns, ifname, container)
 
-        ip = allocation.allocate(
+        ips = allocation.allocate(
             self._kv,
             net,
             stored.kv.mod_revision,
             self._claim(net.name, eid, host, endpoint, require_host),
-            lambda ip: self._raise_unless_address_race(stored, endpoint(ip), require_host),
+            lambda ips: self._raise_unless_address_race(stored, endpoint(ips), require_host),
             self._pools,
         )
-        return endpoint(ip)
+        return endpoint(ips)
 
     @staticmethod
     def _claim(
         network: str,
         eid: str,
         host: str,
-        endpoint: Callable[[str], Endpoint],
+        endpoint: Callable[[allocation.Addresses], Endpoint],
         require_host: bool,
     ) -> allocation.Claim:
         """An endpoint's claim: its record goes into the address's transaction, which also
@@ -263,13 +269,15 @@ class DesiredState:
             compares.append(Compare(keys.host(host), "create", ">", 0))
         return allocation.Claim(
             owner=eid,
-            compares=lambda ip: tuple(compares),
-            puts=lambda ip: endpoint_ops.put_endpoint(endpoint(ip)),
+            compares=lambda ips: tuple(compares),
+            puts=lambda ips: endpoint_ops.put_endpoint(endpoint(ips)),
         )
 
     def _try_create_endpoint(self, stored: _Stored, ep: Endpoint, require_host: bool) -> bool:
-        claim = self._claim(ep.network, ep.id, ep.host, lambda ip: ep, require_host)
-        return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, ep.ip, claim)
+        claim = self._claim(ep.network, ep.id, ep.host, lambda ips: ep, require_host)
+        return allocation.try_claim(
+            self._kv, stored.network, stored.kv.mod_revision, ep.addresses, claim
+        )
 
     def _raise_unless_address_race(self, stored: _Stored, ep: Endpoint, require_host: bool) -> None:
         """After a failed endpoint txn: return if only the address was taken, else raise."""
@@ -286,11 +294,14 @@ class DesiredState:
 
     def _endpoint_conflict(self, stored: _Stored, ep: Endpoint, require_host: bool) -> Conflict:
         self._raise_unless_address_race(stored, ep, require_host)
-        owner = self._kv.get(keys.ipam(ep.network, ep.ip))
-        who = codec.decode_owner(owner.value) if owner else "someone else"
-        return Conflict(
-            f"address {ep.ip} in network {ep.network} is already in use by {brief(who)}"
-        )
+        for ip in ep.addresses:
+            owner = self._kv.get(keys.ipam(ep.network, ip))
+            if owner is not None:
+                who = codec.decode_owner(owner.value)
+                return Conflict(
+                    f"address {ip} in network {ep.network} is already in use by {brief(who)}"
+                )
+        return Conflict(f"address {ep.address} in network {ep.network} was taken meanwhile")
 
     def get_endpoint(self, network: str, endpoint_id: str) -> Endpoint:
         check_label(network, "network")
@@ -316,20 +327,40 @@ class DesiredState:
         if kv is None:
             raise NotFound(f"endpoint {network}/{endpoint_id} does not exist")
         ep = codec.decode_endpoint(kv.value)
-        ipam_key = keys.ipam(network, ep.ip)
         compares = [Compare(key, "mod", "=", kv.mod_revision)]
         ops: list[Put | Delete | DeletePrefix] = [
             *endpoint_ops.delete_endpoint(network, endpoint_id, ep.host)
         ]
-        owner = self._kv.get(ipam_key)
-        if owner is not None and codec.decode_owner(owner.value) == endpoint_id:
-            compares.append(Compare(ipam_key, "mod", "=", owner.mod_revision))
-            ops.append(Delete(ipam_key))
+        released = []
+        for ip in ep.addresses:
+            ipam_key = keys.ipam(network, ip)
+            owner = self._kv.get(ipam_key)
+            if owner is not None and codec.decode_owner(owner.value) == endpoint_id:
+                compares.append(Compare(ipam_key, "mod", "=", owner.mod_revision))
+                ops.append(Delete(ipam_key))
+                released.append(ip)
         if not self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
             raise Conflict(f"endpoint {network}/{endpoint_id} changed while removing it")
-        if any(isinstance(op, Delete) and op.key == ipam_key for op in ops):
-            self._pools.release(network, ep.ip)
+        for ip in released:
+            self._pools.release(network, ip)
         return ep
+
+
+def _endpoint(
+    net: Network,
+    eid: str,
+    host: str,
+    ips: allocation.Addresses,
+    netns: str | None,
+    ifname: str,
+    container: str | None,
+) -> Endpoint:
+    """The endpoint record with addresses ``ips`` (one per family of ``net``, IPv4 first); its
+    MAC derives from the first. Raises ``InvalidRecord``."""
+    ip = next((a for a in ips if ":" not in a), None)
+    ip6 = next((a for a in ips if ":" in a), None)
+    mac = derive_mac(net.vni, ips[0])
+    return Endpoint(eid, net.name, host, ip, mac, netns, ifname, container, ip6)
 
 
 def _decode_endpoints(items: Iterable[KeyValue]) -> Iterable[Endpoint]:

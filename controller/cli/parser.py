@@ -117,9 +117,16 @@ def _records(sub: Any) -> None:
     )
     c = _leaf(net, "create", help="create a network")
     c.add_argument("name")
-    c.add_argument("--subnet", required=True, help="IPv4 CIDR, prefix length at most /30")
+    c.add_argument(
+        "--subnet", required=True, action="append",
+        help="IPv4 CIDR (/8../30) or IPv6 CIDR (/32../124); repeat it, one per family, for a "
+        "dual-stack network",
+    )  # fmt: skip
     c.add_argument("--vni", type=int, help="VXLAN network identifier (default: lowest free)")
-    c.add_argument("--gateway", help="gateway address inside the subnet (optional)")
+    c.add_argument(
+        "--gateway", action="append",
+        help="gateway address inside a subnet (optional; one per family)",
+    )  # fmt: skip
     c.add_argument("--mtu", type=int, help="overlay MTU (default: smallest underlay MTU - 50)")
     c.add_argument(
         "--egress", choices=("masquerade",),
@@ -137,7 +144,10 @@ def _records(sub: Any) -> None:
     c.add_argument("network")
     c.add_argument("--host", required=True)
     c.add_argument("--netns", help="network namespace to move the interface into")
-    c.add_argument("--ip", help="address to take (default: lowest free)")
+    c.add_argument(
+        "--ip", action="append",
+        help="address to take, one per family of the network (default: the lowest free)",
+    )  # fmt: skip
     c.add_argument("--ifname", default="eth0")
     c.add_argument("--id", dest="endpoint_id", help="endpoint id (default: random)")
     ls = _leaf(ep, "ls", help="list endpoints")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from controller.model.errors import InvalidRecord
 from controller.model.records import Network
 from controller.output import as_json, table
 from controller.store.kv import KV
@@ -20,7 +21,18 @@ def emit(args: argparse.Namespace, obj: Any, headers: Sequence[str], rows: list[
 
 
 def _network_row(n: Network) -> list[object]:
-    return [n.name, n.vni, n.subnet, n.gateway, n.mtu, n.egress]
+    gateways = ",".join(g for g in (n.gateway, n.gateway6) if g is not None) or None
+    return [n.name, n.vni, n.subnets, gateways, n.mtu, n.egress]
+
+
+def by_family(values: Sequence[str] | None, what: str) -> tuple[str | None, str | None]:
+    """Split repeated ``--subnet``/``--gateway``/``--ip`` values into (IPv4, IPv6): at most one
+    of each (an IPv6 value holds a ':'). Raises ``InvalidRecord``."""
+    four = [v for v in values or () if ":" not in v]
+    six = [v for v in values or () if ":" in v]
+    if len(four) > 1 or len(six) > 1:
+        raise InvalidRecord(f"--{what}: give at most one IPv4 and one IPv6 value")
+    return (four[0] if four else None), (six[0] if six else None)
 
 
 def network(args: argparse.Namespace, kv: KV) -> int:
@@ -29,7 +41,11 @@ def network(args: argparse.Namespace, kv: KV) -> int:
     ds = DesiredState(kv)
     heads = ["name", "vni", "subnet", "gateway", "mtu", "egress"]
     if args.action == "create":
-        n = ds.create_network(args.name, args.subnet, args.vni, args.gateway, args.mtu, args.egress)
+        subnet, subnet6 = by_family(args.subnet, "subnet")
+        gateway, gateway6 = by_family(args.gateway, "gateway")
+        n = ds.create_network(
+            args.name, subnet, args.vni, gateway, args.mtu, args.egress, subnet6, gateway6
+        )
         emit(args, asdict(n), heads, [_network_row(n)])
     elif args.action == "ls":
         nets = ds.networks()
@@ -62,7 +78,7 @@ def network(args: argparse.Namespace, kv: KV) -> int:
 def _endpoint_table(eps: Sequence[Any]) -> str:
     return table(
         ["network", "id", "host", "ip", "mac", "netns", "ifname"],
-        [[e.network, e.id, e.host, e.ip, e.mac, e.netns, e.ifname] for e in eps],
+        [[e.network, e.id, e.host, ",".join(e.addresses), e.mac, e.netns, e.ifname] for e in eps],
     )
 
 
@@ -71,8 +87,9 @@ def endpoint(args: argparse.Namespace, kv: KV) -> int:
 
     ds = DesiredState(kv)
     if args.action == "create":
+        ip, ip6 = by_family(args.ip, "ip")
         e = ds.create_endpoint(
-            args.network, args.host, args.netns, args.ip, args.ifname, args.endpoint_id
+            args.network, args.host, args.netns, ip, args.ifname, args.endpoint_id, ip6=ip6
         )
         print(as_json(asdict(e)) if args.output == "json" else _endpoint_table([e]))
     elif args.action == "ls":
@@ -86,7 +103,7 @@ def endpoint(args: argparse.Namespace, kv: KV) -> int:
         if args.output == "json":
             print(as_json({"removed": asdict(e)}))
         else:
-            print(f"removed endpoint {e.network}/{e.id} and released {e.ip}")
+            print(f"removed endpoint {e.network}/{e.id} and released {', '.join(e.addresses)}")
     return 0
 
 

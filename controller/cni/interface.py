@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from controller.dataplane.link_netlink import get_link
 from controller.dataplane.rtnetlink import RawRtnl
 from controller.model.naming import OWNER_ALIAS
-from controller.model.records import Endpoint
+from controller.model.records import Endpoint, Network
 
 IFF_UP = 0x1
 
@@ -26,7 +26,7 @@ class InterfaceSeen:
     owned: bool
     up: bool
     mac: str
-    addresses: tuple[str, ...]  # "ip/prefixlen", IPv4
+    addresses: tuple[str, ...]  # "ip/prefixlen", IPv4 and IPv6
 
 
 def read_interface(netns: str, ifname: str) -> InterfaceSeen | None:
@@ -44,7 +44,8 @@ def read_interface(netns: str, ifname: str) -> InterfaceSeen | None:
             return None
         if link is None:
             raise OSError(code or errno.EIO, f"reading {ifname}: {os.strerror(code or errno.EIO)}")
-        addrs = tuple(f"{ip}/{length}" for index, ip, length in rtnl.addresses(socket.AF_INET)
+        addrs = tuple(f"{ip}/{length}" for family in (socket.AF_INET, socket.AF_INET6)
+                      for index, ip, length in rtnl.addresses(family)
                       if index == link.index)  # fmt: skip
         return InterfaceSeen(
             owned=link.alias == OWNER_ALIAS, up=bool(link.flags & IFF_UP), mac=link.mac,
@@ -54,12 +55,11 @@ def read_interface(netns: str, ifname: str) -> InterfaceSeen | None:
         rtnl.close()
 
 
-def differences(ep: Endpoint, prefixlen: int, seen: InterfaceSeen | None) -> list[str]:
-    """How ``seen`` differs from what ``ep`` asks for (empty: it is what the agent builds).
-    Pure."""
+def differences(ep: Endpoint, net: Network, seen: InterfaceSeen | None) -> list[str]:
+    """How ``seen`` differs from what ``ep`` (of ``net``) asks for (empty: it is what the agent
+    builds). Pure."""
     if seen is None:
         return [f"{ep.ifname} does not exist in {ep.netns}"]
-    want = f"{ep.ip}/{prefixlen}"
     out = []
     if not seen.owned:
         out.append(f"{ep.ifname} is not heddle's")
@@ -67,6 +67,8 @@ def differences(ep: Endpoint, prefixlen: int, seen: InterfaceSeen | None) -> lis
         out.append(f"{ep.ifname} is down")
     if seen.mac != ep.mac:
         out.append(f"{ep.ifname} has MAC {seen.mac}, not {ep.mac}")
-    if want not in seen.addresses:
-        out.append(f"{ep.ifname} lacks address {want}")
+    for ip in ep.addresses:
+        want = f"{ip}/{net.prefixlen_of(ip)}"
+        if want not in seen.addresses:
+            out.append(f"{ep.ifname} lacks address {want}")
     return out

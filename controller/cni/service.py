@@ -45,7 +45,7 @@ from controller.model.errors import (
     NotFound,
     StoreUnavailable,
 )
-from controller.model.records import Endpoint, check_netns
+from controller.model.records import Endpoint, Network, check_netns
 from controller.plugin.routes import Route
 from controller.store.kv import KV
 
@@ -112,15 +112,16 @@ class CniService:
         eid = endpoint_id_for(inv.container, inv.ifname)
         ep = self._existing(inv, eid, netns)
         if ep is None:
-            ip = inv.args.get("IP") or None
+            ip, ip6 = _requested(inv.args.get("IP") or "")
             ep = self._desired.create_endpoint(
-                inv.network, self._host, netns, ip.split("/")[0] if ip else None, inv.ifname,
-                eid, container=inv.container,
+                inv.network, self._host, netns, ip, inv.ifname, eid, container=inv.container,
+                ip6=ip6,
             )  # fmt: skip
-            log.info("cni ADD %s/%s: %s %s in %s", ep.network, ep.id, ep.ip, ep.ifname, netns)
+            log.info("cni ADD %s/%s: %s %s in %s", ep.network, ep.id, ",".join(ep.addresses),
+                     ep.ifname, netns)  # fmt: skip
         timeout = float(inv.config.get("timeout", 30.0))
-        if not self._waiter.until(lambda: not self._differences(ep, net.prefixlen), timeout):
-            why = "; ".join(self._differences(ep, net.prefixlen))
+        if not self._waiter.until(lambda: not self._differences(ep, net), timeout):
+            why = "; ".join(self._differences(ep, net))
             with contextlib.suppress(HeddleError):
                 self._desired.remove_endpoint(ep.network, ep.id)
             raise CniError(
@@ -130,9 +131,11 @@ class CniService:
                 why,
             )
         dns = inv.config.get("dns")
+        addresses = [(f"{a}/{net.prefixlen_of(a)}", net.gateway6 if ":" in a else net.gateway)
+                     for a in ep.addresses]  # fmt: skip
         result = spec.add_result(
-            ep.ifname, ep.mac, netns, f"{ep.ip}/{net.prefixlen}", net.gateway,
-            dns if isinstance(dns, dict) else None, _prev(inv.config),
+            ep.ifname, ep.mac, netns, addresses, dns if isinstance(dns, dict) else None,
+            _prev(inv.config),
         )  # fmt: skip
         return spec.result_in(inv.version, result)
 
@@ -160,7 +163,7 @@ class CniService:
                 return {}  # not this container's (a hash collision) or not this host's
             try:
                 self._desired.remove_endpoint(inv.network, eid)
-                log.info("cni DEL %s/%s: %s released", ep.network, ep.id, ep.ip)
+                log.info("cni DEL %s/%s: %s released", ep.network, ep.id, ep.address)
                 return {}
             except NotFound:
                 return {}
@@ -178,7 +181,7 @@ class CniService:
         if ep.netns != _netns(inv.netns):
             raise CniError(spec.DRIFTED, f"endpoint {ep.id} is in {ep.netns}, not {inv.netns}")
         net = self._desired.get_network(inv.network)
-        diff = self._differences(ep, net.prefixlen)
+        diff = self._differences(ep, net)
         if diff:
             raise CniError(spec.DRIFTED, f"{ep.ifname} is not as heddle built it", "; ".join(diff))
         return {}
@@ -193,7 +196,7 @@ class CniService:
             if mine and (ep.container, ep.ifname) not in keep:
                 with contextlib.suppress(NotFound, Conflict):
                     self._desired.remove_endpoint(ep.network, ep.id)
-                    log.info("cni GC %s/%s: %s released", ep.network, ep.id, ep.ip)
+                    log.info("cni GC %s/%s: %s released", ep.network, ep.id, ep.address)
         return {}
 
     def status(self, inv: Invocation) -> dict[str, Any]:
@@ -226,13 +229,13 @@ class CniService:
                            "container or namespace")  # fmt: skip
         return ep
 
-    def _differences(self, ep: Endpoint, prefixlen: int) -> list[str]:
+    def _differences(self, ep: Endpoint, net: Network) -> list[str]:
         assert ep.netns is not None
         try:
             seen = self._read(ep.netns, ep.ifname)
         except OSError as exc:
             return [f"reading {ep.ifname} failed: {exc}"]
-        return differences(ep, prefixlen, seen)
+        return differences(ep, net, seen)
 
 
 def _netns(path: str) -> str:
@@ -304,3 +307,14 @@ def cni_routes(service: CniService) -> Mapping[str, Route]:
         "/Cni.Gc": _translated(s, s.gc, "GC"),
         "/Cni.Status": _translated(s, s.status, "STATUS"),
     }
+
+
+def _requested(arg: str) -> tuple[str | None, str | None]:
+    """CNI_ARGS ``IP``: one address or a comma-separated one per family, each with or without
+    its prefix length, as (IPv4, IPv6). Raises ``CniError`` for two of one family."""
+    ips = [a.split("/")[0] for a in arg.split(",") if a]
+    four = [a for a in ips if ":" not in a]
+    six = [a for a in ips if ":" in a]
+    if len(four) > 1 or len(six) > 1:
+        raise CniError(spec.INVALID_CONFIG, f"CNI_ARGS IP={arg}: at most one address per family")
+    return (four[0] if four else None), (six[0] if six else None)

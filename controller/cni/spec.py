@@ -14,7 +14,7 @@ JSON error 6, one heddle cannot serve error 7, a version it does not speak error
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller.cni import shim
@@ -172,28 +172,30 @@ def add_result(
     ifname: str,
     mac: str,
     sandbox: str,
-    address: str,
-    gateway: str | None,
+    addresses: Sequence[tuple[str, str | None]],
     dns: Mapping[str, Any] | None = None,
     prev: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """ADD's result (1.0.0 form; ``result_in`` converts it): the interface in its sandbox, its
-    address with the gateway, a default route via the gateway when the network has one, and
-    ``dns`` as configured. A ``prev`` result (an earlier plugin of a chain) is kept and extended,
-    as the specification asks of a plugin that adds an interface. Pure."""
+    addresses (``ip/prefixlen``, one per family) each with its family's gateway, a default
+    route via each gateway, and ``dns`` as configured. A ``prev`` result (an earlier plugin of a
+    chain) is kept and extended, as the specification asks of a plugin that adds an
+    interface. Pure."""
     prev = prev or {}
     interfaces = list(prev.get("interfaces", []))
-    ip: dict[str, Any] = {"address": address, "interface": len(interfaces)}
-    if gateway is not None:
-        ip["gateway"] = gateway
-    interfaces.append({"name": ifname, "mac": mac, "sandbox": sandbox})
+    ips = list(prev.get("ips", []))
     routes = list(prev.get("routes", []))
-    if gateway is not None:
-        routes.append({"dst": "0.0.0.0/0", "gw": gateway})
+    for address, gateway in addresses:
+        ip: dict[str, Any] = {"address": address, "interface": len(interfaces)}
+        if gateway is not None:
+            ip["gateway"] = gateway
+            routes.append({"dst": "::/0" if ":" in gateway else "0.0.0.0/0", "gw": gateway})
+        ips.append(ip)
+    interfaces.append({"name": ifname, "mac": mac, "sandbox": sandbox})
     out: dict[str, Any] = {
         "cniVersion": "1.0.0",
         "interfaces": interfaces,
-        "ips": [*prev.get("ips", []), ip],
+        "ips": ips,
         "routes": routes,
     }
     if dns or prev.get("dns"):

@@ -89,6 +89,7 @@ class _Iface:
 class _Netns:
     ifaces: dict[str, _Iface] = field(default_factory=dict)
     gateway: tuple[str, str] | None = None  # (gateway, dev)
+    gateway6: tuple[str, str] | None = None  # (gateway, dev)
 
 
 class FakeKernel:
@@ -231,6 +232,7 @@ class FakeKernel:
                 up=iface.up,
                 addresses=frozenset(iface.addresses),
                 gateway=ns.gateway[0] if ns.gateway else None,
+                gateway6=ns.gateway6[0] if ns.gateway6 else None,
             )
         spec = self.filter_spec if self.filters else None
         egress = any(nv.network.egress is not None for nv in view.networks)
@@ -473,9 +475,12 @@ class FakeKernel:
             iface.name = op.ifname
             ns.ifaces[op.ifname] = iface
         iface.mac, iface.mtu, iface.up = op.mac, op.mtu, True
-        iface.addresses.add(f"{op.ip}/{op.prefixlen}")
-        if op.gateway is not None:
-            ns.gateway = (op.gateway, op.ifname)
+        iface.addresses.update(op.addresses)
+        for gw in op.gateways:
+            if ":" in gw:
+                ns.gateway6 = (gw, op.ifname)
+            else:
+                ns.gateway = (gw, op.ifname)
 
     def _del_link(self, name: str) -> None:
         lk = self._links.get(name)
@@ -500,3 +505,5 @@ class FakeKernel:
                     del ns.ifaces[ifname]
                     if ns.gateway is not None and ns.gateway[1] == ifname:
                         ns.gateway = None
+                    if ns.gateway6 is not None and ns.gateway6[1] == ifname:
+                        ns.gateway6 = None

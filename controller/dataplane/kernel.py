@@ -181,7 +181,7 @@ class KernelDataPlane:
             n: set() for n, lk in links.items() if lk.owned and lk.kind == "bridge"
         }
         families = ([socket.AF_BRIDGE] if ports or vx_index else []) + (
-            [socket.AF_INET] if vx_index else []
+            [socket.AF_INET, socket.AF_INET6] if vx_index else []
         )
         devs: dict[int, str] = {**{i: p for i, (p, _) in ports.items()}, **vx_index}
         for family in families:

@@ -117,13 +117,13 @@ def entry_sighting(
     ports: Mapping[int, tuple[str, str]],
     present: bool = True,
 ) -> Sighting | None:
-    """What one FDB (``AF_BRIDGE``) or IPv4 neighbour message says about heddle's entries, or
+    """What one FDB (``AF_BRIDGE``) or neighbour message says about heddle's entries, or
     ``None`` when it is about nothing heddle reads. ``vxlans``: ifindex -> name of heddle's
     VXLAN devices; ``ports``: ifindex -> (port, bridge) of heddle's bridge ports. Pure.
 
     A VXLAN device's own entries (``NTF_SELF``, with a destination) are its FDB; entries of a
     bridge port that are static (``NUD_NOARP``, not the port's own permanent address) are the
-    bridge's; IPv4 entries on a VXLAN device are its neighbours."""
+    bridge's; IPv4 and IPv6 entries on a VXLAN device are its neighbours."""
     if family == socket.AF_BRIDGE:
         if flags & NTF_SELF:
             if dst is not None and mac and ifindex in vxlans:
@@ -132,7 +132,7 @@ def entry_sighting(
             port, bridge = ports[ifindex]
             return PortFdbSeen(bridge, PortFdbEntry(mac, port), present)
         return None
-    if family == socket.AF_INET and ifindex in vxlans and dst is not None:
+    if family in (socket.AF_INET, socket.AF_INET6) and ifindex in vxlans and dst is not None:
         entry = NeighEntry(dst, mac, bool(state & NUD_PERMANENT)) if present else None
         return NeighSeen(vxlans[ifindex], dst, entry)
     return None

@@ -143,4 +143,3 @@ class HostSockets:
             raise OpFailed(f"no bridge port {port} owned by heddle")
         self.index[port] = int(msg["index"])
         return int(msg["index"])
-

@@ -22,7 +22,9 @@ from controller.dataplane.backend import OpFailed
 from controller.dataplane.kernel_egress import set_bridge_address
 from controller.dataplane.kernel_host import HostSockets
 from controller.dataplane.netns_handles import netns_fd, refuse_host_namespace
+from controller.dataplane.netns_socket import enable_ipv6
 from controller.dataplane.pyroute2_msgs import (
+    IFA_F_NODAD,
     NO_IPV6_ADDRESSES,
     code,
     get_link,
@@ -59,7 +61,7 @@ class LinkWriter:
         if self.fast and self._s.raw_mine(op.name, "bridge") is None:
             link_netlink.create_marked(
                 self._s.rtnl(), link_netlink.create_bridge(op), op.name, False,
-                lambda index: [link_netlink.replace_address(index, *_cidr(a))
+                lambda index: [link_netlink.replace_address(index, a)
                                for a in sorted(op.addresses)],
             )  # fmt: skip
             return
@@ -124,10 +126,13 @@ class LinkWriter:
 
     def configure_endpoint(self, op: ConfigureEndpoint) -> None:
         refuse_host_namespace(op.netns, self._s.netns)
+        six = any(":" in a for a in op.addresses)
         if self.fast:
             inside = self._s.raw_in(op.netns)
             if inside is None:
                 raise OpFailed(f"network namespace {op.netns} does not exist")
+            if six:  # before configure_inside's address: refused while IPv6 is off
+                enable_ipv6(op.netns, op.ifname)
             if link_netlink.configure_inside(inside, op):
                 return  # else the peer is still to be moved in: the path below
         ns = self._s.ns_handle(op.netns)
@@ -158,10 +163,17 @@ class LinkWriter:
         else:
             idx = int(msg["index"])
         ns.link("set", index=idx, address=op.mac, mtu=op.mtu)
+        if six and not enable_ipv6(op.netns, op.ifname):
+            raise OpFailed(f"{op.netns}/{op.ifname} vanished while configuring it")
         ns.link("set", index=idx, state="up")
-        ns.addr("replace", index=idx, address=op.ip, prefixlen=op.prefixlen)
-        if op.gateway is not None:
-            ns.route("replace", dst="0.0.0.0/0", gateway=op.gateway, oif=idx)
+        for cidr in op.addresses:
+            ip, length = _cidr(cidr)
+            six = ":" in ip
+            ns.addr("replace", index=idx, address=ip, prefixlen=length,
+                    **({"flags": IFA_F_NODAD} if six else {}))  # fmt: skip
+        for gw in op.gateways:
+            dst = "::/0" if ":" in gw else "0.0.0.0/0"
+            ns.route("replace", dst=dst, gateway=gw, oif=idx)
 
     # -- deletes ------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def read_links(sockets: HostSockets, fast: bool) -> dict[str, LinkState]:
 def read_entries(
     sockets: HostSockets, fast: bool, family: int, devs: dict[int, str]
 ) -> Iterator[tuple[int, int, int, str, str | None]]:
-    """One dump of the FDB (``AF_BRIDGE``) or IPv4 neighbour table, reduced to entries on
+    """One dump of the FDB (``AF_BRIDGE``) or an IPv4 or IPv6 neighbour table, reduced to entries on
     ``devs``: ``(ifindex, state, flags, mac, dst)``."""
     if fast:
         for ifindex, state, flags, lladdr, dst in sockets.rtnl().dump(family):
@@ -146,15 +146,17 @@ class EndpointSides:
             return {(netns, i): EndpointSide(netns, i, netns_exists=False) for i in ifnames}
         by_name = {m.get("IFLA_IFNAME"): m for m in ns.link("dump")}
         addrs: dict[int, set[str]] = {}
-        for a in ns.addr("dump", family=socket.AF_INET):
-            addrs.setdefault(a["index"], set()).add(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-        gateway = None
-        for r in ns.route("dump", family=socket.AF_INET):
-            if r["dst_len"] == 0 and r.get("RTA_TABLE") == MAIN_TABLE:
+        gateways: dict[int, str] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for a in ns.addr("dump", family=family):
+                if a["scope"] == 0:  # global: an IPv6 link-local address is none of ours
+                    addrs.setdefault(a["index"], set()).add(
+                        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                    )
+            for r in ns.route("dump", family=family):
                 gw = r.get("RTA_GATEWAY")
-                if gw is not None:
-                    gateway = str(gw)
-                    break
+                if r["dst_len"] == 0 and r.get("RTA_TABLE") == MAIN_TABLE and gw is not None:
+                    gateways.setdefault(family, str(gw))
         out: dict[tuple[str, str], EndpointSide] = {}
         for ifname in ifnames:
             m = by_name.get(ifname)
@@ -170,6 +172,7 @@ class EndpointSides:
                 mtu=int(m.get("IFLA_MTU")),
                 up=bool(m["flags"] & IFF_UP),
                 addresses=frozenset(addrs.get(m["index"], ())),
-                gateway=gateway,
+                gateway=gateways.get(socket.AF_INET),
+                gateway6=gateways.get(socket.AF_INET6),
             )
         return out

@@ -52,7 +52,7 @@ _IFLA_VXLAN_PORT = 15  # big-endian
 _IFLA_BRPORT_LEARNING = 8
 _IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 8, 1
 _IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_IFA_ADDRESS, _IFA_LOCAL, _IFA_F_NODAD = 1, 2, 0x02
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst/src len, tos, table, proto, scope, type, flags
 _RTA_OIF, _RTA_GATEWAY = 4, 5
 _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
@@ -188,23 +188,31 @@ def get_link(name: str) -> Request:
     return RTM_GETLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name)
 
 
-def replace_address(index: int, ip: str, prefixlen: int) -> Request:
-    """IPv4 ``ip/prefixlen`` on link ``index`` (as ``ip address replace``)."""
-    raw = socket.inet_aton(ip)
-    body = _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, index)
-    return (
-        RTM_NEWADDR,
-        NLM_F_CREATE | NLM_F_REPLACE,
-        body + rta(_IFA_LOCAL, raw) + rta(_IFA_ADDRESS, raw),
-    )
+def _family(ip: str) -> tuple[int, bytes]:
+    """``ip``'s address family and packed bytes (IPv6 if it holds a ':')."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    return family, socket.inet_pton(family, ip)
+
+
+def replace_address(index: int, cidr: str) -> Request:
+    """``ip/prefixlen`` (IPv4 or IPv6) on link ``index`` (as ``ip address replace``). An IPv6
+    address is added without duplicate address detection (``nodad``): usable at once, where
+    DAD would hold it tentative for a second or more and drop the first packets."""
+    ip, length = cidr.split("/")
+    family, raw = _family(ip)
+    flags = _IFA_F_NODAD if family == socket.AF_INET6 else 0
+    body = _IFADDRMSG.pack(family, int(length), flags, 0, index)
+    local = rta(_IFA_LOCAL, raw) if family == socket.AF_INET else b""
+    return RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body + local + rta(_IFA_ADDRESS, raw)
 
 
 def replace_default_route(index: int, gateway: str) -> Request:
-    """The main table's IPv4 default route via ``gateway`` out of link ``index``."""
+    """The main table's default route of ``gateway``'s family via it out of link ``index``."""
+    family, raw = _family(gateway)
     body = _RTMSG.pack(
-        socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0
+        family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0
     )
-    attrs = rta(_RTA_GATEWAY, socket.inet_aton(gateway)) + rta(_RTA_OIF, _u32(index))
+    attrs = rta(_RTA_GATEWAY, raw) + rta(_RTA_OIF, _u32(index))
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body + attrs
 
 
@@ -301,7 +309,7 @@ def create_pair(
 
 def configure_inside(inside: RawRtnl, op: ConfigureEndpoint) -> bool:
     """Give the endpoint's own side ``op.ifname`` (a socket in ``op.netns``) its MAC, MTU,
-    address and default route, and bring it up; False when there is no such link (the caller
+    addresses and default routes, and bring it up; False when there is no such link (the caller
     takes the path that moves a peer in). Idempotent. Raises ``OpFailed``; a link of that name
     that is not heddle's is refused."""
     [(code, link)] = inside.exchange([get_link(op.ifname)])
@@ -312,13 +320,11 @@ def configure_inside(inside: RawRtnl, op: ConfigureEndpoint) -> bool:
     if link.alias != OWNER_ALIAS:
         raise OpFailed(f"{op.netns}/{op.ifname} exists and is not owned by heddle")
     reqs = [mark(link.index, mac=op.mac, mtu=op.mtu), set_up(link.index),
-            replace_address(link.index, op.ip, op.prefixlen)]  # fmt: skip
-    if op.gateway is not None:
-        reqs.append(replace_default_route(link.index, op.gateway))
+            *(replace_address(link.index, a) for a in op.addresses),
+            *(replace_default_route(link.index, g) for g in op.gateways)]  # fmt: skip
     codes = inside.write(reqs)
     if any(codes):
-        what = ("configuring", "bringing up", "addressing", "routing")[
-            codes.index(next(c for c in codes if c))
-        ]
+        whats = ("configuring", "bringing up", *(("addressing",) * len(op.addresses)), "routing")
+        what = whats[min(codes.index(next(c for c in codes if c)), len(whats) - 1)]
         raise _failed(f"{what} {op.netns}/{op.ifname}", next(c for c in codes if c))
     return True

@@ -93,6 +93,25 @@ def sysctl(netns: str | None, key: str, value: str | None = None) -> str:
     return in_netns(netns, work)
 
 
+def enable_ipv6(netns: str, ifname: str) -> bool:
+    """Turn IPv6 on for interface ``ifname`` of ``netns`` (``disable_ipv6`` 0: runtimes and
+    hosts often turn it off in a namespace's defaults, and an address cannot be added then).
+    False when there is no such interface yet. Idempotent; raises ``OSError`` otherwise."""
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+
+    def work() -> bool:
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != "0":
+                    f.seek(0)
+                    f.write("0")
+        except FileNotFoundError:
+            return False
+        return True
+
+    return in_netns(netns, work)
+
+
 def iproute_in(netns: str | None) -> IPRoute:
     """A pyroute2 ``IPRoute`` bound to ``netns`` (``None``: the caller's), without a fork.
     Raises ``FileNotFoundError`` if the namespace does not exist."""

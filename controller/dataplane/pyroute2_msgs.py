@@ -17,13 +17,16 @@ from controller.model.naming import OWNER_ALIAS
 
 IFF_UP = 0x1
 MAIN_TABLE = 254
+IFA_F_NODAD = 0x02
 
 Msg = Any  # a parsed pyroute2 netlink message (untyped library)
 
 #: ``addr_gen_mode none``: no IPv6 link-local address, hence no DAD, router solicitations or
-#: MLD reports. heddle's overlays are IPv4; without this every bridge, VXLAN device and veth
-#: sends IPv6 multicast that the overlay head-end replicates to every member host. (It cannot
-#: go into the create request: the kernel rejects IFLA_AF_SPEC there, so it is a second set.)
+#: MLD reports. Without this every bridge, VXLAN device and veth sends IPv6 multicast that the
+#: overlay head-end replicates to every member host. An endpoint of an IPv6 network gets its
+#: one global address from heddle (``ConfigureEndpoint``), which is all neighbour discovery
+#: needs. (It cannot go into the create request: the kernel rejects IFLA_AF_SPEC there, so it
+#: is a second set.)
 NO_IPV6_ADDRESSES = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
 
 

@@ -305,10 +305,13 @@ def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_MASTER, 0)
             return _RTM_DELNEIGH, 0, nd + rta(_NDA_LLADDR, mac_bytes(op.mac))
         case PutNeigh():
-            nd = _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
-            body = rta(_NDA_DST, inet(op.ip)) + rta(_NDA_LLADDR, mac_bytes(op.mac))
+            family = socket.AF_INET6 if ":" in op.ip else socket.AF_INET
+            nd = _NDMSG.pack(family, ifindex, NUD_PERMANENT, 0, 0)
+            dst = socket.inet_pton(family, op.ip)
+            body = rta(_NDA_DST, dst) + rta(_NDA_LLADDR, mac_bytes(op.mac))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
         case DelNeigh():
-            nd = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
-            return _RTM_DELNEIGH, 0, nd + rta(_NDA_DST, inet(op.ip))
+            family = socket.AF_INET6 if ":" in op.ip else socket.AF_INET
+            nd = _NDMSG.pack(family, ifindex, 0, 0, 0)
+            return _RTM_DELNEIGH, 0, nd + rta(_NDA_DST, socket.inet_pton(family, op.ip))
     raise TypeError(f"not an entry op: {op!r}")

@@ -122,7 +122,7 @@ def cluster_report(
         counts[ep.host] = counts.get(ep.host, 0) + 1
     networks = tuple(
         NetworkSummary(
-            n.name, n.vni, n.subnet, n.mtu, dict(sorted(per_net.get(n.name, {}).items()))
+            n.name, n.vni, n.subnets, n.mtu, dict(sorted(per_net.get(n.name, {}).items()))
         )
         for n in sorted(snap.networks.values(), key=lambda n: n.name)
     )

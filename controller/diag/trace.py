@@ -147,7 +147,7 @@ def trace_path(
     if s_ep is None:
         hops.append(_broken("source address", src.host, "the agent does not realise this endpoint"))
         return report()
-    hops.append(_address_hop("source address", s_ep, src_facts, dst.ip))
+    hops.append(_address_hop("source address", s_ep, src_facts, dst.address))
     hops.append(_link_hop("source veth", src.host, s_ep.veth, src_facts.mtu, False))
     bridge = _link_hop("source bridge", src.host, src_facts.bridge, src_facts.mtu, False)
     if bridge.status == "ok" and not s_ep.veth.attached:
@@ -178,7 +178,7 @@ def trace_path(
             f"{veth.evidence}: frames for {dst.mac} are not delivered to it",
         )
     hops.append(veth)
-    hops.append(_address_hop("destination address", d_ep, d_facts, src.ip))
+    hops.append(_address_hop("destination address", d_ep, d_facts, src.address))
     return report()
 
 

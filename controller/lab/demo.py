@@ -70,7 +70,7 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
                 ns = lab.add_netns(f"{net[0]}{k}")
                 ip = f"10.10.0.{base + k}"
                 ep = desired.create_endpoint(net, host, netns=ns, ip=ip, endpoint_id=f"{net}-{k}")
-                eps.append(DemoEndpoint(net, host, ns, ep.ip, ep.mac))
+                eps.append(DemoEndpoint(net, host, ns, ep.address, ep.mac))
         try:
             wait_status(probe, hosts, timeout=30.0)
         except TimeoutError as exc:

@@ -116,6 +116,7 @@ def _free_ip(rng: random.Random, net: Network, endpoints: Iterable[Endpoint]) ->
     """An address of ``net`` that no live endpoint has (hostile records must not collide by
     accident: only the ``dup-*`` kinds collide, on purpose)."""
     taken = {e.ip for e in endpoints if e.network == net.name}
+    assert net.network is not None, "hostile records target IPv4 networks"
     hosts_ = list(net.network.hosts())
     for _ in range(1000):
         ip = str(hosts_[rng.randrange(len(hosts_) // 2, len(hosts_))])

@@ -31,8 +31,11 @@ from controller.lab.nsutil import call_in_netns
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
+IPV6_MTU_DISCOVER = 23
 IP_ICMP_HEADER = 28  # 20 bytes IPv4 + 8 bytes ICMP: payload for an L3 size S is S - 28
 
 
@@ -89,19 +92,28 @@ def _checksum(data: bytes) -> int:
     return int(~s & 0xFFFF)
 
 
-def _echo(ident: int, seq: int, payload: bytes) -> bytes:
+def _echo(ident: int, seq: int, payload: bytes, six: bool = False) -> bytes:
+    """An echo request; for ICMPv6 the kernel fills in the checksum (it covers a
+    pseudo-header only the kernel knows the source of)."""
+    if six:
+        return struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + payload
     head = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
     csum = _checksum(head + payload)
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
 
 
-def open_icmp(netns: str | None, df: bool = False) -> socket.socket:
-    """A raw ICMP socket living in ``netns`` (root netns if None)."""
+def open_icmp(netns: str | None, df: bool = False, six: bool = False) -> socket.socket:
+    """A raw ICMP (``six``: ICMPv6) socket living in ``netns`` (root netns if None)."""
 
     def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        if df:
-            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        if six:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            if df:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            if df:
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         s.setblocking(False)
         return s
 
@@ -135,11 +147,14 @@ def ping(
     Stops sending after ``count`` packets or ``duration`` seconds (whichever comes first; at
     least one must be set), or at the first reply with ``until_first_reply`` (then ``timeout``
     bounds the whole run). Afterwards waits up to ``wait`` s for outstanding replies.
-    ``size`` is the ICMP payload size (an L3 packet of ``size + 28`` bytes).
+    ``size`` is the ICMP payload size (an L3 packet of ``size + 28`` bytes; IPv6, when ``dst``
+    is an IPv6 address: ``size + 48``).
     """
     if count is None and duration is None and timeout is None:
         raise ValueError("set count, duration or timeout")
-    sock = open_icmp(netns, df=df)
+    six = ":" in dst
+    reply_type = ICMP6_ECHO_REPLY if six else ICMP_ECHO_REPLY
+    sock = open_icmp(netns, df=df, six=six)
     ident = random.randrange(1, 0xFFFF)
     payload = bytes(random.getrandbits(8) for _ in range(8)) + b"\x5a" * max(0, size - 8)
     payload = payload[:size]
@@ -158,15 +173,15 @@ def ping(
         nonlocal first_reply
         while True:
             try:
-                data, (src, _) = sock.recvfrom(65535)
+                data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             now = time.monotonic()
-            ihl = (data[0] & 0x0F) * 4
-            if len(data) < ihl + 8 or src != dst:
+            ihl = 0 if six else (data[0] & 0x0F) * 4  # an IPv6 raw socket gets no IP header
+            if len(data) < ihl + 8 or addr[0] != dst:
                 continue
             typ, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl : ihl + 8])
-            if typ != ICMP_ECHO_REPLY or rid != ident or rseq not in sent_at or rseq in rtts:
+            if typ != reply_type or rid != ident or rseq not in sent_at or rseq in rtts:
                 continue
             rtts[rseq] = (now - sent_at[rseq]) * 1000.0
             if first_reply is None:
@@ -191,7 +206,7 @@ def ping(
                 sent_at[seq] = time.monotonic()
                 sent += 1
                 try:
-                    sock.sendto(_echo(ident, seq, payload), (dst, 0))
+                    sock.sendto(_echo(ident, seq, payload, six), (dst, 0))
                 except OSError as exc:
                     errors += 1
                     first_error = first_error or errno.errorcode.get(exc.errno or 0, str(exc))

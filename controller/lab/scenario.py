@@ -32,6 +32,7 @@ class Placed:
     netns: str
     ip: str
     mac: str
+    ip6: str | None = None
 
 
 @dataclass
@@ -48,16 +49,21 @@ class Scenario:
     placed: list[Placed] = field(default_factory=list)
 
     def network(
-        self, name: str, subnet: str, vni: int | None = None, egress: str | None = None
+        self,
+        name: str,
+        subnet: str | None,
+        vni: int | None = None,
+        egress: str | None = None,
+        subnet6: str | None = None,
     ) -> None:
-        self.desired.create_network(name, subnet, vni=vni, egress=egress)
+        self.desired.create_network(name, subnet, vni=vni, egress=egress, subnet6=subnet6)
         self.networks.append(name)
 
     def endpoint(self, network: str, host: str, name: str, ip: str | None = None) -> Placed:
         """Create namespace ``<prefix>-<name>`` and the endpoint ``name`` of ``network`` in it."""
         ns = self.lab.add_netns(name)
         ep = self.desired.create_endpoint(network, host, netns=ns, ip=ip, endpoint_id=name)
-        p = Placed(network, ep.id, host, ns, ep.ip, ep.mac)
+        p = Placed(network, ep.id, host, ns, ep.address, ep.mac, ep.ip6)
         self.placed.append(p)
         return p
 

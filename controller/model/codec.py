@@ -24,8 +24,8 @@ from controller.model.records import (
     clip_reasons,
 )
 
-_NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu", "egress"}
-_ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname", "container"}
+_NETWORK_FIELDS = {"name", "vni", "subnet", "gateway", "mtu", "egress", "subnet6", "gateway6"}
+_ENDPOINT_FIELDS = {"id", "network", "host", "ip", "mac", "netns", "ifname", "container", "ip6"}
 _HOST_FIELDS = {"name", "vtep", "underlay_mtu", "backend", "version"}
 #: A status record of an older agent may list every skipped reason: allow more than a record.
 _MAX_STATUS_BYTES = 4 * 1024 * 1024
@@ -68,59 +68,63 @@ def _require(obj: dict[str, Any], fields: set[str], required: set[str], what: st
 
 
 def encode_network(n: Network) -> str:
-    """``egress`` only when set: a network without it reads the same to an agent that predates
-    the field (which refuses unknown fields)."""
-    obj: dict[str, object] = {
-        "name": n.name, "vni": n.vni, "subnet": n.subnet, "gateway": n.gateway, "mtu": n.mtu
-    }  # fmt: skip
-    if n.egress is not None:
-        obj["egress"] = n.egress
+    """``egress``, ``subnet6`` and ``gateway6`` only when set, ``subnet`` only when the network
+    has one: an IPv4 network reads the same to an agent that predates these fields (which
+    refuses unknown fields, so it skips -- and reports -- a network it could not realise)."""
+    obj: dict[str, object] = {"name": n.name, "vni": n.vni, "gateway": n.gateway, "mtu": n.mtu}
+    for name, value in (("subnet", n.subnet), ("egress", n.egress), ("subnet6", n.subnet6),
+                        ("gateway6", n.gateway6)):  # fmt: skip
+        if value is not None:
+            obj[name] = value
     return _dumps(obj)
 
 
 @_total
 def decode_network(raw: bytes | str) -> Network:
     o = _object(raw, "network")
-    _require(o, _NETWORK_FIELDS, {"name", "vni", "subnet"}, "network")
+    _require(o, _NETWORK_FIELDS, {"name", "vni"}, "network")
     try:
         return Network(
-            o["name"], o["vni"], o["subnet"], o.get("gateway"), o.get("mtu"), o.get("egress")
-        )
+            o["name"], o["vni"], o.get("subnet"), o.get("gateway"), o.get("mtu"), o.get("egress"),
+            o.get("subnet6"), o.get("gateway6"),
+        )  # fmt: skip
     except InvalidRecord as exc:
         raise InvalidRecord(f"network: {exc}") from None
 
 
 def encode_endpoint(e: Endpoint) -> str:
-    """``container`` only when set: a record without it reads the same to an agent that
-    predates the field (which refuses unknown fields)."""
+    """``container`` and ``ip6`` only when set, ``ip`` only when the endpoint has one: an IPv4
+    endpoint reads the same to an agent that predates these fields (which refuses unknown
+    fields)."""
     obj: dict[str, object] = {
         "id": e.id,
         "network": e.network,
         "host": e.host,
-        "ip": e.ip,
         "mac": e.mac,
         "netns": e.netns,
         "ifname": e.ifname,
     }
-    if e.container is not None:
-        obj["container"] = e.container
+    for name, value in (("ip", e.ip), ("container", e.container), ("ip6", e.ip6)):
+        if value is not None:
+            obj[name] = value
     return _dumps(obj)
 
 
 @_total
 def decode_endpoint(raw: bytes | str) -> Endpoint:
     o = _object(raw, "endpoint")
-    _require(o, _ENDPOINT_FIELDS, {"id", "network", "host", "ip", "mac"}, "endpoint")
+    _require(o, _ENDPOINT_FIELDS, {"id", "network", "host", "mac"}, "endpoint")
     try:
         return Endpoint(
             o["id"],
             o["network"],
             o["host"],
-            o["ip"],
+            o.get("ip"),
             o["mac"],
             o.get("netns"),
             o.get("ifname", "eth0"),
             o.get("container"),
+            o.get("ip6"),
         )
     except InvalidRecord as exc:
         raise InvalidRecord(f"endpoint: {exc}") from None

@@ -11,8 +11,8 @@ that claims something an earlier record holds is skipped, with a reason naming t
 The claims:
 
 * a network claims its VNI (a skipped network takes its endpoints with it);
-* an endpoint claims its address and its MAC within its network, and -- when it names a
-  namespace -- its (host, namespace, interface name) across all networks.
+* an endpoint claims its addresses (one per family) and its MAC within its network, and --
+  when it names a namespace -- its (host, namespace, interface name) across all networks.
 
 A skipped record claims nothing, so the result depends only on the records, never on the order
 in which events arrived. The winner keeps working while the conflict exists; deleting the older
@@ -86,13 +86,16 @@ def resolve(
         if key[0] in lost_nets:
             dropped[key[0]] = dropped.get(key[0], 0) + 1
             continue
-        mine: list[tuple[str, ...]] = [("ip", ep.network, ep.ip), ("mac", ep.network, ep.mac)]
+        mine: list[tuple[str, ...]] = [("ip", ep.network, a) for a in ep.addresses]
+        mine.append(("mac", ep.network, ep.mac))
         if ep.netns is not None:
             mine.append(("ifname", ep.host, ep.netns, ep.ifname))
         taken = next(((c, claims[c]) for c in mine if c in claims), None)
         if taken is not None:
             what, owner = taken[0][0], taken[1]
-            value = {"ip": ep.ip, "mac": ep.mac}.get(what, f"{ep.netns}/{ep.ifname} on {ep.host}")
+            value = {"ip": taken[0][2], "mac": ep.mac}.get(
+                what, f"{ep.netns}/{ep.ifname} on {ep.host}"
+            )
             label = {"ip": "address", "mac": "MAC"}.get(what, "interface")
             problems.append(
                 f"endpoint {key[0]}/{key[1]}: {label} {value} is taken by "

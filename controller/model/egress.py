@@ -65,7 +65,7 @@ def egress_gateways(
     taken: list[tuple[ipaddress.IPv4Network, str]] = []
     problems: list[str] = []
     for n in wanted:
-        assert n.gateway is not None  # a Network with egress has one
+        assert n.gateway is not None and n.subnet is not None  # a Network with egress has them
         subnet = ipaddress.IPv4Network(n.subnet)
         clash = next((name for s, name in taken if s.overlaps(subnet)), None)
         if clash is not None:

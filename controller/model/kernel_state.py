@@ -74,7 +74,7 @@ class PortFdbEntry:
 
 @dataclass(frozen=True, slots=True, order=True)
 class NeighEntry:
-    """An IPv4 neighbour entry on a VXLAN device; ``permanent`` is NUD_PERMANENT."""
+    """An IPv4 or IPv6 neighbour entry on a VXLAN device; ``permanent`` is NUD_PERMANENT."""
 
     ip: str
     mac: str
@@ -87,8 +87,9 @@ class EndpointSide:
 
     ``netns_exists`` False: the namespace is missing (nothing else is meaningful).
     ``present`` False: no interface called ``ifname`` there. ``owned`` False: an interface of
-    that name exists but heddle did not create it (never touched). ``addresses`` are IPv4
-    ``ip/prefixlen`` strings; ``gateway`` is the IPv4 default route's gateway, if any.
+    that name exists but heddle did not create it (never touched). ``addresses`` are its IPv4
+    and global IPv6 ``ip/prefixlen`` strings; ``gateway`` / ``gateway6`` are the IPv4 / IPv6
+    default routes' gateways, if any.
     """
 
     netns: str
@@ -101,6 +102,7 @@ class EndpointSide:
     up: bool = False
     addresses: frozenset[str] = frozenset()
     gateway: str | None = None
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

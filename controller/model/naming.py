@@ -40,12 +40,15 @@ def veth_peer_name(network: str, endpoint_id: str) -> str:
 
 
 def derive_mac(vni: int, ip: str) -> str:
-    """A locally administered unicast MAC from the endpoint address: ``02:<vni low byte>:<ip>``.
+    """A locally administered unicast MAC from the endpoint address: ``02:<vni low byte>:<ip>``
+    for IPv4 (a dual-stack endpoint's MAC derives from its IPv4 address), the low 32 bits of
+    the address for IPv6.
 
-    Unique within a network because addresses are; the VNI byte keeps overlapping subnets of
-    different networks apart when someone captures on a shared segment.
+    Unique within a network because addresses are (IPv6: the allocator hands out the first
+    2^32 addresses of a subnet only, ``controller/ipam.py``); the VNI byte keeps overlapping
+    subnets of different networks apart when someone captures on a shared segment.
     """
-    packed = ipaddress.IPv4Address(ip).packed
+    packed = ipaddress.ip_address(ip).packed[-4:]
     return ":".join(f"{b:02x}" for b in (0x02, vni & 0xFF, *packed))
 
 

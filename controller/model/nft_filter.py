@@ -20,7 +20,9 @@ such sets (``FilterListing.vni_sets``).
 before the bridge learns anything): a frame from a VXLAN device (``hdx*``, never guarded) or
 from a port not in the set ``guarded`` passes; from a guarded port it passes only if (port,
 source MAC, source IPv4) or, for ARP, both (port, source MAC, sender IP) and (port, sender
-MAC, sender IP) are in the set ``guards``; everything else is dropped and counted
+MAC, sender IP) are in the set ``guards``, or (port, source MAC, source IPv6) is in the set
+``guards6`` and it is no ICMPv6 a router or querier sends, and a neighbour advertisement only
+for its own address (``bridge_rules``); everything else is dropped and counted
 (``spoof_dropped``).
 
 ``inet heddle`` also keeps what the overlays may reach through the host (the Linux bridges
@@ -50,6 +52,8 @@ without a filter).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,11 +82,16 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True, slots=True, order=True)
 class PortGuard:
-    """Frames entering the bridge from ``port`` must come from ``mac`` / ``ip``."""
+    """Frames entering the bridge from ``port`` must come from ``mac`` / ``ip`` (IPv4 or IPv6:
+    an endpoint of a dual-stack network has one guard per address)."""
 
     port: str
     mac: str
     ip: str
+
+    @property
+    def six(self) -> bool:
+        return ":" in self.ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,30 +241,74 @@ def _iif_concat(*fields: tuple[str, str]) -> Json:
     return {"concat": parts}
 
 
-def bridge_rules() -> list[list[Json]]:
-    """The five fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints).
+#: ICMPv6 an endpoint may not send: a router's and a querier's messages (it is neither), and
+#: neighbour advertisements, which ``_advert_rule`` admits for the endpoint's own address only.
+_ICMPV6_REFUSED = ["mld-listener-query", "nd-router-advert", "nd-neighbor-advert", "nd-redirect"]
+
+
+def _target(ip: str) -> str:
+    """An IPv6 address as the 128-bit integer ``@th,64,128`` (an advert's target) reads."""
+    return f"0x{int(ipaddress.IPv6Address(ip)):032x}"
+
+
+def _advert_rule(guards: Sequence[PortGuard]) -> list[list[Json]]:
+    """A neighbour advertisement from an endpoint passes only if it comes from its port, MAC
+    and address and advertises that address (bits 64..191 of the ICMPv6 header: the target).
+    The targets are an anonymous set, held in the rule (libnftables 1.0.6 has neither
+    ``icmpv6 taddr`` nor a named set of a raw 128-bit field); ``[]`` without IPv6 guards."""
+    six = sorted({(g.port, _target(g.ip)) for g in guards if g.six})
+    if not six:
+        return []
+    return [[
+        {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                   "right": "nd-neighbor-advert"}},
+        {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip6", "saddr")),
+                   "right": "@guards6"}},
+        {"match": {"op": "==",
+                   "left": {"concat": [{"meta": {"key": "iifname"}},
+                                       {"payload": {"base": "th", "offset": 64, "len": 128}}]},
+                   "right": {"set": [{"concat": [p, t]} for p, t in six]}}},
+        {"accept": None},
+    ]]  # fmt: skip
+
+
+def bridge_rules(guards: Sequence[PortGuard] = ()) -> list[list[Json]]:
+    """The rules of chain ``prerouting`` for ``guards`` (in the form ``nft -j list`` prints).
 
     Ordered for the common case: a frame from a VXLAN device costs one compare, an IPv4 frame
-    from an endpoint one compare and one lookup. The verdicts are those of "unguarded port:
-    pass; else the guards decide": a VXLAN device is never guarded, and a frame the guards
-    admit comes from a guarded port."""
-    guards = "@guards"
+    from an endpoint one compare and one lookup, an IPv6 one a lookup more. The verdicts are
+    those of "unguarded port: pass; else the guards decide": a VXLAN device is never guarded,
+    and a frame the guards admit comes from a guarded port. IPv6 from an endpoint: its own
+    (port, MAC, address), and of ICMPv6 no router or querier message and no neighbour
+    advertisement but for its own address (``_advert_rule``). Its neighbour solicitations pass:
+    the VXLAN device answers them from the agent's entries (``proxy``), so none crosses the
+    underlay. An IPv6 packet from the unspecified address (duplicate address detection, MLD
+    without a link-local address: heddle's addresses need neither) matches no guard."""
+    guards4, guards6 = "@guards", "@guards6"
+    own6 = {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip6", "saddr")),
+                      "right": guards6}}  # fmt: skip
     return [
         [_is("iifname", VXLANS), {"accept": None}],
         [
             {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip", "saddr")),
-                       "right": guards}},
+                       "right": guards4}},
             {"accept": None},
         ],
+        [own6, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": 58}},
+         {"accept": None}],
+        [own6, {"match": {"op": "!=", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                          "right": {"set": _ICMPV6_REFUSED}}},
+         {"accept": None}],
+        *_advert_rule(guards),
         [
             {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
             {"accept": None},
         ],
         [
             {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("arp", "saddr ip")),
-                       "right": guards}},
+                       "right": guards4}},
             {"match": {"op": "==", "left": _iif_concat(("arp", "saddr ether"), ("arp", "saddr ip")),
-                       "right": guards}},
+                       "right": guards4}},
             {"accept": None},
         ],
         [{"counter": SPOOF_DROPPED}, {"drop": None}],
@@ -317,18 +370,22 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
         {"add": {"table": {"family": "bridge", "name": TABLE}}},
         {"add": _obj("counter", "bridge", name=SPOOF_DROPPED)},
         {"add": _obj("set", "bridge", name="guards", type=["ifname", "ether_addr", "ipv4_addr"])},
+        {"add": _obj("set", "bridge", name="guards6", type=["ifname", "ether_addr", "ipv6_addr"])},
         {"add": _obj("set", "bridge", name="guarded", type="ifname")},
         {"add": _chain("bridge", BRIDGE_CHAIN, "prerouting")},
         {"flush": _obj("chain", "bridge", name=BRIDGE_CHAIN)},
         {"flush": _obj("set", "bridge", name="guards")},
+        {"flush": _obj("set", "bridge", name="guards6")},
         {"flush": _obj("set", "bridge", name="guarded")},
     ]
+    for name, six in (("guards", False), ("guards6", True)):
+        elems = [{"concat": [g.port, g.mac, g.ip]} for g in spec.guards if g.six == six]
+        if elems:
+            cmds.append({"add": _obj("element", "bridge", name=name, elem=elems)})
     if spec.guards:
-        elems = [{"concat": [g.port, g.mac, g.ip]} for g in spec.guards]
-        cmds.append({"add": _obj("element", "bridge", name="guards", elem=elems)})
         ports = sorted({g.port for g in spec.guards})
         cmds.append({"add": _obj("element", "bridge", name="guarded", elem=ports)})
-    for expr in bridge_rules():
+    for expr in bridge_rules(spec.guards):
         cmds.append({"add": _obj("rule", "bridge", chain=BRIDGE_CHAIN, expr=expr)})
     return {"nftables": cmds}
 
@@ -336,9 +393,12 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
 def render_guard_delta(have: FilterSpec, want: FilterSpec) -> Json | None:
     """The batch that takes tables holding ``have`` to ``want`` when only the guards differ
     (a local endpoint came or went): the guards' elements added and deleted, nothing else
-    touched. ``None`` when anything else differs (``render_sync`` then). The deletes fail the
-    whole batch, changing nothing, when the tables do not hold ``have``'s elements."""
+    touched. ``None`` when anything else differs (``render_sync`` then), also when an IPv6
+    guard differs (its advert rule holds the targets). The deletes fail the whole batch,
+    changing nothing, when the tables do not hold ``have``'s elements."""
     if (have.members, have.gateways) != (want.members, want.gateways) or have == want:
+        return None
+    if {g for g in have.guards if g.six} != {g for g in want.guards if g.six}:
         return None
     gone, new = set(have.guards) - set(want.guards), set(want.guards) - set(have.guards)
     ports_gone = {g.port for g in have.guards} - {g.port for g in want.guards}
@@ -422,7 +482,7 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
                 legacy.append(int(s["name"][len(_VNI_SET) :]))
             elif s["family"] == "inet":
                 inet_sets[s["name"]] = _elements(s.get("elem"))
-            elif s["family"] == "bridge" and s["name"] == "guards":
+            elif s["family"] == "bridge" and s["name"] in ("guards", "guards6"):
                 for e in _elements(s.get("elem")):
                     port, mac, ip = e["concat"]
                     guards.append(PortGuard(str(port), str(mac), str(ip)))
@@ -446,7 +506,7 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
         and members is not None
         and chains == set(_HOOKS) - ({("inet", NAT_CHAIN)} if not gateways else set())
         and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules(bool(gateways))
-        and rules.get(("bridge", BRIDGE_CHAIN), []) == bridge_rules()
+        and _canonical(rules.get(("bridge", BRIDGE_CHAIN), [])) == _canonical(bridge_rules(guards))
         and sorted(set(guarded)) == sorted({g.port for g in guards})
     )
     spec = (
@@ -487,6 +547,22 @@ def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | 
     if listed != members_rule(make_spec(members, ())):
         return None
     return members
+
+
+def _canonical(rules: list[Any]) -> list[Any]:
+    """``rules`` with every anonymous set's elements in one order (the kernel may list them in
+    any), so two listings of the same rules compare equal."""
+    out = []
+    for rule in rules:
+        canon = []
+        for stmt in rule:
+            right = stmt.get("match", {}).get("right") if isinstance(stmt, dict) else None
+            if isinstance(right, dict) and isinstance(right.get("set"), list):
+                elems = sorted(right["set"], key=lambda e: json.dumps(e, sort_keys=True))
+                stmt = {"match": {**stmt["match"], "right": {"set": elems}}}
+            canon.append(stmt)
+        out.append(canon)
+    return out
 
 
 _HOOKS: Mapping[tuple[str, str], tuple[tuple[str, int], ...]] = {

@@ -71,6 +71,58 @@ def check_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
         raise InvalidRecord(f"{field} {brief(value)} is not a valid IPv4 address") from None
 
 
+MAX_PREFIXLEN6 = 124
+MIN_PREFIXLEN6 = 32
+#: IPv6 ranges an overlay subnet must not touch (the rest of the space is usable, including
+#: unique local addresses, fd00::/8, which is what private overlays normally use).
+_NOT_ENDPOINT_SPACE6 = (
+    (ipaddress.IPv6Network("::/8"), "unspecified, loopback and IPv4-mapped"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
+)
+#: IPv6's minimum link MTU (RFC 8200): a network with an IPv6 subnet never goes below it.
+MTU_MIN6 = 1280
+
+
+def check_ipv6(value: object, field: str) -> ipaddress.IPv6Address:
+    """Parse an IPv6 address string written in its canonical form (RFC 5952: lower case, the
+    longest run of zeros compressed), so that one address has one spelling in every key and
+    record; raise ``InvalidRecord`` naming ``field`` and the canonical spelling otherwise."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field} {brief(value)} must be an IPv6 address string")
+    try:
+        addr = ipaddress.IPv6Address(value)
+    except ValueError:
+        raise InvalidRecord(f"{field} {brief(value)} is not a valid IPv6 address") from None
+    if str(addr) != value:
+        raise InvalidRecord(f"{field} {brief(value)} must be written canonically, as {addr}")
+    return addr
+
+
+def parse_subnet6(value: object, field: str = "subnet6") -> ipaddress.IPv6Network:
+    """Parse an IPv6 CIDR: strict, canonical, prefix length /32../124, not link-local,
+    multicast or the ::/8 block. Pure; raises ``InvalidRecord``."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{field} {brief(value)} must be a CIDR string such as fd00:1::/64")
+    if "/" not in value:
+        raise InvalidRecord(f"{field} {brief(value)} needs a prefix length, such as fd00:1::/64")
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as exc:
+        why = brief(str(exc), 120)
+        raise InvalidRecord(f"{field} {brief(value)} is not a valid IPv6 CIDR: {why}") from None
+    if str(net) != value:
+        raise InvalidRecord(f"{field} {brief(value)} must be written canonically, as {net}")
+    if not MIN_PREFIXLEN6 <= net.prefixlen <= MAX_PREFIXLEN6:
+        raise InvalidRecord(
+            f"{field} {value}: the prefix length must be /{MIN_PREFIXLEN6}../{MAX_PREFIXLEN6}"
+        )
+    for special, why in _NOT_ENDPOINT_SPACE6:
+        if net.overlaps(special):
+            raise InvalidRecord(f"{field} {value} overlaps {special} ({why}): not for endpoints")
+    return net
+
+
 def parse_subnet(value: object, field: str = "subnet") -> ipaddress.IPv4Network:
     """Parse a CIDR: strict (no host bits), IPv4, prefix length at most /30."""
     if not isinstance(value, str):
@@ -139,45 +191,83 @@ EGRESS_MODES = ("masquerade",)
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """An overlay network: one L2 segment (one VNI) with one IPv4 subnet.
+    """An overlay network: one L2 segment (one VNI) with an IPv4 subnet, an IPv6 subnet
+    (``subnet6``), or both (dual-stack). At least one; one per family.
 
-    ``egress``: ``"masquerade"`` lets its endpoints reach addresses outside the overlay through
-    ``gateway`` (held by every host with a local endpoint, masqueraded out of that host's
-    uplink); ``None`` (the default) routes nothing."""
+    ``gateway`` / ``gateway6``: the address of each family endpoints route through (a usable
+    address of that family's subnet). ``egress``: ``"masquerade"`` lets its endpoints reach
+    addresses outside the overlay through the IPv4 ``gateway`` (held by every host with a local
+    endpoint, masqueraded out of that host's uplink); ``None`` (the default) routes nothing.
+    IPv6 egress is not offered. A network with ``subnet6`` has an MTU of at least 1280."""
 
     name: str
     vni: int
-    subnet: str
+    subnet: str | None
     gateway: str | None = None
     mtu: int | None = None
     egress: str | None = None
+    subnet6: str | None = None
+    gateway6: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.name, "network name")
         check_int(self.vni, "vni", VNI_MIN, VNI_MAX)
-        net = parse_subnet(self.subnet)
-        if self.gateway is not None:
-            gw = check_ipv4(self.gateway, "gateway")
-            if gw not in net or gw in (net.network_address, net.broadcast_address):
-                raise InvalidRecord(
-                    f"gateway {self.gateway} is not a usable address of subnet {self.subnet}"
-                )
+        if self.subnet is None and self.subnet6 is None:
+            raise InvalidRecord("a network needs a subnet: IPv4 (subnet), IPv6 (subnet6) or both")
+        if self.subnet is not None:
+            net = parse_subnet(self.subnet)
+            if self.gateway is not None:
+                gw = check_ipv4(self.gateway, "gateway")
+                if gw not in net or gw in (net.network_address, net.broadcast_address):
+                    raise InvalidRecord(
+                        f"gateway {self.gateway} is not a usable address of subnet {self.subnet}"
+                    )
+        elif self.gateway is not None:
+            raise InvalidRecord("gateway is an IPv4 address: the network has no IPv4 subnet")
+        if self.subnet6 is not None:
+            net6 = parse_subnet6(self.subnet6)
+            if self.gateway6 is not None:
+                gw6 = check_ipv6(self.gateway6, "gateway6")
+                if gw6 not in net6 or gw6 in (net6.network_address, net6.broadcast_address):
+                    raise InvalidRecord(
+                        f"gateway6 {self.gateway6} is not a usable address of subnet6 "
+                        f"{self.subnet6}"
+                    )
+        elif self.gateway6 is not None:
+            raise InvalidRecord("gateway6 needs subnet6: the network has no IPv6 subnet")
         if self.mtu is not None:
-            check_int(self.mtu, "mtu", MTU_MIN, MTU_MAX)
+            check_int(self.mtu, "mtu", MTU_MIN6 if self.subnet6 else MTU_MIN, MTU_MAX)
         if self.egress is not None:
             if self.egress not in EGRESS_MODES:
                 modes = ", ".join(EGRESS_MODES)
                 raise InvalidRecord(f"egress {brief(self.egress)} must be one of {modes} (or null)")
             if self.gateway is None:
-                raise InvalidRecord("egress needs a gateway: the address endpoints route through")
+                raise InvalidRecord(
+                    "egress needs a gateway (IPv4): the address endpoints route through"
+                )
 
     @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.subnet)
+    def network(self) -> ipaddress.IPv4Network | None:
+        """The IPv4 subnet (None: the network has none)."""
+        return ipaddress.IPv4Network(self.subnet) if self.subnet is not None else None
 
     @property
-    def prefixlen(self) -> int:
-        return self.network.prefixlen
+    def network6(self) -> ipaddress.IPv6Network | None:
+        """The IPv6 subnet (None: the network has none)."""
+        return ipaddress.IPv6Network(self.subnet6) if self.subnet6 is not None else None
+
+    @property
+    def subnets(self) -> str:
+        """The subnets for messages: ``10.1.0.0/24``, ``fd00:1::/64`` or both, comma-joined."""
+        return ",".join(s for s in (self.subnet, self.subnet6) if s is not None)
+
+    def prefixlen_of(self, ip: str) -> int:
+        """The prefix length of the subnet of ``ip``'s family. Pure."""
+        if ":" in ip:
+            assert self.subnet6 is not None, "an IPv6 address of a network without subnet6"
+            return int(self.subnet6.rsplit("/", 1)[1])
+        assert self.subnet is not None, "an IPv4 address of a network without subnet"
+        return int(self.subnet.rsplit("/", 1)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,22 +278,30 @@ class Endpoint:
     an absolute path (``/run/netns/...``, ``/var/run/netns/...``, ``/proc/PID/ns/net``); ``None``
     leaves the peer in the host namespace for someone else (Docker) to move. ``container``: the
     container id a CNI runtime gave (its DEL and GC find the endpoint by it); None otherwise.
+    ``ip`` / ``ip6``: its IPv4 / IPv6 address, one for each family its network has (a record
+    with an address its network has no subnet for is reported by the agents, not realised).
     """
 
     id: str
     network: str
     host: str
-    ip: str
+    ip: str | None
     mac: str
     netns: str | None = None
     ifname: str = "eth0"
     container: str | None = None
+    ip6: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.id, "endpoint id")
         check_label(self.network, "network")
         check_label(self.host, "host")
-        check_ipv4(self.ip, "ip")
+        if self.ip is None and self.ip6 is None:
+            raise InvalidRecord("an endpoint needs an address: ip (IPv4), ip6 (IPv6) or both")
+        if self.ip is not None:
+            check_ipv4(self.ip, "ip")
+        if self.ip6 is not None:
+            check_ipv6(self.ip6, "ip6")
         if not isinstance(self.mac, str) or not _MAC.match(self.mac):
             raise InvalidRecord(f"mac {brief(self.mac)} must look like 02:00:0a:01:00:02 (lower)")
         if int(self.mac[:2], 16) & 1:
@@ -219,6 +317,16 @@ class Endpoint:
             )
         if not isinstance(self.ifname, str) or not _IFNAME.match(self.ifname):
             raise InvalidRecord(f"ifname {brief(self.ifname)} is not an interface name (<= 15)")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Its addresses, IPv4 first: one or two."""
+        return tuple(a for a in (self.ip, self.ip6) if a is not None)
+
+    @property
+    def address(self) -> str:
+        """Its IPv4 address if it has one, else its IPv6 address: the one to name it by."""
+        return self.ip if self.ip is not None else str(self.ip6)
 
 
 @dataclass(frozen=True, slots=True)

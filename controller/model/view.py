@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.model.egress import egress_gateways
-from controller.model.records import Endpoint, Host, Network
+from controller.model.records import MTU_MIN6, Endpoint, Host, Network
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
@@ -38,11 +38,17 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class RemoteEndpoint:
-    """An endpoint of the network on another host: where to send frames for ``mac``."""
+    """An endpoint of the network on another host: where to send frames for ``mac``; its
+    addresses (``ip`` IPv4, ``ip6`` IPv6: those of its network's families)."""
 
-    ip: str
+    ip: str | None
     mac: str
     vtep: str
+    ip6: str | None = None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.ip, self.ip6) if a is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,21 @@ class HostView:
 
 @functools.lru_cache(maxsize=1 << 17)
 def _ip_int(ip: str) -> int:
-    return int(ipaddress.IPv4Address(ip))
+    return int(ipaddress.ip_address(ip))
+
+
+def _outside(net: Network, ep: Endpoint) -> str | None:
+    """Why ``ep``'s addresses do not fit ``net``'s families and subnets, or None. Pure."""
+    for addr, subnet, family in ((ep.ip, net.network, "IPv4"), (ep.ip6, net.network6, "IPv6")):
+        if subnet is None and addr is not None:
+            return f"{addr} is an {family} address and the network has no {family} subnet"
+        if subnet is not None and addr is None:
+            return f"no {family} address, and the network has subnet {subnet}"
+        if subnet is not None and addr is not None:
+            mask = int(subnet.netmask)
+            if _ip_int(addr) & mask != int(subnet.network_address):
+                return f"{addr} is outside {subnet}"
+    return None
 
 
 @functools.lru_cache(maxsize=1 << 12)
@@ -127,7 +147,9 @@ def host_view(
     unknown network, an endpoint on a host with no host record (its VTEP is unknown), an endpoint
     on a host whose VTEP is link-local unless ``link_local_vteps`` (the agent's setting; every
     other unusable VTEP is refused when the host record is decoded), an endpoint whose address is
-    outside its network's subnet.
+    outside its network's subnet, or that lacks an address of one of its network's families (or
+    has one of a family the network has none of); a network with an IPv6 subnet on an ovs host
+    (that backend does not carry IPv6 yet), or whose automatic MTU is below IPv6's 1280.
 
     Only networks with an endpoint on this host are looked at: a change in any other network
     is no concern of this host (its problems are reported by the hosts it concerns). Addresses
@@ -215,7 +237,9 @@ def _network_view(
     and its problems, in endpoint id order. Pure."""
     problems: list[str] = []
     usable: list[Endpoint] = []
-    subnet: tuple[int, int] | None = None
+    if net is not None and net.subnet6 is not None and host.backend == "ovs":
+        why = f"network {net_name}: IPv6 (subnet6) is not carried by the ovs backend yet"
+        return None, (why,)
     for ep_id, ep in eps:
         if net is None:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown network {net_name!r}")
@@ -229,11 +253,9 @@ def _network_view(
                 "(refused unless the agent allows link-local VTEPs)"
             )
             continue
-        if subnet is None:
-            subnet = (int(net.network.network_address), int(net.network.netmask))
-        base, mask = subnet
-        if _ip_int(ep.ip) & mask != base:
-            problems.append(f"endpoint {net_name}/{ep_id}: {ep.ip} is outside {net.subnet}")
+        outside = _outside(net, ep)
+        if outside is not None:
+            problems.append(f"endpoint {net_name}/{ep_id}: {outside}")
             continue
         usable.append(ep)
     local = tuple(e for e in usable if e.host == host.name)
@@ -247,8 +269,14 @@ def _network_view(
             (host if h == host.name else snap.hosts[h]).underlay_mtu for h in member_hosts
         )
         mtu = underlay - VXLAN_OVERHEAD
+        if net.subnet6 is not None and mtu < MTU_MIN6:
+            why = (
+                f"network {net_name}: its overlay MTU would be {mtu} (the smallest underlay "
+                f"MTU of its hosts, {underlay}, less {VXLAN_OVERHEAD}), below IPv6's {MTU_MIN6}"
+            )
+            return None, (*problems, why)
     remote = tuple(
-        RemoteEndpoint(e.ip, e.mac, snap.hosts[e.host].vtep)
+        RemoteEndpoint(e.ip, e.mac, snap.hosts[e.host].vtep, e.ip6)
         for e in remote_eps
         if snap.hosts[e.host].vtep != host.vtep
     )

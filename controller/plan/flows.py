@@ -124,6 +124,8 @@ def _render_network(
         match: dict[str, str | int] = {"in_port": tunnel, "tun_id": vni, "tun_src": vtep}
         t.add(T_CLASSIFY, P_MATCH, match, [set_vni, f"goto_table:{T_TUNNEL}"])
     for ep, port in local:
+        if ep.ip is None:  # the view gives an ovs host IPv4 networks only
+            continue
         ip_match: Match = {"ip": "", "in_port": port, "dl_src": ep.mac, "nw_src": ep.ip}
         t.add(T_CLASSIFY, P_MATCH, ip_match, [set_vni, f"goto_table:{T_L2}"])
         arp_match: Match = {
@@ -132,8 +134,8 @@ def _render_network(
         t.add(T_CLASSIFY, P_MATCH, arp_match, [set_vni, f"goto_table:{T_ARP}"])
 
     owners: Iterable[tuple[str, str]] = [
-        *((ep.ip, ep.mac) for ep in nv.local),
-        *((r.ip, r.mac) for r in nv.remote),
+        *((ep.ip, ep.mac) for ep in nv.local if ep.ip is not None),
+        *((r.ip, r.mac) for r in nv.remote if r.ip is not None),
     ]
     for ip, mac in owners:
         match = {"arp": "", REG_VNI: vni, "arp_op": 1, "arp_tpa": ip}

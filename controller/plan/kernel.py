@@ -47,7 +47,6 @@ from controller.plan.kernel_ops import (
     VXLAN_PORT,
     ZERO_MAC,
     AddFlood,
-    ConfigureEndpoint,
     DelFdb,
     DelLink,
     DelNeigh,
@@ -62,7 +61,7 @@ from controller.plan.kernel_ops import (
     PutPortFdb,
     SyncFilters,
 )
-from controller.plan.links import is_owned, side_ok, stale_link_dels
+from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 
 __all__ = [
     "desired_filters",
@@ -115,14 +114,15 @@ def gateways_of(view: HostView) -> tuple[Gateway, ...]:
 
 def desired_filters(view: HostView, gateways: tuple[Gateway, ...] | None = None) -> FilterSpec:
     """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; per
-    local endpoint, its host-side veth guarded to the endpoint's MAC and address; the egress
+    local endpoint, its host-side veth guarded to the endpoint's MAC and addresses; the egress
     gateways (``gateways_of(view)`` unless the caller has them). Pure."""
     return make_spec(
         {nv.network.vni: nv.flood for nv in view.networks},
         {
-            PortGuard(veth_host_name(ep.network, ep.id), ep.mac, ep.ip)
+            PortGuard(veth_host_name(ep.network, ep.id), ep.mac, ip)
             for nv in view.networks
             for ep in nv.local
+            for ip in ep.addresses
         },
         gateways_of(view) if gateways is None else gateways,
     )
@@ -279,19 +279,9 @@ def _plan_endpoint(
         ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac, ep.netns, ep.ifname))
     if ep.netns is not None:
         side = actual.endpoints.get((ep.netns, ep.ifname))
-        if fresh or not side_ok(side, ep, nv, mtu):
-            ops.append(
-                ConfigureEndpoint(
-                    netns=ep.netns,
-                    peer_name=pv,
-                    ifname=ep.ifname,
-                    mac=ep.mac,
-                    ip=ep.ip,
-                    prefixlen=nv.network.prefixlen,
-                    mtu=mtu,
-                    gateway=nv.network.gateway,
-                )
-            )
+        want = configure_endpoint(ep, nv, pv, mtu)
+        if fresh or not side_ok(side, want):
+            ops.append(want)
     return ops
 
 
@@ -335,12 +325,14 @@ def _desired_unicast(nv: NetworkView) -> dict[str, str]:
 
 
 def _desired_neigh(nv: NetworkView) -> dict[str, str]:
-    """IP -> MAC; an address claimed twice is realised once (smallest MAC)."""
+    """IP -> MAC, for every address (IPv4 and IPv6) of every remote endpoint; an address claimed
+    twice is realised once (smallest MAC)."""
     out: dict[str, str] = {}
     for r in nv.remote:
-        cur = out.get(r.ip)
-        if cur is None or r.mac < cur:
-            out[r.ip] = r.mac
+        for ip in r.addresses:
+            cur = out.get(ip)
+            if cur is None or r.mac < cur:
+                out[ip] = r.mac
     return out
 
 

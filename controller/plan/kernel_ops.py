@@ -133,8 +133,10 @@ class EnsureVeth:
 @dataclass(frozen=True, slots=True)
 class ConfigureEndpoint:
     """The endpoint side inside netns ``netns``: interface ``ifname`` (moved in from the host
-    namespace as ``peer_name`` and renamed when needed), MAC, MTU, up, ``ip/prefixlen``, and a
-    default route via ``gateway`` when it is set.
+    namespace as ``peer_name`` and renamed when needed), MAC, MTU, up, ``addresses``
+    (``ip/prefixlen``, IPv4 and/or IPv6; an IPv6 one without duplicate address detection, so it
+    is usable at once: the etcd transaction that allocated it already made it unique), and a
+    default route via each of ``gateways`` (one per family at most).
 
     Adds, never removes, addresses and routes inside the endpoint namespace: that namespace is
     the workload's, not ours. Drivers fail (for this endpoint only) when ``netns`` does not exist
@@ -145,10 +147,9 @@ class ConfigureEndpoint:
     peer_name: str
     ifname: str
     mac: str
-    ip: str
-    prefixlen: int
+    addresses: tuple[str, ...]
     mtu: int
-    gateway: str | None = None
+    gateways: tuple[str, ...] = ()
 
     @property
     def needs(self) -> frozenset[str]:
@@ -159,10 +160,10 @@ class ConfigureEndpoint:
         return frozenset()
 
     def __str__(self) -> str:
-        via = f" default via {self.gateway}" if self.gateway else ""
+        via = "".join(f" default via {g}" for g in self.gateways)
         return (
             f"configure endpoint {self.netns}/{self.ifname} (from {self.peer_name}) "
-            f"address {self.mac} {self.ip}/{self.prefixlen} mtu {self.mtu} up{via}"
+            f"address {self.mac} {' '.join(self.addresses)} mtu {self.mtu} up{via}"
         )
 
 

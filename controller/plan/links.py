@@ -1,6 +1,6 @@
 """What both planners (``plan/kernel.py``, ``plan/ovs.py``) say alike about heddle's links:
-which links are heddle's, when an endpoint's side in its namespace is as desired, and which
-owned links nobody wants any more. Pure.
+which links are heddle's, how an endpoint's side in its namespace is configured and when it
+is as desired, and which owned links nobody wants any more. Pure.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from controller.model.kernel_state import EndpointSide, KernelState, LinkState
 from controller.model.naming import PREFIX
 from controller.model.records import Endpoint
 from controller.model.view import NetworkView
-from controller.plan.kernel_ops import DelLink, KernelOp
+from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, KernelOp
 
 _VETH_HOST = PREFIX + "v"
 _VETH_PEER = PREFIX + "p"
@@ -21,20 +21,36 @@ def is_owned(link: LinkState) -> bool:
     return link.owned and link.name.startswith(PREFIX)
 
 
-def side_ok(side: EndpointSide | None, ep: Endpoint, nv: NetworkView, mtu: int) -> bool:
-    """Whether ``ep``'s side in its namespace is present, heddle's, up and configured as
-    desired (MAC, MTU, address, gateway)."""
-    gateway = nv.network.gateway
+def configure_endpoint(ep: Endpoint, nv: NetworkView, peer: str, mtu: int) -> ConfigureEndpoint:
+    """The ``ConfigureEndpoint`` that gives ``ep``'s side (``peer`` while in the host
+    namespace) its MAC, MTU, one address per family of its network and a default route via each
+    gateway the network has. Pure; ``ep.netns`` must be set."""
+    assert ep.netns is not None
+    net = nv.network
+    return ConfigureEndpoint(
+        netns=ep.netns,
+        peer_name=peer,
+        ifname=ep.ifname,
+        mac=ep.mac,
+        addresses=tuple(f"{a}/{net.prefixlen_of(a)}" for a in ep.addresses),
+        mtu=mtu,
+        gateways=tuple(g for g in (net.gateway, net.gateway6) if g is not None),
+    )
+
+
+def side_ok(side: EndpointSide | None, want: ConfigureEndpoint) -> bool:
+    """Whether an endpoint's side in its namespace is present, heddle's, up and configured as
+    ``want`` says (MAC, MTU, addresses, gateways)."""
     return (
         side is not None
         and side.netns_exists
         and side.present
         and side.owned
-        and side.mac == ep.mac
-        and side.mtu == mtu
+        and side.mac == want.mac
+        and side.mtu == want.mtu
         and side.up
-        and f"{ep.ip}/{nv.network.prefixlen}" in side.addresses
-        and (gateway is None or side.gateway == gateway)
+        and side.addresses.issuperset(want.addresses)
+        and all(g in (side.gateway, side.gateway6) for g in want.gateways)
     )
 
 

@@ -32,8 +32,8 @@ from controller.model.ovs_state import OvsState, UnderlayState
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
 from controller.plan.flows import render_flows, render_phy_flows
-from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, KernelOp
-from controller.plan.links import is_owned, side_ok, stale_link_dels
+from controller.plan.kernel_ops import DelLink, KernelOp
+from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
     BeginFlowRestore,
@@ -227,19 +227,9 @@ def _plan_endpoint(
         ops.append(port)
     if ep.netns is not None:
         side = actual.kernel.endpoints.get((ep.netns, ep.ifname))
-        if fresh or not side_ok(side, ep, nv, mtu):
-            ops.append(
-                ConfigureEndpoint(
-                    netns=ep.netns,
-                    peer_name=pv,
-                    ifname=ep.ifname,
-                    mac=ep.mac,
-                    ip=ep.ip,
-                    prefixlen=nv.network.prefixlen,
-                    mtu=mtu,
-                    gateway=nv.network.gateway,
-                )
-            )
+        want = configure_endpoint(ep, nv, pv, mtu)
+        if fresh or not side_ok(side, want):
+            ops.append(want)
         if layout.netdev and actual.tx_checksum.get((ep.netns, ep.ifname)) is True:
             ops.append(DisableTxChecksum(ep.netns, ep.ifname, pv))
     return ops

@@ -33,7 +33,7 @@ from controller import allocation, ipam
 from controller.desired import DesiredState
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
-from controller.model.records import check_label, parse_subnet
+from controller.model.records import Network, check_label, parse_subnet
 from controller.plugin import api, lookup
 from controller.plugin.keys import GATEWAY_OWNER, reservation_owner
 from controller.plugin.lookup import Stored
@@ -120,6 +120,8 @@ class IpamDriver:
         if req.sub_pool and req.sub_pool != req.pool:
             raise InvalidRecord("--ip-range is not supported: addresses come from the whole subnet")
         stored = lookup.network(self._kv, name)
+        if stored is not None:
+            _ipv4_only(stored.network)
         if req.pool:
             subnet = str(parse_subnet(req.pool, "--subnet"))
             if stored is not None and stored.network.subnet != subnet:
@@ -133,11 +135,11 @@ class IpamDriver:
                 f"first with `heddle network create {name} --subnet CIDR`"
             )
         else:
-            subnet = stored.network.subnet
+            subnet = _ipv4_only(stored.network)
         data: dict[str, str] = {}
         gateway = self._gateway_of(stored) if stored is not None else None
         if gateway is not None and stored is not None:
-            data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen}"
+            data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen_of(gateway)}"
         return api.RequestPoolResponse(str(PoolId(name, subnet)), subnet, data)
 
     def release_pool(self, req: api.PoolRequest) -> api.Ok:
@@ -159,7 +161,7 @@ class IpamDriver:
             return self._gateway(pool, want)
         stored = self._pool_network(pool)
         ip = self._reserve(stored, want, self._owner)
-        return api.RequestAddressResponse(f"{ip}/{stored.network.prefixlen}")
+        return api.RequestAddressResponse(f"{ip}/{stored.network.prefixlen_of(ip)}")
 
     def release_address(self, req: api.ReleaseAddressRequest) -> api.Ok:
         """Free this host's reservation of ``req.address``. Idempotent: an address that is not
@@ -197,6 +199,7 @@ class IpamDriver:
                 f"heddle network {pool.network} does not exist any more (removed with `heddle "
                 "network rm`?): remove the Docker network and create it again"
             )
+        _ipv4_only(stored.network)
         if stored.network.subnet != pool.subnet:
             raise Conflict(
                 f"heddle network {pool.network} was re-created with subnet "
@@ -259,7 +262,7 @@ class IpamDriver:
 
     def _try_reserve(self, stored: Stored, ip: str, owner: str) -> bool:
         claim = allocation.Claim(owner)
-        return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, ip, claim)
+        return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, (ip,), claim)
 
     def _reserve(self, stored: Stored, want: str | None, owner: str) -> str:
         """Reserve ``want`` (or a free address, ``controller/allocation.py``) for
@@ -277,16 +280,28 @@ class IpamDriver:
             raise Conflict(
                 f"address {want} in network {net.name} is already in use by {brief(who)}"
             )
-        return allocation.allocate(
+        [ip] = allocation.allocate(
             self._kv,
             net,
             stored.kv.mod_revision,
             allocation.Claim(owner),
-            lambda ip: self._check_unchanged(stored),
+            lambda ips: self._check_unchanged(stored),
             self._pools,
         )
+        return ip
 
     def _check_unchanged(self, stored: Stored) -> None:
         current = self._kv.get(keys.network(stored.network.name))
         if current is None or current.mod_revision != stored.kv.mod_revision:
             raise Conflict(f"network {stored.network.name!r} was removed or replaced meanwhile")
+
+
+def _ipv4_only(net: Network) -> str:
+    """``net``'s IPv4 subnet; raises ``InvalidRecord`` (retrying cannot help) for a network
+    with an IPv6 subnet: the Docker plugin serves IPv4 networks only (``--ipv6`` is refused)."""
+    if net.subnet is None or net.subnet6 is not None:
+        raise InvalidRecord(
+            f"heddle network {net.name} has an IPv6 subnet ({net.subnets}): the Docker plugin "
+            "serves IPv4-only heddle networks in this release"
+        )
+    return net.subnet

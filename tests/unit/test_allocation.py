@@ -26,13 +26,13 @@ def _net(kv: MemoryKV, subnet: str = "10.9.0.0/29") -> tuple[Network, int]:
 def test_lowest_free_first_with_the_claims_own_puts() -> None:
     kv = MemoryKV()
     net, rev = _net(kv)
-    claim = allocation.Claim("x", puts=lambda ip: (Put(f"/t/{ip}", b"1"),))
+    claim = allocation.Claim("x", puts=lambda ips: (Put(f"/t/{ips[0]}", b"1"),))
 
-    def never(ip: str) -> None:
-        pytest.fail(f"no race expected ({ip})")
+    def never(ips: allocation.Addresses) -> None:
+        pytest.fail(f"no race expected ({ips})")
 
-    assert allocation.allocate(kv, net, rev, claim, never) == "10.9.0.1"
-    assert allocation.allocate(kv, net, rev, claim, never) == "10.9.0.2"
+    assert allocation.allocate(kv, net, rev, claim, never) == ("10.9.0.1",)
+    assert allocation.allocate(kv, net, rev, claim, never) == ("10.9.0.2",)
     got = kv.get(keys.ipam("n", "10.9.0.1"))
     assert got is not None and codec.decode_owner(got.value) == "x"
     assert kv.get("/t/10.9.0.2") is not None  # written in the claiming transaction
@@ -45,7 +45,7 @@ def test_a_taken_address_is_skipped_and_a_full_pool_is_exhausted() -> None:
     got = [
         allocation.allocate(kv, net, rev, allocation.Claim("x"), lambda ip: None) for _ in range(5)
     ]
-    assert sorted(got) == [f"10.9.0.{i}" for i in range(2, 7)]
+    assert sorted(got) == [(f"10.9.0.{i}",) for i in range(2, 7)]
     with pytest.raises(Exhausted, match="no free address"):
         allocation.allocate(kv, net, rev, allocation.Claim("x"), lambda ip: None)
 
@@ -53,10 +53,10 @@ def test_a_taken_address_is_skipped_and_a_full_pool_is_exhausted() -> None:
 def test_on_lost_stops_a_claim_that_can_never_succeed() -> None:
     kv = MemoryKV()
     net, rev = _net(kv)
-    calls: list[str] = []
+    calls: list[allocation.Addresses] = []
 
-    def on_lost(ip: str) -> None:
-        calls.append(ip)
+    def on_lost(ips: allocation.Addresses) -> None:
+        calls.append(ips)
         raise Conflict("the network changed")
 
     with pytest.raises(Conflict):
@@ -82,7 +82,7 @@ def test_a_kept_pool_costs_one_transaction_per_allocation() -> None:
     got = [
         allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools) for _ in range(20)
     ]
-    assert got == [f"10.9.0.{i}" for i in range(1, 21)]
+    assert got == [(f"10.9.0.{i}",) for i in range(1, 21)]
     assert kv.lists == 1  # listed once, then kept by its own claims
 
 
@@ -93,7 +93,8 @@ def test_addresses_freed_elsewhere_are_found_before_the_pool_counts_as_full() ->
     for _ in range(6):
         allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools)
     kv.commit(Txn(success=(Delete(keys.ipam("n", "10.9.0.4")),)))  # another writer frees .4
-    assert allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools) == "10.9.0.4"
+    got = allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools)
+    assert got == ("10.9.0.4",)
     with pytest.raises(Exhausted):
         allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools)
 
@@ -104,9 +105,9 @@ def test_a_stale_pool_loses_a_race_and_moves_on() -> None:
     pools = allocation.Pools()
     allocation.allocate(kv, net, rev, allocation.Claim("x"), _no_race, pools)  # .1, pool kept
     kv.commit(Txn(success=(Put(keys.ipam("n", "10.9.0.2"), b'"other"'),)))  # unknown to it
-    lost: list[str] = []
+    lost: list[allocation.Addresses] = []
     got = allocation.allocate(kv, net, rev, allocation.Claim("x"), lost.append, pools)
-    assert lost == [] and got != "10.9.0.2"  # one lost race: no check yet
+    assert lost == [] and got != ("10.9.0.2",)  # one lost race: no check yet
 
 
 def test_a_release_through_the_same_allocator_is_reused_first() -> None:
@@ -122,5 +123,5 @@ def test_a_release_through_the_same_allocator_is_reused_first() -> None:
     assert ds.create_endpoint("n", "h1").ip == "10.9.0.1"
 
 
-def _no_race(ip: str) -> None:
-    pytest.fail(f"no race expected ({ip})")
+def _no_race(ips: allocation.Addresses) -> None:
+    pytest.fail(f"no race expected ({ips})")

@@ -117,7 +117,7 @@ def test_any_invocation_parses_or_is_a_cni_error(environment: dict[str, str], st
 
 def test_add_result_extends_a_previous_result_and_older_versions_say_ip_version() -> None:
     prev = {"interfaces": [{"name": "x"}], "ips": [{"address": "10.9.0.2/24", "interface": 0}]}
-    res = spec.add_result("eth0", "02:00:0a:00:00:02", NETNS, "10.0.0.2/24", None, None, prev)
+    res = spec.add_result("eth0", "02:00:0a:00:00:02", NETNS, [("10.0.0.2/24", None)], None, prev)
     assert [i["name"] for i in res["interfaces"]] == ["x", "eth0"]
     assert res["ips"][1] == {"address": "10.0.0.2/24", "interface": 1}
     assert res["routes"] == [] and "dns" not in res
