@@ -8,7 +8,7 @@ import ipaddress
 import socket
 import struct
 
-from controller.dataplane.netns_socket import socket_in
+from controller.dataplane.netns_socket import in_netns, socket_in
 
 VXLAN_PORT = 4789
 ETH_IPV4, ETH_ARP = 0x0800, 0x0806
@@ -49,5 +49,30 @@ def send_vxlan(netns: str, src_ip: str, vtep: str, vni: int, inner: bytes, count
         sock.bind((src_ip, 0))
         for _ in range(count):
             sock.sendto(vxlan(vni, inner), (vtep, VXLAN_PORT))
+    finally:
+        sock.close()
+
+
+ND_ADVERT = 136
+_ND_OVERRIDE = 0x20000000
+_ND_TARGET_LLADDR = 2
+_IPV6_MULTICAST_HOPS = 18
+_ALL_NODES = "ff02::1"
+
+
+def send_advert(netns: str, target: str, mac: str, ifname: str = "eth0", count: int = 3) -> None:
+    """Send ``count`` unsolicited neighbour advertisements (override set) from ``netns`` out of
+    ``ifname`` to all nodes: "``target`` is at ``mac``" -- what a host that wants another's
+    traffic would announce. Hop limit 255, as receivers require; the kernel picks the source
+    address and fills in the checksum."""
+    body = struct.pack("!BBHI16s", ND_ADVERT, 0, 0, _ND_OVERRIDE,
+                       ipaddress.IPv6Address(target).packed)  # fmt: skip
+    body += struct.pack("!BB6s", _ND_TARGET_LLADDR, 1, _mac(mac))
+    sock = socket_in(netns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_HOPS, 255)
+        scope = in_netns(netns, lambda: socket.if_nametoindex(ifname))
+        for _ in range(count):
+            sock.sendto(body, (_ALL_NODES, 0, 0, scope))
     finally:
         sock.close()

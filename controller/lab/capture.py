@@ -104,6 +104,22 @@ def ipv4_from(frames: Iterable[bytes], src: str) -> int:
     return sum(1 for f in frames if f[12:14] == b"\x08\x00" and f[26:30] == raw)
 
 
+def ipv6_from(frames: Iterable[bytes], src: str) -> int:
+    """How many frames are IPv6 packets with source address ``src``."""
+    raw = ipaddress.IPv6Address(src).packed
+    return sum(1 for f in frames if f[12:14] == b"\x86\xdd" and f[22:38] == raw)
+
+
+def adverts_for(frames: Iterable[bytes], target: str) -> int:
+    """How many frames are neighbour advertisements (ICMPv6 136, no extension header) for
+    ``target``."""
+    raw = ipaddress.IPv6Address(target).packed
+    return sum(
+        1 for f in frames
+        if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 136 and f[62:78] == raw
+    )  # fmt: skip
+
+
 def from_mac(frames: Iterable[bytes], mac: str) -> int:
     """How many frames have Ethernet source ``mac`` (``aa:bb:..``), whatever they carry."""
     raw = bytes.fromhex(mac.replace(":", ""))

@@ -59,10 +59,13 @@ class Scenario:
         self.desired.create_network(name, subnet, vni=vni, egress=egress, subnet6=subnet6)
         self.networks.append(name)
 
-    def endpoint(self, network: str, host: str, name: str, ip: str | None = None) -> Placed:
-        """Create namespace ``<prefix>-<name>`` and the endpoint ``name`` of ``network`` in it."""
+    def endpoint(
+        self, network: str, host: str, name: str, ip: str | None = None, ip6: str | None = None
+    ) -> Placed:
+        """Create namespace ``<prefix>-<name>`` and the endpoint ``name`` of ``network`` in it
+        (``ip``/``ip6``: the addresses to take, else the lowest free)."""
         ns = self.lab.add_netns(name)
-        ep = self.desired.create_endpoint(network, host, netns=ns, ip=ip, endpoint_id=name)
+        ep = self.desired.create_endpoint(network, host, netns=ns, ip=ip, endpoint_id=name, ip6=ip6)
         p = Placed(network, ep.id, host, ns, ep.address, ep.mac, ep.ip6)
         self.placed.append(p)
         return p

@@ -294,7 +294,7 @@ def bridge_rules(guards: Sequence[PortGuard] = ()) -> list[list[Json]]:
                        "right": guards4}},
             {"accept": None},
         ],
-        [own6, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": 58}},
+        [own6, {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}},
          {"accept": None}],
         [own6, {"match": {"op": "!=", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
                           "right": {"set": _ICMPV6_REFUSED}}},

@@ -687,3 +687,60 @@ def test_a_change_made_by_someone_else_is_announced_and_repaired_at_once(lab: La
     finally:
         dp.close()
         fresh.close()
+
+
+def _six(ep: Endpoint, only: bool) -> Endpoint:
+    """``ep`` with an IPv6 address beside (or, ``only``, instead of) its IPv4 one."""
+    ip6 = f"fd00:77::{ep.ip.rsplit('.', 1)[1]}" if ep.ip else None
+    return replace(ep, ip=None if only else ep.ip, ip6=ip6)
+
+
+@pytest.mark.parametrize("only", [False, True], ids=["dual-stack", "ipv6-only"])
+def test_ipv6_endpoints_get_addresses_routes_neighbours_and_guards(
+    lab: Lab, fast: bool, only: bool
+) -> None:
+    """An IPv6 network's endpoints get their address (no DAD: usable at once) and default
+    route, the VXLAN device a permanent IPv6 neighbour entry per remote address (its proxy
+    answers neighbour solicitations from them), the bridge table an IPv6 guard per local
+    address; the fake ends in the same state, a second plan is empty, and the endpoints ping
+    each other over IPv6 even with IPv6 off in their namespaces' defaults."""
+    net = Network("blue", VNI, None if only else "10.77.0.0/24", None if only else "10.77.0.1",
+                  mtu=1400, subnet6="fd00:77::/64", gateway6="fd00:77::1")  # fmt: skip
+    base = snapshot(lab)
+    snap = replace(
+        base,
+        networks={"blue": net},
+        endpoints={k: _six(e, only) for k, e in base.endpoints.items()},
+    )
+    for ns in (lab.ep_a, lab.ep_b):  # as the lab's containers and some runtimes have it
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True)  # fmt: skip
+    view = view_of(snap)
+    fake = FakeKernel(H1.vtep, netns=(lab.ep_a, lab.ep_b))
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
+        real_state = converge(dp, view)
+        assert _normalise(real_state) == _normalise(converge(fake, view))
+        assert real_state.neigh[vxlan_name(VNI)] >= {
+            NeighEntry("fd00:77::20", "02:42:0a:4d:00:14"),
+            NeighEntry("fd00:77::30", "02:42:0a:4d:00:1e"),
+        }
+        assert real_state.filters is not None
+        guarded6 = {g.ip for g in real_state.filters.guards if g.six}
+        assert guarded6 == {"fd00:77::10", "fd00:77::11", "fd00:77::12"}  # d: Docker-style
+        side = real_state.endpoints[lab.ep_a, "eth0"]
+        assert "fd00:77::10/64" in side.addresses and side.gateway6 == "fd00:77::1"
+        assert (side.gateway is None) == only
+    with IPRoute(netns=lab.ep_a, flags=0) as ipa:
+        six = [a for a in ipa.addr("dump", family=socket.AF_INET6) if a["scope"] == 0]
+        assert [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in six] == [("fd00:77::10", 64)]
+        assert six[0]["flags"] & 0x02  # IFA_F_NODAD
+    result = subprocess.run(
+        [BUSYBOX, "ping", "-6", "-c", "2", "-W", "2", "fd00:77::11"],
+        preexec_fn=lambda: netns.setns(lab.ep_a, flags=0), capture_output=True, timeout=20,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with KernelDataPlane(H1.vtep, netns=lab.host, fast_netlink=fast) as dp:
+        empty = view_of(replace(snap, endpoints={}))
+        state = converge(dp, empty)
+        assert not [n for n, lk in state.links.items() if lk.owned]

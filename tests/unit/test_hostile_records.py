@@ -54,7 +54,8 @@ json_values = st.recursive(
 )
 FIELDS = ["name", "vni", "subnet", "gateway", "mtu", "id", "network", "host", "ip", "mac", "netns",
           "ifname", "vtep", "underlay_mtu", "backend", "version", "since", "pid", "revision",
-          "last_pass", "ok", "changes", "errors", "skipped", "skipped_count", "stuck"]  # fmt: skip
+          "last_pass", "ok", "changes", "errors", "skipped", "skipped_count", "stuck", "subnet6",
+          "gateway6", "ip6"]  # fmt: skip
 record_like = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=10)
 
 
