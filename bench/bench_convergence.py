@@ -22,10 +22,15 @@ start, observed, veth created, address/route/link up, apply done) and the peer's
 (event, pass start, FDB and neighbour entries in place, apply done), then the first reply.
 Agent log lines carry wall-clock milliseconds, so stages are good to about 1 ms.
 
+``--family 4,6`` (kernel backend) measures IPv4 and IPv6-only endpoints in the same lab, in
+pairs: each round writes one endpoint of an IPv4 network, then one of an IPv6-only network
+(same hosts, the peer of each network on h1, IPv6 probed with ICMPv6 echo and a 10 ms
+neighbour retransmit time), and prints the ratio IPv6 / IPv4 at p50 and p99.
+
 Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs|kernel,ovs]
-[--endpoints 60]. Prints two tables per backend (with ``kernel,ovs``: one lab after the other
-in the same run, then the ratio ovs / kernel at p50 and p99) and writes
-bench/results/convergence[-<backends>]-<time>.json.
+[--endpoints 60] [--family 4|6|4,6]. Prints two tables per backend and family (with
+``kernel,ovs``: one lab after the other in the same run, then the ratio ovs / kernel at p50 and
+p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ LABS = {  # backend -> lab prefix, management and underlay subnets (distinct: bo
     "kernel": ("hbc", "172.31.246.0/24", "172.31.245.0/24"),
     "ovs": ("hbo", "172.31.248.0/24", "172.31.247.0/24"),
 }
-FAST_ARP = {"net/ipv4/neigh/eth0/retrans_time_ms": 10}
+FAST_ARP = {"net/ipv4/neigh/eth0/retrans_time_ms": 10, "net/ipv6/neigh/eth0/retrans_time_ms": 10}
+#: family -> (network, VNI, subnet argument, subnet6 argument, address of host number k)
+NETWORKS = {
+    "4": ("conv", 6001, "10.40.0.0/24", None, "10.40.0.{}"),
+    "6": ("conv6", 6002, None, "fd00:40::/64", "fd00:40::{:x}"),
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,68 +144,110 @@ def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
     out.append(ping(netns, ip, count=None, interval=0.001, until_first_reply=True, timeout=20.0))
 
 
-def measure(lab: Lab, n: int) -> tuple[list[dict[str, object]], list[str]]:
+def measure(
+    lab: Lab, n: int, families: list[str]
+) -> tuple[list[dict[str, object]], list[str]]:
     kv = EtcdKV([lab.etcd_url])
     sc = Scenario(lab, DesiredState(kv))
     samples: list[dict[str, object]] = []
     failures: list[str] = []
     try:
-        sc.network("conv", "10.40.0.0/24", vni=6001)
-        peer_ns = lab.add_netns("peer")
-        sc.desired.create_endpoint("conv", "h1", netns=peer_ns, ip="10.40.0.2")
+        peers: dict[str, str] = {}
+        for fam in families:
+            net, vni, subnet, subnet6, addr = NETWORKS[fam]
+            sc.network(net, subnet, vni=vni, subnet6=subnet6)
+            peers[fam] = lab.add_netns(f"peer{fam}")
+            ip4, ip6 = (addr.format(2), None) if fam == "4" else (None, addr.format(2))
+            sc.desired.create_endpoint(net, "h1", netns=peers[fam], ip=ip4, ip6=ip6)
         sc.converge()
-        write_sysctls(peer_ns, FAST_ARP)  # eth0 exists now (non-init netns have no default/)
-        # The network exists on h2 and h3 before measuring: every sample is the steady-state
+        for peer_ns in peers.values():  # eth0 exists now (non-init netns have no default/)
+            write_sysctls(peer_ns, FAST_ARP)
+        # Each network exists on h2 and h3 before measuring: every sample is the steady-state
         # case "endpoint joins a network its host already has".
-        warm = [sc.endpoint("conv", h, f"warm{h}", ip=f"10.40.0.{3 + k}") for k, h in
-                enumerate(("h2", "h3"))]  # fmt: skip
-        sc.converge()
-        if any(wait_ping(peer_ns, w.ip, timeout=20) is None for w in warm):
-            raise RuntimeError("the lab does not converge at all; see the agent logs")
+        for fam in families:
+            net, _, _, _, addr = NETWORKS[fam]
+            warm = []
+            for k, h in enumerate(("h2", "h3")):
+                a = addr.format(3 + k)
+                ip4, ip6 = (a, None) if fam == "4" else (None, a)
+                warm.append(sc.endpoint(net, h, f"warm{fam}{h}", ip=ip4, ip6=ip6))
+            sc.converge()
+            if any(wait_ping(peers[fam], w.ip, timeout=20) is None for w in warm):
+                raise RuntimeError("the lab does not converge at all; see the agent logs")
         for i in range(n):
             host = ("h2", "h3")[i % 2]
-            ip = f"10.40.0.{10 + i}"
-            ns = lab.add_netns(f"c{i}")
-            result: list[PingResult] = []
-            pinger = threading.Thread(
-                target=first_reply_probe, args=(peer_ns, ip, result), daemon=True
-            )
-            pinger.start()
-            time.sleep(0.02)  # the pinger is sending before the write
-            t0_wall = time.time()
-            t0 = time.monotonic()
-            ep = sc.desired.create_endpoint("conv", host, netns=ns, ip=ip, endpoint_id=f"c{i}")
-            t_written = time.monotonic()
-            pinger.join()
-            res = result[0]
-            if res.first_reply is None:
-                failures.append(f"{ep.id} on {host}: no reply within 20 s")
-                continue
-            samples.append(
-                {
-                    "endpoint": ep.id,
-                    "host": host,
-                    "write_ms": (t_written - t0) * 1000,
-                    "first_reply_ms": (res.first_reply - t0) * 1000,
-                    "t0_wall": t0_wall,
-                }
-            )
+            for fam in families:
+                net, _, _, _, addr = NETWORKS[fam]
+                ip = addr.format(10 + i)
+                ns = lab.add_netns(f"c{fam}{i}")
+                result: list[PingResult] = []
+                pinger = threading.Thread(
+                    target=first_reply_probe, args=(peers[fam], ip, result), daemon=True
+                )
+                pinger.start()
+                time.sleep(0.02)  # the pinger is sending before the write
+                t0_wall = time.time()
+                t0 = time.monotonic()
+                ep = sc.desired.create_endpoint(
+                    net, host, netns=ns, endpoint_id=f"c{fam}{i}",
+                    ip=ip if fam == "4" else None, ip6=ip if fam == "6" else None,
+                )  # fmt: skip
+                t_written = time.monotonic()
+                pinger.join()
+                res = result[0]
+                if res.first_reply is None:
+                    failures.append(f"{ep.id} on {host}: no reply within 20 s")
+                    continue
+                samples.append(
+                    {
+                        "endpoint": ep.id,
+                        "family": fam,
+                        "host": host,
+                        "write_ms": (t_written - t0) * 1000,
+                        "first_reply_ms": (res.first_reply - t0) * 1000,
+                        "t0_wall": t0_wall,
+                    }
+                )
     finally:
         kv.close()
     return samples, failures
 
 
-def run_backend(backend: str, n: int, agent_args: list[str]) -> dict[str, object]:
-    """One fresh lab on ``backend``, ``n`` samples: the summary, samples and stages."""
+def run_backend(
+    backend: str, n: int, agent_args: list[str], families: list[str]
+) -> dict[str, object]:
+    """One fresh lab on ``backend``, ``n`` samples per family: per family the summary,
+    samples and stages."""
     prefix, mgmt, underlay = LABS[backend]
     with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
         lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
         lab.up(hosts=3, backend=backend, agent_args=agent_args)
         try:
-            samples, failures = measure(lab, n)
-            stages = breakdown(lab, samples)
+            samples, failures = measure(lab, n, families)
+            stages = {
+                fam: breakdown(lab, [s for s in samples if s["family"] == fam])
+                for fam in families
+            }
         finally:
             lab.down()
+    out: dict[str, object] = {}
+    for fam in families:
+        mine = [s for s in samples if s["family"] == fam]
+        out[fam] = report(
+            f"{backend}, IPv{fam}", backend, mine,
+            [f for f in failures if f.startswith(f"c{fam}")], stages[fam],
+        )  # fmt: skip
+    return out
+
+
+def report(
+    what: str,
+    backend: str,
+    samples: list[dict[str, object]],
+    failures: list[str],
+    stages: dict[str, list[float]],
+) -> dict[str, object]:
+    """Print one family's tables; its summary, samples and stages."""
     lat = [float(s["first_reply_ms"]) for s in samples]  # type: ignore[arg-type]
     wr = [float(s["write_ms"]) for s in samples]  # type: ignore[arg-type]
     summary = {
@@ -216,7 +268,7 @@ def run_backend(backend: str, n: int, agent_args: list[str]) -> dict[str, object
         ["etcd write (txn) only", f"{percentile(wr, 50):.1f}", f"{percentile(wr, 90):.1f}",
          f"{percentile(wr, 99):.1f}", f"{min(wr):.1f}", f"{max(wr):.1f}"],
     ] if lat else []  # fmt: skip
-    print(f"Convergence over {len(lat)} endpoints on a 3-host {backend} lab (ms)")
+    print(f"Convergence over {len(lat)} endpoints on a 3-host lab, {what} (ms)")
     print(table(["measure", "p50", "p90", "p99", "min", "max"], rows))
     if failures:
         print(f"{len(failures)} endpoint(s) never answered: {failures[:5]}")
@@ -236,19 +288,40 @@ def main() -> int:
                    help="kernel, ovs, or both in one run: kernel,ovs (prints ovs/kernel)")
     p.add_argument("--agent-arg", action="append", default=[],
                    help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters")
+    p.add_argument("--family", default="4",
+                   help="4, 6 (IPv6-only endpoints; kernel backend) or both in one run: 4,6")
     args = p.parse_args()
     backends = args.backend.split(",")
+    families = args.family.split(",")
     if not backends or any(b not in LABS for b in backends):
         p.error(f"--backend: one or more of {', '.join(LABS)}, comma-separated")
-    runs = {b: run_backend(b, args.endpoints, args.agent_arg) for b in backends}
-    ok = all(r["summary"]["n"] and not r["summary"]["failures"] for r in runs.values())  # type: ignore[index]
+    if not families or any(f not in NETWORKS for f in families):
+        p.error("--family: 4, 6 or 4,6")
+    if "6" in families and backends != ["kernel"]:
+        p.error("--family 6: IPv6 overlays are built by the kernel backend only")
+    by_backend = {b: run_backend(b, args.endpoints, args.agent_arg, families) for b in backends}
+    ok = all(r["summary"]["n"] and not r["summary"]["failures"]  # type: ignore[index]
+             for fams in by_backend.values() for r in fams.values())  # fmt: skip
     ratio: dict[str, float] = {}
-    if {"kernel", "ovs"} <= runs.keys() and ok:
-        k, o = runs["kernel"]["summary"], runs["ovs"]["summary"]
-        ratio = {q: o[f"{q}_ms"] / k[f"{q}_ms"] for q in ("p50", "p99")}  # type: ignore[index]
+
+    def summary(backend: str, fam: str) -> dict[str, float]:
+        return by_backend[backend][fam]["summary"]  # type: ignore[index,no-any-return]
+
+    if {"kernel", "ovs"} <= by_backend.keys() and ok:
+        k, o = summary("kernel", families[0]), summary("ovs", families[0])
+        ratio = {q: o[f"{q}_ms"] / k[f"{q}_ms"] for q in ("p50", "p99")}
         print(f"ovs / kernel, same run: p50 {ratio['p50']:.2f}x, p99 {ratio['p99']:.2f}x")
+    if families == ["4", "6"] and ok:
+        four, six = summary(backends[0], "4"), summary(backends[0], "6")
+        ratio = {q: six[f"{q}_ms"] / four[f"{q}_ms"] for q in ("p50", "p99")}
+        print(f"IPv6 / IPv4, same run, paired: p50 {ratio['p50']:.2f}x, p99 {ratio['p99']:.2f}x")
+    runs: dict[str, dict[str, object]] = {
+        b: fams[families[0]] if len(families) == 1 else fams  # type: ignore[misc]
+        for b, fams in by_backend.items()
+    }
     RESULTS.mkdir(exist_ok=True)
     tag = "" if backends == ["kernel"] else "-" + "-".join(backends)
+    tag += "" if families == ["4"] else "-v" + "".join(families)
     out = RESULTS / f"convergence{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     env = {"kernel": platform.release(), "python": platform.python_version()}
     data: dict[str, object] = dict(runs[backends[0]]) if len(backends) == 1 else {"runs": runs}

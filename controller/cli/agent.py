@@ -26,7 +26,7 @@ from controller.agent import AgentConfig
 from controller.dataplane.backend import DataPlane
 from controller.diag.facts import NetworkFacts
 from controller.membership import Membership
-from controller.model.errors import HeddleError
+from controller.model.errors import HeddleError, InvalidRecord
 from controller.model.records import Host
 from controller.model.view import HostView
 from controller.reconcile.loop import PassResult, Reconciler
@@ -43,11 +43,15 @@ STUCK_AFTER = 15.0  # three watch backoff caps: the status then says the agent i
 
 
 def underlay_mtu(vtep: str) -> int:
-    """MTU of the interface carrying ``vtep`` in this namespace (1500 if none carries it)."""
+    """MTU of the interface carrying ``vtep`` (IPv4 or IPv6) in this namespace (1500 if none
+    carries it)."""
+    import socket
+
     from pyroute2 import IPRoute
 
+    family = socket.AF_INET6 if ":" in vtep else socket.AF_INET
     with IPRoute() as ipr:
-        for addr in ipr.get_addr(family=2):
+        for addr in ipr.get_addr(family=family):
             if addr.get("IFA_ADDRESS") == vtep:
                 links = ipr.get_links(addr["index"])
                 return int(links[0].get("IFLA_MTU")) if links else 1500
@@ -113,6 +117,11 @@ class Agent:
         tls = TLSFiles(cfg.cacert, cfg.cert, cfg.key) if (cfg.cacert or cfg.cert) else None
         self._urls = list(cfg.etcd)
         self._tls = tls
+        if cfg.backend != "kernel" and ":" in cfg.vtep:
+            raise InvalidRecord(
+                f"vtep {cfg.vtep}: the ovs backend's VTEPs are IPv4 (IPv6 VTEPs need --backend "
+                "kernel)"
+            )
         self.host = Host(
             cfg.host, cfg.vtep, cfg.underlay_mtu or underlay_mtu(cfg.vtep),
             "kernel" if cfg.backend == "kernel" else "ovs", __version__,

@@ -13,8 +13,9 @@ def lab(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         st = commands.lab_up(
-            args.hosts, args.backend, docker=args.docker, secure=args.secure, podman=args.podman
-        )
+            args.hosts, args.backend, docker=args.docker, secure=args.secure, podman=args.podman,
+            underlay=args.underlay,
+        )  # fmt: skip
         print(as_json(st) if args.output == "json" else _lab_table(st))
     elif args.action == "podman":
         return commands.lab_podman(args.host, args.args)

@@ -213,6 +213,10 @@ def _lab(sub: Any) -> None:
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
     up.add_argument(
+        "--underlay", choices=("ipv4", "ipv6"), default="ipv4",
+        help="the VTEPs' family: ipv6 is VXLAN over IPv6 (kernel backend)",
+    )  # fmt: skip
+    up.add_argument(
         "--docker",
         nargs="?",
         const=DEFAULT_ENGINE,

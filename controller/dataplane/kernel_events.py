@@ -58,7 +58,7 @@ NLMSG_ERROR = 2
 _NLM_F_REQUEST_ACK = 0x1 | 0x4
 RTMGRP_LINK, RTMGRP_NEIGH = 0x1, 0x4
 _IFLA_BR_MCAST_SNOOPING = 23
-_IFLA_VXLAN_ID, _IFLA_VXLAN_LOCAL, _IFLA_VXLAN_LEARNING = 1, 4, 7
+_IFLA_VXLAN_ID, _IFLA_VXLAN_LOCAL, _IFLA_VXLAN_LEARNING, _IFLA_VXLAN_LOCAL6 = 1, 4, 7, 17
 _IFLA_VXLAN_PROXY, _IFLA_VXLAN_PORT = 11, 15
 _IFLA_BRPORT_LEARNING = 8
 _RCVBUF = 8 << 20
@@ -80,9 +80,15 @@ def link_state(raw: RawLink, names: Mapping[int, str]) -> LinkState:
     if raw.kind == "vxlan" and raw.data is not None:
         d = raw.data
         local, port, vni = d.get(_IFLA_VXLAN_LOCAL), d.get(_IFLA_VXLAN_PORT), d.get(_IFLA_VXLAN_ID)
+        local6 = d.get(_IFLA_VXLAN_LOCAL6)
+        text = (
+            socket.inet_ntoa(local[:4]) if local and len(local) >= 4
+            else socket.inet_ntop(socket.AF_INET6, local6[:16]) if local6 and len(local6) >= 16
+            else None
+        )  # fmt: skip
         vxlan = VxlanAttrs(
             vni=int.from_bytes(vni[:4], "little") if vni else 0,
-            local=socket.inet_ntoa(local[:4]) if local and len(local) >= 4 else None,
+            local=text,
             port=int.from_bytes(port[:2], "big") if port else 0,
             learning=bool(_u8(d, _IFLA_VXLAN_LEARNING)),
             proxy=bool(_u8(d, _IFLA_VXLAN_PROXY)),

@@ -86,9 +86,10 @@ class LinkWriter:
         want = VxlanAttrs(vni=op.vni, local=op.vtep, port=op.port, learning=False, proxy=True)
         msg = self._s.mine(op.name, "vxlan")
         if msg is None:
-            idx = self._create(op.name, kind="vxlan", vxlan_id=op.vni, vxlan_local=op.vtep,
-                               vxlan_port=op.port, vxlan_learning=0, vxlan_proxy=1, mtu=op.mtu,
-                               master=br)  # fmt: skip
+            local = {"vxlan_local6" if ":" in op.vtep else "vxlan_local": op.vtep}
+            idx = self._create(op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
+                               vxlan_learning=0, vxlan_proxy=1, mtu=op.mtu, master=br,
+                               **local)  # fmt: skip
         else:
             have = vxlan_attrs(msg)
             if have != want:

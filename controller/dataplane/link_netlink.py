@@ -49,6 +49,7 @@ _VETH_INFO_PEER = 1
 _IFLA_BR_MCAST_SNOOPING = 23
 _IFLA_VXLAN_ID, _IFLA_VXLAN_LOCAL, _IFLA_VXLAN_LEARNING, _IFLA_VXLAN_PROXY = 1, 4, 7, 11
 _IFLA_VXLAN_PORT = 15  # big-endian
+_IFLA_VXLAN_LOCAL6 = 17
 _IFLA_BRPORT_LEARNING = 8
 _IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 8, 1
 _IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
@@ -115,10 +116,13 @@ def create_bridge(op: EnsureBridge) -> Request:
 
 
 def create_vxlan(op: EnsureVxlan, master: int) -> Request:
-    """``op``'s VXLAN device in bridge ``master``: learning off, ARP proxy on (the agent
-    writes every FDB and neighbour entry)."""
+    """``op``'s VXLAN device in bridge ``master``: learning off, ARP and neighbour discovery
+    proxy on (the agent writes every FDB and neighbour entry); its local address is an IPv4 or
+    an IPv6 VTEP."""
     data = b"".join((
-        rta(_IFLA_VXLAN_ID, _u32(op.vni)), rta(_IFLA_VXLAN_LOCAL, socket.inet_aton(op.vtep)),
+        rta(_IFLA_VXLAN_ID, _u32(op.vni)),
+        rta(_IFLA_VXLAN_LOCAL6, socket.inet_pton(socket.AF_INET6, op.vtep)) if ":" in op.vtep
+        else rta(_IFLA_VXLAN_LOCAL, socket.inet_aton(op.vtep)),
         rta(_IFLA_VXLAN_PORT, struct.pack("!H", op.port)),
         rta(_IFLA_VXLAN_LEARNING, b"\0"), rta(_IFLA_VXLAN_PROXY, b"\1"),
     ))  # fmt: skip

@@ -80,7 +80,7 @@ def vxlan_attrs(msg: Msg) -> VxlanAttrs | None:
         return None
     return VxlanAttrs(
         vni=int(data.get("IFLA_VXLAN_ID")),
-        local=data.get("IFLA_VXLAN_LOCAL"),
+        local=data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6"),
         port=int(data.get("IFLA_VXLAN_PORT") or 0),
         learning=bool(data.get("IFLA_VXLAN_LEARNING")),
         proxy=bool(data.get("IFLA_VXLAN_PROXY")),

@@ -280,7 +280,9 @@ def mac_bytes(mac: str) -> bytes:
 
 def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
     """The rtnetlink request for an FDB/neighbour op (same semantics as ``bridge``/``ip``)."""
-    inet = socket.inet_aton
+    def inet(ip: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+
     match op:
         case PutFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)

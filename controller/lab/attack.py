@@ -43,8 +43,10 @@ def vxlan(vni: int, inner: bytes) -> bytes:
 
 
 def send_vxlan(netns: str, src_ip: str, vtep: str, vni: int, inner: bytes, count: int = 5) -> None:
-    """Send ``count`` VXLAN packets from ``src_ip`` in ``netns`` to ``vtep``:4789."""
-    sock = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    """Send ``count`` VXLAN packets from ``src_ip`` in ``netns`` to ``vtep``:4789 (IPv4 or
+    IPv6, as ``src_ip``)."""
+    family = socket.AF_INET6 if ":" in src_ip else socket.AF_INET
+    sock = socket_in(netns, family, socket.SOCK_DGRAM)
     try:
         sock.bind((src_ip, 0))
         for _ in range(count):

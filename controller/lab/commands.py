@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.lab.nsutil import LabError
-from controller.lab.topology import Lab
+from controller.lab.topology import DEFAULT_UNDERLAY_SUBNET6, Lab
 
 
 def lab_up(
@@ -19,8 +19,12 @@ def lab_up(
     docker: str | None = None,
     secure: bool = False,
     podman: bool = False,
+    underlay: str = "ipv4",
 ) -> dict[str, Any]:
     """Build the lab with ``hosts`` hosts and running agents; return ``lab_status()``.
+
+    ``underlay``: ``"ipv6"`` gives the hosts IPv6 VTEPs (``DEFAULT_UNDERLAY_SUBNET6``: VXLAN
+    over IPv6; the kernel backend only).
 
     ``secure``: etcd with TLS client certificates, authentication and one identity per host
     (``controller/lab/secure.py``); ``operator_flags`` in the status are the CLI's flags.
@@ -33,10 +37,12 @@ def lab_up(
     With ``podman``, every host also has a private Podman (``controller/lab/podman.py``) that
     runs containers on heddle networks through ``heddle-cni``; ``lab_podman`` runs it. On
     failure nothing is left behind."""
+    if docker is not None and underlay != "ipv4":
+        raise LabError("--docker combines with an IPv4 underlay only")
     if docker is not None and (secure or podman):
         raise LabError("--docker combines with neither --secure nor --podman yet")
     if docker is None:
-        lab = Lab()
+        lab = Lab(underlay_subnet=DEFAULT_UNDERLAY_SUBNET6) if underlay == "ipv6" else Lab()
         lab.up(hosts=hosts, backend=backend, secure=secure)
         if podman:
             from controller.lab.podman import PodmanLab

@@ -85,6 +85,7 @@ from controller.store.upgrade import upgrade as upgrade_store
 DEFAULT_WORKDIR = Path("/run/heddle-lab")
 DEFAULT_MGMT_SUBNET = "172.31.254.0/24"
 DEFAULT_UNDERLAY_SUBNET = "172.31.253.0/24"
+DEFAULT_UNDERLAY_SUBNET6 = "fd00:172:31:253::/64"  # ``heddle lab up --underlay ipv6``
 BACKENDS = ("kernel", "ovs", "mixed")
 OVS_DATAPATH = "netdev"  # no openvswitch.ko on lab machines (docs/platform.md O3)
 UNDERLAY_DEV = "ul0"
@@ -187,7 +188,10 @@ class Lab:
         # comparing with and without metrics turns it off before restarting them.
         self.serve_metrics = True
         self.extra_agent_args: tuple[str, ...] = ()  # likewise, e.g. ("--no-filters",)
-        self.underlay_subnet = ipaddress.IPv4Network(underlay_subnet)
+        # IPv4 or IPv6: the VTEPs' family (an IPv6 underlay: VXLAN over IPv6).
+        self.underlay_subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = (
+            ipaddress.ip_network(underlay_subnet)
+        )
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- record -------------------------------------------------------------------------------
@@ -284,6 +288,8 @@ class Lab:
             raise LabError(f"hosts must be in 1..99, got {hosts}")
         names = [f"h{k}" for k in range(1, hosts + 1)]
         backends = host_backends(backend, names)
+        if self.underlay_subnet.version == 6 and backend != "kernel":
+            raise LabError("an IPv6 underlay needs --backend kernel: ovs VTEPs are IPv4")
         if self.is_up:
             raise LabError(
                 f"a lab is already recorded in {self.workdir}; run `heddle lab down` first"
@@ -383,15 +389,24 @@ class Lab:
                 idx, br = _link_index(ipr, root_end), _link_index(ipr, bridge)
                 ipr.link("set", index=idx, master=br, state="up")
         write_sysctls(ns, {k_: v for k_, v in HOST_SYSCTLS.items() if "conf/" in k_})
+        self._ipv6_underlay(ns)
         with IPRoute(netns=ns, flags=0) as h:
             h.link("set", index=_link_index(h, "lo"), state="up")
             for _, inner, _, address, subnet in plan:
                 idx = _link_index(h, inner)
-                h.addr("add", index=idx, address=address, prefixlen=subnet.prefixlen)
+                _add_address(h, idx, address, subnet.prefixlen)
                 h.link("set", index=idx, state="up")
         rec = self.record
         host = HostRecord(name, ns, self._vtep(k), self._mgmt_ip(k), backend)
         self._save(replace(rec, hosts=(*rec.hosts, host)))
+
+    def _ipv6_underlay(self, ns: str) -> None:
+        """On an IPv6 underlay, IPv6 on ``ul0`` of ``ns`` -- its VTEP address only: no
+        link-local address of the kernel's making, so no router solicitation or MLD report
+        reaches the underlay (neighbour discovery between VTEPs is the underlay's own)."""
+        if self.underlay_subnet.version == 6:
+            write_sysctls(ns, {f"net/ipv6/conf/{UNDERLAY_DEV}/addr_gen_mode": 1,
+                               f"net/ipv6/conf/{UNDERLAY_DEV}/disable_ipv6": 0})  # fmt: skip
 
     def _start_ovs(self, name: str) -> None:
         """Record, then start, the private OVS instance of ovs host ``name`` in its netns."""
@@ -629,10 +644,11 @@ class Lab:
             write_sysctls(None, {f"net/ipv6/conf/{root_end}/disable_ipv6": 1})
             idx, br = _link_index(ipr, root_end), _link_index(ipr, self.underlay_bridge)
             ipr.link("set", index=idx, master=br, state="up")
+        self._ipv6_underlay(ns)
         with IPRoute(netns=ns, flags=0) as h:
             h.link("set", index=_link_index(h, "lo"), state="up")
             idx = _link_index(h, "ul0")
-            h.addr("add", index=idx, address=address, prefixlen=self.underlay_subnet.prefixlen)
+            _add_address(h, idx, address, self.underlay_subnet.prefixlen)
             h.link("set", index=idx, state="up")
         # As on the kernel hosts of a mixed lab: OVS's userspace datapath would drop the
         # veth's checksum-offloaded packets as corrupt before any flow sees them.
@@ -722,6 +738,14 @@ def _stop_ovs(workdir: Path) -> list[str]:
     left = [(n, r) for n, r in (("ovsdb-server", inst.ovsdb_ref), ("ovs-vswitchd",
             inst.vswitchd_ref)) if r is not None and is_running(r)]  # fmt: skip
     return [f"{n} (pid {r.pid}) of {workdir} still runs" for n, r in left]
+
+
+def _add_address(ipr: IPRoute, index: int | None, address: str, prefixlen: int) -> None:
+    """Add ``address/prefixlen`` on link ``index``; an IPv6 one without duplicate address
+    detection (it would hold the VTEP tentative for a second or more)."""
+    assert index is not None, f"no link for {address}"
+    flags = {"flags": 0x02} if ":" in address else {}  # IFA_F_NODAD
+    ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **flags)
 
 
 def up(

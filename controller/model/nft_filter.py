@@ -143,21 +143,26 @@ def _udp_4789() -> Json:
                       "right": VXLAN_PORT}}  # fmt: skip
 
 
-_VNI_SADDR: Json = {"concat": [{"payload": {"base": "th", "offset": 96, "len": 24}},
-                               {"payload": {"protocol": "ip", "field": "saddr"}}]}  # fmt: skip
+def _vni_saddr(ip: str) -> Json:
+    return {"concat": [{"payload": {"base": "th", "offset": 96, "len": 24}},
+                       {"payload": {"protocol": ip, "field": "saddr"}}]}  # fmt: skip
 
 
 def members_rule(spec: FilterSpec) -> list[list[Json]]:
-    """The rule that accepts VXLAN from members (``[]`` when no network has another member:
-    an anonymous set cannot be empty, and the tail rule then drops all VXLAN)."""
-    elems = [{"concat": [vni, vtep]} for vni, vteps in spec.members for vtep in vteps]
-    if not elems:
-        return []
-    return [[
-        _udp_4789(),
-        {"match": {"op": "==", "left": _VNI_SADDR, "right": {"set": elems}}},
-        {"accept": None},
-    ]]  # fmt: skip
+    """The rules that accept VXLAN from members: one for IPv4 VTEPs, one for IPv6 ones, each
+    only when it has an element (an anonymous set cannot be empty; with none, the tail rule
+    drops all VXLAN)."""
+    rules = []
+    for ip, six in (("ip", False), ("ip6", True)):
+        elems = [{"concat": [vni, vtep]} for vni, vteps in spec.members for vtep in vteps
+                 if (":" in vtep) == six]  # fmt: skip
+        if elems:
+            rules.append([
+                _udp_4789(),
+                {"match": {"op": "==", "left": _vni_saddr(ip), "right": {"set": elems}}},
+                {"accept": None},
+            ])  # fmt: skip
+    return rules
 
 
 def vxlan_tail_rule() -> list[Json]:
@@ -531,7 +536,7 @@ def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | 
     if inet_input[: len(head)] != head or inet_input[-1:] != tail:
         return None
     middle = inet_input[len(head) : -1]
-    if len(middle) > 1:
+    if len(middle) > 2:
         return None
     listed = []
     for rule in middle:

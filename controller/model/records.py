@@ -149,13 +149,28 @@ def parse_subnet(value: object, field: str = "subnet") -> ipaddress.IPv4Network:
 
 
 def check_vtep(value: object, field: str = "vtep", *, allow_link_local: bool = False) -> str:
-    """Return ``value`` if it is a unicast IPv4 address a VXLAN peer can be reached at.
+    """Return ``value`` if it is a unicast IPv4 or IPv6 address a VXLAN peer can be reached at.
 
     Refused: loopback, multicast, the limited broadcast and the rest of 240.0.0.0/4,
-    unspecified (0.0.0.0/8) -- an FDB or flood entry towards any of them sends a network's
-    broadcasts to every host on the underlay, or nowhere. Link-local (169.254.0.0/16) only with
-    ``allow_link_local``: it is valid on some underlays but usually a DHCP failure. Pure.
+    unspecified (0.0.0.0/8, ::), IPv4-mapped IPv6 -- an FDB or flood entry towards any of them
+    sends a network's broadcasts to every host on the underlay, or nowhere. Link-local
+    (169.254.0.0/16, fe80::/10) only with ``allow_link_local``: it is valid on some underlays
+    but usually a DHCP failure (and an IPv6 one needs an interface to go with it). An IPv6
+    VTEP is written canonically. Pure.
     """
+    if isinstance(value, str) and ":" in value:
+        addr6 = check_ipv6(value, field)
+        bad6 = (
+            "loopback" if addr6.is_loopback
+            else "multicast" if addr6.is_multicast
+            else "unspecified" if addr6.is_unspecified
+            else "IPv4-mapped" if addr6.ipv4_mapped is not None
+            else "link-local" if addr6.is_link_local and not allow_link_local
+            else None
+        )  # fmt: skip
+        if bad6 is not None:
+            raise InvalidRecord(f"{field} {addr6} is a {bad6} address, not a usable unicast VTEP")
+        return str(addr6)
     addr = check_ipv4(value, field)
     bad = (
         "loopback" if addr.is_loopback
@@ -331,7 +346,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    """A host that runs an agent: its VTEP (underlay address) and data-plane backend."""
+    """A host that runs an agent: its VTEP (underlay address, IPv4 or IPv6) and data-plane
+    backend."""
 
     name: str
     vtep: str

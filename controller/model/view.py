@@ -16,6 +16,7 @@ from controller.model.egress import egress_gateways
 from controller.model.records import MTU_MIN6, Endpoint, Host, Network
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +57,8 @@ class NetworkView:
     """One network that has at least one endpoint on this host.
 
     ``mtu`` is the overlay MTU: the network's own, else the smallest underlay MTU among member
-    hosts minus VXLAN overhead. ``flood`` are the VTEPs of the other member hosts (head-end
-    replication of broadcast), sorted.
+    hosts minus VXLAN overhead (50 bytes over IPv4 VTEPs, 70 over IPv6 ones). ``flood`` are the
+    VTEPs of the other member hosts (head-end replication of broadcast), sorted.
     """
 
     network: Network
@@ -101,7 +102,7 @@ def _outside(net: Network, ep: Endpoint) -> str | None:
 
 @functools.lru_cache(maxsize=1 << 12)
 def _link_local(vtep: str) -> bool:
-    return ipaddress.IPv4Address(vtep).is_link_local
+    return ipaddress.ip_address(vtep).is_link_local
 
 
 class ViewMemo:
@@ -148,7 +149,8 @@ def host_view(
     on a host whose VTEP is link-local unless ``link_local_vteps`` (the agent's setting; every
     other unusable VTEP is refused when the host record is decoded), an endpoint whose address is
     outside its network's subnet, or that lacks an address of one of its network's families (or
-    has one of a family the network has none of); a network with an IPv6 subnet on an ovs host
+    has one of a family the network has none of); a network whose member hosts' VTEPs mix
+    IPv4 and IPv6; a network with an IPv6 subnet on an ovs host
     (that backend does not carry IPv6 yet), or whose automatic MTU is below IPv6's 1280.
 
     Only networks with an endpoint on this host are looked at: a change in any other network
@@ -263,16 +265,22 @@ def _network_view(
         return None, tuple(problems)
     remote_eps = [e for e in usable if e.host != host.name]
     member_hosts = {host.name} | {e.host for e in remote_eps}
+    records = [host if h == host.name else snap.hosts[h] for h in sorted(member_hosts)]
+    six = {":" in r.vtep for r in records}
+    if len(six) > 1:
+        vteps = ", ".join(f"{r.name} {r.vtep}" for r in records)
+        why = (f"network {net_name}: its hosts' VTEPs mix IPv4 and IPv6 ({vteps}): one family "
+               "per network; not built")  # fmt: skip
+        return None, (*problems, why)
+    overhead = VXLAN6_OVERHEAD if six == {True} else VXLAN_OVERHEAD
     mtu = net.mtu
     if mtu is None:
-        underlay = min(
-            (host if h == host.name else snap.hosts[h]).underlay_mtu for h in member_hosts
-        )
-        mtu = underlay - VXLAN_OVERHEAD
+        underlay = min(r.underlay_mtu for r in records)
+        mtu = underlay - overhead
         if net.subnet6 is not None and mtu < MTU_MIN6:
             why = (
                 f"network {net_name}: its overlay MTU would be {mtu} (the smallest underlay "
-                f"MTU of its hosts, {underlay}, less {VXLAN_OVERHEAD}), below IPv6's {MTU_MIN6}"
+                f"MTU of its hosts, {underlay}, less {overhead}), below IPv6's {MTU_MIN6}"
             )
             return None, (*problems, why)
     remote = tuple(

@@ -27,7 +27,7 @@ from controller.model.nft_filter import (
     render_guard_delta,
     render_sync,
 )
-from controller.model.records import Endpoint, Host, Network
+from controller.model.records import Endpoint, Host, Network, check_vtep
 from controller.model.view import Snapshot, host_view
 from controller.plan.kernel import plan_kernel
 from controller.plan.kernel_ops import ConfigureEndpoint, PutNeigh
@@ -274,3 +274,68 @@ def test_a_cni_result_lists_both_addresses_and_a_default_route_per_gateway() -> 
     assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.30.0.1"},
                              {"dst": "::/0", "gw": "fd00:30::1"}]  # fmt: skip
     assert veth_host_name("ds", "a").startswith("hdv")
+
+
+# -- IPv6 underlay ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vtep", "why"),
+    [
+        ("::1", "loopback"),
+        ("ff02::1", "multicast"),
+        ("::", "unspecified"),
+        ("::ffff:c000:201", "IPv4-mapped"),
+        ("fe80::1", "link-local"),
+        ("FD00::1", "canonically"),
+    ],
+)
+def test_ipv6_vteps_must_be_usable_unicast(vtep: str, why: str) -> None:
+    with pytest.raises(InvalidRecord, match=why):
+        check_vtep(vtep)
+    assert check_vtep("fe80::1", allow_link_local=True) == "fe80::1"
+    assert Host("h1", "fd00:ff::1").vtep == "fd00:ff::1"
+
+
+def test_ipv6_vteps_cost_70_bytes_and_a_network_may_not_mix_families() -> None:
+    h6 = (Host("h1", "fd00:ff::1"), Host("h2", "fd00:ff::2"))
+    ep_a = Endpoint("a", "ds", "h1", "10.30.0.2", "02:71:0a:1e:00:02", "ns", ip6="fd00:30::2")
+    ep_b = Endpoint("b", "ds", "h2", "10.30.0.3", "02:71:0a:1e:00:03", ip6="fd00:30::3")
+    snap6 = Snapshot(1, {"ds": DUAL}, {("ds", "a"): ep_a, ("ds", "b"): ep_b},
+                     {h.name: h for h in h6})  # fmt: skip
+    [nv] = host_view(snap6, h6[0]).networks
+    assert nv.mtu == 1430 and nv.flood == ("fd00:ff::2",)
+    mixed = Snapshot(1, {"ds": DUAL}, {("ds", "a"): ep_a, ("ds", "b"): ep_b},
+                     {"h1": h6[0], "h2": H2})  # fmt: skip
+    v = host_view(mixed, h6[0])
+    assert not v.networks
+    assert v.problems == (
+        "network ds: its hosts' VTEPs mix IPv4 and IPv6 (h1 fd00:ff::1, h2 192.0.2.2): one "
+        "family per network; not built",
+    )
+
+
+def test_members_over_both_families_are_two_rules_that_read_back() -> None:
+    spec = make_spec({7: ["192.0.2.2", "fd00:ff::2"], 9: ["fd00:ff::3"]}, [G4])
+    batch = render_sync(spec)["nftables"]
+    text = json.dumps(batch)
+    assert '"protocol": "ip6", "field": "saddr"' in text and '"protocol": "ip", "field"' in text
+    objects = []
+    for cmd in batch:  # what a listing shows after the batch, enough for the parser
+        gone = cmd.get("delete", {}).get("chain")
+        if gone is not None:
+            objects = [o for o in objects if o.get("chain", {}).get("name") != gone["name"]]
+        body = cmd.get("add", {})
+        for kind in ("table", "set", "rule", "chain", "counter"):
+            if kind in body:
+                objects.append({kind: dict(body[kind])})
+        if "element" in body:
+            el = body["element"]
+            for o in objects:
+                if (
+                    "set" in o
+                    and o["set"]["name"] == el["name"]
+                    and o["set"]["family"] == el["family"]
+                ):
+                    o["set"].setdefault("elem", []).extend(el["elem"])
+    assert parse_tables(objects).spec == spec
