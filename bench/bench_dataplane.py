@@ -8,8 +8,13 @@ On a fresh 3-host lab (kernel backend, real agents):
 2. A continuous ping (200 packets/s, raw socket, separate process) from the h1 endpoint to the h2
    endpoint while the agents of h1 and h2 are each SIGKILLed and restarted: packets lost.
 
+``--underlay ipv6`` gives the hosts IPv6 VTEPs (VXLAN over IPv6; the underlay iperf3 then runs
+between those), ``--overlay 6`` sends the overlay iperf3 and pings between the endpoints' IPv6
+addresses (the network is dual-stack).
+
 Run (root): .venv/bin/python bench/bench_dataplane.py [--runs 3 --seconds 5]
-Prints a table and writes bench/results/dataplane-<time>.json.
+[--underlay ipv4|ipv6] [--overlay 4|6]. Prints a table and writes
+bench/results/dataplane[-ul6][-ov6]-<time>.json.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from controller.output import table
 from controller.store.etcd import EtcdKV
 
 RESULTS = Path(__file__).resolve().parent / "results"
+UNDERLAYS = {"ipv4": "172.31.243.0/24", "ipv6": "fd00:172:31:243::/64"}
 
 
 def iperf(lab: Lab, client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
@@ -95,6 +101,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--underlay", choices=("ipv4", "ipv6"), default="ipv4")
+    p.add_argument("--overlay", choices=("4", "6"), default="4")
     args = p.parse_args()
     under: list[float] = []
     over: list[float] = []
@@ -103,23 +111,24 @@ def main() -> int:
             Path(tmp) / "lab",
             prefix="hbd",
             mgmt_subnet="172.31.244.0/24",
-            underlay_subnet="172.31.243.0/24",
+            underlay_subnet=UNDERLAYS[args.underlay],
         )
         lab.up(hosts=3)
         kv = EtcdKV([lab.etcd_url])
         try:
             sc = Scenario(lab, DesiredState(kv))
-            sc.network("dp", "10.41.0.0/24", vni=6002)
+            sc.network("dp", "10.41.0.0/24", vni=6002, subnet6="fd00:41::/64")
             a = sc.endpoint("dp", "h1", "d1")
             b = sc.endpoint("dp", "h2", "d2")
             sc.converge()
-            if wait_ping(a.netns, b.ip, timeout=20) is None:
+            dst = str(b.ip6) if args.overlay == "6" else b.ip
+            if wait_ping(a.netns, dst, timeout=20) is None:
                 raise RuntimeError("overlay not reachable; see the agent logs")
             h1, h2 = lab.host("h1"), lab.host("h2")
             for _ in range(args.runs):
                 under.append(iperf(lab, h1.netns, h2.netns, h2.vtep, args.seconds))
-                over.append(iperf(lab, a.netns, b.netns, b.ip, args.seconds))
-            loss, pids = restart_loss(lab, a.netns, b.ip)
+                over.append(iperf(lab, a.netns, b.netns, dst, args.seconds))
+            loss, pids = restart_loss(lab, a.netns, dst)
         finally:
             kv.close()
             lab.down()
@@ -137,9 +146,12 @@ def main() -> int:
             "errors": loss.errors,
             "new_agent_pids": pids,
         },
+        "underlay": args.underlay,
+        "overlay": f"IPv{args.overlay}",
         "env": {"kernel": platform.release(), "python": platform.python_version()},
     }
-    print(f"TCP throughput, iperf3 {args.seconds} s x {args.runs}, interleaved (Gbit/s)")
+    print(f"TCP throughput, iperf3 {args.seconds} s x {args.runs}, interleaved (Gbit/s), "
+          f"{args.underlay} underlay, IPv{args.overlay} overlay traffic")  # fmt: skip
     print(
         table(
             ["path", "runs", "median"],
@@ -155,7 +167,8 @@ def main() -> int:
         f"{loss.received}/{loss.sent} received, {loss.loss} lost, {loss.errors} send errors"
     )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"dataplane-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    tag = ("-ul6" if args.underlay == "ipv6" else "") + ("-ov6" if args.overlay == "6" else "")
+    out = RESULTS / f"dataplane{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(res, indent=2))
     print(f"results: {out}")
     return 0 if loss.loss == 0 else 1

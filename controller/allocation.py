@@ -202,6 +202,7 @@ def allocate(
     claim: Claim,
     on_lost: Callable[[Addresses], None],
     pools: Pools | None = None,
+    families: tuple[bool, ...] | None = None,
 ) -> Addresses:
     """Claim a free address of each family of ``net`` (see the module docstring) in one
     transaction and return them, IPv4 first.
@@ -209,7 +210,9 @@ def allocate(
     ``on_lost(ips)`` is called after every ``CHECK_EVERY``-th lost race and when every known
     candidate was lost: it must raise when the transaction failed for another reason than the
     addresses (the network was removed, an endpoint id is taken), or the loop would walk the
-    whole pool. ``pools``: the allocator's cache (None: list the pool every time). Raises
+    whole pool. ``pools``: the allocator's cache (None: list the pool every time).
+    ``families``: claim these only (``True`` IPv6; default every family of ``net``): Docker
+    reserves each of its pools' addresses on its own. Raises
     ``Exhausted`` when a family has no address free, ``StoreUnavailable`` when etcd cannot be
     reached."""
     pools = pools if pools is not None else Pools()
@@ -219,7 +222,7 @@ def allocate(
         lost: list[Addresses] = []
         while len(lost) < RELIST_AFTER:
             found = [next(pools.candidates(net, net_revision, six), None)
-                     for six in ipam.families(net)]  # fmt: skip
+                     for six in (families or ipam.families(net))]  # fmt: skip
             candidate = tuple(ip for ip in found if ip is not None)
             if len(candidate) != len(found):
                 break

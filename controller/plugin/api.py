@@ -401,6 +401,7 @@ class JoinResponse:
     src_name: str
     dst_prefix: str
     gateway: str | None  # None: DisableGatewayService (never neither: docker_gwbridge)
+    gateway6: str | None = None  # a dual-stack network's IPv6 gateway
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {
@@ -410,6 +411,8 @@ class JoinResponse:
             out["Gateway"] = self.gateway
         else:
             out["DisableGatewayService"] = True
+        if self.gateway6 is not None:
+            out["GatewayIPv6"] = self.gateway6
         return out
 
 

@@ -33,7 +33,7 @@ from controller import allocation, ipam
 from controller.desired import DesiredState
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
-from controller.model.records import Network, check_label, parse_subnet
+from controller.model.records import Network, check_label, parse_subnet, parse_subnet6
 from controller.plugin import api, lookup
 from controller.plugin.keys import GATEWAY_OWNER, reservation_owner
 from controller.plugin.lookup import Stored
@@ -58,6 +58,10 @@ class PoolId:
     def __str__(self) -> str:
         return f"{POOL_PREFIX}{self.network}/{self.subnet}"
 
+    @property
+    def six(self) -> bool:
+        return ":" in self.subnet
+
     @classmethod
     def parse(cls, text: str) -> PoolId:
         """Raises ``BadRequest`` naming ``PoolID`` if ``text`` is not one of ours."""
@@ -66,7 +70,8 @@ class PoolId:
             if not text.startswith(POOL_PREFIX) or not sep:
                 raise InvalidRecord("not a heddle pool")
             check_label(name, "network")
-            return cls(name, str(parse_subnet(subnet)))
+            parse = parse_subnet6 if ":" in subnet else parse_subnet
+            return cls(name, str(parse(subnet)))
         except InvalidRecord:
             raise api.BadRequest(
                 f"field PoolID {brief(text)} is not a heddle pool (heddle/<network>/<subnet>)"
@@ -74,11 +79,12 @@ class PoolId:
 
 
 def _bare_ip(text: str, field: str) -> str:
-    """``10.0.0.5`` or ``10.0.0.5/24`` -> ``10.0.0.5``; ``BadRequest`` naming ``field``."""
+    """``10.0.0.5``, ``10.0.0.5/24`` or ``fd00::5/64`` -> the address, canonical;
+    ``BadRequest`` naming ``field``."""
     try:
-        return str(ipaddress.IPv4Interface(text).ip)
+        return str(ipaddress.ip_interface(text).ip)
     except ValueError:
-        raise api.BadRequest(f"field {field} {brief(text)} is not an IPv4 address") from None
+        raise api.BadRequest(f"field {field} {brief(text)} is not an IP address") from None
 
 
 class IpamDriver:
@@ -110,8 +116,6 @@ class IpamDriver:
                 f"{api.NETWORK_OPTION}=NAME ...`"
             )
         check_label(name, f"--ipam-opt {api.NETWORK_OPTION}")
-        if req.v6:
-            raise InvalidRecord("heddle networks are IPv4 only: create it without --ipv6")
         if req.address_space and req.address_space not in ADDRESS_SPACES:
             raise InvalidRecord(
                 f"address space {brief(req.address_space)} is not heddle's "
@@ -120,8 +124,10 @@ class IpamDriver:
         if req.sub_pool and req.sub_pool != req.pool:
             raise InvalidRecord("--ip-range is not supported: addresses come from the whole subnet")
         stored = lookup.network(self._kv, name)
+        if req.v6:
+            return self._request_pool6(name, req.pool, stored)
         if stored is not None:
-            _ipv4_only(stored.network)
+            _with_ipv4(stored.network)
         if req.pool:
             subnet = str(parse_subnet(req.pool, "--subnet"))
             if stored is not None and stored.network.subnet != subnet:
@@ -135,12 +141,37 @@ class IpamDriver:
                 f"first with `heddle network create {name} --subnet CIDR`"
             )
         else:
-            subnet = _ipv4_only(stored.network)
+            subnet = _with_ipv4(stored.network)
         data: dict[str, str] = {}
         gateway = self._gateway_of(stored) if stored is not None else None
         if gateway is not None and stored is not None:
             data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen_of(gateway)}"
         return api.RequestPoolResponse(str(PoolId(name, subnet)), subnet, data)
+
+    def _request_pool6(
+        self, name: str, pool: str, stored: Stored | None
+    ) -> api.RequestPoolResponse:
+        """The IPv6 pool of ``--ipv6``: the heddle network's ``subnet6``. Such a network is
+        never created here (Docker asks for the IPv4 pool first, and a network created from it
+        would have no IPv6): it must exist, made by ``heddle network create`` with both
+        subnets. Writes nothing."""
+        subnet6 = stored.network.subnet6 if stored is not None else None
+        if stored is None or subnet6 is None:
+            raise InvalidRecord(
+                f"heddle network {name} {'has no IPv6 subnet' if stored else 'does not exist'}:"
+                f" for --ipv6 create it first with `heddle network create {name} --subnet "
+                "IPV4-CIDR --subnet IPV6-CIDR`"
+            )
+        if pool and str(parse_subnet6(pool, "--subnet")) != subnet6:
+            raise Conflict(
+                f"heddle network {name} has IPv6 subnet {subnet6}, not {pool}: use --subnet "
+                f"{subnet6} or leave the IPv6 --subnet out"
+            )
+        data: dict[str, str] = {}
+        gateway = self._gateway_of(stored, six=True)
+        if gateway is not None:
+            data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen_of(gateway)}"
+        return api.RequestPoolResponse(str(PoolId(name, subnet6)), subnet6, data)
 
     def release_pool(self, req: api.PoolRequest) -> api.Ok:
         """Nothing to undo: the heddle network is shared by every host and outlives Docker's
@@ -160,7 +191,7 @@ class IpamDriver:
         if req.is_gateway:
             return self._gateway(pool, want)
         stored = self._pool_network(pool)
-        ip = self._reserve(stored, want, self._owner)
+        ip = self._reserve(stored, want, self._owner, pool.six)
         return api.RequestAddressResponse(f"{ip}/{stored.network.prefixlen_of(ip)}")
 
     def release_address(self, req: api.ReleaseAddressRequest) -> api.Ok:
@@ -199,29 +230,32 @@ class IpamDriver:
                 f"heddle network {pool.network} does not exist any more (removed with `heddle "
                 "network rm`?): remove the Docker network and create it again"
             )
-        _ipv4_only(stored.network)
-        if stored.network.subnet != pool.subnet:
+        have = stored.network.subnet6 if pool.six else stored.network.subnet
+        if have != pool.subnet:
             raise Conflict(
-                f"heddle network {pool.network} was re-created with subnet "
-                f"{stored.network.subnet} (Docker's pool is {pool.subnet}): remove the Docker "
+                f"heddle network {pool.network} was re-created with subnets "
+                f"{stored.network.subnets} (Docker's pool is {pool.subnet}): remove the Docker "
                 "network and create it again"
             )
         return stored
 
-    def _gateway_of(self, stored: Stored) -> str | None:
-        """The network's gateway: its record's, else the address reserved as ``GATEWAY_OWNER``."""
-        if stored.network.gateway is not None:
-            return stored.network.gateway
+    def _gateway_of(self, stored: Stored, six: bool = False) -> str | None:
+        """The network's gateway of one family: its record's, else the address of that family
+        reserved as ``GATEWAY_OWNER``."""
+        recorded = stored.network.gateway6 if six else stored.network.gateway
+        if recorded is not None:
+            return recorded
         want = codec.encode_owner(GATEWAY_OWNER).encode()
         for item in self._kv.list(keys.ipam_of(stored.network.name)).items:
-            if item.value == want:
-                return item.key.rsplit("/", 1)[1]
+            ip = item.key.rsplit("/", 1)[1]
+            if item.value == want and (":" in ip) == six:
+                return ip
         return None
 
     def _gateway(self, pool: PoolId, want: str | None) -> api.RequestAddressResponse:
-        prefixlen = ipaddress.IPv4Network(pool.subnet).prefixlen
+        prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
         stored = lookup.network(self._kv, pool.network)
-        if stored is None:
+        if stored is None and not pool.six:
             first = want or str(next(ipaddress.IPv4Network(pool.subnet).hosts()))
             try:
                 DesiredState(self._kv).create_network(pool.network, pool.subnet, gateway=first)
@@ -234,7 +268,7 @@ class IpamDriver:
                 return api.RequestAddressResponse(f"{first}/{prefixlen}")
         stored = self._pool_network(pool)
         for _ in range(allocation.RELIST_AFTER):
-            gateway = self._gateway_of(stored)
+            gateway = self._gateway_of(stored, pool.six)
             if gateway is not None:
                 if want is not None and want != gateway:
                     raise Conflict(
@@ -245,12 +279,13 @@ class IpamDriver:
             # A network without a gateway in its record: reserve one address for it, network
             # wide. One candidate per round, then look again: a host that lost the race must
             # adopt the winner's gateway rather than reserve a second one.
-            candidate = want or next(ipam.free_addresses(stored.network, self._taken(stored)), None)
+            free = ipam.free_addresses(stored.network, self._taken(stored), pool.six)
+            candidate = want or next(free, None)
             if candidate is None:
                 raise Exhausted(f"network {pool.network} has no free address for a gateway")
             if want is not None:
                 return api.RequestAddressResponse(
-                    f"{self._reserve(stored, want, GATEWAY_OWNER)}/{prefixlen}"
+                    f"{self._reserve(stored, want, GATEWAY_OWNER, pool.six)}/{prefixlen}"
                 )
             if self._try_reserve(stored, candidate, GATEWAY_OWNER):
                 return api.RequestAddressResponse(f"{candidate}/{prefixlen}")
@@ -264,9 +299,10 @@ class IpamDriver:
         claim = allocation.Claim(owner)
         return allocation.try_claim(self._kv, stored.network, stored.kv.mod_revision, (ip,), claim)
 
-    def _reserve(self, stored: Stored, want: str | None, owner: str) -> str:
-        """Reserve ``want`` (or a free address, ``controller/allocation.py``) for
-        ``owner``: one ``create_revision == 0`` transaction per candidate."""
+    def _reserve(self, stored: Stored, want: str | None, owner: str, six: bool = False) -> str:
+        """Reserve ``want`` (or a free address of the family ``six`` says,
+        ``controller/allocation.py``) for ``owner``: one ``create_revision == 0`` transaction
+        per candidate."""
         net = stored.network
         if want is not None:
             why = ipam.check_requested(net, want)
@@ -287,6 +323,7 @@ class IpamDriver:
             allocation.Claim(owner),
             lambda ips: self._check_unchanged(stored),
             self._pools,
+            (six,),
         )
         return ip
 
@@ -296,12 +333,12 @@ class IpamDriver:
             raise Conflict(f"network {stored.network.name!r} was removed or replaced meanwhile")
 
 
-def _ipv4_only(net: Network) -> str:
-    """``net``'s IPv4 subnet; raises ``InvalidRecord`` (retrying cannot help) for a network
-    with an IPv6 subnet: the Docker plugin serves IPv4 networks only (``--ipv6`` is refused)."""
-    if net.subnet is None or net.subnet6 is not None:
+def _with_ipv4(net: Network) -> str:
+    """``net``'s IPv4 subnet; raises ``InvalidRecord`` (retrying cannot help) for an IPv6-only
+    network: a Docker network has an IPv4 pool (``--ipv6`` adds the IPv6 one)."""
+    if net.subnet is None:
         raise InvalidRecord(
-            f"heddle network {net.name} has an IPv6 subnet ({net.subnets}): the Docker plugin "
-            "serves IPv4-only heddle networks in this release"
+            f"heddle network {net.name} is IPv6-only ({net.subnets}): a Docker network needs "
+            "an IPv4 subnet too (a dual-stack heddle network with --ipv6)"
         )
     return net.subnet

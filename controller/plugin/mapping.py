@@ -13,7 +13,7 @@ from typing import Any
 
 from controller.model.errors import InvalidRecord, brief
 from controller.model.json_value import load_object
-from controller.model.records import check_ipv4, check_label
+from controller.model.records import check_ipv4, check_ipv6, check_label
 
 _DOCKER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 
@@ -31,18 +31,22 @@ def check_docker_id(value: object, field: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DockerNetwork:
-    """One dockerd's network ``network_id`` is heddle network ``network``; ``gateway`` is what
-    Docker was told at create time (returned by every Join), None for no gateway."""
+    """One dockerd's network ``network_id`` is heddle network ``network``; ``gateway`` and
+    ``gateway6`` (a dual-stack network's) are what Docker was told at create time (returned by
+    every Join), None for no gateway."""
 
     network_id: str
     network: str
     gateway: str | None
+    gateway6: str | None = None
 
     def __post_init__(self) -> None:
         check_docker_id(self.network_id, "NetworkID")
         check_label(self.network, "heddle network")
         if self.gateway is not None:
             check_ipv4(self.gateway, "gateway")
+        if self.gateway6 is not None:
+            check_ipv6(self.gateway6, "gateway6")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +75,15 @@ def _object(raw: bytes, what: str) -> dict[str, Any]:
 
 
 def encode_network(m: DockerNetwork) -> bytes:
-    return _dumps({"network": m.network, "gateway": m.gateway})
+    """``gateway6`` only when set: an IPv4 network's mapping reads as before."""
+    gw6 = {"gateway6": m.gateway6} if m.gateway6 is not None else {}
+    return _dumps({"network": m.network, "gateway": m.gateway, **gw6})
 
 
 def decode_network(network_id: str, raw: bytes) -> DockerNetwork:
     o = _object(raw, "docker network mapping")
     try:
-        return DockerNetwork(network_id, o.get("network"), o.get("gateway"))  # type: ignore[arg-type]
+        return DockerNetwork(network_id, o.get("network"), o.get("gateway"), o.get("gateway6"))  # type: ignore[arg-type]
     except InvalidRecord as exc:
         raise InvalidRecord(f"docker network mapping {network_id}: {exc}") from None
 

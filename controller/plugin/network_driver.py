@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from controller.model import codec
 from controller.model.errors import Conflict, HeddleError, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac, veth_host_name, veth_peer_name
-from controller.model.records import Endpoint, check_label
+from controller.model.records import Endpoint, Network, check_label
 from controller.plugin import api, lookup
 from controller.plugin import keys as pkeys
 from controller.plugin.ipam_driver import ADDRESS_SPACES
@@ -103,10 +103,10 @@ class NetworkDriver:
         return api.NetworkCapabilities(SCOPE, CONNECTIVITY_SCOPE)
 
     def gw_alloc_check(self, _: api.GwAllocCheckRequest) -> api.GwAllocCheckResponse:
-        """Docker 28+: reserve the gateways. Every heddle network has an IPv4 gateway that Join
-        names as the containers' default route, and heddle's IPAM driver (the only one it
-        accepts) is what reserves it, so nothing is skipped; IPv6 pools are refused by that
-        driver anyway."""
+        """Docker 28+: reserve the gateways. Every heddle network has an IPv4 gateway (and a
+        dual-stack one an IPv6 gateway) that Join names as the containers' default routes, and
+        heddle's IPAM driver (the only one it accepts) is what reserves them: nothing is
+        skipped."""
         return api.GwAllocCheckResponse(skip_ipv4=False, skip_ipv6=False)
 
     def discover(self, _: api.DiscoveryRequest) -> api.Ok:
@@ -132,8 +132,6 @@ class NetworkDriver:
                 f"{api.NETWORK_OPTION}=NAME ...`"
             )
         check_label(name, f"-o {api.NETWORK_OPTION}")
-        if req.ipv6:
-            raise InvalidRecord("heddle networks are IPv4 only: create it without --ipv6")
         if len(req.ipv4) != 1:
             raise InvalidRecord(
                 f"a heddle network has exactly one IPv4 subnet, got {len(req.ipv4)}"
@@ -157,15 +155,22 @@ class NetworkDriver:
                 f"{data.pool}: use the same name in -o {api.NETWORK_OPTION} and --ipam-opt "
                 f"{api.NETWORK_OPTION}"
             )
-        gateway = None
-        if data.gateway:
-            try:
-                gateway = str(ipaddress.IPv4Interface(data.gateway).ip)
-            except ValueError:
-                raise api.BadRequest(
-                    f"field IPv4Data[0].Gateway {brief(data.gateway)} is not an IPv4 address"
-                ) from None
-        mapping = DockerNetwork(req.network_id, name, gateway)
+        gateway = _gateway(data, "IPv4Data", ipaddress.IPv4Interface)
+        gateway6 = None
+        subnet6 = stored.network.subnet6
+        if (subnet6 is None) != (not req.ipv6) or len(req.ipv6) > 1:
+            raise InvalidRecord(
+                f"heddle network {name} has subnets {stored.network.subnets}: create the Docker "
+                "network " + ("with --ipv6 and its IPv6 --subnet" if subnet6 else "without --ipv6")
+            )
+        if req.ipv6:
+            if req.ipv6[0].pool != subnet6:
+                raise Conflict(
+                    f"heddle network {name} has IPv6 subnet {subnet6}, but Docker's pool is "
+                    f"{req.ipv6[0].pool}"
+                )
+            gateway6 = _gateway(req.ipv6[0], "IPv6Data", ipaddress.IPv6Interface)
+        mapping = DockerNetwork(req.network_id, name, gateway, gateway6)
         key = pkeys.network(self._host, req.network_id)
         txn = Txn(
             compares=(Compare(key, "create", "=", 0),), success=(Put(key, encode_network(mapping)),)
@@ -187,8 +192,6 @@ class NetworkDriver:
     # -- endpoints ---------------------------------------------------------------------------
     def create_endpoint(self, req: api.CreateEndpointRequest) -> api.CreateEndpointResponse:
         """Write the endpoint record and the EndpointID mapping in one transaction."""
-        if req.address_ipv6:
-            raise InvalidRecord("heddle networks are IPv4 only (got Interface.AddressIPv6)")
         # A repeated call fails the transaction's "mapping absent" guard and is answered below.
         net_map = self._docker_network(req.network_id)
         stored = lookup.network(self._kv, net_map.network)
@@ -208,18 +211,19 @@ class NetworkDriver:
         ip = str(iface.ip)
         if iface.network != net.network:
             raise InvalidRecord(f"address {req.address} is not in {net.name}'s subnet {net.subnet}")
+        ip6 = _address6(req.address_ipv6, net)
         mac = req.mac.lower() if req.mac else derive_mac(net.vni, ip)
-        ipam_key = keys.ipam(net.name, ip)
+        ipam_keys = [keys.ipam(net.name, a) for a in (ip, ip6) if a is not None]
         reserved = codec.encode_owner(self._owner).encode()
         for eid in endpoint_ids(req.endpoint_id):
-            ep = Endpoint(eid, net.name, self._host, ip, mac, None)
+            ep = Endpoint(eid, net.name, self._host, ip, mac, None, ip6=ip6)
             mapping = DockerEndpoint(req.endpoint_id, req.network_id, net.name, eid)
             map_key = pkeys.endpoint(self._host, req.endpoint_id)
             ep_key = keys.endpoint(net.name, eid)
             txn = Txn(
                 compares=(
                     Compare(keys.network(net.name), "mod", "=", stored.kv.mod_revision),
-                    Compare(ipam_key, "value", "=", reserved),
+                    *(Compare(k, "value", "=", reserved) for k in ipam_keys),
                     Compare(ep_key, "create", "=", 0),
                     Compare(map_key, "create", "=", 0),
                 ),
@@ -236,14 +240,15 @@ class NetworkDriver:
             current = self._kv.get(keys.network(net.name))
             if current is None or current.mod_revision != stored.kv.mod_revision:
                 raise Conflict(f"heddle network {net.name} was removed or replaced meanwhile")
-            held = self._kv.get(ipam_key)
-            if held is None or held.value != reserved:
-                who = codec.decode_owner(held.value) if held else "nobody"
-                raise Conflict(
-                    f"address {ip} of {net.name} is not reserved by this host's dockerd (held by "
-                    f"{brief(who)}): use the same name in -o {api.NETWORK_OPTION} and --ipam-opt "
-                    f"{api.NETWORK_OPTION}"
-                )
+            for ipam_key in ipam_keys:
+                held = self._kv.get(ipam_key)
+                if held is None or held.value != reserved:
+                    who = codec.decode_owner(held.value) if held else "nobody"
+                    raise Conflict(
+                        f"address {ipam_key.rsplit('/', 1)[1]} of {net.name} is not reserved by "
+                        f"this host's dockerd (held by {brief(who)}): use the same name in -o "
+                        f"{api.NETWORK_OPTION} and --ipam-opt {api.NETWORK_OPTION}"
+                    )
         raise Conflict(f"no free heddle endpoint id for Docker endpoint {req.endpoint_id}")
 
     def _existing_endpoint(
@@ -308,17 +313,20 @@ class NetworkDriver:
             raise NotFound(f"heddle endpoint {mapping.network}/{mapping.id} was removed meanwhile")
         net_map = lookup.docker_network(self._kv, self._host, req.network_id)
         if net_map is not None:
-            gateway = net_map.gateway
+            gateway, gateway6 = net_map.gateway, net_map.gateway6
         else:  # mapping lost (hand-edited etcd): fall back to the network record
             stored = lookup.network(self._kv, mapping.network)
             gateway = stored.network.gateway if stored else None
+            gateway6 = stored.network.gateway6 if stored else None
         if not self._wait_ready(mapping.network, mapping.id, self._join_timeout):
             raise NotReady(
                 f"the heddle agent on {self._host} did not create the interface of endpoint "
                 f"{mapping.network}/{mapping.id} within {self._join_timeout:g} s "
                 "(see `heddle host ls` for its status)"
             )
-        return api.JoinResponse(veth_peer_name(mapping.network, mapping.id), DST_PREFIX, gateway)
+        return api.JoinResponse(
+            veth_peer_name(mapping.network, mapping.id), DST_PREFIX, gateway, gateway6
+        )
 
     def endpoint_oper_info(self, req: api.EndpointRequest) -> api.OperInfoResponse:
         """What heddle made of the endpoint (shown by ``docker inspect``). Never fails for an
@@ -352,6 +360,43 @@ class NetworkDriver:
                 f"Docker endpoint {endpoint_id[:12]} is not known to heddle on host {self._host}"
             )
         return found[0]
+
+
+def _gateway(
+    data: api.IPAMData,
+    field: str,
+    parse: type[ipaddress.IPv4Interface] | type[ipaddress.IPv6Interface],
+) -> str | None:
+    """The gateway address of one ``IPv4Data``/``IPv6Data`` entry (None: none given)."""
+    if not data.gateway:
+        return None
+    try:
+        return str(parse(data.gateway).ip)
+    except ValueError:
+        raise api.BadRequest(
+            f"field {field}[0].Gateway {brief(data.gateway)} is not an address of that family"
+        ) from None
+
+
+def _address6(text: str, net: Network) -> str | None:
+    """``Interface.AddressIPv6`` as the endpoint's ``ip6`` (None when Docker gave none);
+    refused when it does not fit the network's IPv6 subnet, or is missing in a dual-stack
+    network (its endpoint would lack an address of one of the network's families)."""
+    if not text:
+        if net.subnet6 is not None:
+            raise InvalidRecord(
+                f"heddle network {net.name} is dual-stack: the Docker network needs --ipv6"
+            )
+        return None
+    try:
+        iface = ipaddress.IPv6Interface(text)
+    except ValueError:
+        raise api.BadRequest(
+            f"field Interface.AddressIPv6 {brief(text)} is not an IPv6 address/prefix"
+        ) from None
+    if net.network6 is None or iface.network != net.network6:
+        raise InvalidRecord(f"address {text} is not in {net.name}'s IPv6 subnet {net.subnet6}")
+    return str(iface.ip)
 
 
 def _oper_info(

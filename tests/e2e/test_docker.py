@@ -213,6 +213,33 @@ def test_containers_on_two_hosts_share_one_overlay_and_networks_are_isolated(doc
     assert "heddle network blue has subnet 10.20.0.0/24, not 10.99.0.0/24" in r.stderr
 
 
+def test_an_ipv6_network_gives_containers_both_addresses_and_they_use_them(
+    env: Env, dock: Dock
+) -> None:
+    """``docker network create --ipv6`` on a dual-stack heddle network: containers on two
+    hosts get an address of each family from heddle's IPAM and reach each other over both."""
+    env.desired.create_network("dual", "10.23.0.0/24", subnet6="fd00:23::/64")
+    dock.heddle.append("dual")
+    for i, h in enumerate(HOSTS):
+        sub = ["--subnet", "10.23.0.0/24", "--subnet", "fd00:23::/64"] if i == 0 else []
+        dock.networks.append((h, "dual"))
+        dock.docker(h, "network", "create", "-d", "heddle", "--ipam-driver", "heddle", "--ipv6",
+                    "-o", "heddle.network=dual", "--ipam-opt", "heddle.network=dual",
+                    *sub, "dual")  # fmt: skip
+    a = dock.run("h1", "d6a", "dual")
+    b = dock.run("h2", "d6b", "dual")
+    fmt = '{{(index .NetworkSettings.Networks "dual").GlobalIPv6Address}}'
+    a6, b6 = (dock.docker(h, "inspect", "-f", fmt, n).stdout.strip()
+              for h, n in (("h1", "d6a"), ("h2", "d6b")))  # fmt: skip
+    assert a6.startswith("fd00:23::") and b6.startswith("fd00:23::") and a6 != b6
+    eps = {e.ip: e for e in env.desired.endpoints("dual")}
+    assert (eps[a].ip6, eps[b].ip6) == (a6, b6)
+    assert dock.ping("h1", "d6a", b)
+    for host, name, dst in (("h1", "d6a", b6), ("h2", "d6b", a6)):
+        r = dock.docker(host, "exec", name, "ping", "-6", "-c", "3", "-W", "2", dst, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_rm_releases_the_address_and_the_veth_and_network_rm_leaves_nothing(
     env: Env, dock: Dock
 ) -> None:

@@ -441,7 +441,8 @@ def test_ipam_and_network_options_naming_different_networks_are_refused(world: W
          "--ipam-driver heddle"),
         ({}, "exactly one IPv4 subnet, got 0"),
         ({"IPv4Data": [{"AddressSpace": "heddle", "Pool": "10.20.0.0/24"}],
-          "IPv6Data": [{"AddressSpace": "heddle", "Pool": "fd00::/64"}]}, "IPv4 only"),
+          "IPv6Data": [{"AddressSpace": "heddle", "Pool": "fd00::/64"}]},
+         "create the Docker network without --ipv6"),
     ],
 )  # fmt: skip
 def test_create_network_refusals_write_nothing(
@@ -466,7 +467,7 @@ def test_missing_network_option_names_it(world: World) -> None:
         d1.call("/NetworkDriver.CreateNetwork", {"NetworkID": new_id(), "Options": {}})
     assert err.value.status == 400
     assert "missing option heddle.network" in err.value.body["Err"]
-    with pytest.raises(PluginCallError, match="IPv4 only"):
+    with pytest.raises(PluginCallError, match="for --ipv6 create it first"):
         d1.call("/IpamDriver.RequestPool", {"Options": {"heddle.network": "b"}, "V6": True})
     with pytest.raises(PluginCallError, match="is not a valid name"):
         d1.call("/IpamDriver.RequestPool", {"Options": {"heddle.network": "Blue!"}})
@@ -481,3 +482,59 @@ def test_unknown_docker_objects_are_clear_errors(world: World) -> None:
     assert world.dump(keys.ipam_of("blue")) == {}  # the rollback released the address
     with pytest.raises(PluginCallError, match="is not known to heddle on host h1"):
         d1.call("/NetworkDriver.Join", {"NetworkID": net.network_id, "EndpointID": new_id()})
+
+
+def test_a_dual_stack_network_with_ipv6_gives_containers_both_addresses(world: World) -> None:
+    """dockerd's sequence for ``docker network create --ipv6 --subnet V4 --subnet V6`` and a
+    ``docker run`` on it: both pools are the heddle network's, both gateways reserved, the
+    endpoint record holds both addresses (each reserved by this host's dockerd), Join names
+    both gateways."""
+    DesiredState(world.kv).create_network("ds", "10.40.0.0/24", subnet6="fd00:40::/64")
+    d1 = world.docker("h1")
+    opts = {"heddle.network": "ds"}
+    pools, gateways = {}, {}
+    for six, subnet in ((False, "10.40.0.0/24"), (True, "fd00:40::/64")):
+        pool = d1.call("/IpamDriver.RequestPool", {"AddressSpace": "heddle", "Pool": subnet,
+                                                   "Options": opts, "V6": six})  # fmt: skip
+        assert pool["Pool"] == subnet
+        pools[six] = pool["PoolID"]
+        gateways[six] = d1.call("/IpamDriver.RequestAddress", {
+            "PoolID": pool["PoolID"], "Address": "",
+            "Options": {"RequestAddressType": "com.docker.network.gateway"},
+        })["Address"]  # fmt: skip
+    assert gateways == {False: "10.40.0.1/24", True: "fd00:40::1/64"}
+    assert world.owner("ds", "fd00:40::1") == "gateway@docker"
+    network_id = new_id()
+    d1.call("/NetworkDriver.CreateNetwork", {
+        "NetworkID": network_id,
+        "Options": {"com.docker.network.generic": opts},
+        "IPv4Data": [{"AddressSpace": "heddle", "Gateway": gateways[False],
+                      "Pool": "10.40.0.0/24"}],
+        "IPv6Data": [{"AddressSpace": "heddle", "Gateway": gateways[True],
+                      "Pool": "fd00:40::/64"}],
+    })  # fmt: skip
+    four, six = (
+        d1.call("/IpamDriver.RequestAddress", {"PoolID": pools[f], "Address": ""})["Address"]
+        for f in (False, True)
+    )
+    assert (four, six) == ("10.40.0.2/24", "fd00:40::2/64")
+    eid = new_id()
+    d1.call("/NetworkDriver.CreateEndpoint", {
+        "NetworkID": network_id, "EndpointID": eid,
+        "Interface": {"Address": four, "AddressIPv6": six, "MacAddress": ""},
+    })  # fmt: skip
+    [ep] = DesiredState(world.kv).endpoints("ds")
+    assert (ep.ip, ep.ip6, ep.host) == ("10.40.0.2", "fd00:40::2", "h1")
+    joined = d1.call("/NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": eid,
+                                              "SandboxKey": "/var/run/docker/netns/x"})  # fmt: skip
+    assert (joined["Gateway"], joined["GatewayIPv6"]) == ("10.40.0.1", "fd00:40::1")
+    # Without --ipv6 the dual-stack network is refused: its containers would lack IPv6.
+    with pytest.raises(PluginCallError, match="with --ipv6 and its IPv6 --subnet"):
+        d1.call("/NetworkDriver.CreateNetwork", {
+            "NetworkID": new_id(), "Options": {"com.docker.network.generic": opts},
+            "IPv4Data": [{"AddressSpace": "heddle", "Gateway": gateways[False],
+                          "Pool": "10.40.0.0/24"}],
+        })  # fmt: skip
+    with pytest.raises(PluginCallError, match="has IPv6 subnet fd00:40::/64, not fd00:41::/64"):
+        d1.call("/IpamDriver.RequestPool", {"AddressSpace": "heddle", "Pool": "fd00:41::/64",
+                                            "Options": opts, "V6": True})  # fmt: skip
