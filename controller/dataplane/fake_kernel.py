@@ -33,7 +33,7 @@ from controller.model.kernel_state import (
     VxlanAttrs,
 )
 from controller.model.naming import PREFIX
-from controller.model.nft_filter import FilterSpec
+from controller.model.nft_filter import FilterSpec, advert_chains
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
@@ -248,6 +248,7 @@ class FakeKernel:
             port_fdb=port_fdb,
             endpoints=sides,
             filters=spec,
+            filter_adverts=advert_chains(spec) if spec is not None else (),
             bridge_addresses=addresses,
             forwarding=self.forwarding if egress else None,
         )

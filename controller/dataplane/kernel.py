@@ -58,6 +58,7 @@ from controller.model.nft_filter import (
     SPOOF_DROPPED,
     VXLAN_DROPPED,
     FilterListing,
+    advert_chains,
     ours,
     parse_tables,
     render_guard_delta,
@@ -203,6 +204,7 @@ class KernelDataPlane:
             endpoints=self._sides.read(endpoint_keys(view)),
             filters=listing.spec,
             filter_vnis=listing.vni_sets,
+            filter_adverts=listing.advert_chains,
             bridge_addresses=bridge_addresses(self._s.host(), links),
             forwarding=forwarding(self.netns) if egress else None,
         )
@@ -309,7 +311,7 @@ class KernelDataPlane:
         changes nothing, being one transaction, and the whole tables are written instead."""
         assert self._nft is not None
         delta = None
-        if op.base is not None and not op.stale_vnis:
+        if op.base is not None and not op.stale_vnis and not op.stale_adverts:
             delta = render_guard_delta(op.base, op.spec)
         if delta is not None:
             try:
@@ -318,7 +320,7 @@ class KernelDataPlane:
             except NftError as exc:
                 log.info("filters: the guards' delta was refused (%s); writing the tables", exc)
         try:
-            self._nft.run(render_sync(op.spec, op.stale_vnis))
+            self._nft.run(render_sync(op.spec, op.stale_vnis, op.stale_adverts))
         except NftError as exc:
             raise OpFailed(f"nftables: {exc}") from exc
 
@@ -329,7 +331,8 @@ class KernelDataPlane:
                     raise OpFailed("filters are off on this data plane")
                 self._tables = None
                 self._sync_filters(op)
-                self._tables = (time.monotonic(), FilterListing(op.spec))
+                written = FilterListing(op.spec, advert_chains=advert_chains(op.spec))
+                self._tables = (time.monotonic(), written)
             case EnsureBridge():
                 self._links_w.ensure_bridge(op)
             case EnableForwarding():

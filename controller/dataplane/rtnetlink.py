@@ -280,6 +280,7 @@ def mac_bytes(mac: str) -> bytes:
 
 def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
     """The rtnetlink request for an FDB/neighbour op (same semantics as ``bridge``/``ip``)."""
+
     def inet(ip: str) -> bytes:
         return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
 

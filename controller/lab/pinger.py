@@ -141,6 +141,7 @@ def ping(
     duration: float | None = None,
     until_first_reply: bool = False,
     timeout: float | None = None,
+    source: str | None = None,
 ) -> PingResult:
     """Send echo requests to ``dst`` from ``netns`` at a fixed rate and collect the replies.
 
@@ -148,13 +149,16 @@ def ping(
     least one must be set), or at the first reply with ``until_first_reply`` (then ``timeout``
     bounds the whole run). Afterwards waits up to ``wait`` s for outstanding replies.
     ``size`` is the ICMP payload size (an L3 packet of ``size + 28`` bytes; IPv6, when ``dst``
-    is an IPv6 address: ``size + 48``).
+    is an IPv6 address: ``size + 48``). ``source``: the address to send from (bound; default:
+    the kernel's choice).
     """
     if count is None and duration is None and timeout is None:
         raise ValueError("set count, duration or timeout")
     six = ":" in dst
     reply_type = ICMP6_ECHO_REPLY if six else ICMP_ECHO_REPLY
     sock = open_icmp(netns, df=df, six=six)
+    if source is not None:
+        sock.bind((source, 0))
     ident = random.randrange(1, 0xFFFF)
     payload = bytes(random.getrandbits(8) for _ in range(8)) + b"\x5a" * max(0, size - 8)
     payload = payload[:size]

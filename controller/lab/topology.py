@@ -189,8 +189,8 @@ class Lab:
         self.serve_metrics = True
         self.extra_agent_args: tuple[str, ...] = ()  # likewise, e.g. ("--no-filters",)
         # IPv4 or IPv6: the VTEPs' family (an IPv6 underlay: VXLAN over IPv6).
-        self.underlay_subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = (
-            ipaddress.ip_network(underlay_subnet)
+        self.underlay_subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.ip_network(
+            underlay_subnet
         )
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 

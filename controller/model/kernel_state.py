@@ -115,7 +115,8 @@ class KernelState:
     bridge with none maps to an empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every
     endpoint namespace the observation was asked to look into. ``filters``: what heddle's
     nftables tables hold (``None`` when they are missing, malformed, or the backend does not
-    keep them); ``filter_vnis``: an earlier release's per-network sets found in them (to
+    keep them); ``filter_adverts``: the per-port advert chains found in them (a sync deletes
+    those no port wants); ``filter_vnis``: an earlier release's per-network sets found in them (to
     delete). ``bridge_addresses``: the IPv4 addresses (``ip/prefixlen``, sorted) of every
     *owned* bridge that has any.
     ``forwarding``: ``net.ipv4.ip_forward`` of the host namespace (``None``: not read).
@@ -128,6 +129,7 @@ class KernelState:
     endpoints: Mapping[tuple[str, str], EndpointSide] = field(default_factory=dict)
     filters: FilterSpec | None = None
     filter_vnis: tuple[int, ...] = ()
+    filter_adverts: tuple[str, ...] = ()
     bridge_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     forwarding: bool | None = None
 

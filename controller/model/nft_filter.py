@@ -247,7 +247,7 @@ def _iif_concat(*fields: tuple[str, str]) -> Json:
 
 
 #: ICMPv6 an endpoint may not send: a router's and a querier's messages (it is neither), and
-#: neighbour advertisements, which ``_advert_rule`` admits for the endpoint's own address only.
+#: neighbour advertisements, which ``advert_chain`` admits for the endpoint's own address only.
 _ICMPV6_REFUSED = ["mld-listener-query", "nd-router-advert", "nd-neighbor-advert", "nd-redirect"]
 
 
@@ -256,36 +256,65 @@ def _target(ip: str) -> str:
     return f"0x{int(ipaddress.IPv6Address(ip)):032x}"
 
 
-def _advert_rule(guards: Sequence[PortGuard]) -> list[list[Json]]:
-    """A neighbour advertisement from an endpoint passes only if it comes from its port, MAC
-    and address and advertises that address (bits 64..191 of the ICMPv6 header: the target).
-    The targets are an anonymous set, held in the rule (libnftables 1.0.6 has neither
-    ``icmpv6 taddr`` nor a named set of a raw 128-bit field); ``[]`` without IPv6 guards."""
-    six = sorted({(g.port, _target(g.ip)) for g in guards if g.six})
-    if not six:
-        return []
-    return [[
-        {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-                   "right": "nd-neighbor-advert"}},
-        {"match": {"op": "==", "left": _iif_concat(("ether", "saddr"), ("ip6", "saddr")),
-                   "right": "@guards6"}},
-        {"match": {"op": "==",
-                   "left": {"concat": [{"meta": {"key": "iifname"}},
-                                       {"payload": {"base": "th", "offset": 64, "len": 128}}]},
-                   "right": {"set": [{"concat": [p, t]} for p, t in six]}}},
+ADVERTS = "adverts"  # the verdict map: endpoint port -> jump to its advert chain
+_ADVERT_CHAIN = "na_"
+
+
+def advert_chain(port: str) -> str:
+    """The regular chain that admits ``port``'s neighbour advertisements (``na_<port>``)."""
+    return f"{_ADVERT_CHAIN}{port}"
+
+
+def advert_chains(spec: FilterSpec) -> tuple[str, ...]:
+    """The advert chains ``spec``'s tables hold, sorted."""
+    return tuple(sorted(advert_chain(p) for p in _adverts(spec.guards)))
+
+
+def _advert_target(ip: str) -> list[Json]:
+    """The one rule of an advert chain: the advertisement's target (bits 64..191 of the
+    ICMPv6 header, compared as a 128-bit integer: libnftables 1.0.6 has no ``icmpv6 taddr``)
+    is the endpoint's own address."""
+    return [
+        {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 64, "len": 128}},
+                   "right": _target(ip)}},
         {"accept": None},
-    ]]  # fmt: skip
+    ]  # fmt: skip
 
 
-def bridge_rules(guards: Sequence[PortGuard] = ()) -> list[list[Json]]:
-    """The rules of chain ``prerouting`` for ``guards`` (in the form ``nft -j list`` prints).
+def _adverts(guards: Sequence[PortGuard]) -> dict[str, str]:
+    """Port -> its IPv6 address, for the ports with an IPv6 guard."""
+    return {g.port: g.ip for g in guards if g.six}
+
+
+def _advert_cmds(verb: str, port: str, ip: str) -> list[Json]:
+    """Add (chain, its rule, then the map element) or delete (element, then the chain) one
+    port's advert chain: in an order the kernel accepts within one batch."""
+    chain = advert_chain(port)
+    elem = [[port, {"jump": {"target": chain}}]]
+    if verb == "add":
+        return [
+            {"add": _obj("chain", "bridge", name=chain)},
+            {"flush": _obj("chain", "bridge", name=chain)},
+            {"add": _obj("rule", "bridge", chain=chain, expr=_advert_target(ip))},
+            {"add": _obj("element", "bridge", name=ADVERTS, elem=elem)},
+        ]
+    return [
+        {"delete": _obj("element", "bridge", name=ADVERTS, elem=elem)},
+        {"flush": _obj("chain", "bridge", name=chain)},
+        {"delete": _obj("chain", "bridge", name=chain)},
+    ]
+
+
+def bridge_rules() -> list[list[Json]]:
+    """The fixed rules of chain ``prerouting`` (in the form ``nft -j list`` prints).
 
     Ordered for the common case: a frame from a VXLAN device costs one compare, an IPv4 frame
     from an endpoint one compare and one lookup, an IPv6 one a lookup more. The verdicts are
     those of "unguarded port: pass; else the guards decide": a VXLAN device is never guarded,
     and a frame the guards admit comes from a guarded port. IPv6 from an endpoint: its own
     (port, MAC, address), and of ICMPv6 no router or querier message and no neighbour
-    advertisement but for its own address (``_advert_rule``). Its neighbour solicitations pass:
+    advertisement but for its own address (its port's chain in the verdict map ``adverts``,
+    ``advert_chain``: a port without one has its adverts dropped). Its neighbour solicitations pass:
     the VXLAN device answers them from the agent's entries (``proxy``), so none crosses the
     underlay. An IPv6 packet from the unspecified address (duplicate address detection, MLD
     without a link-local address: heddle's addresses need neither) matches no guard."""
@@ -304,7 +333,12 @@ def bridge_rules(guards: Sequence[PortGuard] = ()) -> list[list[Json]]:
         [own6, {"match": {"op": "!=", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
                           "right": {"set": _ICMPV6_REFUSED}}},
          {"accept": None}],
-        *_advert_rule(guards),
+        [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                       "right": "nd-neighbor-advert"}},
+            own6,
+            {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": f"@{ADVERTS}"}},
+        ],
         [
             {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@guarded"}},
             {"accept": None},
@@ -329,10 +363,14 @@ def _chain(family: str, name: str, hook: str, kind: str = "filter", prio: int = 
                 policy="accept")  # fmt: skip
 
 
-def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
+def render_sync(
+    spec: FilterSpec, stale_vnis: Sequence[int] = (), stale_adverts: Sequence[str] = ()
+) -> Json:
     """One batch that makes both tables hold exactly ``spec`` (``stale_vnis``: earlier releases'
-    per-network sets found by the last observation, deleted after the rules that used them).
-    Creates what is missing, keeps the named counters and their values."""
+    per-network sets found by the last observation, deleted after the rules that used them;
+    ``stale_adverts``: advert chains found that no port wants, deleted once the map that
+    jumps to them is flushed). Creates what is missing, keeps the named counters and their
+    values."""
     cmds: list[Json] = [
         {"add": {"table": {"family": "inet", "name": TABLE}}},
         {"add": _obj("counter", "inet", name=VXLAN_DROPPED)},
@@ -377,12 +415,20 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
         {"add": _obj("set", "bridge", name="guards", type=["ifname", "ether_addr", "ipv4_addr"])},
         {"add": _obj("set", "bridge", name="guards6", type=["ifname", "ether_addr", "ipv6_addr"])},
         {"add": _obj("set", "bridge", name="guarded", type="ifname")},
+        {"add": _obj("map", "bridge", name=ADVERTS, type="ifname", map="verdict")},
         {"add": _chain("bridge", BRIDGE_CHAIN, "prerouting")},
         {"flush": _obj("chain", "bridge", name=BRIDGE_CHAIN)},
         {"flush": _obj("set", "bridge", name="guards")},
         {"flush": _obj("set", "bridge", name="guards6")},
         {"flush": _obj("set", "bridge", name="guarded")},
+        {"flush": _obj("map", "bridge", name=ADVERTS)},
     ]
+    wanted = _adverts(spec.guards)
+    for chain in sorted(set(stale_adverts) - {advert_chain(p) for p in wanted}):
+        cmds.append({"flush": _obj("chain", "bridge", name=chain)})
+        cmds.append({"delete": _obj("chain", "bridge", name=chain)})
+    for port, ip in sorted(wanted.items()):
+        cmds += _advert_cmds("add", port, ip)
     for name, six in (("guards", False), ("guards6", True)):
         elems = [{"concat": [g.port, g.mac, g.ip]} for g in spec.guards if g.six == six]
         if elems:
@@ -390,7 +436,7 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
     if spec.guards:
         ports = sorted({g.port for g in spec.guards})
         cmds.append({"add": _obj("element", "bridge", name="guarded", elem=ports)})
-    for expr in bridge_rules(spec.guards):
+    for expr in bridge_rules():
         cmds.append({"add": _obj("rule", "bridge", chain=BRIDGE_CHAIN, expr=expr)})
     return {"nftables": cmds}
 
@@ -398,23 +444,29 @@ def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
 def render_guard_delta(have: FilterSpec, want: FilterSpec) -> Json | None:
     """The batch that takes tables holding ``have`` to ``want`` when only the guards differ
     (a local endpoint came or went): the guards' elements added and deleted, nothing else
-    touched. ``None`` when anything else differs (``render_sync`` then), also when an IPv6
-    guard differs (its advert rule holds the targets). The deletes fail the whole batch,
-    changing nothing, when the tables do not hold ``have``'s elements."""
+    touched (and for IPv6 guards their ports' advert chains). ``None`` when anything else
+    differs (``render_sync`` then). The deletes fail the whole batch, changing nothing, when
+    the tables do not hold ``have``'s elements."""
     if (have.members, have.gateways) != (want.members, want.gateways) or have == want:
-        return None
-    if {g for g in have.guards if g.six} != {g for g in want.guards if g.six}:
         return None
     gone, new = set(have.guards) - set(want.guards), set(want.guards) - set(have.guards)
     ports_gone = {g.port for g in have.guards} - {g.port for g in want.guards}
     ports_new = {g.port for g in want.guards} - {g.port for g in have.guards}
     cmds: list[Json] = []
     for verb, guards, ports in (("delete", gone, ports_gone), ("add", new, ports_new)):
-        if guards:
-            elems = [{"concat": [g.port, g.mac, g.ip]} for g in sorted(guards)]
-            cmds.append({verb: _obj("element", "bridge", name="guards", elem=elems)})
+        for name, six in (("guards", False), ("guards6", True)):
+            elems = [{"concat": [g.port, g.mac, g.ip]} for g in sorted(guards) if g.six == six]
+            if elems:
+                cmds.append({verb: _obj("element", "bridge", name=name, elem=elems)})
         if ports:
             cmds.append({verb: _obj("element", "bridge", name="guarded", elem=sorted(ports))})
+    before, after = _adverts(have.guards), _adverts(want.guards)
+    for port in sorted(before):
+        if after.get(port) != before[port]:
+            cmds[:0] = _advert_cmds("delete", port, before[port])  # before its guard goes
+    for port in sorted(after):
+        if before.get(port) != after[port]:
+            cmds += _advert_cmds("add", port, after[port])
     return {"nftables": cmds}
 
 
@@ -449,11 +501,13 @@ def render_delete() -> Json:
 class FilterListing:
     """What an observation found: ``spec`` (``None`` when a table is missing or holds rules of
     another shape, or an earlier release's -- the planner then rewrites it), ``vni_sets``: the
-    earlier releases' per-network sets present (a sync deletes them), counters."""
+    earlier releases' per-network sets present (a sync deletes them), ``advert_chains``: the
+    advert chains present (a sync deletes those no port wants), counters."""
 
     spec: FilterSpec | None
     vni_sets: tuple[int, ...] = ()
     drops: Mapping[str, int] | None = None
+    advert_chains: tuple[str, ...] = ()
 
 
 def _elements(raw: Any) -> list[Any]:
@@ -478,6 +532,8 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
     rules: dict[tuple[str, str], list[Any]] = {}
     drops: dict[str, int] = {}
     chains: set[tuple[str, str]] = set()
+    adverts: dict[str, str] | None = None  # port -> the chain the map jumps to
+    advert_chains: list[str] = []
     for obj in objects:
         if "table" in obj and obj["table"].get("name") == TABLE:
             tables.add(obj["table"]["family"])
@@ -493,6 +549,10 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
                     guards.append(PortGuard(str(port), str(mac), str(ip)))
             elif s["family"] == "bridge" and s["name"] == "guarded":
                 guarded = [str(e) for e in _elements(s.get("elem"))]
+        elif "map" in obj:
+            m = obj["map"]
+            if m["family"] == "bridge" and m["name"] == ADVERTS:
+                adverts = {str(k): str(v["jump"]["target"]) for k, v in _elements(m.get("elem"))}
         elif "counter" in obj:
             c = obj["counter"]
             drops[c["name"]] = int(c.get("packets", 0))
@@ -500,6 +560,8 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
             c = obj["chain"]
             if (c.get("hook"), c.get("prio")) in _HOOKS.get((c["family"], c["name"]), ()):
                 chains.add((c["family"], c["name"]))
+            elif c["family"] == "bridge" and str(c["name"]).startswith(_ADVERT_CHAIN):
+                advert_chains.append(str(c["name"]))
         elif "rule" in obj:
             r = obj["rule"]
             rules.setdefault((r["family"], r["chain"]), []).append(r["expr"])
@@ -511,15 +573,29 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
         and members is not None
         and chains == set(_HOOKS) - ({("inet", NAT_CHAIN)} if not gateways else set())
         and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules(bool(gateways))
-        and _canonical(rules.get(("bridge", BRIDGE_CHAIN), [])) == _canonical(bridge_rules(guards))
+        and _canonical(rules.get(("bridge", BRIDGE_CHAIN), [])) == _canonical(bridge_rules())
         and sorted(set(guarded)) == sorted({g.port for g in guards})
+        and _adverts_hold(adverts, rules, _adverts(guards))
     )
     spec = (
         make_spec(members, guards, gateways or ())
         if shaped and members is not None and gateways is not None
         else None
     )
-    return FilterListing(spec, tuple(sorted(legacy)), drops)
+    return FilterListing(spec, tuple(sorted(legacy)), drops, tuple(sorted(advert_chains)))
+
+
+def _adverts_hold(
+    adverts: Mapping[str, str] | None,
+    rules: Mapping[tuple[str, str], list[Any]],
+    want: Mapping[str, str],
+) -> bool:
+    """Whether the map ``adverts`` jumps, for exactly the ports of ``want``, to each one's
+    advert chain, and that chain holds exactly the rule for its address."""
+    if adverts is None or adverts != {p: advert_chain(p) for p in want}:
+        return False
+    return all(rules.get(("bridge", advert_chain(p)), []) == [_advert_target(ip)]
+               for p, ip in want.items())  # fmt: skip
 
 
 def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | None:

@@ -40,7 +40,7 @@ from controller.model.naming import (
     veth_peer_name,
     vxlan_name,
 )
-from controller.model.nft_filter import FilterSpec, PortGuard, make_spec
+from controller.model.nft_filter import FilterSpec, PortGuard, advert_chains, make_spec
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
 from controller.plan.kernel_ops import (
@@ -139,14 +139,16 @@ def plan_filters(
     if have == want:
         return [], []
     stale = actual.filter_vnis  # an earlier release's per-network sets: none is wanted
+    kept = set(advert_chains(want))
+    chains = tuple(c for c in actual.filter_adverts if c not in kept)
     if have is None:
-        return [SyncFilters(want, stale)], []
+        return [SyncFilters(want, stale, stale_adverts=chains)], []
     both = have.union(want)
     if both == want:
-        return [SyncFilters(want, stale, have)], []
+        return [SyncFilters(want, stale, have, chains)], []
     if both == have:
-        return [], [SyncFilters(want, stale, have)]
-    return [SyncFilters(both, (), have)], [SyncFilters(want, stale, both)]
+        return [], [SyncFilters(want, stale, have, chains)]
+    return [SyncFilters(both, (), have)], [SyncFilters(want, stale, both, chains)]
 
 
 def plan_kernel(

@@ -23,6 +23,7 @@ from typing import TypeVar
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
+from controller.model.nft_filter import advert_chains
 from controller.model.view import HostView, NetworkView, changed_networks
 from controller.plan.kernel import gateways_of, plan_filters, plan_kernel
 from controller.plan.kernel_ops import (
@@ -118,7 +119,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
     fdb = {k: set(v) for k, v in state.fdb.items()}
     neigh = {k: set(v) for k, v in state.neigh.items()}
     ports = {k: set(v) for k, v in state.port_fdb.items()}
-    filters, filter_vnis = state.filters, state.filter_vnis
+    filters, filter_vnis, filter_adverts = state.filters, state.filter_vnis, state.filter_adverts
     for op in ops:
         match op:
             case PutFdb():
@@ -148,7 +149,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
                 else:
                     got_p.discard(PortFdbEntry(op.mac, op.dev))
             case SyncFilters():
-                filters, filter_vnis = op.spec, ()
+                filters, filter_vnis, filter_adverts = op.spec, (), advert_chains(op.spec)
             case _:
                 raise TypeError(f"not an entry op: {op!r}")
     return replace(
@@ -158,6 +159,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
         port_fdb={k: frozenset(v) for k, v in ports.items()},
         filters=filters,
         filter_vnis=filter_vnis,
+        filter_adverts=filter_adverts,
     )
 
 

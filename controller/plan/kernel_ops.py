@@ -284,7 +284,8 @@ class DelNeigh(_EntryOp):
 @dataclass(frozen=True, slots=True)
 class SyncFilters(Independent):
     """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
-    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete.
+    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete,
+    ``stale_adverts`` advert chains no port wants any more.
     ``base``: what the planner saw the tables hold (``None``: unknown). It lets the driver
     write only what differs, and takes no part in equality: two syncs to one ``spec`` are the
     same change."""
@@ -292,6 +293,7 @@ class SyncFilters(Independent):
     spec: FilterSpec
     stale_vnis: tuple[int, ...] = ()
     base: FilterSpec | None = field(default=None, compare=False)
+    stale_adverts: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         vteps = sum(len(v) for _, v in self.spec.members)

@@ -243,11 +243,30 @@ def test_ipv6_guards_go_to_their_own_set_and_the_advert_rule() -> None:
     assert '"0xfd000000000000000000000000000001"' in advert  # the target, as @th,64,128 reads
 
 
-def test_an_ipv6_guard_change_is_a_full_sync_an_ipv4_one_a_delta() -> None:
+def test_an_ipv6_guard_change_is_a_delta_with_its_ports_advert_chain() -> None:
+    """A new IPv6 endpoint adds its guard, then its advert chain and the map element that
+    jumps there; a leaving one deletes the element before the chain (the kernel refuses to
+    delete a chain something jumps to) and both before its guard."""
     have = make_spec({7: ["192.0.2.2"]}, [G4, G6])
-    assert render_guard_delta(have, make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B])) is None
-    g4b = PortGuard("hdv3", "02:00:00:00:00:03", "10.0.0.3")
-    assert render_guard_delta(have, make_spec({7: ["192.0.2.2"]}, [G4, G6, g4b])) is not None
+    grow = render_guard_delta(have, make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B]))
+    assert grow is not None
+    verbs = [(verb, kind, body.get("name")) for c in grow["nftables"]
+             for verb, obj in c.items() for kind, body in obj.items()]  # fmt: skip
+    assert verbs == [
+        ("add", "element", "guards6"), ("add", "element", "guarded"),
+        ("add", "chain", "na_hdv2"), ("flush", "chain", "na_hdv2"), ("add", "rule", None),
+        ("add", "element", "adverts"),
+    ]  # fmt: skip
+    shrink = render_guard_delta(make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B]), have)
+    assert shrink is not None
+    verbs = [(verb, kind, body.get("name")) for c in shrink["nftables"]
+             for verb, obj in c.items() for kind, body in obj.items()]  # fmt: skip
+    assert verbs == [
+        ("delete", "element", "adverts"), ("flush", "chain", "na_hdv2"),
+        ("delete", "chain", "na_hdv2"), ("delete", "element", "guards6"),
+        ("delete", "element", "guarded"),
+    ]  # fmt: skip
+    assert render_guard_delta(have, make_spec({7: ["192.0.2.3"]}, [G4, G6])) is None
 
 
 def test_a_listing_without_the_ipv6_rules_is_rewritten() -> None:
@@ -326,16 +345,16 @@ def test_members_over_both_families_are_two_rules_that_read_back() -> None:
         if gone is not None:
             objects = [o for o in objects if o.get("chain", {}).get("name") != gone["name"]]
         body = cmd.get("add", {})
-        for kind in ("table", "set", "rule", "chain", "counter"):
+        for kind in ("table", "set", "map", "rule", "chain", "counter"):
             if kind in body:
                 objects.append({kind: dict(body[kind])})
         if "element" in body:
             el = body["element"]
             for o in objects:
-                if (
-                    "set" in o
-                    and o["set"]["name"] == el["name"]
-                    and o["set"]["family"] == el["family"]
-                ):
-                    o["set"].setdefault("elem", []).extend(el["elem"])
+                for kind in ("set", "map"):
+                    if kind in o and (o[kind]["name"], o[kind]["family"]) == (
+                        el["name"],
+                        el["family"],
+                    ):
+                        o[kind].setdefault("elem", []).extend(el["elem"])
     assert parse_tables(objects).spec == spec
