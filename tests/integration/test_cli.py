@@ -82,6 +82,11 @@ REFUSALS = [
     (("endpoint", "create", "blue", "--host", "h1", "--ip", "10.1.0.9"), "already in use"),
     (("endpoint", "create", "blue", "--host", "h1", "--ifname", "x" * 16), "ifname"),
     (("endpoint", "rm", "blue", "nope"), "does not exist"),
+    (("network", "create", "n2", "--subnet", "fd00::/64", "--subnet", "fd01::/64"), "one IPv6"),
+    (("network", "create", "n2", "--subnet", "fd00::1/64"), "IPv6 CIDR"),
+    (("network", "create", "n2", "--subnet", "FD00::/64"), "canonically"),
+    (("network", "create", "n2", "--subnet", "fd00::/64", "--mtu", "1279"), "mtu"),
+    (("endpoint", "create", "blue", "--host", "h1", "--ip", "fd00::5"), "no such subnet"),
 ]
 
 
@@ -125,6 +130,36 @@ def test_happy_path_tables_and_json(seeded: KV, heddle: Run) -> None:
     r = heddle("network", "rm", "blue", "--force")
     assert r.returncode == 0, r.stderr
     assert not [k for k in dump(seeded) if "blue" in k or k.endswith("/vnis/100")]
+
+
+def test_dual_stack_and_ipv6_only_networks_from_the_cli(seeded: KV, heddle: Run) -> None:
+    """``--subnet`` repeats (one per family), ``--ip`` too; an endpoint gets one address of
+    each family in one transaction, and ``endpoint rm`` releases both."""
+    r = heddle("-o", "json", "network", "create", "ds", "--subnet", "10.6.0.0/24",
+               "--subnet", "fd00:6::/64", "--gateway", "fd00:6::1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    net = json.loads(r.stdout)
+    assert (net["subnet"], net["subnet6"], net["gateway6"]) == (
+        "10.6.0.0/24",
+        "fd00:6::/64",
+        "fd00:6::1",
+    )
+    r = heddle("-o", "json", "endpoint", "create", "ds", "--host", "h1")
+    assert r.returncode == 0, r.stderr
+    ep = json.loads(r.stdout)
+    assert (ep["ip"], ep["ip6"]) == ("10.6.0.1", "fd00:6::2")
+    r = heddle("endpoint", "create", "ds", "--host", "h1", "--ip", "10.6.0.9")
+    assert r.returncode == 1 and "request an address of each family" in r.stderr
+    r = heddle("-o", "json", "endpoint", "create", "ds", "--host", "h2",
+               "--ip", "fd00:6::9", "--ip", "10.6.0.9")  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout)["ip6"] == "fd00:6::9", r.stderr
+    assert heddle("network", "create", "v6", "--subnet", "fd00:7::/64").returncode == 0
+    r = heddle("-o", "json", "endpoint", "create", "v6", "--host", "h2")
+    assert json.loads(r.stdout)["ip6"] == "fd00:7::1" and json.loads(r.stdout)["ip"] is None
+    r = heddle("endpoint", "rm", "ds", ep["id"])
+    assert r.returncode == 0 and "released 10.6.0.1, fd00:6::2" in r.stdout
+    assert seeded.get(keys.ipam("ds", "fd00:6::2")) is None
+    assert "10.6.0.0/24,fd00:6::/64" in heddle("network", "ls").stdout
 
 
 def test_unreachable_etcd_exit_code() -> None:
