@@ -45,11 +45,11 @@ from controller.model.nft_filter import (
     FilterSpec,
     make_spec,
     ours,
-    parse_tables,
     render_delete,
     render_list,
     render_sync,
 )
+from controller.model.nft_parse import parse_tables
 from controller.output import table
 from controller.store.etcd import EtcdKV
 

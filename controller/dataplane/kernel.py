@@ -57,14 +57,13 @@ from controller.model.nft_filter import (
     LIST_TABLES,
     SPOOF_DROPPED,
     VXLAN_DROPPED,
-    FilterListing,
     advert_chains,
     ours,
-    parse_tables,
     render_guard_delta,
     render_list,
     render_sync,
 )
+from controller.model.nft_parse import FilterListing, parse_tables
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (

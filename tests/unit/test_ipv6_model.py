@@ -23,10 +23,10 @@ from controller.model.naming import derive_mac, veth_host_name, vxlan_name
 from controller.model.nft_filter import (
     PortGuard,
     make_spec,
-    parse_tables,
     render_guard_delta,
     render_sync,
 )
+from controller.model.nft_parse import parse_tables
 from controller.model.records import Endpoint, Host, Network, check_vtep
 from controller.model.view import Snapshot, host_view
 from controller.plan.kernel import plan_kernel

@@ -15,10 +15,10 @@ from controller.model.nft_filter import (
     FilterSpec,
     PortGuard,
     make_spec,
-    parse_tables,
     render_guard_delta,
     render_sync,
 )
+from controller.model.nft_parse import parse_tables
 
 G1 = PortGuard("hdv1", "02:00:00:00:00:01", "10.0.0.1")
 G2 = PortGuard("hdv2", "02:00:00:00:00:02", "10.0.0.2")
