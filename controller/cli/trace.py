@@ -36,7 +36,8 @@ def trace(args: argparse.Namespace, kv: KV) -> int:
             h: pool.submit(_ask, statuses.get(h), h, args.network, args.timeout) for h in hosts
         }
         facts = {h: f.result() for h, f in futures.items()}
-    report = trace_path(snap, src, dst, facts[src.host], facts[dst.host])
+    six = ":" in args.dest
+    report = trace_path(snap, src, dst, facts[src.host], facts[dst.host], six)
     if args.output == "json":
         bad = report.first_bad
         print(as_json({**asdict(report), "whole": report.whole,
@@ -48,7 +49,8 @@ def trace(args: argparse.Namespace, kv: KV) -> int:
 
 def render(report: TraceReport) -> str:
     s, d = report.source, report.dest
-    head = f"{report.network}: {s.id} ({s.ip} on {s.host}) -> {d.id} ({d.ip} on {d.host})"
+    head = (f"{report.network}: {s.id} ({', '.join(s.addresses)} on {s.host}) -> {d.id} "
+            f"({', '.join(d.addresses)} on {d.host})")  # fmt: skip
     body = table(
         ["#", "hop", "host", "status", "evidence"],
         [[i, h.name, h.host, h.status.upper() if h.status != "ok" else "ok", h.evidence]

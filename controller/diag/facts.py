@@ -57,7 +57,8 @@ class SideFacts:
 
 @dataclass(frozen=True, slots=True)
 class EndpointFacts:
-    """A local endpoint. ``delivers``: frames for ``mac`` that arrive from the tunnel reach
+    """A local endpoint. ``ip``: its address, or its two comma-joined (IPv4 first) in a
+    dual-stack network. ``delivers``: frames for ``mac`` that arrive from the tunnel reach
     its interface (kernel: the veth is in the bridge; ovs: table 30 outputs them to its port)."""
 
     id: str

@@ -70,7 +70,7 @@ def kernel_facts(host: Host, nv: NetworkView, actual: KernelState) -> NetworkFac
             else LinkFacts(name, False, detail=f"no veth {name}")
         )
         side = side_facts(ep, actual.endpoints.get((ep.netns, ep.ifname)) if ep.netns else None)
-        eps.append(EndpointFacts(ep.id, ep.address, ep.mac, veth, side, veth.attached))
+        eps.append(EndpointFacts(ep.id, ",".join(ep.addresses), ep.mac, veth, side, veth.attached))
     return NetworkFacts(
         host.name,
         "kernel",

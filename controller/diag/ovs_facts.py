@@ -98,7 +98,7 @@ def ovs_facts(layout: OvsLayout, host: Host, nv: NetworkView, actual: OvsState) 
         side = side_facts(
             ep, actual.kernel.endpoints.get((ep.netns, ep.ifname)) if ep.netns else None
         )
-        eps.append(EndpointFacts(ep.id, ep.address, ep.mac, veth, side, delivers))
+        eps.append(EndpointFacts(ep.id, ",".join(ep.addresses), ep.mac, veth, side, delivers))
     return NetworkFacts(
         host.name,
         "ovs",

@@ -63,18 +63,30 @@ def resolve_endpoints(
     if network not in snap.networks:
         raise NotFound(f"no network {network!r}")
     eps = {ep_id: ep for (net, ep_id), ep in snap.endpoints.items() if net == network}
-    by_ip = {ep.ip: ep for ep in eps.values()}
-    src = eps.get(source) or by_ip.get(source)
+    by_ip = {ip: ep for ep in eps.values() for ip in ep.addresses}
+    src = eps.get(source) or by_ip.get(_canonical(source))
     if src is None:
         raise NotFound(f"no endpoint {source!r} (id or address) in network {network}")
     try:
-        ipaddress.ip_address(dest)
+        dest = str(ipaddress.ip_address(dest))
     except ValueError:
         raise InvalidRecord(f"destination {dest!r} is not an address") from None
     dst = by_ip.get(dest)
     if dst is None:
         raise NotFound(f"no endpoint has address {dest} in network {network}")
     return src, dst
+
+
+def _canonical(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+def _of_family(ep: Endpoint, six: bool) -> str:
+    """``ep``'s address of one family (its only one when it has no other)."""
+    return (ep.ip6 if six else ep.ip) or ep.address
 
 
 def _ok(name: str, host: str, evidence: str) -> Hop:
@@ -114,11 +126,12 @@ def _address_hop(name: str, ep: EndpointFacts, facts: NetworkFacts, towards: str
         return _broken(name, facts.host, text)
     if side.mtu != facts.mtu:
         return _broken(name, facts.host, f"{text}: the network's MTU is {facts.mtu}")
-    mine = [a for a in side.addresses if a.split("/")[0] == ep.ip]
-    if not mine:
-        return _broken(name, facts.host, f"{text}: {ep.ip} is not configured")
-    iface = ipaddress.ip_interface(mine[0])
     target = ipaddress.ip_address(towards)
+    own = [a for a in ep.ip.split(",") if ipaddress.ip_address(a).version == target.version]
+    mine = [a for a in side.addresses if a.split("/")[0] in own]
+    if not mine:
+        return _broken(name, facts.host, f"{text}: {', '.join(own) or ep.ip} is not configured")
+    iface = ipaddress.ip_interface(mine[0])
     if target not in iface.network and side.gateway is None:
         return _broken(name, facts.host, f"{text}: no route to {towards}")
     return _ok(name, facts.host, f"{text}; {towards} on-link via {mine[0]}")
@@ -130,9 +143,11 @@ def trace_path(
     dst: Endpoint,
     src_facts: NetworkFacts | str,
     dst_facts: NetworkFacts | str,
+    six: bool = False,
 ) -> TraceReport:
-    """The hops from ``src`` to ``dst`` (see the module docstring). A ``str`` in place of facts
-    is why that host's agent could not be asked."""
+    """The hops from ``src`` to ``dst`` (see the module docstring), over IPv6 with ``six``
+    (the addresses checked are each side's of that family). A ``str`` in place of facts is why
+    that host's agent could not be asked."""
     net = snap.networks[src.network]
     hops: list[Hop] = []
 
@@ -147,7 +162,7 @@ def trace_path(
     if s_ep is None:
         hops.append(_broken("source address", src.host, "the agent does not realise this endpoint"))
         return report()
-    hops.append(_address_hop("source address", s_ep, src_facts, dst.address))
+    hops.append(_address_hop("source address", s_ep, src_facts, _of_family(dst, six)))
     hops.append(_link_hop("source veth", src.host, s_ep.veth, src_facts.mtu, False))
     bridge = _link_hop("source bridge", src.host, src_facts.bridge, src_facts.mtu, False)
     if bridge.status == "ok" and not s_ep.veth.attached:
@@ -178,7 +193,7 @@ def trace_path(
             f"{veth.evidence}: frames for {dst.mac} are not delivered to it",
         )
     hops.append(veth)
-    hops.append(_address_hop("destination address", d_ep, d_facts, src.address))
+    hops.append(_address_hop("destination address", d_ep, d_facts, _of_family(src, six)))
     return report()
 
 

@@ -204,3 +204,33 @@ def converged_kernel() -> tuple[Snapshot, dict[str, Any]]:
     if "k" not in _CONVERGED:
         _CONVERGED["k"] = converged("kernel")
     return _CONVERGED["k"]
+
+
+def test_a_dual_stack_trace_checks_the_family_asked_for() -> None:
+    """``heddle trace`` to an IPv6 address checks each side's IPv6 address; an endpoint is
+    found by either of its addresses (written in any spelling of it)."""
+    net = Network("ds", 7, "10.1.0.0/24", subnet6="fd00:1::/64")
+    a = Endpoint("a", "ds", "h1", "10.1.0.2", "02:07:0a:01:00:02", "nsa", ip6="fd00:1::2")
+    b = Endpoint("b", "ds", "h2", "10.1.0.3", "02:07:0a:01:00:03", "nsb", ip6="fd00:1::3")
+    hosts = {h: Host(h, f"192.0.2.{i}") for i, h in ((1, "h1"), (2, "h2"))}
+    s = Snapshot(1, {"ds": net}, {("ds", "a"): a, ("ds", "b"): b}, hosts, frozenset(hosts))
+    assert resolve_endpoints(s, "ds", "FD00:1::2", "fd00:1:0::3") == (a, b)
+    planes = {}
+    for name, host in hosts.items():
+        view = host_view(s, host)
+        fk = FakeKernel(host.vtep)
+        for netns, _ in endpoint_keys(view):
+            fk.add_netns(netns)
+        fk.apply(fk.plan(view, fk.observe(view)))
+        planes[name] = fk
+
+    def facts_of(host: str) -> NetworkFacts:
+        view = host_view(s, hosts[host])
+        got = planes[host].facts(view, "ds", planes[host].observe(view))
+        assert got is not None
+        return got
+
+    report = trace_path(s, a, b, facts_of("h1"), facts_of("h2"), six=True)
+    assert report.whole, [h for h in report.hops if h.status != "ok"]
+    evidence = " ".join(h.evidence for h in report.hops)
+    assert "fd00:1::3 on-link via fd00:1::2/64" in evidence
