@@ -160,7 +160,8 @@ class IpamDriver:
             raise InvalidRecord(
                 f"heddle network {name} {'has no IPv6 subnet' if stored else 'does not exist'}:"
                 f" for --ipv6 create it first with `heddle network create {name} --subnet "
-                "IPV4-CIDR --subnet IPV6-CIDR`"
+                "IPV4-CIDR --subnet IPV6-CIDR` (Docker asks for the IPv4 pool first: a network "
+                f"it has just created from --subnet alone goes with `heddle network rm {name}`)"
             )
         if pool and str(parse_subnet6(pool, "--subnet")) != subnet6:
             raise Conflict(
