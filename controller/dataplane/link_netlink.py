@@ -117,8 +117,8 @@ def create_bridge(op: EnsureBridge) -> Request:
 
 def create_vxlan(op: EnsureVxlan, master: int) -> Request:
     """``op``'s VXLAN device in bridge ``master``: learning off, ARP and neighbour discovery
-    proxy on (the agent writes every FDB and neighbour entry); its local address is an IPv4 or
-    an IPv6 VTEP."""
+    proxy on (the agent writes every FDB and neighbour entry; docs/platform.md K13); its local
+    address is an IPv4 or an IPv6 VTEP."""
     data = b"".join((
         rta(_IFLA_VXLAN_ID, _u32(op.vni)),
         rta(_IFLA_VXLAN_LOCAL6, socket.inet_pton(socket.AF_INET6, op.vtep)) if ":" in op.vtep
@@ -201,7 +201,8 @@ def _family(ip: str) -> tuple[int, bytes]:
 def replace_address(index: int, cidr: str) -> Request:
     """``ip/prefixlen`` (IPv4 or IPv6) on link ``index`` (as ``ip address replace``). An IPv6
     address is added without duplicate address detection (``nodad``): usable at once, where
-    DAD would hold it tentative for a second or more and drop the first packets."""
+    DAD would hold it tentative for a second or more and drop the first packets
+    (docs/platform.md K14)."""
     ip, length = cidr.split("/")
     family, raw = _family(ip)
     flags = _IFA_F_NODAD if family == socket.AF_INET6 else 0

@@ -143,8 +143,8 @@ def advert_chain(port: str) -> str:
 
 def advert_target_rule(ip: str) -> list[Json]:
     """The one rule of an advert chain: the advertisement's target (bits 64..191 of the
-    ICMPv6 header, compared as a 128-bit integer: libnftables 1.0.6 has no ``icmpv6 taddr``)
-    is the endpoint's own address."""
+    ICMPv6 header, compared as a 128-bit integer: libnftables 1.0.6 has no ``icmpv6 taddr``,
+    docs/platform.md K16) is the endpoint's own address."""
     return [
         {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 64, "len": 128}},
                    "right": target_int(ip)}},
