@@ -11,6 +11,7 @@ first moment, or is deleted again. Raises ``OpFailed`` / ``NetlinkError`` / ``OS
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,8 @@ from controller.plan.kernel_ops import (
     EnsureVeth,
     EnsureVxlan,
 )
+
+log = logging.getLogger("heddle.kernel")
 
 
 def _cidr(cidr: str) -> tuple[str, int]:
@@ -81,6 +84,7 @@ class LinkWriter:
                 raise OpFailed(f"no bridge {op.bridge}")
             req = link_netlink.create_vxlan(op, bridge.index)
             self._s.index[op.name] = link_netlink.create_marked(self._s.rtnl(), req, op.name, True)
+            self._ipv6_on(op.name)
             return
         br = self._s.bridge_index(op.bridge)
         want = VxlanAttrs(vni=op.vni, local=op.vtep, port=op.port, learning=False, proxy=True)
@@ -90,6 +94,7 @@ class LinkWriter:
             idx = self._create(op.name, kind="vxlan", vxlan_id=op.vni, vxlan_port=op.port,
                                vxlan_learning=0, vxlan_proxy=1, mtu=op.mtu, master=br,
                                **local)  # fmt: skip
+            self._ipv6_on(op.name)
         else:
             have = vxlan_attrs(msg)
             if have != want:
@@ -97,6 +102,16 @@ class LinkWriter:
             idx = int(msg["index"])
         self._s.host().link("set", index=idx, master=br, mtu=op.mtu, state="up")
         self._no_learning(idx)
+
+    def _ipv6_on(self, vxlan: str) -> None:
+        """IPv6 on for a new VXLAN device: a host whose defaults turn it off (a common
+        hardening) would refuse its IPv6 neighbour entries ("IPv6 is disabled on this
+        device"; docs/platform.md K15). Harmless for an IPv4 network: the device has no IPv6
+        address (``addr_gen_mode none``, set before it came up) and sends nothing."""
+        try:
+            enable_ipv6(self._s.netns, vxlan)
+        except OSError as exc:  # IPv6 compiled out or forbidden: IPv4 networks still work
+            log.warning("cannot turn IPv6 on for %s: %s", vxlan, exc)
 
     # -- veths and endpoints ------------------------------------------------------------------
 

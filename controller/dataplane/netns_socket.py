@@ -93,11 +93,12 @@ def sysctl(netns: str | None, key: str, value: str | None = None) -> str:
     return in_netns(netns, work)
 
 
-def enable_ipv6(netns: str, ifname: str) -> bool:
-    """Turn IPv6 on for interface ``ifname`` of ``netns`` (``disable_ipv6`` 0: runtimes and
-    hosts often turn it off in a namespace's defaults, and an address cannot be added then;
-    netlink cannot set it: docs/platform.md K15).
-    False when there is no such interface yet. Idempotent; raises ``OSError`` otherwise."""
+def enable_ipv6(netns: str | None, ifname: str) -> bool:
+    """Turn IPv6 on for interface ``ifname`` of ``netns`` (None: this namespace):
+    ``disable_ipv6`` 0. Runtimes and hardened hosts often turn it off in a namespace's
+    defaults, and then an address or neighbour entry cannot be added; netlink cannot set it
+    (docs/platform.md K15). False when there is no such interface yet. Idempotent; raises
+    ``OSError`` otherwise."""
     path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
 
     def work() -> bool:

@@ -703,7 +703,8 @@ def test_ipv6_endpoints_get_addresses_routes_neighbours_and_guards(
     route, the VXLAN device a permanent IPv6 neighbour entry per remote address (its proxy
     answers neighbour solicitations from them), the bridge table an IPv6 guard per local
     address; the fake ends in the same state, a second plan is empty, and the endpoints ping
-    each other over IPv6 even with IPv6 off in their namespaces' defaults."""
+    each other over IPv6 even with IPv6 off in every namespace's defaults (the host's too: the
+    VXLAN device would refuse IPv6 neighbour entries)."""
     net = Network("blue", VNI, None if only else "10.77.0.0/24", None if only else "10.77.0.1",
                   mtu=1400, subnet6="fd00:77::/64", gateway6="fd00:77::1")  # fmt: skip
     base = snapshot(lab)
@@ -712,7 +713,7 @@ def test_ipv6_endpoints_get_addresses_routes_neighbours_and_guards(
         networks={"blue": net},
         endpoints={k: _six(e, only) for k, e in base.endpoints.items()},
     )
-    for ns in (lab.ep_a, lab.ep_b):  # as the lab's containers and some runtimes have it
+    for ns in (lab.host, lab.ep_a, lab.ep_b):  # as hardened hosts, some runtimes and the lab
         subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
                         "net.ipv6.conf.default.disable_ipv6=1"], check=True)  # fmt: skip
     view = view_of(snap)
