@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Sequence
 
 from pyroute2 import NetlinkError
@@ -25,6 +24,7 @@ from controller.dataplane.rtnetlink import (
     NUD_NOARP,
     NUD_PERMANENT,
     entry_request,
+    ip_family,
 )
 from controller.plan.kernel_ops import (
     ZERO_MAC,
@@ -117,9 +117,9 @@ class EntryWriter:
                     ipr.fdb("del", ifindex=idx, lladdr=op.mac, dst=op.dst)
                 case PutNeigh():
                     ipr.neigh("replace", ifindex=idx, dst=op.ip, lladdr=op.mac, state=NUD_PERMANENT,
-                              family=_family(op.ip))  # fmt: skip
+                              family=ip_family(op.ip))  # fmt: skip
                 case DelNeigh():
-                    ipr.neigh("del", ifindex=idx, dst=op.ip, family=_family(op.ip))
+                    ipr.neigh("del", ifindex=idx, dst=op.ip, family=ip_family(op.ip))
                 case PutPortFdb():
                     ipr.fdb("replace", ifindex=idx, lladdr=op.mac, state=NUD_NOARP,
                             flags=NTF_MASTER)  # fmt: skip
@@ -130,7 +130,3 @@ class EntryWriter:
         except NetlinkError as exc:
             if code(exc) not in _TOLERATED.get(type(op), frozenset()):
                 raise
-
-
-def _family(ip: str) -> int:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET

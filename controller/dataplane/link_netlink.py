@@ -33,7 +33,15 @@ import struct
 from collections.abc import Callable, Sequence
 
 from controller.dataplane.backend import OpFailed
-from controller.dataplane.rtnetlink import IFINFO, RawLink, RawRtnl, mac_bytes, rta
+from controller.dataplane.rtnetlink import (
+    IFINFO,
+    RawLink,
+    RawRtnl,
+    ip_bytes,
+    ip_family,
+    mac_bytes,
+    rta,
+)
 from controller.model.naming import OWNER_ALIAS
 from controller.plan.kernel_ops import ConfigureEndpoint, EnsureBridge, EnsureVeth, EnsureVxlan
 from controller.plan.ovs_ops import EnsurePortVeth
@@ -192,19 +200,13 @@ def get_link(name: str) -> Request:
     return RTM_GETLINK, 0, IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name)
 
 
-def _family(ip: str) -> tuple[int, bytes]:
-    """``ip``'s address family and packed bytes (IPv6 if it holds a ':')."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    return family, socket.inet_pton(family, ip)
-
-
 def replace_address(index: int, cidr: str) -> Request:
     """``ip/prefixlen`` (IPv4 or IPv6) on link ``index`` (as ``ip address replace``). An IPv6
     address is added without duplicate address detection (``nodad``): usable at once, where
     DAD would hold it tentative for a second or more and drop the first packets
     (docs/platform.md K14)."""
     ip, length = cidr.split("/")
-    family, raw = _family(ip)
+    family, raw = ip_family(ip), ip_bytes(ip)
     flags = _IFA_F_NODAD if family == socket.AF_INET6 else 0
     body = _IFADDRMSG.pack(family, int(length), flags, 0, index)
     local = rta(_IFA_LOCAL, raw) if family == socket.AF_INET else b""
@@ -213,7 +215,7 @@ def replace_address(index: int, cidr: str) -> Request:
 
 def replace_default_route(index: int, gateway: str) -> Request:
     """The main table's default route of ``gateway``'s family via it out of link ``index``."""
-    family, raw = _family(gateway)
+    family, raw = ip_family(gateway), ip_bytes(gateway)
     body = _RTMSG.pack(
         family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0
     )

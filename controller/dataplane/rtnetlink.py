@@ -264,6 +264,16 @@ def parse_link(data: bytes, body: int, end: int) -> RawLink:
     )
 
 
+def ip_family(ip: str) -> int:
+    """``AF_INET6`` for an IPv6 address's text, else ``AF_INET``."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def ip_bytes(ip: str) -> bytes:
+    """An IPv4 or IPv6 address's packed bytes (the inverse of ``ip_text``)."""
+    return socket.inet_pton(ip_family(ip), ip)
+
+
 def ip_text(raw: bytes) -> str:
     """An address from its packed bytes (4: IPv4, else IPv6)."""
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
@@ -281,21 +291,18 @@ def mac_bytes(mac: str) -> bytes:
 def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
     """The rtnetlink request for an FDB/neighbour op (same semantics as ``bridge``/``ip``)."""
 
-    def inet(ip: str) -> bytes:
-        return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
-
     match op:
         case PutFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, ip_bytes(op.dst))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
         case AddFlood():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-            body = rta(_NDA_LLADDR, mac_bytes(ZERO_MAC)) + rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(ZERO_MAC)) + rta(_NDA_DST, ip_bytes(op.dst))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_APPEND, nd + body
         case DelFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
-            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, inet(op.dst))
+            body = rta(_NDA_LLADDR, mac_bytes(op.mac)) + rta(_NDA_DST, ip_bytes(op.dst))
             return _RTM_DELNEIGH, 0, nd + body
         case PutPortFdb():
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_NOARP, NTF_MASTER, 0)
@@ -308,13 +315,10 @@ def entry_request(op: KernelOp, ifindex: int) -> tuple[int, int, bytes]:
             nd = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, NTF_MASTER, 0)
             return _RTM_DELNEIGH, 0, nd + rta(_NDA_LLADDR, mac_bytes(op.mac))
         case PutNeigh():
-            family = socket.AF_INET6 if ":" in op.ip else socket.AF_INET
-            nd = _NDMSG.pack(family, ifindex, NUD_PERMANENT, 0, 0)
-            dst = socket.inet_pton(family, op.ip)
-            body = rta(_NDA_DST, dst) + rta(_NDA_LLADDR, mac_bytes(op.mac))
+            nd = _NDMSG.pack(ip_family(op.ip), ifindex, NUD_PERMANENT, 0, 0)
+            body = rta(_NDA_DST, ip_bytes(op.ip)) + rta(_NDA_LLADDR, mac_bytes(op.mac))
             return _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE, nd + body
         case DelNeigh():
-            family = socket.AF_INET6 if ":" in op.ip else socket.AF_INET
-            nd = _NDMSG.pack(family, ifindex, 0, 0, 0)
-            return _RTM_DELNEIGH, 0, nd + rta(_NDA_DST, socket.inet_pton(family, op.ip))
+            nd = _NDMSG.pack(ip_family(op.ip), ifindex, 0, 0, 0)
+            return _RTM_DELNEIGH, 0, nd + rta(_NDA_DST, ip_bytes(op.ip))
     raise TypeError(f"not an entry op: {op!r}")

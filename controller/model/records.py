@@ -201,6 +201,18 @@ def check_netns(value: object, field: str = "netns") -> str:
     )
 
 
+def _check_gateway(
+    gw: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    field: str,
+    subnet_field: str,
+) -> None:
+    """Raise ``InvalidRecord`` unless ``gw`` is a usable address of ``net`` (inside it, not its
+    first or last address)."""
+    if gw not in net or gw in (net.network_address, net.broadcast_address):
+        raise InvalidRecord(f"{field} {gw} is not a usable address of {subnet_field} {net}")
+
+
 EGRESS_MODES = ("masquerade",)
 
 
@@ -232,22 +244,14 @@ class Network:
         if self.subnet is not None:
             net = parse_subnet(self.subnet)
             if self.gateway is not None:
-                gw = check_ipv4(self.gateway, "gateway")
-                if gw not in net or gw in (net.network_address, net.broadcast_address):
-                    raise InvalidRecord(
-                        f"gateway {self.gateway} is not a usable address of subnet {self.subnet}"
-                    )
+                _check_gateway(check_ipv4(self.gateway, "gateway"), net, "gateway", "subnet")
         elif self.gateway is not None:
             raise InvalidRecord("gateway is an IPv4 address: the network has no IPv4 subnet")
         if self.subnet6 is not None:
             net6 = parse_subnet6(self.subnet6)
             if self.gateway6 is not None:
                 gw6 = check_ipv6(self.gateway6, "gateway6")
-                if gw6 not in net6 or gw6 in (net6.network_address, net6.broadcast_address):
-                    raise InvalidRecord(
-                        f"gateway6 {self.gateway6} is not a usable address of subnet6 "
-                        f"{self.subnet6}"
-                    )
+                _check_gateway(gw6, net6, "gateway6", "subnet6")
         elif self.gateway6 is not None:
             raise InvalidRecord("gateway6 needs subnet6: the network has no IPv6 subnet")
         if self.mtu is not None:
