@@ -144,9 +144,7 @@ def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
     out.append(ping(netns, ip, count=None, interval=0.001, until_first_reply=True, timeout=20.0))
 
 
-def measure(
-    lab: Lab, n: int, families: list[str]
-) -> tuple[list[dict[str, object]], list[str]]:
+def measure(lab: Lab, n: int, families: list[str]) -> tuple[list[dict[str, object]], list[str]]:
     kv = EtcdKV([lab.etcd_url])
     sc = Scenario(lab, DesiredState(kv))
     samples: list[dict[str, object]] = []
@@ -225,8 +223,7 @@ def run_backend(
         try:
             samples, failures = measure(lab, n, families)
             stages = {
-                fam: breakdown(lab, [s for s in samples if s["family"] == fam])
-                for fam in families
+                fam: breakdown(lab, [s for s in samples if s["family"] == fam]) for fam in families
             }
         finally:
             lab.down()
@@ -284,12 +281,22 @@ def report(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--endpoints", type=int, default=60)
-    p.add_argument("--backend", default="kernel",
-                   help="kernel, ovs, or both in one run: kernel,ovs (prints ovs/kernel)")
-    p.add_argument("--agent-arg", action="append", default=[],
-                   help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters")
-    p.add_argument("--family", default="4",
-                   help="4, 6 (IPv6-only endpoints; kernel backend) or both in one run: 4,6")
+    p.add_argument(
+        "--backend",
+        default="kernel",
+        help="kernel, ovs, or both in one run: kernel,ovs (prints ovs/kernel)",
+    )
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="an extra flag for every agent (repeat), e.g. --agent-arg=--no-filters",
+    )
+    p.add_argument(
+        "--family",
+        default="4",
+        help="4, 6 (IPv6-only endpoints; kernel backend) or both in one run: 4,6",
+    )
     args = p.parse_args()
     backends = args.backend.split(",")
     families = args.family.split(",")

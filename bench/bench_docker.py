@@ -268,8 +268,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--join-samples", type=int, default=20)
-    ap.add_argument("--engines", default=",".join(ENGINES),
-                    help="Docker engines to run on, one lab each (default: %(default)s)")
+    ap.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="Docker engines to run on, one lab each (default: %(default)s)",
+    )
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("SKIPPED: needs root (lab namespaces, dockerd)")

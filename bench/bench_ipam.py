@@ -72,15 +72,21 @@ def main() -> None:
         server.start()
         try:
             kv = EtcdKV([server.url])
-            kv.commit(Txn(success=(Put(keys.host("h1"),
-                                       codec.encode_host(Host("h1", "192.0.2.1")).encode()),)))
+            kv.commit(
+                Txn(
+                    success=(
+                        Put(keys.host("h1"), codec.encode_host(Host("h1", "192.0.2.1")).encode()),
+                    )
+                )
+            )
             ds = DesiredState(kv)
             for workers in (1, 8):
                 net = f"bench{workers}"
                 ds.create_network(net, "10.64.0.0/16" if workers == 1 else "10.65.0.0/16")
                 wall, lat = _run(workers, _alloc, [(server.url, net, n)] * workers)
-                bwall, blat = _run(workers, _bare, [(server.url, f"b{workers}-{w}", n)
-                                                    for w in range(workers)])
+                bwall, blat = _run(
+                    workers, _bare, [(server.url, f"b{workers}-{w}", n) for w in range(workers)]
+                )
                 total = workers * n
                 eps = ds.endpoints(net)
                 owners = {i.key.rsplit("/", 1)[1]: codec.decode_owner(i.value)
@@ -89,23 +95,31 @@ def main() -> None:
                 # by anything but its endpoint (nothing leaked, nothing doubled)
                 assert len(eps) == total and len({e.ip for e in eps}) == total, "duplicates"
                 assert owners == {e.ip: e.id for e in eps}, "leaked or foreign IPAM keys"
-                rows.append({
-                    "allocators": workers, "allocations": total,
-                    "alloc_per_s": total / wall, "bare_txn_per_s": total / bwall,
-                    "ratio_alloc_vs_bare": (total / wall) / (total / bwall),
-                    "alloc_p50_ms": statistics.median(lat) * 1e3,
-                    "alloc_p99_ms": statistics.quantiles(lat, n=100)[98] * 1e3,
-                    "bare_p50_ms": statistics.median(blat) * 1e3,
-                })
+                rows.append(
+                    {
+                        "allocators": workers,
+                        "allocations": total,
+                        "alloc_per_s": total / wall,
+                        "bare_txn_per_s": total / bwall,
+                        "ratio_alloc_vs_bare": (total / wall) / (total / bwall),
+                        "alloc_p50_ms": statistics.median(lat) * 1e3,
+                        "alloc_p99_ms": statistics.quantiles(lat, n=100)[98] * 1e3,
+                        "bare_p50_ms": statistics.median(blat) * 1e3,
+                    }
+                )
             kv.close()
         finally:
             server.stop()
-    print(f"{'allocators':>10} {'allocs':>7} {'alloc/s':>9} {'bare txn/s':>11} {'ratio':>6} "
-          f"{'p50 ms':>7} {'p99 ms':>7}")
+    print(
+        f"{'allocators':>10} {'allocs':>7} {'alloc/s':>9} {'bare txn/s':>11} {'ratio':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7}"
+    )
     for r in rows:
-        print(f"{r['allocators']:>10} {r['allocations']:>7} {r['alloc_per_s']:>9.0f} "
-              f"{r['bare_txn_per_s']:>11.0f} {r['ratio_alloc_vs_bare']:>6.2f} "
-              f"{r['alloc_p50_ms']:>7.2f} {r['alloc_p99_ms']:>7.2f}")
+        print(
+            f"{r['allocators']:>10} {r['allocations']:>7} {r['alloc_per_s']:>9.0f} "
+            f"{r['bare_txn_per_s']:>11.0f} {r['ratio_alloc_vs_bare']:>6.2f} "
+            f"{r['alloc_p50_ms']:>7.2f} {r['alloc_p99_ms']:>7.2f}"
+        )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "ipam.json").write_text(json.dumps(rows, indent=2))

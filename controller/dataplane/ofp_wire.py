@@ -51,8 +51,11 @@ _NO_BUFFER = 0xFFFFFFFF
 _ANY = 0xFFFFFFFF
 PORTS = {"IN_PORT": 0xFFFFFFF8, "LOCAL": 0xFFFFFFFE, "ALL": 0xFFFFFFFC, "FLOOD": 0xFFFFFFFB}
 
-_BASIC, _NXM0, _NXM1 = 0x8000, 0x0000, 0x0001
-# match/set_field name -> (OXM class, field, value length, kind)
+_BASIC, _NXM0, _NXM1, _ERICSSON = 0x8000, 0x0000, 0x0001, 0x1000
+# match/set_field name -> (OXM class, field, value length, kind). ``icmp_type`` is ICMPv6's
+# (the only ICMP the planner matches, always under ``icmp6``); OVS prints it ``icmp_type`` in a
+# match and ``icmpv6_type`` in a set_field. ``nd_reserved`` (the advertisement's flags) and
+# ``nd_options_type`` are Open vSwitch's fields in the Ericsson OXM class.
 _FIELDS: dict[str, tuple[int, int, int, str]] = {
     "in_port": (_BASIC, 0, 4, "port"),
     "dl_dst": (_BASIC, 3, 6, "mac"),
@@ -64,13 +67,21 @@ _FIELDS: dict[str, tuple[int, int, int, str]] = {
     "arp_spa": (_BASIC, 22, 4, "ip"),
     "arp_tpa": (_BASIC, 23, 4, "ip"),
     "arp_sha": (_BASIC, 24, 6, "mac"),
+    "ip_proto": (_BASIC, 10, 1, "int"),
+    "ipv6_src": (_BASIC, 26, 16, "ip6"),
+    "icmp_type": (_BASIC, 29, 1, "int"),
+    "icmpv6_type": (_BASIC, 29, 1, "int"),
+    "nd_target": (_BASIC, 31, 16, "ip6"),
+    "nd_reserved": (_ERICSSON, 1, 4, "int"),
+    "nd_options_type": (_ERICSSON, 2, 1, "int"),
     "tun_id": (_BASIC, 38, 8, "int"),
     "tun_src": (_NXM1, 31, 4, "ip"),
     "tun_dst": (_NXM1, 32, 4, "ip"),
     **{f"reg{i}": (_NXM1, i, 4, "int") for i in range(8)},
 }
 _ETH_TYPE = (_BASIC, 5, 2)
-_SHORTHAND_TYPES = {"arp": 0x0806, "ip": 0x0800}
+_SHORTHAND_TYPES = {"arp": 0x0806, "ip": 0x0800, "ipv6": 0x86DD, "icmp6": 0x86DD}
+_ICMPV6 = 58  # the ip_proto ``icmp6`` adds to ``ipv6``
 # move: NXM names -> (class, field, length)
 _NXM = {
     "NXM_OF_ETH_DST": (_NXM0, 1, 6),
@@ -79,6 +90,9 @@ _NXM = {
     "NXM_OF_ARP_TPA": (_NXM0, 17, 4),
     "NXM_NX_ARP_SHA": (_NXM1, 17, 6),
     "NXM_NX_ARP_THA": (_NXM1, 18, 6),
+    "NXM_NX_IPV6_SRC": (_NXM1, 19, 16),
+    "NXM_NX_IPV6_DST": (_NXM1, 20, 16),
+    "NXM_NX_ND_TLL": (_NXM1, 25, 6),
 }
 _NX_VENDOR, _NXAST_REG_MOVE = 0x00002320, 6
 _OFPAT_OUTPUT, _OFPAT_SET_FIELD, _OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
@@ -101,6 +115,8 @@ def _value(kind: str, length: int, text: str) -> bytes:
         return raw
     if kind == "ip":
         return ipaddress.IPv4Address(text).packed
+    if kind == "ip6":
+        return ipaddress.IPv6Address(text).packed
     if kind == "port":
         port = PORTS.get(text.upper())
         return struct.pack("!I", port if port is not None else int(text, 0))
@@ -122,13 +138,16 @@ def _oxm(name: str, text: str) -> bytes:
 
 def encode_match(match: Iterable[tuple[str, str]]) -> bytes:
     """An ``ofp_match`` (OXM type) for canonical match pairs, eth_type first (the
-    prerequisite of every ARP and IPv4 field), padded to 8 bytes."""
+    prerequisite of every ARP, IPv4 and IPv6 field), then ``icmp6``'s ip_proto, padded to 8
+    bytes."""
     pairs = list(match)
     oxms = b""
     for name, value in pairs:
         if value == "" and name in _SHORTHAND_TYPES:
             cls, field, length = _ETH_TYPE
             oxms += struct.pack("!IH", _oxm_header(cls, field, length), _SHORTHAND_TYPES[name])
+            if name == "icmp6":
+                oxms += _oxm("ip_proto", str(_ICMPV6))
     for name, value in pairs:
         if not (value == "" and name in _SHORTHAND_TYPES):
             oxms += _oxm(name, value)
@@ -261,12 +280,14 @@ def multipart_more(body: bytes) -> bool:
 
 _STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
 _BY_OXM = {(cls, field): name for name, (cls, field, _, _) in _FIELDS.items()
-           if name not in ("eth_dst", "eth_src")}  # fmt: skip
-_SET_NAMES = {**_BY_OXM, (_BASIC, 3): "eth_dst", (_BASIC, 4): "eth_src"}
+           if name not in ("eth_dst", "eth_src", "icmpv6_type")}  # fmt: skip
+_SET_NAMES = {
+    **_BY_OXM, (_BASIC, 3): "eth_dst", (_BASIC, 4): "eth_src", (_BASIC, 29): "icmpv6_type",
+}  # fmt: skip
 _KINDS = {(cls, field): kind for cls, field, _, kind in _FIELDS.values()}
 _BY_NXM = {(cls, field): name for name, (cls, field, _) in _NXM.items()}
 _PORT_NAMES = {v: k for k, v in PORTS.items()}
-_SHORTHAND_OF = {v: k for k, v in _SHORTHAND_TYPES.items()}
+_SHORTHAND_OF = {0x0806: "arp", 0x0800: "ip", 0x86DD: "ipv6"}
 
 
 def _text(kind: str, raw: bytes) -> str:
@@ -274,6 +295,8 @@ def _text(kind: str, raw: bytes) -> str:
         return ":".join(f"{b:02x}" for b in raw)
     if kind == "ip":
         return str(ipaddress.IPv4Address(raw))
+    if kind == "ip6":
+        return str(ipaddress.IPv6Address(raw))
     value = int.from_bytes(raw, "big")
     if kind == "port":
         return _PORT_NAMES.get(value, str(value))
@@ -281,7 +304,8 @@ def _text(kind: str, raw: bytes) -> str:
 
 
 def _oxms(data: bytes, names: dict[tuple[int, int], str]) -> list[tuple[str, str]]:
-    """OXM TLVs -> ``(name, value[/mask])``; eth_type as the ``arp``/``ip`` shorthand."""
+    """OXM TLVs -> ``(name, value[/mask])``; eth_type as the ``arp``/``ip``/``ipv6``
+    shorthand, and ``ipv6`` with ip_proto 58 as ``icmp6`` (the only ip_proto matched)."""
     out: list[tuple[str, str]] = []
     off = 0
     while off + 4 <= len(data):
@@ -308,7 +332,12 @@ def _oxms(data: bytes, names: dict[tuple[int, int], str]) -> list[tuple[str, str
             out.append((name, f"{_text(kind, raw[:half])}/{_text(kind, raw[half:])}"))
         else:
             out.append((name, _text(kind, raw)))
-    return out
+    proto = [value for name, value in out if name == "ip_proto"]
+    if not proto:
+        return out
+    if proto != [str(_ICMPV6)] or ("ipv6", "") not in out:
+        raise ValueError(f"cannot decode ip_proto {proto} outside icmp6")
+    return [("icmp6", "") if p == ("ipv6", "") else p for p in out if p[0] != "ip_proto"]
 
 
 def _tlvs(data: bytes, what: str) -> Iterator[tuple[int, bytes]]:

@@ -45,7 +45,7 @@ from controller.diag.facts import NetworkFacts
 from controller.diag.ovs_facts import ovs_facts
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView
-from controller.plan.flows import P_DEFAULT, P_TUNNEL_DROP, T_CLASSIFY
+from controller.plan.flows import P_DEFAULT, P_ICMP6_GUARD, P_TUNNEL_DROP, T_CLASSIFY
 from controller.plan.kernel import endpoint_keys
 from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
 from controller.plan.ovs import owned_counts, plan_ovs
@@ -229,18 +229,19 @@ class OvsDataPlane:
     def drops(self) -> Mapping[str, int]:
         """The packet counts of table 0's drop flows (``controller.plan.flows``): ``vxlan``
         (tunnel packets from no member, or for a VNI the sender is no member of) and ``spoof``
-        (the default drop: forged sources on endpoint ports). ``{}`` before the table exists.
+        (the default drop: forged sources on endpoint ports; and the ICMPv6 router and
+        advertisement messages no endpoint may send). ``{}`` before the table exists.
         Raises ``DataPlaneError`` if OVS cannot be read."""
         try:
             counts = self.openflow.packets(self.layout.bridge, T_CLASSIFY)
         except OpenFlowError as exc:
             raise DataPlaneError("drops", f"cannot read flow statistics: {exc}") from exc
-        out = {}
+        out: dict[str, int] = {}
         for (prio, match), n in counts.items():
             if prio == P_TUNNEL_DROP and match == f"in_port={TUNNEL_OFPORT}":
                 out["vxlan"] = n
-            elif prio == P_DEFAULT and match == "":
-                out["spoof"] = n
+            elif (prio, match) == (P_DEFAULT, "") or prio == P_ICMP6_GUARD:
+                out["spoof"] = out.get("spoof", 0) + n
         return out
 
     def apply(self, ops: Sequence[OvsOp], progress: Callable[[OvsOp], None] | None = None) -> None:

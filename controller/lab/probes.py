@@ -25,6 +25,7 @@ from controller.lab.etcd_http import EtcdHTTP, EtcdHTTPError
 from controller.lab.nsutil import call_in_netns
 from controller.lab.ovs import OvsInstance
 from controller.lab.pinger import PingResult, ping
+from controller.model.flow import parse_flows
 from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.store import keys
 from controller.store.interest import newest_followed
@@ -184,6 +185,20 @@ def ovs_flows(inst: OvsInstance, bridge: str = "br-heddle") -> list[str]:
 
 
 _FLOW_STATS = re.compile(r"\b(duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]*,?\s*")
+
+
+def ovs_nd_targets(inst: OvsInstance, vni: int, bridge: str = "br-heddle") -> set[str]:
+    """The IPv6 addresses the ND responder of ``inst`` answers solicitations for in network
+    ``vni`` (table 12 of ``controller/plan/flows.py``): the ovs backend's counterpart of the
+    kernel backend's IPv6 neighbour entries."""
+    text = inst.ofctl(
+        "-O", "OpenFlow14", "--no-names", "dump-flows", bridge, f"table=12,cookie={OVS_COOKIE}/-1"
+    )  # fmt: skip
+    return {
+        f.match_dict["nd_target"]
+        for f in parse_flows(text)
+        if f.match_dict.get("reg6") == str(vni) and "nd_target" in f.match_dict
+    }
 
 
 def ovs_flow_ages(inst: OvsInstance, bridge: str = "br-heddle") -> dict[str, float]:

@@ -19,13 +19,16 @@ REG_VNI = "reg6"
 DROP = "drop"
 
 
-_SHORTHANDS = ("arp", "ip")
+_SHORTHANDS = ("arp", "ip", "ipv6", "icmp6")
 _FIELD_ORDER = (
-    "arp", "ip", REG_VNI, "tun_id", "tun_src", "in_port", "dl_src", "dl_dst",
-    "arp_op", "arp_spa", "arp_tpa", "arp_sha", "nw_src",
+    "arp", "ip", "ipv6", "icmp6", REG_VNI, "tun_id", "tun_src", "in_port", "dl_src", "dl_dst",
+    "arp_op", "arp_spa", "arp_tpa", "arp_sha", "nw_src", "ipv6_src", "icmp_type", "nd_target",
 )  # fmt: skip
 _RANK = {name: i for i, name in enumerate(_FIELD_ORDER)}
-_SYNONYMS = {"eth_src": "dl_src", "eth_dst": "dl_dst", "ip_src": "nw_src", "tunnel_id": "tun_id"}
+_SYNONYMS = {
+    "eth_src": "dl_src", "eth_dst": "dl_dst", "ip_src": "nw_src", "tunnel_id": "tun_id",
+    "icmpv6_type": "icmp_type",
+}  # fmt: skip
 _RESERVED_PORTS = frozenset({"LOCAL", "IN_PORT", "CONTROLLER", "ALL", "FLOOD", "NORMAL", "NONE"})
 _NXM_ALIASES = {
     "NXM_OF_ARP_OP": "arp_op",
@@ -35,6 +38,8 @@ _NXM_ALIASES = {
     "NXM_OF_ARP_SPA": "arp_spa",
     "NXM_NX_TUN_ID": "tun_id",
     "NXM_NX_TUN_IPV4_DST": "tun_dst",
+    "NXM_NX_IPV6_SRC": "ipv6_src",
+    "NXM_NX_IPV6_DST": "ipv6_dst",
     **{f"NXM_NX_REG{i}": f"reg{i}" for i in range(16)},
 }
 _INT = re.compile(r"^(0x[0-9a-f]+|[0-9]+)$")

@@ -150,8 +150,7 @@ def host_view(
     other unusable VTEP is refused when the host record is decoded), an endpoint whose address is
     outside its network's subnet, or that lacks an address of one of its network's families (or
     has one of a family the network has none of); a network whose member hosts' VTEPs mix
-    IPv4 and IPv6; a network with an IPv6 subnet on an ovs host
-    (that backend does not carry IPv6 yet), or whose automatic MTU is below IPv6's 1280.
+    IPv4 and IPv6; a network with an IPv6 subnet whose automatic MTU is below IPv6's 1280.
 
     Only networks with an endpoint on this host are looked at: a change in any other network
     is no concern of this host (its problems are reported by the hosts it concerns). Addresses
@@ -239,9 +238,6 @@ def _network_view(
     and its problems, in endpoint id order. Pure."""
     problems: list[str] = []
     usable: list[Endpoint] = []
-    if net is not None and net.subnet6 is not None and host.backend == "ovs":
-        why = f"network {net_name}: IPv6 (subnet6) is not carried by the ovs backend yet"
-        return None, (why,)
     for ep_id, ep in eps:
         if net is None:
             problems.append(f"endpoint {net_name}/{ep_id}: unknown network {net_name!r}")

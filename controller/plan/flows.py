@@ -5,17 +5,30 @@ Pipeline on the integration bridge (no NORMAL action, no learning; ``reg6`` carr
 ====== ===================================================================================
 table  what
 ====== ===================================================================================
-0      classify. From a local endpoint port: only IPv4 with the port's own source MAC and
-       address, or ARP whose Ethernet/ARP sender MAC and sender address are the port's own
-       (anti-spoofing) -> set reg6=VNI, IPv4 to 20, ARP to 10. From the tunnel port: only
-       ``tun_id`` = VNI from the VTEP of another member host of that network -> set reg6,
-       to 30; any other tunnel packet hits a drop flow of its own (priority 1: its packet
-       count is the ``vxlan`` drop counter). Everything else: the default drop (priority 0:
-       its count is the ``spoof`` drop counter -- forged sources on endpoint ports).
+0      classify. From a local endpoint port: only IPv4 or IPv6 with the port's own source
+       MAC and address, or ARP whose Ethernet/ARP sender MAC and sender address are the
+       port's own, or a neighbour solicitation from its own MAC and IPv6 address
+       (anti-spoofing) -> set reg6=VNI, IPv4/IPv6 to 20, ARP to 10, solicitations to 12.
+       ICMPv6 that only routers or the answering side send (MLD query, router
+       advertisement, neighbour advertisement, redirect) is dropped from anywhere: every
+       solicitation is answered in flows, so no endpoint needs to advertise. From the tunnel
+       port: only ``tun_id`` = VNI from the VTEP of another member host of that network -> set
+       reg6, to 30; any other tunnel packet hits a drop flow of its own (priority 1: its
+       packet count is the ``vxlan`` drop counter). Everything else: the default drop
+       (priority 0). It and the ICMPv6 drops count as the ``spoof`` drop counter -- forged
+       sources or router messages on endpoint ports.
 10     ARP responder: a request for any endpoint of the network (local or remote) is answered
        in place and sent back out of the input port. A request for an address nobody has is
        dropped (every endpoint is known, so nobody would answer; and no ARP crosses the
        underlay). Other ARP (replies) continues to 20.
+12     ND responder: a solicitation for any IPv6 endpoint of the network becomes, in place,
+       the solicited advertisement of that endpoint (Ethernet and IPv6 addresses swapped in,
+       ICMPv6 type 136, flags solicited|override, the source link-layer option retyped as the
+       target link-layer option), then 13. A solicitation for an address nobody has is
+       dropped; no neighbour discovery crosses the underlay.
+13     finishes an advertisement from 12: the option's address becomes the new Ethernet
+       source (OVS lets ``nd_tll`` be written only once the packet is an advertisement), and
+       it leaves by its input port.
 20     from a local port: unicast to a local port, or ``tun_id``=VNI, ``tun_dst``=the owner's
        VTEP and out of the tunnel port; broadcast/multicast per input port to the other local
        members and once to each other member host (head-end replication). Else drop.
@@ -39,9 +52,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from controller.model.flow import DROP, REG_VNI, Flow, make_canonical_flow, make_flow
 from controller.model.view import HostView, NetworkView
 
-T_CLASSIFY, T_ARP, T_L2, T_TUNNEL = 0, 10, 20, 30
+T_CLASSIFY, T_ARP, T_ND, T_ND_REPLY, T_L2, T_TUNNEL = 0, 10, 12, 13, 20, 30
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 P_DEFAULT, P_UNKNOWN_ARP, P_FLOOD, P_MATCH = 0, 50, 50, 100
+P_ICMP6_GUARD, P_SOLICIT = 110, 120
+ICMP6_GUARDED = (130, 134, 136, 137)
+"""ICMPv6 types no endpoint may send: MLD query, router advertisement, neighbour advertisement
+(the ND responder answers every solicitation), redirect."""
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_SOLICITED_OVERRIDE = 0x60000000  # an advertisement's S and O flags, in nd_reserved
+ND_TARGET_LL = 2  # the target link-layer address option
 P_PHY = 10
 P_TUNNEL_DROP = 1
 LOCAL = "LOCAL"
@@ -64,6 +84,21 @@ def _arp_reply(mac: str, ip: str) -> list[str]:
         "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
         f"set_field:{ip}->arp_spa",
         "IN_PORT",
+    ]
+
+
+def _nd_advert(mac: str, ip6: str) -> list[str]:
+    """Turn a solicitation for ``ip6`` into the solicited advertisement ``ip6 is-at mac`` (the
+    option's address is written in table 13, once the packet is an advertisement)."""
+    return [
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
+        f"set_field:{mac}->eth_src",
+        "move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[]",
+        f"set_field:{ip6}->ipv6_src",
+        f"set_field:{ND_ADVERT}->icmpv6_type",
+        f"set_field:{ND_SOLICITED_OVERRIDE}->nd_reserved",
+        f"set_field:{ND_TARGET_LL}->nd_options_type",
+        f"goto_table:{T_ND_REPLY}",
     ]
 
 
@@ -95,6 +130,12 @@ def render_flows(
     t.add(T_CLASSIFY, P_DEFAULT, {}, [DROP])
     t.add(T_CLASSIFY, P_TUNNEL_DROP, {"in_port": tunnel_ofport}, [DROP])
     t.add(T_ARP, P_DEFAULT, {}, [f"goto_table:{T_L2}"])
+    for icmp_type in ICMP6_GUARDED:
+        t.add(T_CLASSIFY, P_ICMP6_GUARD, {"icmp6": "", "icmp_type": icmp_type}, [DROP])
+    t.add(T_ND, P_DEFAULT, {}, [DROP])
+    finish = ["move:NXM_OF_ETH_SRC[]->NXM_NX_ND_TLL[]", "IN_PORT"]
+    t.add(T_ND_REPLY, P_MATCH, {"icmp6": "", "icmp_type": ND_ADVERT}, finish)
+    t.add(T_ND_REPLY, P_DEFAULT, {}, [DROP])
     t.add(T_L2, P_DEFAULT, {}, [DROP])
     t.add(T_TUNNEL, P_DEFAULT, {}, [DROP])
     for nv in view.networks:
@@ -124,22 +165,30 @@ def _render_network(
         match: dict[str, str | int] = {"in_port": tunnel, "tun_id": vni, "tun_src": vtep}
         t.add(T_CLASSIFY, P_MATCH, match, [set_vni, f"goto_table:{T_TUNNEL}"])
     for ep, port in local:
-        if ep.ip is None:  # the view gives an ovs host IPv4 networks only
-            continue
-        ip_match: Match = {"ip": "", "in_port": port, "dl_src": ep.mac, "nw_src": ep.ip}
-        t.add(T_CLASSIFY, P_MATCH, ip_match, [set_vni, f"goto_table:{T_L2}"])
-        arp_match: Match = {
-            "arp": "", "in_port": port, "dl_src": ep.mac, "arp_sha": ep.mac, "arp_spa": ep.ip,
-        }  # fmt: skip
-        t.add(T_CLASSIFY, P_MATCH, arp_match, [set_vni, f"goto_table:{T_ARP}"])
+        if ep.ip is not None:
+            ip_match: Match = {"ip": "", "in_port": port, "dl_src": ep.mac, "nw_src": ep.ip}
+            t.add(T_CLASSIFY, P_MATCH, ip_match, [set_vni, f"goto_table:{T_L2}"])
+            arp_match: Match = {
+                "arp": "", "in_port": port, "dl_src": ep.mac, "arp_sha": ep.mac, "arp_spa": ep.ip,
+            }  # fmt: skip
+            t.add(T_CLASSIFY, P_MATCH, arp_match, [set_vni, f"goto_table:{T_ARP}"])
+        if ep.ip6 is not None:
+            own6: Match = {"in_port": port, "dl_src": ep.mac, "ipv6_src": ep.ip6}
+            t.add(T_CLASSIFY, P_MATCH, {"ipv6": "", **own6}, [set_vni, f"goto_table:{T_L2}"])
+            solicit = {"icmp6": "", **own6, "icmp_type": ND_SOLICIT}
+            t.add(T_CLASSIFY, P_SOLICIT, solicit, [set_vni, f"goto_table:{T_ND}"])
 
-    owners: Iterable[tuple[str, str]] = [
-        *((ep.ip, ep.mac) for ep in nv.local if ep.ip is not None),
-        *((r.ip, r.mac) for r in nv.remote if r.ip is not None),
+    owners: Iterable[tuple[str | None, str | None, str]] = [
+        *((ep.ip, ep.ip6, ep.mac) for ep in nv.local),
+        *((r.ip, r.ip6, r.mac) for r in nv.remote),
     ]
-    for ip, mac in owners:
-        match = {"arp": "", REG_VNI: vni, "arp_op": 1, "arp_tpa": ip}
-        t.add(T_ARP, P_MATCH, match, _arp_reply(mac, ip))
+    for ip, ip6, mac in owners:
+        if ip is not None:
+            match = {"arp": "", REG_VNI: vni, "arp_op": 1, "arp_tpa": ip}
+            t.add(T_ARP, P_MATCH, match, _arp_reply(mac, ip))
+        if ip6 is not None:
+            match = {"icmp6": "", REG_VNI: vni, "icmp_type": ND_SOLICIT, "nd_target": ip6}
+            t.add(T_ND, P_MATCH, match, _nd_advert(mac, ip6))
     t.add(T_ARP, P_UNKNOWN_ARP, {"arp": "", REG_VNI: vni, "arp_op": 1}, [DROP])
 
     for ep, port in local:

@@ -10,6 +10,7 @@ OVS instance (``netdev`` datapath) per module in a throw-away namespace, stopped
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import time
@@ -80,10 +81,17 @@ def switch() -> Iterator[Switch]:
 
 
 def _rendered() -> tuple[Flow, ...]:
-    """Every kind of flow the planner renders: two networks with overlapping subnets, local
-    and remote endpoints on three other hosts, plus br-phy's flows."""
+    """Every kind of flow the planner renders: two IPv4 networks with overlapping subnets, a
+    dual-stack and an IPv6-only network sharing an IPv6 subnet, local and remote endpoints on
+    three other hosts, plus br-phy's flows."""
     blue, red = Network("blue", 100, "10.1.0.0/24"), Network("red", 0x123456, "10.1.0.0/24")
+    dual = Network("dual", 300, "10.3.0.0/24", subnet6="fd00:3::/64")
+    only6 = Network("only6", 400, None, subnet6="fd00:3::/64")
     eps = [
+        Endpoint("e", "dual", "h1", "10.3.0.5", "02:01:0a:03:00:05", "ns-e", ip6="fd00:3::5"),
+        Endpoint("f", "dual", "h2", "10.3.0.6", "02:01:0a:03:00:06", ip6="fd00:3::6"),
+        Endpoint("g", "only6", "h1", None, "02:01:00:00:00:07", "ns-g", ip6="fd00:3::7"),
+        Endpoint("h", "only6", "h3", None, "02:01:00:00:00:08", ip6="fd00:3::6"),
         Endpoint("a", "blue", "h1", "10.1.0.10", "02:64:0a:01:00:0a", "ns-a"),
         Endpoint("b", "blue", "h1", "10.1.0.11", "02:64:0a:01:00:0b", "ns-b"),
         Endpoint("c", "blue", "h2", "10.1.0.20", "02:64:0a:01:00:14"),
@@ -93,11 +101,12 @@ def _rendered() -> tuple[Flow, ...]:
     ]
     snap = Snapshot(
         revision=1,
-        networks={"blue": blue, "red": red},
+        networks={"blue": blue, "red": red, "dual": dual, "only6": only6},
         endpoints={(e.network, e.id): e for e in eps},
         hosts={h.name: h for h in HOSTS},
     )
-    ofports = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12}
+    ofports = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12, ("dual", "e"): 13,
+               ("only6", "g"): 14}  # fmt: skip
     flows = render_flows(host_view(snap, HOSTS[0]), ofports, 100)
     keys = {f.key for f in flows}
     return flows + tuple(f for f in render_phy_flows(1) if f.key not in keys)
@@ -158,13 +167,14 @@ def test_strict_delete_spares_other_cookies_and_a_refused_bundle_changes_nothing
 _macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
 _ips = st.ip_addresses(v=4).map(str)
 _ports = st.integers(1, 0xFEFF)  # OVS keeps 0xff00 and up for reserved ports
+_ip6s = st.integers(0, 2**120 - 1).map(lambda n: str(ipaddress.IPv6Address((0xFD << 120) | n)))
 
 
 @st.composite
 def _flows(draw: st.DrawFn) -> Flow:
     table = draw(st.sampled_from([0, 10, 20, 30]))
     match: dict[str, str | int] = {}
-    kind = draw(st.sampled_from(["", "ip", "arp"]))
+    kind = draw(st.sampled_from(["", "ip", "arp", "ipv6", "icmp6"]))
     if kind:
         match[kind] = ""
     for name, strat in (("in_port", _ports), ("reg6", st.integers(0, 2**24 - 1)),
@@ -179,12 +189,31 @@ def _flows(draw: st.DrawFn) -> Flow:
                             ("arp_tpa", _ips), ("arp_sha", _macs)):  # fmt: skip
             if draw(st.booleans()):
                 match[name] = draw(strat)
+    if kind in ("ipv6", "icmp6") and draw(st.booleans()):
+        match["ipv6_src"] = draw(_ip6s)
+    icmp_type = draw(st.sampled_from([None, 128, 134, 135, 136])) if kind == "icmp6" else None
+    if icmp_type is not None:
+        match["icmp_type"] = icmp_type
+        if icmp_type in (135, 136) and draw(st.booleans()):
+            match["nd_target"] = draw(_ip6s)
+    six: list[st.SearchStrategy[str]] = []
+    if kind in ("ipv6", "icmp6"):  # OVS checks a set_field's prerequisites against the match
+        six.append(_ip6s.map(lambda v: f"set_field:{v}->ipv6_src"))
+        six.append(st.just("move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[]"))
+    if icmp_type is not None:
+        six.append(st.sampled_from([128, 129, 136]).map(lambda v: f"set_field:{v}->icmpv6_type"))
+    if icmp_type == 135:
+        six.append(st.integers(0, 2**32 - 1).map(lambda v: f"set_field:{v}->nd_reserved"))
+        six.append(st.integers(0, 255).map(lambda v: f"set_field:{v}->nd_options_type"))
+    if icmp_type == 136:
+        six.append(st.just("move:NXM_OF_ETH_SRC[]->NXM_NX_ND_TLL[]"))
     actions = draw(st.lists(st.one_of(
         _ports.map(lambda p: f"output:{p}"),
         st.integers(0, 2**24 - 1).map(lambda v: f"set_field:{v}->reg6"),
         st.integers(0, 2**24 - 1).map(lambda v: f"set_field:{v}->tun_id"),
         _ips.map(lambda v: f"set_field:{v}->tun_dst"),
         _macs.map(lambda v: f"set_field:{v}->eth_src"),
+        *six,
     ), max_size=4))  # fmt: skip
     if table < 30 and draw(st.booleans()):
         actions.append(f"goto_table:{table + 10}")

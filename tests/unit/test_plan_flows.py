@@ -8,11 +8,16 @@ from controller.model.flow import COOKIE, Flow, make_flow, parse_flow, parse_flo
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.flows import (
+    ICMP6_GUARDED,
     MULTICAST,
+    P_ICMP6_GUARD,
+    P_SOLICIT,
     P_TUNNEL_DROP,
     T_ARP,
     T_CLASSIFY,
     T_L2,
+    T_ND,
+    T_ND_REPLY,
     T_TUNNEL,
     render_flows,
     render_phy_flows,
@@ -21,6 +26,8 @@ from controller.plan.flows import (
 H1, H2, H3, H4 = (Host(f"h{i}", f"192.0.2.{i}", backend="ovs") for i in range(1, 5))
 BLUE = Network("blue", 100, "10.1.0.0/24")
 RED = Network("red", 200, "10.1.0.0/24")  # overlapping subnet, other VNI
+DUAL = Network("dual", 300, "10.3.0.0/24", subnet6="fd00:3::/64")
+ONLY6 = Network("only6", 400, None, subnet6="fd00:3::/64")  # the same IPv6 subnet
 TUN = 1
 
 
@@ -36,13 +43,18 @@ C = ep("c", "h2", 20)  # remote, blue, on h2
 D = ep("d", "h3", 30)  # remote, blue, on h3
 R = ep("r", "h1", 10, "red")  # local, red, same address as A
 S = ep("s", "h4", 40, "red")  # remote, red, on h4
-OFPORTS = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12}
+E6 = Endpoint("e", "dual", "h1", "10.3.0.5", "02:01:0a:03:00:05", "ns-e", ip6="fd00:3::5")
+F6 = Endpoint("f", "dual", "h2", "10.3.0.6", "02:01:0a:03:00:06", ip6="fd00:3::6")
+G6 = Endpoint("g", "only6", "h1", None, "02:01:00:00:00:07", "ns-g", ip6="fd00:3::7")
+H6 = Endpoint("h", "only6", "h3", None, "02:01:00:00:00:08", ip6="fd00:3::6")  # F6's address
+OFPORTS = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12, ("dual", "e"): 13,
+           ("only6", "g"): 14}  # fmt: skip
 
 
 def view(*eps: Endpoint) -> HostView:
     snap = Snapshot(
         revision=1,
-        networks={"blue": BLUE, "red": RED},
+        networks={"blue": BLUE, "red": RED, "dual": DUAL, "only6": ONLY6},
         endpoints={(e.network, e.id): e for e in eps},
         hosts={h.name: h for h in (H1, H2, H3, H4)},
     )
@@ -68,6 +80,7 @@ def actions_of(flows: dict[tuple[int, int, frozenset[tuple[str, str]]], list[str
 
 
 ALL = (A, B, C, D, R, S)
+ALL6 = (*ALL, E6, F6, G6, H6)
 
 
 def test_classify_pins_source_mac_and_ip_per_port() -> None:
@@ -167,13 +180,68 @@ def test_single_host_network_floods_nowhere_and_unnumbered_endpoints_get_no_flow
 
 def test_no_local_endpoints_leaves_only_the_default_flows() -> None:
     flows = render_flows(view(C, D), {}, TUN)
-    assert {(f.table, f.priority) for f in flows} == {
+    assert sorted((f.table, f.priority) for f in flows) == [
         (0, 0),
         (0, P_TUNNEL_DROP),
+        *[(0, P_ICMP6_GUARD)] * len(ICMP6_GUARDED),
         (10, 0),
+        (12, 0),
+        (13, 0),
+        (13, 100),
         (20, 0),
         (30, 0),
-    }
+    ]
+
+
+def test_ipv6_sources_are_pinned_per_port_and_solicitations_go_to_the_responder() -> None:
+    flows = table(*ALL6)
+    own = {"in_port": 13, "dl_src": E6.mac, "ipv6_src": "fd00:3::5"}
+    assert actions_of(flows, T_CLASSIFY, 100, ipv6="", **own) == [
+        "set_field:300->reg6",
+        f"goto_table:{T_L2}",
+    ]
+    assert actions_of(flows, T_CLASSIFY, P_SOLICIT, icmp6="", icmp_type=135, **own) == [
+        "set_field:300->reg6",
+        f"goto_table:{T_ND}",
+    ]
+    assert actions_of(flows, T_CLASSIFY, 100, ip="", in_port=13, dl_src=E6.mac, nw_src=E6.ip)
+    only6 = [
+        f for f in render_flows(view(*ALL6), OFPORTS, TUN)
+        if f.table == T_CLASSIFY and ("in_port", "14") in f.match
+    ]  # fmt: skip
+    assert {f.match_dict.get("ipv6", f.match_dict.get("icmp6")) for f in only6} == {""}
+    assert len(only6) == 2, "an IPv6-only endpoint gets no IPv4 or ARP flow"
+    for icmp_type in ICMP6_GUARDED:  # router messages and advertisements, from anywhere
+        assert actions_of(flows, T_CLASSIFY, P_ICMP6_GUARD, icmp6="", icmp_type=icmp_type) == [
+            "drop"
+        ]
+    assert P_SOLICIT > P_ICMP6_GUARD > 100
+
+
+def test_nd_responder_answers_for_every_ipv6_endpoint_of_its_network_only() -> None:
+    flows = table(*ALL6)
+    nd = {k: a for k, a in flows.items() if k[0] == T_ND and k[1] == 100}
+    targets = {(dict(k[2])["reg6"], dict(k[2])["nd_target"]) for k in nd}
+    assert targets == {("300", "fd00:3::5"), ("300", "fd00:3::6"), ("400", "fd00:3::7"),
+                       ("400", "fd00:3::6")}  # fmt: skip
+    to_f6 = actions_of(flows, T_ND, 100, icmp6="", reg6=300, icmp_type=135, nd_target="fd00:3::6")
+    to_h6 = actions_of(flows, T_ND, 100, icmp6="", reg6=400, icmp_type=135, nd_target="fd00:3::6")
+    assert f"set_field:{F6.mac}->eth_src" in to_f6 and f"set_field:{H6.mac}->eth_src" in to_h6
+    assert to_f6 == [
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
+        f"set_field:{F6.mac}->eth_src",
+        "move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[]",
+        "set_field:fd00:3::6->ipv6_src",
+        "set_field:136->icmpv6_type",
+        "set_field:1610612736->nd_reserved",
+        "set_field:2->nd_options_type",
+        f"goto_table:{T_ND_REPLY}",
+    ]
+    assert actions_of(flows, T_ND, 0) == ["drop"]  # a solicitation for nobody's address
+    assert actions_of(flows, T_ND_REPLY, 100, icmp6="", icmp_type=136) == [
+        "move:NXM_OF_ETH_SRC[]->NXM_NX_ND_TLL[]",
+        "IN_PORT",
+    ]
 
 
 def test_duplicate_mac_is_realised_once_deterministically() -> None:
@@ -243,7 +311,7 @@ def test_dumped_lines_parse_into_rendered_flows(line: str, rendered: Flow) -> No
 
 
 def test_every_rendered_flow_round_trips_through_its_text() -> None:
-    flows = render_flows(view(*ALL), OFPORTS, TUN) + render_phy_flows(1)
+    flows = render_flows(view(*ALL6), OFPORTS, TUN) + render_phy_flows(1)
     text = "\n".join(" " + f.text().replace(",actions=", " actions=") for f in flows)
     assert parse_flows(text) == frozenset(flows)
     assert parse_flow("OFPST_FLOW reply (OF1.4) (xid=0x2):") is None
@@ -257,5 +325,5 @@ def test_strict_text_names_the_flow_and_scopes_it_to_our_cookie() -> None:
 
 def test_rendered_flows_are_already_canonical() -> None:
     """The renderer skips canonicalisation for speed: every flow must be a fixed point."""
-    for f in render_flows(view(*ALL), OFPORTS, TUN) + render_phy_flows(1):
+    for f in render_flows(view(*ALL6), OFPORTS, TUN) + render_phy_flows(1):
         assert make_flow(f.table, f.priority, f.match_dict, f.actions, f.cookie) == f
