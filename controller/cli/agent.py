@@ -26,7 +26,7 @@ from controller.agent import AgentConfig
 from controller.dataplane.backend import DataPlane
 from controller.diag.facts import NetworkFacts
 from controller.membership import Membership
-from controller.model.errors import HeddleError, InvalidRecord
+from controller.model.errors import HeddleError
 from controller.model.records import Host
 from controller.model.view import HostView
 from controller.reconcile.loop import PassResult, Reconciler
@@ -117,11 +117,6 @@ class Agent:
         tls = TLSFiles(cfg.cacert, cfg.cert, cfg.key) if (cfg.cacert or cfg.cert) else None
         self._urls = list(cfg.etcd)
         self._tls = tls
-        if cfg.backend != "kernel" and ":" in cfg.vtep:
-            raise InvalidRecord(
-                f"vtep {cfg.vtep}: the ovs backend's VTEPs are IPv4 (IPv6 VTEPs need --backend "
-                "kernel)"
-            )
         self.host = Host(
             cfg.host, cfg.vtep, cfg.underlay_mtu or underlay_mtu(cfg.vtep),
             "kernel" if cfg.backend == "kernel" else "ovs", __version__,

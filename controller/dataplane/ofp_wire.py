@@ -77,6 +77,8 @@ _FIELDS: dict[str, tuple[int, int, int, str]] = {
     "tun_id": (_BASIC, 38, 8, "int"),
     "tun_src": (_NXM1, 31, 4, "ip"),
     "tun_dst": (_NXM1, 32, 4, "ip"),
+    "tun_ipv6_src": (_NXM1, 109, 16, "ip6"),
+    "tun_ipv6_dst": (_NXM1, 110, 16, "ip6"),
     **{f"reg{i}": (_NXM1, i, 4, "int") for i in range(8)},
 }
 _ETH_TYPE = (_BASIC, 5, 2)

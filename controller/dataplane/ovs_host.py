@@ -28,11 +28,11 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
-from controller.dataplane import link_netlink, vtep_arp
+from controller.dataplane import link_netlink, vtep_arp, vtep_nd
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.netns_handles import cached_in, netns_fd, refuse_host_namespace
-from controller.dataplane.netns_socket import iproute_in, socket_in
-from controller.dataplane.pyroute2_msgs import NO_IPV6_ADDRESSES
+from controller.dataplane.netns_socket import enable_ipv6, iproute_in, socket_in
+from controller.dataplane.pyroute2_msgs import IFA_F_NODAD, NO_IPV6_ADDRESSES
 from controller.dataplane.rtnetlink import RawRtnl
 from controller.model.naming import OWNER_ALIAS
 from controller.model.ovs_state import UnderlayState
@@ -100,11 +100,19 @@ def set_tx_checksum(netns: str | None, ifname: str, on: bool) -> None:
 
 
 def _addresses(ipr: IPRoute, index: int) -> frozenset[str]:
+    """The addresses of both families on link ``index``, as ``address/prefixlen``; IPv6
+    link-local ones left out (the kernel's own, never a VTEP of the ovs backend)."""
     return frozenset(
         f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-        for a in ipr.addr("dump", family=socket.AF_INET)
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for a in ipr.addr("dump", family=family)
         if a["index"] == index
+        and not (family == socket.AF_INET6 and _link_local6(str(a.get("IFA_ADDRESS"))))
     )
+
+
+def _link_local6(address: str) -> bool:
+    return ipaddress.IPv6Address(address).is_link_local
 
 
 class HostLinks:
@@ -269,13 +277,18 @@ class HostLinks:
             raise OpFailed(
                 f"VTEP {op.vtep} is on neither {op.nic} nor {op.phy}: configure it on {op.nic}"
             )
-        ipaddress.IPv4Interface(f"{op.vtep}/{op.prefixlen}")  # validates
+        six = ipaddress.ip_interface(f"{op.vtep}/{op.prefixlen}").version == 6  # validates
         ipr.link("set", index=nic["index"], flags=IFF_NOARP, change=IFF_NOARP)
         ipr.link("set", index=nic["index"], state="up")
+        if six:  # no link-local address (no RS, DAD or MLD onto the underlay), IPv6 on
+            ipr.link("set", index=phy["index"], IFLA_AF_SPEC=NO_IPV6_ADDRESSES)
+            if not enable_ipv6(self.netns, op.phy):
+                raise OpFailed(f"{op.phy} vanished while configuring it")
         ipr.link("set", index=phy["index"], state="up")
-        ipr.addr("replace", index=phy["index"], address=op.vtep, prefixlen=op.prefixlen)
+        ipr.addr("replace", index=phy["index"], address=op.vtep, prefixlen=op.prefixlen,
+                 **({"flags": IFA_F_NODAD} if six else {}))  # fmt: skip
         moved = False
-        for a in ipr.addr("dump", family=socket.AF_INET):
+        for a in ipr.addr("dump", family=socket.AF_INET6 if six else socket.AF_INET):
             if a["index"] == nic["index"] and a.get("IFA_ADDRESS") == op.vtep:
                 try:
                     ipr.addr("del", index=nic["index"], address=op.vtep, prefixlen=a["prefixlen"])
@@ -288,7 +301,8 @@ class HostLinks:
             # NIC (kernel ARP caches, OVS tnl/neigh caches) would keep sending tunnel packets to
             # the NIC's MAC until their entry ages out: tell them now, as a NIC failover would.
             phy_mac = str(phy.get("IFLA_ADDRESS"))
+            announce = vtep_nd.announce if six else vtep_arp.announce
             try:
-                vtep_arp.announce(self.netns, op.phy, op.vtep, phy_mac)
+                announce(self.netns, op.phy, op.vtep, phy_mac)
             except OSError as exc:
-                raise OpFailed(f"gratuitous ARP for {op.vtep} on {op.phy} failed: {exc}") from exc
+                raise OpFailed(f"announcing {op.vtep} on {op.phy} failed: {exc}") from exc

@@ -2,8 +2,9 @@
 traffic (``netdev`` datapath; docs/platform.md O7).
 
 OVS resolves a VTEP's MAC only when a packet needs it, and drops that packet. The agent reads
-the cache (``tnl/neigh/show``), asks missing member VTEPs itself with ARP from br-phy
-(``dataplane/vtep_arp.py``) and sets the answers (``tnl/neigh/set``), so the first packet finds
+the cache (``tnl/neigh/show``), asks missing member VTEPs itself from br-phy, with ARP
+(``dataplane/vtep_arp.py``) or, on an IPv6 underlay, neighbour discovery
+(``dataplane/vtep_nd.py``), and sets the answers (``tnl/neigh/set``), so the first packet finds
 the entry. Entries OVS holds are refreshed by the traffic that uses them; one that aged out is
 missing from the next full observation and resolved again. A VTEP that does not answer is
 remembered for ``retry`` seconds, so a member host that is down costs one ARP wait per
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from controller.dataplane import vtep_arp
+from controller.dataplane import vtep_arp, vtep_nd
 from controller.dataplane.backend import OpFailed
 from controller.dataplane.ovs_unixctl import Unixctl, UnixctlError, parse_tunnel_neighbours
 from controller.plan.ovs_ops import ResolveVteps
@@ -58,10 +59,11 @@ class TunnelNeighbours:
         """Ask ``op.peers`` from ``op.vtep`` at ``phy_mac`` on ``op.phy``; set every answer in
         OVS. Silent VTEPs are logged and remembered, not failed (OVS still resolves them on
         demand). Raises ``OpFailed`` when the socket or OVS's control socket fails."""
+        ask = vtep_nd.resolve if ":" in op.vtep else vtep_arp.resolve  # one family per host
         try:
-            got = vtep_arp.resolve(self.netns, op.phy, phy_mac, op.vtep, op.peers)
+            got = ask(self.netns, op.phy, phy_mac, op.vtep, op.peers)
         except OSError as exc:
-            raise OpFailed(f"ARP on {op.phy}: {exc}") from exc
+            raise OpFailed(f"neighbour resolution on {op.phy}: {exc}") from exc
         try:
             for ip, mac in sorted(got.items()):
                 self.unixctl.call("tnl/neigh/set", op.phy, ip, mac)
@@ -75,6 +77,6 @@ class TunnelNeighbours:
             else:
                 self._silent[ip] = now
         if silent:
-            log.warning("member VTEP(s) %s did not answer ARP on %s: their first tunnelled "
+            log.warning("member VTEP(s) %s did not answer on %s: their first tunnelled "
                         "packet waits for OVS to resolve them; asked again in %.0f s",
                         ", ".join(silent), op.phy, self.retry)  # fmt: skip

@@ -2,7 +2,8 @@
 
 The questions are answered from the OpenFlow table that ``controller.plan.flows`` renders:
 forwarding from table 20 (``dl_dst`` -> ``tun_dst``), accepted VTEPs from table 0 (``tun_id`` and
-``tun_src`` on the tunnel port), delivery from table 30 (``dl_dst`` -> the endpoint's port).
+``tun_src`` on the tunnel port; ``tun_ipv6_*`` over an IPv6 underlay), delivery from table 30
+(``dl_dst`` -> the endpoint's port).
 Flows are found by their key (table, priority, match) built with the same canonical form the
 planner uses, so a flow that is there but has other actions is reported as what it does.
 """
@@ -27,9 +28,13 @@ def _key(table: int, match: dict[str, str | int]) -> _Key:
 
 
 def _tun_dst(flow: Flow) -> str | None:
+    """The VTEP ``flow`` tunnels to (``tun_dst``, or ``tun_ipv6_dst`` over IPv6)."""
     for action in flow.actions:
-        if action.endswith("->tun_dst") and action.startswith("set_field:"):
-            return action[len("set_field:") : -len("->tun_dst")]
+        if not action.startswith("set_field:"):
+            continue
+        value, _, field = action[len("set_field:") :].rpartition("->")
+        if field in ("tun_dst", "tun_ipv6_dst"):
+            return value
     return None
 
 
@@ -68,7 +73,7 @@ def ovs_facts(layout: OvsLayout, host: Host, nv: NetworkView, actual: OvsState) 
         _key(T_CLASSIFY, {"in_port": TUNNEL_OFPORT, "tun_id": vni, "tun_src": "0.0.0.0"})[2]
     )
     accepts = sorted(
-        dict(f.match).get("tun_src", "")
+        dict(f.match).get("tun_src") or dict(f.match).get("tun_ipv6_src", "")
         for f in flows.values()
         if f.table == T_CLASSIFY
         and dict(f.match).get("tun_id") == probe["tun_id"]

@@ -288,8 +288,6 @@ class Lab:
             raise LabError(f"hosts must be in 1..99, got {hosts}")
         names = [f"h{k}" for k in range(1, hosts + 1)]
         backends = host_backends(backend, names)
-        if self.underlay_subnet.version == 6 and backend != "kernel":
-            raise LabError("an IPv6 underlay needs --backend kernel: ovs VTEPs are IPv4")
         if self.is_up:
             raise LabError(
                 f"a lab is already recorded in {self.workdir}; run `heddle lab down` first"
@@ -410,7 +408,10 @@ class Lab:
 
     def _start_ovs(self, name: str) -> None:
         """Record, then start, the private OVS instance of ovs host ``name`` in its netns."""
-        write_sysctls(self.netns_name(name), OVS_HOST_SYSCTLS)
+        sysctls = OVS_HOST_SYSCTLS
+        if self.underlay_subnet.version == 6:  # "all" would take the VTEP off ul0 too
+            sysctls = {k: v for k, v in sysctls.items() if "/all/" not in k}
+        write_sysctls(self.netns_name(name), sysctls)
         workdir = self.workdir / f"ovs-{name}"
         rec = self.record
         hosts = tuple(replace(h, ovs_dir=str(workdir)) if h.name == name else h for h in rec.hosts)

@@ -21,8 +21,9 @@ DROP = "drop"
 
 _SHORTHANDS = ("arp", "ip", "ipv6", "icmp6")
 _FIELD_ORDER = (
-    "arp", "ip", "ipv6", "icmp6", REG_VNI, "tun_id", "tun_src", "in_port", "dl_src", "dl_dst",
-    "arp_op", "arp_spa", "arp_tpa", "arp_sha", "nw_src", "ipv6_src", "icmp_type", "nd_target",
+    "arp", "ip", "ipv6", "icmp6", REG_VNI, "tun_id", "tun_src", "tun_ipv6_src", "in_port",
+    "dl_src", "dl_dst", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "nw_src", "ipv6_src",
+    "icmp_type", "nd_target",
 )  # fmt: skip
 _RANK = {name: i for i, name in enumerate(_FIELD_ORDER)}
 _SYNONYMS = {

@@ -27,8 +27,8 @@ table  what
        target link-layer option), then 13. A solicitation for an address nobody has is
        dropped; no neighbour discovery crosses the underlay.
 13     finishes an advertisement from 12: the option's address becomes the new Ethernet
-       source (OVS lets ``nd_tll`` be written only once the packet is an advertisement), and
-       it leaves by its input port.
+       source (OVS lets ``nd_tll`` be written only once the packet is an advertisement:
+       docs/platform.md O11), and it leaves by its input port.
 20     from a local port: unicast to a local port, or ``tun_id``=VNI, ``tun_dst``=the owner's
        VTEP and out of the tunnel port; broadcast/multicast per input port to the other local
        members and once to each other member host (head-end replication). Else drop.
@@ -85,6 +85,13 @@ def _arp_reply(mac: str, ip: str) -> list[str]:
         f"set_field:{ip}->arp_spa",
         "IN_PORT",
     ]
+
+
+def tun_field(end: str, vtep: str) -> str:
+    """The tunnel metadata field that holds ``vtep`` as the outer ``end`` (``src``/``dst``):
+    ``tun_src``/``tun_dst`` for IPv4 VTEPs, ``tun_ipv6_src``/``tun_ipv6_dst`` for IPv6
+    ones. Pure."""
+    return f"tun_ipv6_{end}" if ":" in vtep else f"tun_{end}"
 
 
 def _nd_advert(mac: str, ip6: str) -> list[str]:
@@ -162,7 +169,11 @@ def _render_network(
     local = [(ep, ofports[ep.network, ep.id]) for ep in nv.local if (ep.network, ep.id) in ofports]
 
     for vtep in nv.flood:
-        match: dict[str, str | int] = {"in_port": tunnel, "tun_id": vni, "tun_src": vtep}
+        match: dict[str, str | int] = {
+            "in_port": tunnel,
+            "tun_id": vni,
+            tun_field("src", vtep): vtep,
+        }
         t.add(T_CLASSIFY, P_MATCH, match, [set_vni, f"goto_table:{T_TUNNEL}"])
     for ep, port in local:
         if ep.ip is not None:
@@ -195,14 +206,17 @@ def _render_network(
         t.add(T_L2, P_MATCH, {REG_VNI: vni, "dl_dst": ep.mac}, [f"output:{port}"])
         t.add(T_TUNNEL, P_MATCH, {REG_VNI: vni, "dl_dst": ep.mac}, [f"output:{port}"])
     for r in nv.remote:
-        to_vtep = [f"set_field:{vni}->tun_id", f"set_field:{r.vtep}->tun_dst", f"output:{tunnel}"]
+        to_vtep = [
+            f"set_field:{vni}->tun_id", f"set_field:{r.vtep}->{tun_field('dst', r.vtep)}",
+            f"output:{tunnel}",
+        ]  # fmt: skip
         t.add(T_L2, P_MATCH, {REG_VNI: vni, "dl_dst": r.mac}, to_vtep)
 
     replicate: list[str] = []
     if nv.flood:
         replicate.append(f"set_field:{vni}->tun_id")
         for vtep in nv.flood:
-            replicate += [f"set_field:{vtep}->tun_dst", f"output:{tunnel}"]
+            replicate += [f"set_field:{vtep}->{tun_field('dst', vtep)}", f"output:{tunnel}"]
     ports = sorted({port for _, port in local})
     for port in ports:
         others = [f"output:{q}" for q in ports if q != port]

@@ -93,8 +93,9 @@ class OvsLayout:
 def phy_hwaddr(vtep: str) -> str:
     """br-phy's MAC: fixed (peers' tunnel neighbour entries stay valid across restarts),
     locally administered, and never the NIC's own (docs/platform.md O3: with the NIC's MAC the
-    kernel answers every tunnel packet with ICMP port unreachable)."""
-    packed = ipaddress.IPv4Address(vtep).packed
+    kernel answers every tunnel packet with ICMP port unreachable). From an IPv6 VTEP its low
+    32 bits."""
+    packed = ipaddress.ip_address(vtep).packed[-4:]
     return ":".join(f"{b:02x}" for b in (0x02, 0x68, *packed))
 
 

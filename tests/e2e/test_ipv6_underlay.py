@@ -1,10 +1,11 @@
-"""End-to-end: a 3-host kernel lab whose VTEPs are IPv6 addresses (VXLAN over IPv6).
+"""End-to-end: a 3-host lab whose VTEPs are IPv6 addresses (VXLAN over IPv6), on each backend.
 
-The lab's underlay is ``fd00:172:31:191::/64`` (``heddle lab up --underlay ipv6`` builds the
-same with its default subnet). What is checked: a dual-stack overlay carries both families
-between every pair, its automatic MTU is the underlay's less 70 bytes and a packet of exactly
-that size crosses with DF, VXLAN over IPv6 from a host that is no member is dropped and
-counted, and a restarted agent changes nothing.
+The lab's underlay is ``fd00:172:31:191::/64`` (``fd00:172:31:187::/64`` for the ovs lab;
+``heddle lab up --underlay ipv6`` builds the same with its default subnet). What is checked:
+a dual-stack overlay carries both families between every pair from the first packet on, its
+automatic MTU is the underlay's less 70 bytes and a packet of exactly that size crosses with
+DF, VXLAN over IPv6 from a host that is no member is dropped and counted, and a restarted
+agent changes nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from controller.lab.probes import wait_ping
 from controller.lab.scenario import Placed, Scenario, first_pass_changes
 from controller.lab.topology import Lab
 
-LAB_BACKENDS = ("kernel",)
-LAB_NETS = {"kernel": ("hu6", "172.31.192.0/24", "fd00:172:31:191::/64")}
+LAB_BACKENDS = ("kernel", "ovs")
+LAB_NETS = {
+    "kernel": ("hu6", "172.31.192.0/24", "fd00:172:31:191::/64"),
+    "ovs": ("h6u", "172.31.188.0/24", "fd00:172:31:187::/64"),
+}
 FORGED_SRC = ("02:00:00:00:77:77", "10.71.0.250")
 
 
@@ -47,6 +51,10 @@ def test_the_lab_has_ipv6_vteps_and_a_dual_stack_overlay_crosses_it(
     overlay.network("over6", "10.70.0.0/24", vni=5701, subnet6="fd00:70::/64")
     eps = _spread(overlay, "over6", "u")
     overlay.converge()
+    for a in eps:  # the first packet crosses: member VTEPs are resolved before traffic
+        for b in eps:
+            if a is not b:
+                assert ping(a.netns, b.ip6 or "", count=1, wait=2.0).ok, f"{a.host} -> {b.ip6}"
     for a in eps:
         for b in eps:
             if a is not b:

@@ -16,6 +16,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def switch() -> Iterator[Switch]:
 def _rendered() -> tuple[Flow, ...]:
     """Every kind of flow the planner renders: two IPv4 networks with overlapping subnets, a
     dual-stack and an IPv6-only network sharing an IPv6 subnet, local and remote endpoints on
-    three other hosts, plus br-phy's flows."""
+    three other hosts (over IPv4 VTEPs, and again over IPv6 ones), plus br-phy's flows."""
     blue, red = Network("blue", 100, "10.1.0.0/24"), Network("red", 0x123456, "10.1.0.0/24")
     dual = Network("dual", 300, "10.3.0.0/24", subnet6="fd00:3::/64")
     only6 = Network("only6", 400, None, subnet6="fd00:3::/64")
@@ -108,6 +109,10 @@ def _rendered() -> tuple[Flow, ...]:
     ofports = {("blue", "a"): 10, ("blue", "b"): 11, ("red", "r"): 12, ("dual", "e"): 13,
                ("only6", "g"): 14}  # fmt: skip
     flows = render_flows(host_view(snap, HOSTS[0]), ofports, 100)
+    hosts6 = {h.name: replace(h, vtep=f"fd00:ff::{h.name[1:]}") for h in HOSTS}
+    over6 = render_flows(host_view(replace(snap, hosts=hosts6), hosts6["h1"]), ofports, 100)
+    keys = {f.key for f in flows}
+    flows += tuple(f for f in over6 if f.key not in keys)  # tun_ipv6_src, tun_ipv6_dst
     keys = {f.key for f in flows}
     return flows + tuple(f for f in render_phy_flows(1) if f.key not in keys)
 
@@ -178,7 +183,8 @@ def _flows(draw: st.DrawFn) -> Flow:
     if kind:
         match[kind] = ""
     for name, strat in (("in_port", _ports), ("reg6", st.integers(0, 2**24 - 1)),
-                        ("tun_id", st.integers(0, 2**24 - 1)), ("tun_src", _ips),
+                        ("tun_id", st.integers(0, 2**24 - 1)),
+                        ("tun_src", _ips), ("tun_ipv6_src", _ip6s),
                         ("dl_src", _macs), ("dl_dst", _macs)):  # fmt: skip
         if draw(st.booleans()):
             match[name] = draw(strat)
@@ -212,6 +218,7 @@ def _flows(draw: st.DrawFn) -> Flow:
         st.integers(0, 2**24 - 1).map(lambda v: f"set_field:{v}->reg6"),
         st.integers(0, 2**24 - 1).map(lambda v: f"set_field:{v}->tun_id"),
         _ips.map(lambda v: f"set_field:{v}->tun_dst"),
+        _ip6s.map(lambda v: f"set_field:{v}->tun_ipv6_dst"),
         _macs.map(lambda v: f"set_field:{v}->eth_src"),
         *six,
     ), max_size=4))  # fmt: skip

@@ -327,3 +327,21 @@ def test_rendered_flows_are_already_canonical() -> None:
     """The renderer skips canonicalisation for speed: every flow must be a fixed point."""
     for f in render_flows(view(*ALL6), OFPORTS, TUN) + render_phy_flows(1):
         assert make_flow(f.table, f.priority, f.match_dict, f.actions, f.cookie) == f
+
+
+def test_ipv6_vteps_use_the_ipv6_tunnel_fields() -> None:
+    hosts = [Host(f"h{i}", f"fd00:ff::{i}", backend="ovs") for i in (1, 2)]
+    a = Endpoint("a", "blue", "h1", "10.1.0.10", A.mac, "ns-a")
+    c = Endpoint("c", "blue", "h2", "10.1.0.20", C.mac)
+    snap = Snapshot(revision=1, networks={"blue": BLUE}, endpoints={("blue", "a"): a,
+                    ("blue", "c"): c}, hosts={h.name: h for h in hosts})  # fmt: skip
+    flows = render_flows(host_view(snap, hosts[0]), {("blue", "a"): 10}, TUN)
+    text = "\n".join(f.text() for f in flows)
+    assert "tun_src" not in text and "->tun_dst" not in text
+    admit = [f for f in flows if ("tun_ipv6_src", "fd00:ff::2") in f.match]
+    assert [(f.table, f.match_dict["tun_id"]) for f in admit] == [(T_CLASSIFY, "100")]
+    [unicast] = [f for f in flows if f.table == T_L2 and ("dl_dst", C.mac) in f.match]
+    assert unicast.actions == ("set_field:100->tun_id", "set_field:fd00:ff::2->tun_ipv6_dst",
+                               f"output:{TUN}")  # fmt: skip
+    for f in flows:
+        assert make_flow(f.table, f.priority, f.match_dict, f.actions, f.cookie) == f

@@ -443,3 +443,8 @@ def test_a_new_member_host_is_resolved_on_the_incremental_path() -> None:
     assert ResolveVteps in kinds and kinds.index(ResolveVteps) < kinds.index(ModFlows)
     fo.apply(ops)
     assert fo.tunnel_neighbours == {H2.vtep, H3.vtep}
+
+
+def test_br_phy_mac_is_fixed_local_and_derived_from_either_family() -> None:
+    assert phy_hwaddr("192.0.2.1") == "02:68:c0:00:02:01"
+    assert phy_hwaddr("fd00:172:31:185::a01") == "02:68:00:00:0a:01"
