@@ -214,7 +214,7 @@ def _lab(sub: Any) -> None:
     up.add_argument("--backend", choices=("kernel", "ovs", "mixed"), default="kernel")
     up.add_argument(
         "--underlay", choices=("ipv4", "ipv6"), default="ipv4",
-        help="the VTEPs' family: ipv6 is VXLAN over IPv6 (kernel backend)",
+        help="the VTEPs' family: ipv6 is VXLAN over IPv6 (any backend)",
     )  # fmt: skip
     up.add_argument(
         "--docker",
