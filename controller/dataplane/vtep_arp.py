@@ -7,20 +7,17 @@ first packet across hosts is lost. The agent therefore asks each member VTEP its
 br-phy's internal port (the VTEP address and MAC), and hands the answers to OVS
 (``tnl/neigh/set``) before the flows that tunnel to that VTEP exist.
 
-Raw ``AF_PACKET`` sockets in the host namespace, bound to br-phy's device; frames are built
-here (RFC 826 layout for Ethernet/IPv4). No state.
+Frames are built here (RFC 826 layout for Ethernet/IPv4) and exchanged on br-phy's device
+(``dataplane/vtep_exchange.py``). No state.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import select
-import socket
 import struct
-import time
 from collections.abc import Iterable
 
-from controller.dataplane.netns_socket import socket_in
+from controller.dataplane.vtep_exchange import exchange, send
 
 ETH_P_ARP = 0x0806
 _BROADCAST = b"\xff" * 6
@@ -66,34 +63,15 @@ def resolve(
     """Ask every address in ``targets`` for its MAC with ARP requests from ``ip``/``mac`` out
     of ``ifname`` (in ``netns``), up to ``tries`` rounds of ``wait`` seconds for those still
     silent; ``{ip: mac}`` of those that answered. Raises ``OSError`` when the socket fails."""
-    want = set(targets)
-    got: dict[str, str] = {}
-    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    try:
-        sock.bind((ifname, 0))
-        sock.setblocking(False)
-        for _ in range(tries):
-            silent = sorted(want - got.keys())
-            if not silent:
-                break
-            for target in silent:
-                sock.send(arp_frame(1, mac, ip, _ZERO, target))
-            deadline = time.monotonic() + wait
-            while want - got.keys():
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
-                    break
-                while True:
-                    try:
-                        frame = sock.recv(2048)
-                    except BlockingIOError:
-                        break
-                    reply = parse_reply(frame)
-                    if reply is not None and reply[0] in want and reply[2] == ip:
-                        got[reply[0]] = reply[1]
-    finally:
-        sock.close()
-    return got
+
+    def answer(frame: bytes) -> tuple[str, str] | None:
+        reply = parse_reply(frame)
+        return None if reply is None or reply[2] != ip else (reply[0], reply[1])
+
+    def request(target: str) -> bytes:
+        return arp_frame(1, mac, ip, _ZERO, target)
+
+    return exchange(netns, ifname, ETH_P_ARP, request, answer, targets, wait, tries)
 
 
 def announce(netns: str | None, ifname: str, ip: str, mac: str) -> None:
@@ -101,10 +79,4 @@ def announce(netns: str | None, ifname: str, ip: str, mac: str) -> None:
 
     Linux updates an existing neighbour entry from either; OVS's tunnel-neighbour cache snoops
     gratuitous ARP of both kinds. Raises ``OSError``."""
-    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    try:
-        sock.bind((ifname, 0))
-        for op in (1, 2):
-            sock.send(arp_frame(op, mac, ip, _ZERO, ip))
-    finally:
-        sock.close()
+    send(netns, ifname, ETH_P_ARP, (arp_frame(op, mac, ip, _ZERO, ip) for op in (1, 2)))

@@ -3,21 +3,19 @@
 announce our own -- with ICMPv6 solicitations and advertisements (RFC 4861 sections 4.3, 4.4,
 7.2.6; docs/platform.md O12).
 
-Raw ``AF_PACKET`` sockets in the host namespace, bound to br-phy's device; frames are built
-here (Ethernet, IPv6 with hop limit 255 as RFC 4861 demands, ICMPv6 with its checksum over the
-pseudo-header). No state.
+Frames are built here (Ethernet, IPv6 with hop limit 255 as RFC 4861 demands, ICMPv6 with its
+checksum over the pseudo-header) and exchanged on br-phy's device
+(``dataplane/vtep_exchange.py``). No state.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 import struct
-import time
 from collections.abc import Iterable
 
-from controller.dataplane.netns_socket import socket_in
+from controller.dataplane.vtep_exchange import exchange, send
 
 ETH_P_IPV6 = 0x86DD
 ND_SOLICIT, ND_ADVERT = 135, 136
@@ -108,43 +106,16 @@ def resolve(
     ``netns``), up to ``tries`` rounds of ``wait`` seconds for those still silent; ``{ip:
     mac}`` of those that answered (addresses in canonical text). Raises ``OSError`` when the
     socket fails."""
-    want = {str(ipaddress.IPv6Address(t)) for t in targets}
-    got: dict[str, str] = {}
-    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
-    try:
-        sock.bind((ifname, 0))
-        sock.setblocking(False)
-        for _ in range(tries):
-            silent = sorted(want - got.keys())
-            if not silent:
-                break
-            for target in silent:
-                sock.send(solicit_frame(mac, ip, target))
-            deadline = time.monotonic() + wait
-            while want - got.keys():
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
-                    break
-                while True:
-                    try:
-                        frame = sock.recv(2048)
-                    except BlockingIOError:
-                        break
-                    advert = parse_advert(frame)
-                    if advert is not None and advert[0] in want:
-                        got[advert[0]] = advert[1]
-    finally:
-        sock.close()
-    return got
+    want = [str(ipaddress.IPv6Address(t)) for t in targets]
+
+    def request(target: str) -> bytes:
+        return solicit_frame(mac, ip, target)
+
+    return exchange(netns, ifname, ETH_P_IPV6, request, parse_advert, want, wait, tries)
 
 
 def announce(netns: str | None, ifname: str, ip: str, mac: str) -> None:
     """Send an unsolicited neighbour advertisement (override set) for ``ip`` at ``mac`` out of
     ``ifname``: Linux updates an existing entry from it, and OVS's tunnel-neighbour cache snoops
     it. Raises ``OSError``."""
-    sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
-    try:
-        sock.bind((ifname, 0))
-        sock.send(advert_frame(mac, ip))
-    finally:
-        sock.close()
+    send(netns, ifname, ETH_P_IPV6, (advert_frame(mac, ip),))
