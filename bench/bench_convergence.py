@@ -10,9 +10,12 @@ endpoint lives on h1. For each of ``--endpoints`` new endpoints (alternating h2 
 It therefore covers etcd commit, watch delivery to two agents, both agents' passes (local veth +
 address on one host; on the peer's host FDB + neighbour entries (kernel) or the unicast and
 ARP-responder flows (ovs)) and the first ARP/ICMP round. The peer's eth0 resolves neighbours
-with a 10 ms retransmit time (default 1 s), so the probe's own ARP retries add at most ~10 ms
-instead of up to a second. (The new endpoint's ARP for the peer is answered at once by its VTEP
-or its bridge's ARP responder: the network already exists on h2 and h3.)
+with a 10 ms retransmit time (default 1 s; ``--retrans-ms``), so the probe's own ARP retries
+add at most ~10 ms instead of up to a second. (The peer starts resolving the new address at
+t0, before its host can answer for it; whether its retry falls just before or just after its
+host's entry appears moves a sample by up to one retransmit time.) (The new endpoint's ARP for
+the peer is answered at once by its VTEP or its bridge's ARP responder: the network already
+exists on h2 and h3.)
 
 Where the time goes: every agent logs, per pass, how long its event waited (``waited_ms``) and
 when the pass had observed, planned and finished each kind of op (``stages=``, see
@@ -28,9 +31,9 @@ pairs: each round writes one endpoint of an IPv4 network, then one of an IPv6-on
 neighbour retransmit time), and prints the ratio IPv6 / IPv4 at p50 and p99.
 
 Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs|kernel,ovs]
-[--endpoints 60] [--family 4|6|4,6]. Prints two tables per backend and family (with
-``kernel,ovs``: one lab after the other in the same run, then the ratio ovs / kernel at p50 and
-p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
+[--endpoints 60] [--family 4|6|4,6] [--retrans-ms 10]. Prints two tables per backend and
+family (with ``kernel,ovs``: one lab after the other in the same run, then the ratio ovs /
+kernel at p50 and p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
 """
 
 from __future__ import annotations
@@ -61,7 +64,13 @@ LABS = {  # backend -> lab prefix, management and underlay subnets (distinct: bo
     "kernel": ("hbc", "172.31.246.0/24", "172.31.245.0/24"),
     "ovs": ("hbo", "172.31.248.0/24", "172.31.247.0/24"),
 }
-FAST_ARP = {"net/ipv4/neigh/eth0/retrans_time_ms": 10, "net/ipv6/neigh/eth0/retrans_time_ms": 10}
+
+
+def fast_neighbours(ms: int) -> dict[str, int]:
+    """The probe's neighbour retransmit time, both families (``--retrans-ms``)."""
+    return {"net/ipv4/neigh/eth0/retrans_time_ms": ms, "net/ipv6/neigh/eth0/retrans_time_ms": ms}
+
+
 #: family -> (network, VNI, subnet argument, subnet6 argument, address of host number k)
 NETWORKS = {
     "4": ("conv", 6001, "10.40.0.0/24", None, "10.40.0.{}"),
@@ -144,7 +153,9 @@ def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
     out.append(ping(netns, ip, count=None, interval=0.001, until_first_reply=True, timeout=20.0))
 
 
-def measure(lab: Lab, n: int, families: list[str]) -> tuple[list[dict[str, object]], list[str]]:
+def measure(
+    lab: Lab, n: int, families: list[str], retrans_ms: int
+) -> tuple[list[dict[str, object]], list[str]]:
     kv = EtcdKV([lab.etcd_url])
     sc = Scenario(lab, DesiredState(kv))
     samples: list[dict[str, object]] = []
@@ -159,7 +170,7 @@ def measure(lab: Lab, n: int, families: list[str]) -> tuple[list[dict[str, objec
             sc.desired.create_endpoint(net, "h1", netns=peers[fam], ip=ip4, ip6=ip6)
         sc.converge()
         for peer_ns in peers.values():  # eth0 exists now (non-init netns have no default/)
-            write_sysctls(peer_ns, FAST_ARP)
+            write_sysctls(peer_ns, fast_neighbours(retrans_ms))
         # Each network exists on h2 and h3 before measuring: every sample is the steady-state
         # case "endpoint joins a network its host already has".
         for fam in families:
@@ -212,7 +223,7 @@ def measure(lab: Lab, n: int, families: list[str]) -> tuple[list[dict[str, objec
 
 
 def run_backend(
-    backend: str, n: int, agent_args: list[str], families: list[str]
+    backend: str, n: int, agent_args: list[str], families: list[str], retrans_ms: int
 ) -> dict[str, object]:
     """One fresh lab on ``backend``, ``n`` samples per family: per family the summary,
     samples and stages."""
@@ -221,7 +232,7 @@ def run_backend(
         lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
         lab.up(hosts=3, backend=backend, agent_args=agent_args)
         try:
-            samples, failures = measure(lab, n, families)
+            samples, failures = measure(lab, n, families, retrans_ms)
             stages = {
                 fam: breakdown(lab, [s for s in samples if s["family"] == fam]) for fam in families
             }
@@ -295,7 +306,13 @@ def main() -> int:
     p.add_argument(
         "--family",
         default="4",
-        help="4, 6 (IPv6-only endpoints; kernel backend) or both in one run: 4,6",
+        help="4, 6 (IPv6-only endpoints) or both in one run: 4,6",
+    )
+    p.add_argument(
+        "--retrans-ms",
+        type=int,
+        default=10,
+        help="the probe's neighbour retransmit time (ms; the kernel's default is 1000)",
     )
     args = p.parse_args()
     backends = args.backend.split(",")
@@ -304,7 +321,10 @@ def main() -> int:
         p.error(f"--backend: one or more of {', '.join(LABS)}, comma-separated")
     if not families or any(f not in NETWORKS for f in families):
         p.error("--family: 4, 6 or 4,6")
-    by_backend = {b: run_backend(b, args.endpoints, args.agent_arg, families) for b in backends}
+    by_backend = {
+        b: run_backend(b, args.endpoints, args.agent_arg, families, args.retrans_ms)
+        for b in backends
+    }
     ok = all(r["summary"]["n"] and not r["summary"]["failures"]  # type: ignore[index]
              for fams in by_backend.values() for r in fams.values())  # fmt: skip
     ratio: dict[str, float] = {}
