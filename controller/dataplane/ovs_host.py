@@ -99,16 +99,17 @@ def set_tx_checksum(netns: str | None, ifname: str, on: bool) -> None:
         sock.close()
 
 
-def _addresses(ipr: IPRoute, index: int) -> frozenset[str]:
-    """The addresses of both families on link ``index``, as ``address/prefixlen``; IPv6
-    link-local ones left out (the kernel's own, never a VTEP of the ovs backend)."""
-    return frozenset(
-        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-        for family in (socket.AF_INET, socket.AF_INET6)
-        for a in ipr.addr("dump", family=family)
-        if a["index"] == index
-        and not (family == socket.AF_INET6 and _link_local6(str(a.get("IFA_ADDRESS"))))
-    )
+def _addresses(ipr: IPRoute) -> dict[int, frozenset[str]]:
+    """Every link's addresses of both families, as ``address/prefixlen`` by link index (one
+    dump per family); IPv6 link-local ones left out (the kernel's own, never a VTEP of the ovs
+    backend)."""
+    out: dict[int, set[str]] = {}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for a in ipr.addr("dump", family=family):
+            address = str(a.get("IFA_ADDRESS"))
+            if not (family == socket.AF_INET6 and _link_local6(address)):
+                out.setdefault(int(a["index"]), set()).add(f"{address}/{a['prefixlen']}")
+    return {index: frozenset(found) for index, found in out.items()}
 
 
 def _link_local6(address: str) -> bool:
@@ -252,16 +253,17 @@ class HostLinks:
 
     def observe_underlay(self, nic: str, phy: str) -> UnderlayState:
         """The NIC's and br-phy's device state (see ``UnderlayState``). Read-only."""
-        ipr = self._host()
         n, p = self._get(nic), self._get(phy)
+        found = _addresses(self._host())
+        none: frozenset[str] = frozenset()
         return UnderlayState(
             nic_present=n is not None,
             nic_up=n is not None and bool(n["flags"] & IFF_UP),
             nic_noarp=n is not None and bool(n["flags"] & IFF_NOARP),
-            nic_addresses=_addresses(ipr, n["index"]) if n is not None else frozenset(),
+            nic_addresses=found.get(int(n["index"]), none) if n is not None else none,
             phy_present=p is not None,
             phy_up=p is not None and bool(p["flags"] & IFF_UP),
-            phy_addresses=_addresses(ipr, p["index"]) if p is not None else frozenset(),
+            phy_addresses=found.get(int(p["index"]), none) if p is not None else none,
         )
 
     def ensure_underlay(self, op: EnsureUnderlay) -> None:
