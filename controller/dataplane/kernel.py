@@ -98,7 +98,9 @@ class KernelDataPlane:
     first use. ``observe`` takes the ``HostView`` only to know which endpoint namespaces to
     look into. ``filters`` (default): also keep heddle's nftables tables -- VXLAN accepted only
     from member VTEPs, anti-spoofing on endpoint ports (``controller.model.nft_filter``); off
-    when another backend builds on this one's links.
+    when another backend builds on this one's links. ``sockets``: a ``HostSockets`` of
+    ``netns`` to share with that backend's own host driver (default: a new one); ``close``
+    closes it either way.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class KernelDataPlane:
         fast_netlink: bool = True,
         endpoint_ttl: float = 0.0,
         filters: bool = True,
+        sockets: HostSockets | None = None,
     ) -> None:
         self.vtep = vtep
         self.filters = filters
@@ -116,7 +119,7 @@ class KernelDataPlane:
         self.netns = netns
         self.fast_netlink = fast_netlink
         self.endpoint_ttl = endpoint_ttl
-        self._s = HostSockets(netns)
+        self._s = sockets if sockets is not None else HostSockets(netns)
         self._sides = EndpointSides(self._s, endpoint_ttl)
         self._links_w = LinkWriter(self._s, fast_netlink)
         self._entries_w = EntryWriter(self._s)

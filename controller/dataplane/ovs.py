@@ -36,6 +36,7 @@ from pyroute2 import NetlinkError
 
 from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel import KernelDataPlane
+from controller.dataplane.kernel_host import HostSockets
 from controller.dataplane.openflow import OpenFlow, OpenFlowError, VswitchdWatch, rundir_of
 from controller.dataplane.ovs_host import HostLinks, set_tx_checksum
 from controller.dataplane.ovs_tunnel_neigh import TunnelNeighbours
@@ -124,8 +125,11 @@ class OvsDataPlane:
         self.ovsdb = Ovsdb(ovsdb, timeout)
         self.openflow = OpenFlow(rundir or rundir_of(ovsdb), timeout=max(timeout, 30.0))
         self._neighbours = TunnelNeighbours(netns, rundir or rundir_of(ovsdb))
-        self._kernel = KernelDataPlane(vtep, netns=netns, filters=False, endpoint_ttl=endpoint_ttl)
-        self._host = HostLinks(netns)
+        sockets = HostSockets(netns)  # one socket per namespace for both drivers
+        self._kernel = KernelDataPlane(
+            vtep, netns=netns, filters=False, endpoint_ttl=endpoint_ttl, sockets=sockets
+        )
+        self._host = HostLinks(sockets)
         self._on_change = on_change
         self._watch: VswitchdWatch | None = None
 
@@ -154,8 +158,7 @@ class OvsDataPlane:
         self.ovsdb.close()
         self.openflow.close()
         self._neighbours.close()
-        self._kernel.close()
-        self._host.close()
+        self._kernel.close()  # and the sockets HostLinks shares
 
     def _ensure_watch(self) -> None:
         if self._on_change is not None and self._watch is None:
@@ -184,9 +187,7 @@ class OvsDataPlane:
             return OvsState(ovsdb=db, flows=flows, kernel=kernel)
         assert self.layout.underlay_dev is not None
         try:
-            keys = endpoint_keys(view)
-            self._host.keep_only({netns for netns, _ in keys})
-            tx = {key: self._host.tx_checksum(*key) for key in keys}
+            tx = {key: self._host.tx_checksum(*key) for key in endpoint_keys(view)}
             underlay = self._host.observe_underlay(self.layout.underlay_dev, self.layout.phy_bridge)
         except (NetlinkError, OSError) as exc:
             raise DataPlaneError("observe", f"cannot read host links: {exc}") from exc

@@ -30,8 +30,9 @@ from pyroute2 import IPRoute, NetlinkError
 
 from controller.dataplane import link_netlink, vtep_arp, vtep_nd
 from controller.dataplane.backend import OpFailed
-from controller.dataplane.netns_handles import cached_in, netns_fd, refuse_host_namespace
-from controller.dataplane.netns_socket import enable_ipv6, iproute_in, socket_in
+from controller.dataplane.kernel_host import HostSockets
+from controller.dataplane.netns_handles import netns_fd, refuse_host_namespace
+from controller.dataplane.netns_socket import enable_ipv6, socket_in
 from controller.dataplane.pyroute2_msgs import IFA_F_NODAD, NO_IPV6_ADDRESSES
 from controller.dataplane.rtnetlink import RawRtnl
 from controller.model.naming import OWNER_ALIAS
@@ -117,31 +118,18 @@ def _link_local6(address: str) -> bool:
 
 
 class HostLinks:
-    """The host-namespace side (``netns``; ``None``: this process's namespace). One pyroute2
-    socket and raw rtnetlink sockets (the host's, one per endpoint namespace a veth was born
-    in), opened on first use; ``close()`` closes them (idempotent)."""
+    """The host-namespace side (``sockets.netns``; ``None``: this process's namespace),
+    through the kernel backend's ``HostSockets``: the same host sockets, and the same socket
+    per endpoint namespace, as the ``ConfigureEndpoint`` that follows a veth born there (a
+    second socket would cost a thread entering the namespace, ~2 ms, on the path to the
+    endpoint's first packet). The sockets are closed by their owner."""
 
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self._ipr: IPRoute | None = None
-        self._raw: RawRtnl | None = None
-        self._raw_ns: dict[str, tuple[int, RawRtnl]] = {}
+    def __init__(self, sockets: HostSockets) -> None:
+        self.netns = sockets.netns
+        self._s = sockets
 
     def _host(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = iproute_in(self.netns)
-        return self._ipr
-
-    def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
-        for _, sock in self._raw_ns.values():
-            sock.close()
-        self._raw_ns.clear()
+        return self._s.host()
 
     def _get(self, name: str) -> Msg | None:
         try:
@@ -193,18 +181,11 @@ class HostLinks:
         """``tx_checksum`` over the namespace's cached socket (no thread to enter it): whether
         TX checksum offload is on for ``ifname`` in endpoint namespace ``netns``; ``None`` when
         the namespace or the interface is missing. Read-only."""
-        inside = cached_in(self._raw_ns, netns, RawRtnl)
+        inside = self._s.raw_in(netns)
         return None if inside is None else _read_tx(inside.fileno(), ifname)
 
-    def keep_only(self, netns: set[str]) -> None:
-        """Close the cached sockets of endpoint namespaces not in ``netns`` (endpoints gone)."""
-        for name in [n for n in self._raw_ns if n not in netns]:
-            self._raw_ns.pop(name)[1].close()
-
     def _rtnl(self) -> RawRtnl:
-        if self._raw is None:
-            self._raw = RawRtnl(self.netns)
-        return self._raw
+        return self._s.rtnl()
 
     def _absent(self, name: str) -> bool:
         """Whether there is no link ``name`` in the host namespace (one raw request)."""
@@ -216,7 +197,7 @@ class HostLinks:
         (``link_netlink.create_pair``, no master), then TX checksum off inside. Nothing half-made
         stays: a pair whose checksum cannot be set is deleted again."""
         refuse_host_namespace(netns, self.netns)
-        inside = cached_in(self._raw_ns, netns, RawRtnl)
+        inside = self._s.raw_in(netns)
         if inside is None:
             raise OpFailed(f"network namespace {netns} does not exist")
         with netns_fd(netns) as fd:

@@ -171,10 +171,22 @@ def make_canonical_flow(
     dotted IPv4 from validated records, canonical actions): only the match fields are ordered.
     Canonicalising values is most of the cost of rendering a 10,000-flow table; the renderer's
     unit test checks that every flow it makes this way is a fixed point of ``make_flow``."""
-    pairs = tuple(
-        sorted(((k, "" if k in _SHORTHANDS else str(v)) for k, v in match.items()), key=_match_key)
-    )
+    names = tuple(match)
+    order = _ORDERS.get(names)
+    if order is None:  # a shape not seen yet: sort its field names once
+        if len(_ORDERS) >= _ORDERS_MAX:
+            _ORDERS.clear()
+        order = _ORDERS[names] = tuple(sorted(names, key=lambda k: _match_key((k, ""))))
+    pairs = tuple((k, "" if k in _SHORTHANDS else str(match[k])) for k in order)
     return Flow(table, priority, pairs, tuple(actions), cookie)
+
+
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""Match field names as given -> in canonical order. A renderer makes a few dozen shapes of
+match over and over; sorting each flow's fields again was most of the cost of re-rendering a
+network on the path to a new endpoint's first packet. Bounded: parsed dumps may bring any
+shape."""
+_ORDERS_MAX = 4096
 
 
 _HEAD = re.compile(r"^\s*(?P<fields>.*?)\s+actions=(?P<actions>.*)$")

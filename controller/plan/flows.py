@@ -47,6 +47,7 @@ dumped table parses (``parse_flows``) into values that compare equal with render
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 from controller.model.flow import DROP, REG_VNI, Flow, make_canonical_flow, make_flow
@@ -123,6 +124,11 @@ class _Table:
         flow = make_canonical_flow(table, priority, match, actions)
         self.flows.setdefault(flow.key, flow)
 
+    def extend(self, flows: Iterable[Flow]) -> None:
+        """Add flows already made (the first per key wins, as with ``add``)."""
+        for flow in flows:
+            self.flows.setdefault(flow.key, flow)
+
 
 def render_flows(
     view: HostView, ofports: Mapping[EndpointKey, int], tunnel_ofport: int
@@ -165,52 +171,20 @@ def _render_network(
     t: _Table, nv: NetworkView, ofports: Mapping[EndpointKey, int], tunnel: int
 ) -> None:
     vni = nv.network.vni
-    set_vni = f"set_field:{vni}->{REG_VNI}"
     local = [(ep, ofports[ep.network, ep.id]) for ep in nv.local if (ep.network, ep.id) in ofports]
-
     for vtep in nv.flood:
-        match: dict[str, str | int] = {
-            "in_port": tunnel,
-            "tun_id": vni,
-            tun_field("src", vtep): vtep,
-        }
-        t.add(T_CLASSIFY, P_MATCH, match, [set_vni, f"goto_table:{T_TUNNEL}"])
+        t.extend(_tunnel_in(vni, vtep, tunnel))
     for ep, port in local:
-        if ep.ip is not None:
-            ip_match: Match = {"ip": "", "in_port": port, "dl_src": ep.mac, "nw_src": ep.ip}
-            t.add(T_CLASSIFY, P_MATCH, ip_match, [set_vni, f"goto_table:{T_L2}"])
-            arp_match: Match = {
-                "arp": "", "in_port": port, "dl_src": ep.mac, "arp_sha": ep.mac, "arp_spa": ep.ip,
-            }  # fmt: skip
-            t.add(T_CLASSIFY, P_MATCH, arp_match, [set_vni, f"goto_table:{T_ARP}"])
-        if ep.ip6 is not None:
-            own6: Match = {"in_port": port, "dl_src": ep.mac, "ipv6_src": ep.ip6}
-            t.add(T_CLASSIFY, P_MATCH, {"ipv6": "", **own6}, [set_vni, f"goto_table:{T_L2}"])
-            solicit = {"icmp6": "", **own6, "icmp_type": ND_SOLICIT}
-            t.add(T_CLASSIFY, P_SOLICIT, solicit, [set_vni, f"goto_table:{T_ND}"])
-
-    owners: Iterable[tuple[str | None, str | None, str]] = [
-        *((ep.ip, ep.ip6, ep.mac) for ep in nv.local),
-        *((r.ip, r.ip6, r.mac) for r in nv.remote),
-    ]
-    for ip, ip6, mac in owners:
-        if ip is not None:
-            match = {"arp": "", REG_VNI: vni, "arp_op": 1, "arp_tpa": ip}
-            t.add(T_ARP, P_MATCH, match, _arp_reply(mac, ip))
-        if ip6 is not None:
-            match = {"icmp6": "", REG_VNI: vni, "icmp_type": ND_SOLICIT, "nd_target": ip6}
-            t.add(T_ND, P_MATCH, match, _nd_advert(mac, ip6))
-    t.add(T_ARP, P_UNKNOWN_ARP, {"arp": "", REG_VNI: vni, "arp_op": 1}, [DROP])
-
-    for ep, port in local:
-        t.add(T_L2, P_MATCH, {REG_VNI: vni, "dl_dst": ep.mac}, [f"output:{port}"])
-        t.add(T_TUNNEL, P_MATCH, {REG_VNI: vni, "dl_dst": ep.mac}, [f"output:{port}"])
+        t.extend(_guards(vni, port, ep.mac, ep.ip, ep.ip6))
+    for ep in nv.local:
+        t.extend(_responders(vni, ep.mac, ep.ip, ep.ip6))
     for r in nv.remote:
-        to_vtep = [
-            f"set_field:{vni}->tun_id", f"set_field:{r.vtep}->{tun_field('dst', r.vtep)}",
-            f"output:{tunnel}",
-        ]  # fmt: skip
-        t.add(T_L2, P_MATCH, {REG_VNI: vni, "dl_dst": r.mac}, to_vtep)
+        t.extend(_responders(vni, r.mac, r.ip, r.ip6))
+    t.add(T_ARP, P_UNKNOWN_ARP, {"arp": "", REG_VNI: vni, "arp_op": 1}, [DROP])
+    for ep, port in local:
+        t.extend(_to_local(vni, ep.mac, port))
+    for r in nv.remote:
+        t.extend(_to_remote(vni, r.mac, r.vtep, tunnel))
 
     replicate: list[str] = []
     if nv.flood:
@@ -228,6 +202,82 @@ def _render_network(
         {REG_VNI: vni, "dl_dst": MULTICAST},
         [f"output:{p}" for p in ports] or [DROP],
     )
+
+
+# Each endpoint's and member's flows depend on a few values only, and a network is re-rendered
+# whenever one of its endpoints changes: these are rendered once per set of values (pure, so
+# cached; bounded) and a re-render is mostly lookups -- it sits on the path to a new local
+# endpoint's first packet.
+_CACHE = 1 << 15
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _tunnel_in(vni: int, vtep: str, tunnel: int) -> tuple[Flow, ...]:
+    """Tunnel packets of ``vni`` from member VTEP ``vtep``: accepted, to table 30."""
+    match = {"in_port": tunnel, "tun_id": vni, tun_field("src", vtep): vtep}
+    return (_flow(T_CLASSIFY, P_MATCH, match, [_set_vni(vni), f"goto_table:{T_TUNNEL}"]),)
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _guards(vni: int, port: int, mac: str, ip: str | None, ip6: str | None) -> tuple[Flow, ...]:
+    """What a local port may send: its own sources only (table 0's anti-spoofing)."""
+    set_vni = _set_vni(vni)
+    out = []
+    if ip is not None:
+        ip_match: Match = {"ip": "", "in_port": port, "dl_src": mac, "nw_src": ip}
+        out.append(_flow(T_CLASSIFY, P_MATCH, ip_match, [set_vni, f"goto_table:{T_L2}"]))
+        arp_match: Match = {
+            "arp": "",
+            "in_port": port,
+            "dl_src": mac,
+            "arp_sha": mac,
+            "arp_spa": ip,
+        }
+        out.append(_flow(T_CLASSIFY, P_MATCH, arp_match, [set_vni, f"goto_table:{T_ARP}"]))
+    if ip6 is not None:
+        own6: Match = {"in_port": port, "dl_src": mac, "ipv6_src": ip6}
+        ip6_match = {"ipv6": "", **own6}
+        out.append(_flow(T_CLASSIFY, P_MATCH, ip6_match, [set_vni, f"goto_table:{T_L2}"]))
+        solicit = {"icmp6": "", **own6, "icmp_type": ND_SOLICIT}
+        out.append(_flow(T_CLASSIFY, P_SOLICIT, solicit, [set_vni, f"goto_table:{T_ND}"]))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _responders(vni: int, mac: str, ip: str | None, ip6: str | None) -> tuple[Flow, ...]:
+    """The ARP and ND answers for an endpoint of the network (local or remote)."""
+    out = []
+    if ip is not None:
+        match: Match = {"arp": "", REG_VNI: vni, "arp_op": 1, "arp_tpa": ip}
+        out.append(_flow(T_ARP, P_MATCH, match, _arp_reply(mac, ip)))
+    if ip6 is not None:
+        match = {"icmp6": "", REG_VNI: vni, "icmp_type": ND_SOLICIT, "nd_target": ip6}
+        out.append(_flow(T_ND, P_MATCH, match, _nd_advert(mac, ip6)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _to_local(vni: int, mac: str, port: int) -> tuple[Flow, ...]:
+    """Unicast to a local endpoint, from a local port (20) and from the tunnel (30)."""
+    match = {REG_VNI: vni, "dl_dst": mac}
+    return tuple(_flow(table, P_MATCH, match, [f"output:{port}"]) for table in (T_L2, T_TUNNEL))
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _to_remote(vni: int, mac: str, vtep: str, tunnel: int) -> tuple[Flow, ...]:
+    """Unicast to a remote endpoint: into the tunnel towards its host's VTEP."""
+    to_vtep = [
+        f"set_field:{vni}->tun_id", f"set_field:{vtep}->{tun_field('dst', vtep)}",
+        f"output:{tunnel}",
+    ]  # fmt: skip
+    return (_flow(T_L2, P_MATCH, {REG_VNI: vni, "dl_dst": mac}, to_vtep),)
+
+
+def _set_vni(vni: int) -> str:
+    return f"set_field:{vni}->{REG_VNI}"
+
+
+_flow = make_canonical_flow
 
 
 def render_phy_flows(nic_ofport: int) -> tuple[Flow, ...]:
