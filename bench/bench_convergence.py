@@ -114,8 +114,8 @@ def passes_of(log: Path) -> list[dict[str, object]]:
 LOCAL_STAGES = (
     ("event", "event"), ("pass started", "start"), ("observed", "observe"),
     ("veth created", "EnsureVeth"), ("veth created", "EnsurePortVeth"),
-    ("OVS port ready", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
-    ("flows in place", "ModFlows"), ("apply done", "end"),
+    ("OVS port written", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
+    ("flows in place", "ModFlows"), ("OVS port ready", "AwaitOvsPort"), ("apply done", "end"),
 )  # fmt: skip
 PEER_STAGES = (
     ("event", "event"), ("pass started", "start"), ("FDB entry in place", "PutFdb"),

@@ -43,6 +43,7 @@ from controller.plan.kernel_ops import ConfigureEndpoint, DelLink, EnsureBridge,
 from controller.plan.ovs import owned_counts, plan_ovs
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
+    AwaitOvsPort,
     BeginFlowRestore,
     DelOvsBridge,
     DelOvsPort,
@@ -332,6 +333,9 @@ class FakeOvs:
                     del self._bridges[op.name]
             case EnsureOvsPort():
                 self._ensure_port(op)
+            case AwaitOvsPort():
+                self._need_vswitchd()
+                self._check_port(op.bridge, op.name, op.ofport)
             case DelOvsPort():
                 self._del_port(op)
             case ReplaceFlows():
@@ -426,10 +430,17 @@ class FakeOvs:
         port.network, port.endpoint = op.network, op.endpoint
         self._need_vswitchd()
         self._assign(br, port)
+        if op.wait:
+            self._check_port(op.bridge, op.name, op.ofport)
+
+    def _check_port(self, bridge: str, name: str, want: int) -> None:
+        port = self._owned_bridge(bridge).ports.get(name)
+        if port is None:
+            raise OpFailed(f"port {name} vanished right after it was written")
         if port.ofport == -1:
-            raise OpFailed(f"interface {op.name} has ofport -1: {port.error}")
-        if port.ofport != op.ofport:
-            raise OpFailed(f"interface {op.name} got ofport {port.ofport}, not {op.ofport}")
+            raise OpFailed(f"interface {name} has ofport -1: {port.error}")
+        if port.ofport != want:
+            raise OpFailed(f"interface {name} got ofport {port.ofport}, not {want}")
 
     def _del_port(self, op: DelOvsPort) -> None:
         for br in self._bridges.values():

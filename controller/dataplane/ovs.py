@@ -52,6 +52,7 @@ from controller.plan.kernel_ops import ConfigureEndpoint, DelLink
 from controller.plan.ovs import owned_counts, plan_ovs
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
+    AwaitOvsPort,
     BeginFlowRestore,
     DelOvsBridge,
     DelOvsPort,
@@ -272,6 +273,8 @@ class OvsDataPlane:
                 self.ovsdb.del_bridge(op.name)
             case EnsureOvsPort():
                 self.ovsdb.ensure_port(op)
+            case AwaitOvsPort():
+                self.ovsdb.await_port(op)
             case DelOvsPort():
                 self.ovsdb.del_port(op.bridge, op.name)
             case ReplaceFlows():

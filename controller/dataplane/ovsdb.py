@@ -9,7 +9,11 @@ Writes are one transaction each, with the contract of ``ovs-vsctl``'s default mo
 that ovs-vswitchd must act on also increments ``Open_vSwitch:next_cfg``, and the write returns
 only once ovs-vswitchd has applied it (``cur_cfg`` caught up); then a port's interface must have
 the OpenFlow port it asked for, or the write fails with the interface's ``error`` (ofport -1)
-or the number it got instead. "Waited too long" names ovs-vswitchd as the likely cause.
+or the number it got instead. "Waited too long" names ovs-vswitchd as the likely cause. An
+endpoint's port (``EnsureOvsPort.wait`` false) is only sent; ``await_port`` takes OVSDB's
+answer (sending it again, waited for, if the connection dropped meanwhile), waits for
+ovs-vswitchd and checks the number, so the agent writes the endpoint's side and flows while
+OVSDB commits and ovs-vswitchd adds the port.
 
 Ownership: rows heddle creates carry ``external_ids:heddle-owner=heddle``; writes refuse rows
 without it (never adopted, never deleted). Only heddle's keys of ``external_ids`` and
@@ -23,6 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import ovs.db.idl
@@ -39,6 +44,7 @@ from controller.plan.ovs_ops import (
     OWNER_KEY,
     OWNER_VALUE,
     RESTORE_KEY,
+    AwaitOvsPort,
     EnsureOvsBridge,
     EnsureOvsPort,
 )
@@ -81,6 +87,8 @@ class Ovsdb:
         self.remote = remote
         self.timeout = timeout
         self._idl: Any = None
+        self._written_cfg = 0  # the highest next_cfg a write of ours set (``await_port``)
+        self._sent: dict[str, tuple[EnsureOvsPort, Txn]] = {}  # port writes not answered yet
         # (the IDL's change_seqno, the names asked, what observe returned) of the last observe
         self._seen: tuple[int, frozenset[str], OvsdbState] | None = None
 
@@ -139,6 +147,7 @@ class Ovsdb:
             self._idl.close()
             self._idl = None
         self._seen = None
+        self._sent.clear()  # their answers would come on the closed connection
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -196,34 +205,57 @@ class Ovsdb:
         """Run ``build(idl, txn, root)`` as one transaction (retried on a verify conflict);
         with ``wait``, return only once ovs-vswitchd has applied it."""
         for _ in range(5):
-            idl = self._sync()
-            root = self._root(idl)
-            txn = ovs.db.idl.Transaction(idl)
-            txn.add_comment(f"heddle: {what}")
-            build(idl, txn, root)
-            if wait:
-                root.increment("next_cfg")
-            deadline = time.monotonic() + self.timeout
-            while True:
-                status = txn.commit()
-                if status != _TXN.INCOMPLETE:
-                    break
-                if time.monotonic() > deadline:
-                    txn.abort()
-                    raise OvsdbError(f"{what}: OVSDB {self.remote} did not answer in time")
-                idl.run()
-                self._block(idl, deadline, txn)
+            idl, root, txn = self._begin(what, build, count=wait)
+            status = self._answer(idl, txn, what, counted=wait)
             if status == _TXN.TRY_AGAIN:
                 continue
             if status == _TXN.UNCHANGED:
                 return idl, root
-            if status != _TXN.SUCCESS:
-                err = txn.get_error() or _TXN.status_to_string(status)
-                raise OvsdbError(f"{what}: transaction failed: {err}")
             if wait:
                 self._wait_applied(idl, root, txn.get_increment_new_value(), what)
             return idl, root
         raise OvsdbError(f"{what}: the database kept changing under the transaction")
+
+    def _begin(
+        self, what: str, build: Callable[[Any, Txn, Row], None], count: bool
+    ) -> tuple[Any, Row, Txn]:
+        """A transaction built by ``build`` and sent (``commit`` once: the answer is not
+        waited for); with ``count``, it increments ``next_cfg`` (a change ovs-vswitchd acts
+        on). A ``build`` that raises leaves no transaction open."""
+        idl = self._sync()
+        root = self._root(idl)
+        txn = ovs.db.idl.Transaction(idl)
+        txn.add_comment(f"heddle: {what}")
+        try:
+            build(idl, txn, root)
+        except BaseException:
+            txn.abort()
+            raise
+        if count:
+            root.increment("next_cfg")
+        txn.commit()
+        return idl, root, txn
+
+    def _answer(self, idl: Any, txn: Txn, what: str, counted: bool) -> str:
+        """Run the IDL until OVSDB answered ``txn`` (sent by ``_begin``, ``counted`` as there);
+        its status, one of SUCCESS, UNCHANGED and TRY_AGAIN (build and send it again). Raises
+        ``OvsdbError`` for a failed transaction and when OVSDB does not answer in ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            status = txn.commit()  # the status the IDL recorded once it has been sent
+            if status != _TXN.INCOMPLETE:
+                break
+            if time.monotonic() > deadline:
+                txn.abort()
+                raise OvsdbError(f"{what}: OVSDB {self.remote} did not answer in time")
+            idl.run()
+            self._block(idl, deadline, txn)
+        if status not in (_TXN.SUCCESS, _TXN.UNCHANGED, _TXN.TRY_AGAIN):
+            err = txn.get_error() or _TXN.status_to_string(status)
+            raise OvsdbError(f"{what}: transaction failed: {err}")
+        if status == _TXN.SUCCESS and counted:
+            self._written_cfg = max(self._written_cfg, txn.get_increment_new_value())
+        return str(status)
 
     def _wait_applied(self, idl: Any, root: Row, next_cfg: int, what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -288,7 +320,9 @@ class Ovsdb:
         self._transact(f"delete bridge {name}", build, wait=True)
 
     def ensure_port(self, op: EnsureOvsPort) -> None:
-        """Create or converge port ``op.name`` on ``op.bridge``; wait for its ofport."""
+        """Create or converge port ``op.name`` on ``op.bridge``. With ``op.wait``, wait for
+        ovs-vswitchd and check the ofport; without, return once OVSDB committed the write
+        (``await_port`` waits and checks)."""
 
         def build(idl: Any, txn: Txn, root: Row) -> None:
             br = self._bridge(idl, op.bridge)
@@ -326,18 +360,41 @@ class Ovsdb:
             if _opt(iface.ofport_request) != op.ofport:
                 iface.ofport_request = [op.ofport]
 
-        idl, _ = self._transact(str(op), build, wait=True)
-        port, _on = self._port_and_bridge(idl, op.name)
+        if op.wait:
+            idl, _ = self._transact(str(op), build, wait=True)
+            self._check_port(idl, op.name, op.ofport)
+        else:
+            self._sent[op.name] = (op, self._begin(str(op), build, count=True)[2])
+
+    def await_port(self, op: AwaitOvsPort) -> None:
+        """Wait for OVSDB's answer to port ``op.name``'s write (when ``ensure_port`` sent one
+        without waiting), then until ovs-vswitchd has applied every write made so far, then
+        check that the port has ofport ``op.ofport`` (see ``ensure_port``)."""
+        sent = self._sent.pop(op.name, None)
+        if sent is not None:
+            want, txn = sent
+            if self._answer(self._sync(), txn, str(want), counted=True) == _TXN.TRY_AGAIN:
+                self.ensure_port(replace(want, wait=True))  # sent again, and waited for
+                return
+        idl = self._sync()
+        root = self._root(idl)
+        # A database replaced since (next_cfg counts from scratch) must not be waited on for ever
+        target = min(self._written_cfg, _opt(root.next_cfg) or 0)
+        self._wait_applied(idl, root, target, str(op))
+        self._check_port(idl, op.name, op.ofport)
+
+    def _check_port(self, idl: Any, name: str, want: int) -> None:
+        port, _on = self._port_and_bridge(idl, name)
         if port is None or not port.interfaces:
-            raise OvsdbError(f"port {op.name} vanished right after it was written")
+            raise OvsdbError(f"port {name} vanished right after it was written")
         iface = port.interfaces[0]
         ofport = _opt(iface.ofport)
         if ofport == -1 or ofport is None:
             why = _opt(iface.error) or "no error reported"
-            raise OvsdbError(f"interface {op.name} has ofport {ofport}: {why}")
-        if ofport != op.ofport:
+            raise OvsdbError(f"interface {name} has ofport {ofport}: {why}")
+        if ofport != want:
             raise OvsdbError(
-                f"interface {op.name} got ofport {ofport}, not the requested {op.ofport} "
+                f"interface {name} got ofport {ofport}, not the requested {want} "
                 "(another interface holds it)"
             )
 

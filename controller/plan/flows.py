@@ -194,7 +194,7 @@ def _render_network(
     ports = sorted({port for _, port in local})
     for port in ports:
         others = [f"output:{q}" for q in ports if q != port]
-        match = {REG_VNI: vni, "in_port": port, "dl_dst": MULTICAST}
+        match: Match = {REG_VNI: vni, "in_port": port, "dl_dst": MULTICAST}
         t.add(T_L2, P_FLOOD, match, [*others, *replicate] or [DROP])
     t.add(
         T_TUNNEL,
@@ -214,7 +214,7 @@ _CACHE = 1 << 15
 @functools.lru_cache(maxsize=_CACHE)
 def _tunnel_in(vni: int, vtep: str, tunnel: int) -> tuple[Flow, ...]:
     """Tunnel packets of ``vni`` from member VTEP ``vtep``: accepted, to table 30."""
-    match = {"in_port": tunnel, "tun_id": vni, tun_field("src", vtep): vtep}
+    match: Match = {"in_port": tunnel, "tun_id": vni, tun_field("src", vtep): vtep}
     return (_flow(T_CLASSIFY, P_MATCH, match, [_set_vni(vni), f"goto_table:{T_TUNNEL}"]),)
 
 
@@ -259,7 +259,7 @@ def _responders(vni: int, mac: str, ip: str | None, ip6: str | None) -> tuple[Fl
 @functools.lru_cache(maxsize=_CACHE)
 def _to_local(vni: int, mac: str, port: int) -> tuple[Flow, ...]:
     """Unicast to a local endpoint, from a local port (20) and from the tunnel (30)."""
-    match = {REG_VNI: vni, "dl_dst": mac}
+    match: Match = {REG_VNI: vni, "dl_dst": mac}
     return tuple(_flow(table, P_MATCH, match, [f"output:{port}"]) for table in (T_L2, T_TUNNEL))
 
 

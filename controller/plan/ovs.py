@@ -14,8 +14,9 @@ Order of the result:
    member VTEPs missing from OVS's tunnel-neighbour cache resolved (``netdev``; before any
    flow tunnels to them, so the first packet is not dropped -- but after the restore ends when
    a restarted ovs-vswitchd holds back all forwarding for ``flow-restore-wait``);
-4. per local endpoint: veth, OVS port, endpoint side, TX checksum;
-5. flows of the integration bridge.
+4. per local endpoint: veth, OVS port (written, not waited for), endpoint side, TX checksum;
+5. flows of the integration bridge; then each endpoint port awaited (``AwaitOvsPort``): the
+   endpoint's side and flows are written while ovs-vswitchd adds its port.
 
 Flows: a bridge whose table holds none of our flows gets the whole table (``ReplaceFlows``);
 otherwise only the difference (``ModFlows``). A table without our flows is also what a restarted
@@ -36,6 +37,7 @@ from controller.plan.kernel_ops import DelLink, KernelOp
 from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
+    AwaitOvsPort,
     BeginFlowRestore,
     DelOvsBridge,
     DelOvsPort,
@@ -175,6 +177,11 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
             resolve = ResolveVteps(layout.phy_bridge, view.host.vtep, missing)
             (end if end and restarted and db.flow_restore_wait else phy).append(resolve)
     integ_flows = [installs[layout.bridge]] if layout.bridge in installs else []
+    awaits: list[OvsOp] = [
+        AwaitOvsPort(op.bridge, op.name, op.ofport)
+        for op in endpoints
+        if isinstance(op, EnsureOvsPort) and not op.wait
+    ]
 
     stale: list[KernelOp] = stale_link_dels(actual.kernel, desired_links)
     link_dels = [op for op in stale if isinstance(op, DelLink)]  # only ever DelLink
@@ -188,6 +195,7 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
         *phy,
         *endpoints,
         *integ_flows,
+        *awaits,
         *end,
     )
 

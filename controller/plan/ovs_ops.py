@@ -8,7 +8,7 @@ Contracts shared by every op (the same as ``kernel_ops``):
   refuse to modify or delete a bridge or port without it. Flows carry ``flows.COOKIE``.
 * ``needs`` / ``provides`` name what an op depends on / creates, for ``backend.apply_all``:
   kernel links by name (as in ``kernel_ops``), ``ovs:<bridge>`` for a bridge, ``flows:<bridge>``
-  for a bridge's table.
+  for a bridge's table, ``port:<bridge>/<name>`` for a port written without waiting.
 * ``str(op)`` is one log line.
 
 The endpoint side of a veth (move into the namespace, rename, MAC, address, MTU, route) and link
@@ -35,6 +35,7 @@ FLOW_RESTORE_WAIT = "flow-restore-wait"
 __all__ = [
     "VXLAN_PORT",
     "ArmFlowRestoreWait",
+    "AwaitOvsPort",
     "BeginFlowRestore",
     "ConfigureEndpoint",
     "DelLink",
@@ -59,6 +60,10 @@ def bridge_token(bridge: str) -> str:
 
 def flows_token(bridge: str) -> str:
     return f"flows:{bridge}"
+
+
+def port_token(bridge: str, name: str) -> str:
+    return f"port:{bridge}/{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +107,13 @@ class EnsureOvsPort:
     ``options``, pinned ``ofport_request=ofport``, owned, and for an endpoint port
     ``external_ids`` naming the endpoint (``network``/``endpoint``).
 
-    Drivers wait until ovs-vswitchd has applied the change and fail clearly if the interface got
-    ofport -1 (device missing, bad options) or another ofport than requested. ``link`` is the
+    With ``wait`` (the NIC and tunnel ports), drivers return once ovs-vswitchd has applied the
+    change and fail clearly if the interface got ofport -1 (device missing, bad options) or
+    another ofport than requested. Without (endpoint ports), the write returns once OVSDB has
+    committed it, and ``AwaitOvsPort`` later in the pass waits for ovs-vswitchd and checks the
+    number: the endpoint's side and flows are written while ovs-vswitchd adds its port (5-8 ms
+    on the ``netdev`` datapath here: the largest stage of an ovs endpoint's path to its first
+    packet; flows may name a port before it exists, docs/platform.md O10). ``link`` is the
     kernel device this port opens when heddle creates it (an endpoint veth), else ``None``."""
 
     bridge: str
@@ -114,6 +124,7 @@ class EnsureOvsPort:
     network: str | None = None
     endpoint: str | None = None
     link: str | None = None
+    wait: bool = True
 
     @property
     def needs(self) -> frozenset[str]:
@@ -122,13 +133,36 @@ class EnsureOvsPort:
 
     @property
     def provides(self) -> frozenset[str]:
-        return frozenset()
+        return frozenset() if self.wait else frozenset({port_token(self.bridge, self.name)})
 
     def __str__(self) -> str:
         kind = f" type {self.type}" if self.type else ""
         opts = "".join(f" {k}={v}" for k, v in self.options)
         who = f" endpoint {self.network}/{self.endpoint}" if self.endpoint else ""
         return f"ovs ensure port {self.bridge}/{self.name} ofport {self.ofport}{kind}{opts}{who}"
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitOvsPort:
+    """Wait until ovs-vswitchd has applied the write of port ``name`` on ``bridge`` (an
+    ``EnsureOvsPort`` without ``wait`` earlier in the pass) and check that the interface got
+    ``ofport``: fails as ``EnsureOvsPort`` would have (ofport -1 with ovs-vswitchd's reason, or
+    another number). Changes nothing."""
+
+    bridge: str
+    name: str
+    ofport: int
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({port_token(self.bridge, self.name)})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return f"ovs await port {self.bridge}/{self.name} ofport {self.ofport}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +389,7 @@ OvsOp = (
     EnsureOvsBridge
     | DelOvsBridge
     | EnsureOvsPort
+    | AwaitOvsPort
     | DelOvsPort
     | ReplaceFlows
     | ModFlows

@@ -163,8 +163,9 @@ def desired_bridges(layout: OvsLayout, vtep: str) -> tuple[EnsureOvsBridge, ...]
 def desired_ports(
     layout: OvsLayout, view: HostView, ofports: Mapping[EndpointKey, int]
 ) -> tuple[EnsureOvsPort, ...]:
-    """Every port heddle wants, in build order: the NIC on br-phy (``netdev``), the tunnel port,
-    then one per local endpoint that has a number."""
+    """Every port heddle wants, in build order: the NIC on br-phy (``netdev``), the tunnel port
+    (both waited for), then one per local endpoint that has a number (awaited later in the
+    pass: ``EnsureOvsPort.wait``)."""
     out: list[EnsureOvsPort] = []
     if layout.netdev and layout.underlay_dev is not None:
         out.append(EnsureOvsPort(layout.phy_bridge, layout.underlay_dev, NIC_OFPORT))
@@ -179,7 +180,13 @@ def desired_ports(
             name = veth_host_name(ep.network, ep.id)
             out.append(
                 EnsureOvsPort(
-                    layout.bridge, name, number, network=ep.network, endpoint=ep.id, link=name
+                    layout.bridge,
+                    name,
+                    number,
+                    network=ep.network,
+                    endpoint=ep.id,
+                    link=name,
+                    wait=False,
                 )
             )
     return tuple(out)

@@ -48,6 +48,7 @@ from controller.model.view import HostView, Snapshot, host_view
 from controller.plan.flows import T_ARP
 from controller.plan.ovs_incremental import OvsShortcut
 from controller.plan.ovs_ops import (
+    AwaitOvsPort,
     BeginFlowRestore,
     EndFlowRestore,
     EnsureOvsPort,
@@ -442,6 +443,25 @@ def test_port_with_ofport_minus_one_fails_clearly(lab: Lab) -> None:
         view2 = host_view(snapshot(lab, rev=2), H1)
         dp.apply(dp.plan(view2, dp.observe(view2)))  # the stray owned port is collected
         assert "hdvnothere" not in dp.observe(view2).ovsdb.bridges["br-heddle"].ports
+
+
+def test_an_endpoint_port_written_without_waiting_fails_at_its_await(lab: Lab) -> None:
+    """The endpoint port's write returns before ovs-vswitchd acts; the await that follows
+    fails as the waiting write would have, with ovs-vswitchd's reason, and names the port."""
+    view = host_view(snapshot(lab), H1)
+    with dataplane(lab) as dp:
+        converge(dp, view)
+        bad = EnsureOvsPort(
+            "br-heddle", "hdvnothere", 500, network="blue", endpoint="zz", wait=False
+        )
+        dp.apply([bad])  # committed; ovs-vswitchd has not been asked anything yet
+        with pytest.raises(DataPlaneError, match="hdvnothere has ofport -1") as err:
+            dp.apply([AwaitOvsPort("br-heddle", "hdvnothere", 500)])
+        assert [type(op) for op, _ in err.value.failures] == [AwaitOvsPort]
+        view2 = host_view(snapshot(lab, rev=2), H1)
+        dp.apply(dp.plan(view2, dp.observe(view2)))  # the stray owned port is collected
+        assert "hdvnothere" not in dp.observe(view2).ovsdb.bridges["br-heddle"].ports
+        assert dp.plan(view2, dp.observe(view2)) == ()
 
 
 def test_vswitchd_restart_is_detected_and_flows_are_restored(lab: Lab) -> None:

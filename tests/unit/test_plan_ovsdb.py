@@ -22,6 +22,7 @@ from controller.plan.ovs import desired_flows, plan_ovs
 from controller.plan.ovs_incremental import OvsShortcut
 from controller.plan.ovs_ops import (
     ArmFlowRestoreWait,
+    AwaitOvsPort,
     BeginFlowRestore,
     DelOvsBridge,
     DelOvsPort,
@@ -141,6 +142,46 @@ def test_first_pass_order_and_applying_twice_changes_nothing() -> None:
     once = fo.observe(FULL)
     fo.apply(ops)
     assert fo.observe(FULL) == once
+
+
+def test_an_endpoint_port_is_awaited_after_its_side_and_flows() -> None:
+    """ovs-vswitchd adds the port while the endpoint's side and flows are written: the port is
+    written without waiting, and awaited last; the NIC and tunnel ports are waited for."""
+    fo = fake(NETDEV, FULL)
+    converge(fo, view(A, C, D))
+    ops = fo.plan(FULL, fo.observe(FULL))
+    port_b = veth_host_name("blue", "b")
+    at = {type(op): i for i, op in enumerate(ops) if getattr(op, "name", "") == port_b}
+    side = next(
+        i for i, op in enumerate(ops) if isinstance(op, ConfigureEndpoint) and op.netns == "ns-b"
+    )
+    write = at[EnsureOvsPort]
+    assert write < side < ops.index(of_type(ops, ModFlows)[0]) < at[AwaitOvsPort]
+    assert not ops[write].wait and ops[at[AwaitOvsPort]] == AwaitOvsPort(BR, port_b, 11)
+    fresh = fake(NETDEV, FULL)
+    first = fresh.plan(FULL, fresh.observe(FULL))
+    infra = [op for op in of_type(first, EnsureOvsPort) if op.endpoint is None]
+    assert len(infra) == 2 and all(op.wait for op in infra)
+
+
+def test_a_port_vswitchd_cannot_open_fails_at_its_await_and_nothing_else_does() -> None:
+    fo = fake(NETDEV, FULL)
+    converge(fo, view(A, C, D))
+    ops = fo.plan(FULL, fo.observe(FULL))
+    port_b = veth_host_name("blue", "b")
+    # no device for the port to open: its veth (and so the endpoint's side) left out
+    broken = [
+        op
+        for op in ops
+        if not isinstance(op, EnsurePortVeth | ConfigureEndpoint | DisableTxChecksum)
+        or getattr(op, "netns", None) != "ns-b"
+    ]
+    with pytest.raises(DataPlaneError) as err:
+        fo.apply(broken)
+    assert [type(op) for op, _ in err.value.failures] == [AwaitOvsPort]
+    assert "ofport -1" in err.value.failures[0][1]
+    state = converge(fo, FULL)  # the next pass builds the veth and reopens the port
+    assert state.ovsdb.bridges[BR].ports[port_b].ofport == 11
 
 
 def test_system_datapath_has_no_phy_bridge_underlay_or_checksum_work() -> None:
@@ -317,7 +358,7 @@ def test_a_vanished_veth_is_rebuilt_and_its_port_reopened() -> None:
     ops = fo.plan(FULL, fo.observe(FULL))
     name = veth_host_name("blue", "a")
     kinds = [type(op) for op in ops if getattr(op, "name", getattr(op, "host_name", "")) == name]
-    assert kinds == [DelOvsPort, EnsurePortVeth, EnsureOvsPort]
+    assert kinds == [DelOvsPort, EnsurePortVeth, EnsureOvsPort, AwaitOvsPort]
     assert any(isinstance(op, ConfigureEndpoint) and op.netns == "ns-a" for op in ops)
     converge(fo, FULL)
 
