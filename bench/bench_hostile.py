@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_convergence import FAST_ARP, first_reply_probe, percentile
+from bench_convergence import fast_neighbours, first_reply_probe, percentile
 
 from controller.desired import DesiredState
 from controller.lab.etcd_http import EtcdHTTP
@@ -82,7 +82,7 @@ def warm_network(sc: Scenario, net: str, vni: int) -> str:
     warm = [sc.endpoint(net, h, f"warm{h}", ip=f"10.50.255.{3 + k}")
             for k, h in enumerate(("h2", "h3"))]  # fmt: skip
     sc.converge()
-    write_sysctls(peer_ns, FAST_ARP)
+    write_sysctls(peer_ns, fast_neighbours(10))
     if any(wait_ping(peer_ns, w.ip, timeout=20) is None for w in warm):
         raise RuntimeError("the lab does not converge; see the agent logs")
     return peer_ns
