@@ -83,6 +83,14 @@ class Listening(Protocol):
         """Return once everything announced before the call was passed on."""
         ...
 
+    def hold(self) -> None:
+        """Read but do not pass on announcements until ``release`` (nothing lost)."""
+        ...
+
+    def release(self) -> None:
+        """Pass on what was held, in order."""
+        ...
+
     def stop(self) -> None: ...
 
 
@@ -262,8 +270,15 @@ class Incremental(Generic[S, Op]):
                 self._collecting, self._pending = True, []
             self._kept = None
         kept: tuple[S, HostView, float] | None = None
+        listening = self._listening
         try:
-            self.inner.apply(ops, progress)
+            if listening is not None:  # the apply's own echo is decoded after it, not during
+                listening.hold()
+            try:
+                self.inner.apply(ops, progress)
+            finally:
+                if listening is not None:
+                    listening.release()
             self._sync()  # this apply's own announcements are in _pending now
             if p is not None and known:
                 view, state, incremental, at = p

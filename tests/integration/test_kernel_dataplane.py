@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -687,6 +688,36 @@ def test_a_change_made_by_someone_else_is_announced_and_repaired_at_once(lab: La
     finally:
         dp.close()
         fresh.close()
+
+
+def test_announcements_held_during_an_apply_come_after_it_in_order(lab: Lab) -> None:
+    """While held (an apply in progress), announcements are read but not passed on; on
+    release they all are, in the order the kernel made them, and ``sync`` covers them."""
+    seen: list[str] = []
+    got = threading.Event()
+
+    def sink(sightings: object) -> None:
+        for s in sightings or ():  # type: ignore[attr-defined]
+            seen.append(f"{s.name}:{'up' if s.link is not None else 'gone'}")
+        got.set()
+
+    ev = KernelEvents(lab.host, sink).start()
+    name = "hdv-held0"
+    try:
+        ev.hold()
+        run = ["ip", "netns", "exec", lab.host, "ip", "link"]
+        subprocess.run([*run, "add", name, "type", "veth", "peer", "name", "hdv-held1"], check=True)
+        subprocess.run([*run, "del", name], check=True)
+        time.sleep(0.2)  # the listener has read both by now
+        assert not got.is_set() and seen == [], "passed on while held"
+        ev.release()
+        assert got.wait(5), "nothing passed on after release"
+        assert ev.sync()
+        assert [x for x in seen if x.startswith(name)][-1] == f"{name}:gone"
+    finally:
+        ev.stop()
+        subprocess.run(["ip", "netns", "exec", lab.host, "ip", "link", "del", name],
+                       capture_output=True)  # fmt: skip
 
 
 def _six(ep: Endpoint, only: bool) -> Endpoint:
