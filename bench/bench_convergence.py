@@ -312,7 +312,8 @@ def main() -> int:
         "--retrans-ms",
         type=int,
         default=10,
-        help="the probe's neighbour retransmit time (ms; the kernel's default is 1000)",
+        help="the probe's neighbour retransmit time (ms; the kernel's default is 1000; "
+        "Linux retries no sooner than every 10 ms whatever is set)",
     )
     args = p.parse_args()
     backends = args.backend.split(",")
