@@ -242,12 +242,13 @@ class KernelEvents:
         makes the kernel announce every link it touches, and decoding those announcements
         while it works takes the interpreter from it between its own netlink round trips
         (about 1.3 ms of a new endpoint's veth, measured in the lab). Nothing is lost or
-        reordered: ``sync`` and the next buffer decode what was held first."""
+        reordered: after ``release``, the next buffer (``release`` sends one) decodes what was
+        held first. A ``sync`` made while held returns only once released."""
         self._held = True
 
     def release(self) -> None:
         """Decode what was held (in the listener's thread, at once: it is woken with a
-        request nobody waits for). Idempotent."""
+        request whose answer nobody waits for). Idempotent."""
         self._held = False
         sock = self._sock
         if sock is not None and self._queue:

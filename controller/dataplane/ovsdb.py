@@ -321,8 +321,8 @@ class Ovsdb:
 
     def ensure_port(self, op: EnsureOvsPort) -> None:
         """Create or converge port ``op.name`` on ``op.bridge``. With ``op.wait``, wait for
-        ovs-vswitchd and check the ofport; without, return once OVSDB committed the write
-        (``await_port`` waits and checks)."""
+        ovs-vswitchd and check the ofport; without, return once the write is sent
+        (``await_port`` takes OVSDB's answer, waits and checks)."""
 
         def build(idl: Any, txn: Txn, root: Row) -> None:
             br = self._bridge(idl, op.bridge)

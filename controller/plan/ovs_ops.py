@@ -109,8 +109,8 @@ class EnsureOvsPort:
 
     With ``wait`` (the NIC and tunnel ports), drivers return once ovs-vswitchd has applied the
     change and fail clearly if the interface got ofport -1 (device missing, bad options) or
-    another ofport than requested. Without (endpoint ports), the write returns once OVSDB has
-    committed it, and ``AwaitOvsPort`` later in the pass waits for ovs-vswitchd and checks the
+    another ofport than requested. Without (endpoint ports), the write returns once it is
+    sent to OVSDB, and ``AwaitOvsPort`` later in the pass waits for ovs-vswitchd and checks the
     number: the endpoint's side and flows are written while ovs-vswitchd adds its port (5-8 ms
     on the ``netdev`` datapath here: the largest stage of an ovs endpoint's path to its first
     packet; flows may name a port before it exists, docs/platform.md O10). ``link`` is the
