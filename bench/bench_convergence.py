@@ -9,11 +9,13 @@ endpoint lives on h1. For each of ``--endpoints`` new endpoints (alternating h2 
 4. the latency is the monotonic time of the first echo reply minus t0.
 It therefore covers etcd commit, watch delivery to two agents, both agents' passes (local veth +
 address on one host; on the peer's host FDB + neighbour entries (kernel) or the unicast and
-ARP-responder flows (ovs)) and the first ARP/ICMP round. The peer's eth0 resolves neighbours
-with a 10 ms retransmit time (default 1 s; ``--retrans-ms``), so the probe's own ARP retries
-add at most ~10 ms instead of up to a second. (The peer starts resolving the new address at
-t0, before its host can answer for it; whether its retry falls just before or just after its
-host's entry appears moves a sample by up to one retransmit time.) (The new endpoint's ARP for
+ARP-responder flows (ovs)) and the first ARP/ICMP round. The peer's eth0 keeps Linux's
+default neighbour retransmit time (1 s; ``--retrans-ms`` to change it). It starts resolving
+the new address at t0, before its host can answer for it; its host's agent completes that
+resolution with an announcement once its entries are in (``controller/plan/announce.py``).
+With ``--agent-arg=--no-announce`` the probe waits for its own retry instead: about a second
+with the default, and up to one retransmit time (Linux: never sooner than 10 ms) whatever
+is set -- earlier runs of this bench set 10 ms for that reason. (The new endpoint's ARP for
 the peer is answered at once by its VTEP or its bridge's ARP responder: the network already
 exists on h2 and h3.)
 
@@ -22,16 +24,17 @@ when the pass had observed, planned and finished each kind of op (``stages=``, s
 ``controller/reconcile/loop.py``). The bench reads the two agents' logs after the run and
 prints, per stage, its time after the write (p50, p99): the new endpoint's host (event, pass
 start, observed, veth created, address/route/link up, apply done) and the peer's host h1
-(event, pass start, FDB and neighbour entries in place, apply done), then the first reply.
+(event, pass start, FDB and neighbour entries in place, announcement sent, pass done), then
+the first reply.
 Agent log lines carry wall-clock milliseconds, so stages are good to about 1 ms.
 
 ``--family 4,6`` (either backend) measures IPv4 and IPv6-only endpoints in the same lab, in
 pairs: each round writes one endpoint of an IPv4 network, then one of an IPv6-only network
-(same hosts, the peer of each network on h1, IPv6 probed with ICMPv6 echo and a 10 ms
-neighbour retransmit time), and prints the ratio IPv6 / IPv4 at p50 and p99.
+(same hosts, the peer of each network on h1, IPv6 probed with ICMPv6 echo, the same
+retransmit time), and prints the ratio IPv6 / IPv4 at p50 and p99.
 
 Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs|kernel,ovs]
-[--endpoints 60] [--family 4|6|4,6] [--retrans-ms 10]. Prints two tables per backend and
+[--endpoints 60] [--family 4|6|4,6] [--retrans-ms 1000]. Prints two tables per backend and
 family (with ``kernel,ovs``: one lab after the other in the same run, then the ratio ovs /
 kernel at p50 and p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
 """
@@ -120,7 +123,7 @@ LOCAL_STAGES = (
 PEER_STAGES = (
     ("event", "event"), ("pass started", "start"), ("FDB entry in place", "PutFdb"),
     ("neighbour entry in place", "PutNeigh"), ("flows in place", "ModFlows"),
-    ("apply done", "end"),
+    ("announcement sent", "Announce"), ("pass done", "end"),
 )  # fmt: skip
 
 
@@ -311,8 +314,8 @@ def main() -> int:
     p.add_argument(
         "--retrans-ms",
         type=int,
-        default=10,
-        help="the probe's neighbour retransmit time (ms; the kernel's default is 1000; "
+        default=1000,
+        help="the probe's neighbour retransmit time (ms; 1000 is the kernel's default; "
         "Linux retries no sooner than every 10 ms whatever is set)",
     )
     args = p.parse_args()

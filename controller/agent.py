@@ -44,6 +44,7 @@ class AgentConfig:
     allow_link_local_vteps: bool = False
     metrics: str | None = None
     filters: bool = True
+    announce: bool = True
     drift_repair: str = "at-once"
 
     def __post_init__(self) -> None:
@@ -51,6 +52,8 @@ class AgentConfig:
         check_vtep(self.vtep, "--vtep", allow_link_local=self.allow_link_local_vteps)
         if not isinstance(self.filters, bool):
             raise InvalidRecord("filters must be true or false")
+        if not isinstance(self.announce, bool):
+            raise InvalidRecord("announce must be true or false")
         if not isinstance(self.allow_link_local_vteps, bool):
             raise InvalidRecord("allow_link_local_vteps must be true or false")
         if self.backend not in BACKENDS:
@@ -145,6 +148,8 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
             values[tls] = getattr(args, tls)
     if getattr(args, "no_filters", None):
         values["filters"] = False
+    if getattr(args, "no_announce", None):
+        values["announce"] = False
     if values.pop("no_plugin", False) or args.no_plugin:
         values["plugin_socket"] = None
     if values.pop("no_cni", False) or getattr(args, "no_cni", None):

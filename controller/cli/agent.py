@@ -23,6 +23,7 @@ from typing import Any
 
 from controller import __version__
 from controller.agent import AgentConfig
+from controller.dataplane.announce import Announcer
 from controller.dataplane.backend import DataPlane
 from controller.diag.facts import NetworkFacts
 from controller.membership import Membership
@@ -135,6 +136,7 @@ class Agent:
         self.reconciler: Reconciler[Any, Any] | None = None
         self._worker: threading.Thread | None = None
         self._dataplane: DataPlane[Any, Any] | None = None
+        self._announcer = Announcer() if cfg.announce else None
         self._diag_plane: DataPlane[Any, Any] | None = None
         # One long-lived thread owns the diagnostic handle: pyroute2's sockets belong to the
         # thread that opened them, and the HTTP server answers each request on a new thread.
@@ -217,6 +219,7 @@ class Agent:
         self.reconciler = Reconciler(
             self.host, self.interest.snapshot, self._dataplane, self.trigger, on_result,
             resync_interval=cfg.resync_interval, link_local_vteps=cfg.allow_link_local_vteps,
+            announcer=self._announcer,
         )  # fmt: skip
         self._worker = threading.Thread(target=self.reconciler.run, name="reconciler", daemon=True)
         self._worker.start()
@@ -239,6 +242,8 @@ class Agent:
         self.membership.stop()
         if self._dataplane is not None:
             self._dataplane.close()
+        if self._announcer is not None:
+            self._announcer.close()
         if self._diag_plane is not None:
             self._diag_pool.submit(self._diag_plane.close).result()
         self._diag_pool.shutdown()

@@ -192,6 +192,14 @@ def _agent(sub: Any) -> None:
         "anti-spoofing); for measuring their cost. Tables already there are left as they are",
     )
     a.add_argument(
+        "--no-announce",
+        action="store_true",
+        default=None,
+        help="do not send local endpoints a gratuitous ARP / unsolicited neighbour "
+        "advertisement when an address of their network becomes reachable (they then wait "
+        "for their own neighbour retry: up to a second with Linux's defaults)",
+    )
+    a.add_argument(
         "--drift-repair",
         choices=("at-once", "resync"),
         help="repair what someone else changed in the data plane at once (default: the kernel "

@@ -31,10 +31,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from controller.dataplane.announce import Announcing, Sent
 from controller.dataplane.backend import DataPlane, DataPlaneError
 from controller.model.errors import HeddleError, clip
 from controller.model.records import Host
 from controller.model.view import HostView, Snapshot, ViewMemo, host_view
+from controller.plan.announce import plan_announcements
 from controller.reconcile.trigger import Trigger, Wake
 
 log = logging.getLogger("heddle.reconcile")
@@ -82,7 +84,8 @@ class PassResult:
     done with the last op of each type (in the order they finished): the critical path of a
     change, as the convergence bench breaks it down. ``remembered``: the pass planned against
     an observation the driver remembered (an incremental pass) instead of reading the data
-    plane.
+    plane. ``announced``: what the announcements after the apply did (``controller/plan/
+    announce.py``; None: none were due).
     """
 
     revision: int
@@ -103,6 +106,7 @@ class PassResult:
     waited: float | None = None
     stages: tuple[tuple[str, float], ...] = ()
     remembered: bool = False
+    announced: Sent | None = None
 
 
 def _same_plane(a: HostView, b: HostView) -> bool:
@@ -124,6 +128,7 @@ class Reconciler(Generic[S, O]):
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         link_local_vteps: bool = False,
+        announcer: Announcing | None = None,
     ) -> None:
         self._host = host
         self._snapshot = snapshot
@@ -134,6 +139,7 @@ class Reconciler(Generic[S, O]):
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._link_local_vteps = link_local_vteps
+        self._announcer = announcer
         self._stop = threading.Event()
         self._pass_id = 0
         self.passes = 0
@@ -141,6 +147,7 @@ class Reconciler(Generic[S, O]):
         self.last: PassResult | None = None
         self._reported: frozenset[str] = frozenset()
         self._realised: HostView | None = None  # the view the last successful pass realised
+        self._last_ok: HostView | None = None  # the same, kept across failed passes
         self._view_memo = ViewMemo()  # unchanged networks' views are not rebuilt
         self.skipped_passes = 0
         self.view: HostView | None = None  # the view of the latest pass (read by diagnostics)
@@ -204,12 +211,16 @@ class Reconciler(Generic[S, O]):
             kinds.update(type(op).__name__ for op in ops)
             if ops:
                 self._driver.apply(ops, lambda op: mark(type(op).__name__))
+            announced = self._announce(view)
+            if announced is not None:
+                mark("Announce")
             result = PassResult(
                 snap.revision, started, time.perf_counter() - t0, len(ops), True, None, problems,
                 applied, self._pass_id, trigger, True, tuple(sorted(kinds.items())), (), stats,
                 self._driver.inventory(view, actual), waited, tuple(marks.items()), remembered,
+                announced,
             )  # fmt: skip
-            self._realised = view
+            self._realised = self._last_ok = view
             self.first_ok.set()
         except Exception as exc:  # a pass must never kill the agent
             if isinstance(exc, HeddleError):  # expected (a missing netns, etcd down): no trace
@@ -231,17 +242,32 @@ class Reconciler(Generic[S, O]):
         self._finish(result, applied)
         return result
 
+    def _announce(self, view: HostView) -> Sent | None:
+        """After a successful apply: tell local endpoints about the addresses that became
+        reachable since the last successful pass (``controller/plan/announce.py``). Never
+        raises; None when nothing was due."""
+        if self._announcer is None:
+            return None
+        due = plan_announcements(self._last_ok, view)
+        if not due:
+            return None
+        sent = self._announcer.send(due)
+        if sent.failed:
+            log.warning("%d of %d announcements not sent: %s", sent.failed, len(due), sent.error)
+        return sent
+
     def _finish(self, result: PassResult, applied: tuple[str, ...]) -> None:
         self.last = result
         waited = "" if result.waited is None else f" waited_ms={result.waited * 1000:.1f}"
+        told = "" if result.announced is None else f" announced={result.announced.sent}"
         stages = ",".join(f"{name}:{at * 1000:.1f}" for name, at in result.stages)
         pass_log.info(
             "pass id=%d trigger=%s revision=%d changes=%d errors=%d ok=%s duration_ms=%.1f "
-            "problems=%d%s%s%s%s",
+            "problems=%d%s%s%s%s%s",
             result.pass_id, result.trigger, result.revision, result.changes,
             len(result.error_kinds), result.ok, result.duration * 1000, len(result.problems),
             "" if result.observed else " view=unchanged",
-            " observed=remembered" if result.remembered else "", waited,
+            " observed=remembered" if result.remembered else "", waited, told,
             f" stages={stages}" if result.changes else "",
             extra={"heddle": {
                 "pass_id": result.pass_id, "trigger": result.trigger,
@@ -252,6 +278,8 @@ class Reconciler(Generic[S, O]):
                 "remembered": result.remembered,
                 **({} if result.waited is None
                    else {"waited_ms": round(result.waited * 1000, 3)}),
+                **({} if result.announced is None
+                   else {"announced": result.announced.sent}),
                 **({"stages_ms": {n: round(at * 1000, 3) for n, at in result.stages}}
                    if result.changes else {}),
             }},

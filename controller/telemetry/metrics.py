@@ -181,6 +181,12 @@ class AgentMetrics:
             "heddle_plugin_request_duration_seconds", "Docker plugin request latency",
             ["method"], buckets=PLUGIN_BUCKETS, registry=r,
         )  # fmt: skip
+        self.announcements = Counter(
+            "heddle_announcements",
+            "frames sent into local endpoints for addresses that became reachable "
+            "(result=sent; gone: the port was missing or down; failed: refused otherwise)",
+            ["result"], registry=r,
+        )  # fmt: skip
         self._methods: set[str] = set()
         for kind in ("full", "view"):
             self.pass_duration.labels(kind)  # present (zero) before the first pass
@@ -203,6 +209,11 @@ class AgentMetrics:
             self.peers.set(result.stats.peers)
         if result.inventory is not None:
             self._set_owned(result.inventory)
+        told = result.announced
+        if told is not None:
+            for what, n in (("sent", told.sent), ("gone", told.gone), ("failed", told.failed)):
+                if n:
+                    self.announcements.labels(what).inc(n)
 
     def _set_owned(self, inventory: Mapping[str, int]) -> None:
         for kind, n in inventory.items():

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -24,9 +25,9 @@ import pytest
 from pyroute2 import IPRoute
 
 from controller.lab.capture import capturing, ipv4_from, judge
-from controller.lab.nsutil import is_running, read_sysctl, run_in_netns
+from controller.lab.nsutil import is_running, read_sysctl, run_in_netns, write_sysctls
 from controller.lab.ovs import OvsInstance
-from controller.lab.pinger import ping
+from controller.lab.pinger import PingResult, ping
 from controller.lab.probes import (
     OVS_COOKIE,
     forge_neighbour,
@@ -257,6 +258,37 @@ def test_forwarding_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenari
         tail = lab.agent_log("h1").read_bytes()[log_mark:].decode(errors="replace")
         assert "changed under the agent" in tail, tail[-2000:]
     assert ping(a.netns, b.ip, count=3).ok
+
+
+def test_a_peer_waiting_for_an_address_is_told_when_it_appears(overlay: Scenario) -> None:
+    """An endpoint that asked for an address before it existed is told by its host's agent once
+    the address is reachable (``controller/plan/announce.py``), both families: its echo
+    requests get answers long before its own next neighbour solicitation, which its 5 s
+    retransmit time puts after the 3 s this allows."""
+    overlay.network("tell", "10.29.0.0/24", vni=5010, subnet6="fd00:29::/64")
+    a = overlay.endpoint("tell", "h1", "tl1")
+    overlay.converge()
+    write_sysctls(a.netns, {"net/ipv4/neigh/eth0/retrans_time_ms": 5000,
+                            "net/ipv6/neigh/eth0/retrans_time_ms": 5000})  # fmt: skip
+    new4, new6 = "10.29.0.50", "fd00:29::50"
+    results: dict[str, PingResult] = {}
+
+    def ask(dst: str) -> None:
+        results[dst] = ping(a.netns, dst, count=None, interval=0.05, until_first_reply=True,
+                            timeout=3.0, wait=0.2)  # fmt: skip
+
+    askers = [threading.Thread(target=ask, args=(dst,)) for dst in (new4, new6)]
+    for t in askers:
+        t.start()
+    time.sleep(0.3)  # both have solicited once and are waiting: nothing answers yet
+    t0 = time.monotonic()
+    overlay.endpoint("tell", "h2", "tl2", ip=new4, ip6=new6)
+    for t in askers:
+        t.join()
+    took = time.monotonic() - t0
+    for dst, res in results.items():
+        assert res.received, f"{dst}: no answer within 3 s of asking ({res.summary()})"
+    print(f"both families answered {took:.3f} s after the endpoint was written")
 
 
 def test_mtu_largest_df_packet_fits_and_one_more_byte_fails(overlay: Scenario) -> None:

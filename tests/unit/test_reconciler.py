@@ -365,3 +365,57 @@ def test_a_pass_that_changed_links_is_verified_at_once_and_leaves_the_driver_set
         assert [r.trigger for r in results] == expected
         assert results[0].changes > 0 and all(r.changes == 0 for r in results[1:])
         assert driver.settled
+
+
+def test_addresses_that_became_reachable_are_announced_after_the_apply_once() -> None:
+    """The reconciler tells local endpoints about new bindings after a successful apply
+    (``controller/plan/announce.py``): not on the first pass, not after a failed apply, and
+    the retry that succeeds makes up for it."""
+    from controller.dataplane.fake_announce import RecordingAnnouncer
+    from controller.model.naming import veth_host_name
+    from controller.plan.kernel_ops import PutFdb
+
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    local = ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    told = RecordingAnnouncer()
+    rec = Reconciler(H1, cache.snapshot, fk, Trigger(), announcer=told)
+    first = rec.run_pass(trigger="start")
+    assert first.ok and first.announced is None and told.sent == []
+    remote = ds.create_endpoint("blue", "h2", netns="x")
+    sync(kv, cache)
+    got = rec.run_pass(trigger="event")
+    assert got.ok and got.announced is not None and got.announced.sent == 1
+    (a,) = told.sent
+    assert (a.port, a.to_mac, a.ip, a.mac) == (
+        veth_host_name("blue", local.id),
+        local.mac,
+        remote.ip,
+        remote.mac,
+    )
+    assert "Announce" in dict(got.stages)
+    assert rec.run_pass(trigger="event").announced is None  # nothing new
+    other = ds.create_endpoint("blue", "h2", netns="y")
+    sync(kv, cache)
+    fk.fail_next(PutFdb)
+    failed = rec.run_pass(trigger="event")
+    assert not failed.ok and failed.announced is None and len(told.sent) == 1
+    retried = rec.run_pass(trigger="retry")
+    assert retried.ok and [a.ip for a in told.sent[1:]] == [other.ip]
+
+
+def test_an_announcement_out_of_a_missing_port_is_counted_not_an_error() -> None:
+    from controller.dataplane.fake_announce import RecordingAnnouncer
+
+    kv, cache, fk, ds = world()
+    ds.create_network("blue", "10.1.0.0/24")
+    ds.create_endpoint("blue", "h1", netns="c1")
+    sync(kv, cache)
+    rec = Reconciler(H1, cache.snapshot, fk, Trigger(), announcer=RecordingAnnouncer(set))
+    rec.run_pass(trigger="start")
+    ds.create_endpoint("blue", "h2", netns="x")
+    sync(kv, cache)
+    got = rec.run_pass(trigger="event")
+    assert got.ok and got.announced is not None
+    assert (got.announced.sent, got.announced.gone) == (0, 1)

@@ -96,6 +96,20 @@ def test_a_pass_is_counted_by_trigger_with_its_changes_and_what_it_owns() -> Non
     assert s["heddle_build_info", (("backend", "kernel"), ("host", "h1"), ("version", "9.9"))] == 1
 
 
+def test_announcements_are_counted_by_result() -> None:
+    from dataclasses import replace
+
+    from controller.dataplane.announce import Sent
+
+    _, _, _, rec, metrics = world()
+    result = rec.run_pass(trigger="start")
+    metrics.record_pass(replace(result, announced=Sent(sent=3, gone=1, failed=0)))
+    s = samples(metrics)
+    assert s["heddle_announcements_total", (("result", "sent"),)] == 3
+    assert s["heddle_announcements_total", (("result", "gone"),)] == 1
+    assert ("heddle_announcements_total", (("result", "failed"),)) not in s
+
+
 def test_a_failed_op_is_counted_by_its_kind() -> None:
     from controller.plan.kernel_ops import EnsureVeth
 
