@@ -7,6 +7,7 @@ from anyone else's, also after a restart (the names alone would be a weaker clai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 
@@ -25,6 +26,7 @@ def vxlan_name(vni: int) -> str:
     return f"hdx{vni:x}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a plan names every local endpoint's veths, every pass
 def _token(network: str, endpoint_id: str) -> str:
     return hashlib.sha256(f"{network}/{endpoint_id}".encode()).hexdigest()[:10]
 
