@@ -1,7 +1,9 @@
 """End-to-end with a real Docker engine: one dockerd per lab host, the agents serving the plugin.
 
 The module runs once per engine (``docker_engine.ENGINES``: Debian 12's 20.10 and trixie's 26.1,
-fetched into a cache outside the repository on first use), with the same tests on both.
+fetched into a cache outside the repository on first use) on the kernel backend, and once more
+with the first engine on the ovs backend (the plugin is the same; what the agent builds for a
+Docker endpoint differs), with the same tests on all three.
 One lab (2 hosts, prefix ``hld``) with agents started with ``--plugin-socket`` pointing into each
 host's private ``/run/docker/plugins`` (``controller.lab.docker``), and one dockerd per host
 (``--live-restore``, so a dockerd restart keeps containers running). Every test creates its own
@@ -28,7 +30,7 @@ from controller.desired import DesiredState
 from controller.lab.docker import IMAGE, DockerLab, PluginLab
 from controller.lab.docker_engine import ENGINES
 from controller.lab.nsutil import LabError
-from controller.lab.probes import owned_links
+from controller.lab.probes import ovs_endpoint_ports, owned_links
 from controller.lab.topology import Lab
 from controller.model.errors import NotFound
 from controller.model.naming import veth_host_name, veth_peer_name
@@ -50,25 +52,35 @@ class Env:
     docker: DockerLab
     kv: EtcdKV
     engine: str
+    backend: str
 
     @property
     def desired(self) -> DesiredState:
         return DesiredState(self.kv)
 
 
-@pytest.fixture(scope="module", params=ENGINES, ids=lambda e: f"docker-{e}")
+RUNS = [*((e, "kernel") for e in ENGINES), (ENGINES[0], "ovs")]
+
+
+@pytest.fixture(
+    scope="module",
+    params=RUNS,
+    ids=lambda r: f"docker-{r[0]}" if r[1] == "kernel" else f"docker-{r[0]}-{r[1]}",
+)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     for path, pkg in (("/usr/sbin/dockerd", "docker.io"), ("/bin/busybox", "busybox-static")):
         if not Path(path).exists():
             pytest.skip(f"{path} missing (apt install {pkg})")
-    engine = str(request.param)
-    workdir = tmp_path_factory.mktemp(f"docker-lab-{engine}") / "lab"
+    engine, backend = request.param
+    if backend == "ovs" and shutil.which("ovs-vswitchd") is None:
+        pytest.skip("the ovs backend needs Open vSwitch (apt-get install openvswitch-switch)")
+    workdir = tmp_path_factory.mktemp(f"docker-lab-{engine}-{backend}") / "lab"
     lab = PluginLab(workdir, prefix=LAB_PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
     dl = DockerLab(lab, live_restore=True, engine=engine)
     lab.plugin_socket = dl.plugin_socket
     kv: EtcdKV | None = None
     try:
-        lab.up(hosts=len(HOSTS), resync_interval=2.0)
+        lab.up(hosts=len(HOSTS), backend=backend, resync_interval=2.0)
         if not dl.wait_plugins(PLUGIN_WAIT):
             pytest.fail(
                 f"the agents do not serve the Docker plugin at {dl.plugin_socket('h1')} "
@@ -76,9 +88,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             )
         dl.start()
         kv = EtcdKV([lab.etcd_url])
-        yield Env(lab, dl, kv, engine)
+        yield Env(lab, dl, kv, engine, backend)
     finally:
-        logs = tmp_path_factory.mktemp(f"docker-lab-logs-{engine}")
+        logs = tmp_path_factory.mktemp(f"docker-lab-logs-{engine}-{backend}")
         for log in [*workdir.glob("*.log"), *dl.base.glob("*/*.log")]:
             with contextlib.suppress(OSError):
                 shutil.copy(log, logs / f"{log.parent.name}-{log.name}")
@@ -250,6 +262,8 @@ def test_rm_releases_the_address_and_the_veth_and_network_rm_leaves_nothing(
     h1 = env.lab.host("h1").netns
     host_if = veth_host_name("red", ep.id)
     assert host_if in {ln.name for ln in owned_links(h1)}
+    if env.backend == "ovs":
+        assert host_if in ovs_endpoint_ports(env.lab.ovs("h1"))
     dock.rm("h1", "r1")
     assert _keys(env, keys.ipam("red", ip)) == []
     assert _keys(env, keys.endpoint("red", ep.id)) == []
@@ -264,6 +278,8 @@ def test_rm_releases_the_address_and_the_veth_and_network_rm_leaves_nothing(
                    keys.endpoints_of("red"), pkeys.DOCKER):  # fmt: skip
         assert _keys(env, prefix) == [], prefix
     assert _wait(lambda: all(not owned_links(env.lab.host(h).netns) for h in HOSTS))
+    if env.backend == "ovs":  # and no OVS port of an endpoint either
+        assert _wait(lambda: all(not ovs_endpoint_ports(env.lab.ovs(h)) for h in HOSTS))
 
 
 def test_twenty_concurrent_containers_on_two_hosts_get_distinct_addresses(
