@@ -35,13 +35,16 @@ retransmit time), and prints the ratio IPv6 / IPv4 at p50 and p99.
 
 Run (root): .venv/bin/python bench/bench_convergence.py [--backend kernel|ovs|kernel,ovs]
 [--endpoints 60] [--family 4|6|4,6] [--retrans-ms 1000]. Prints two tables per backend and
-family (with ``kernel,ovs``: one lab after the other in the same run, then the ratio ovs /
-kernel at p50 and p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
+family (with ``kernel,ovs``: both labs up at once and their samples interleaved, round by
+round in alternating order, so a machine whose speed drifts during the run weighs on both
+alike -- the idle agents of the other lab are the price; then the ratio ovs / kernel at p50
+and p99) and writes bench/results/convergence[-<backends>][-v<families>]-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -156,27 +159,33 @@ def first_reply_probe(netns: str, ip: str, out: list[PingResult]) -> None:
     out.append(ping(netns, ip, count=None, interval=0.001, until_first_reply=True, timeout=20.0))
 
 
-def measure(
-    lab: Lab, n: int, families: list[str], retrans_ms: int
-) -> tuple[list[dict[str, object]], list[str]]:
-    kv = EtcdKV([lab.etcd_url])
-    sc = Scenario(lab, DesiredState(kv))
-    samples: list[dict[str, object]] = []
-    failures: list[str] = []
-    try:
-        peers: dict[str, str] = {}
-        for fam in families:
+class Session:
+    """One lab's share of a run: its networks, the probe's peers, the samples so far."""
+
+    def __init__(self, lab: Lab, families: list[str], retrans_ms: int) -> None:
+        self.lab = lab
+        self.kv = EtcdKV([lab.etcd_url])
+        self.sc = Scenario(lab, DesiredState(self.kv))
+        self.families = families
+        self.retrans_ms = retrans_ms
+        self.peers: dict[str, str] = {}
+        self.samples: list[dict[str, object]] = []
+        self.failures: list[str] = []
+
+    def setup(self) -> None:
+        """The networks, each with its probe's peer on h1 and an endpoint on h2 and h3: every
+        sample is the steady-state case "endpoint joins a network its host already has"."""
+        sc, lab = self.sc, self.lab
+        for fam in self.families:
             net, vni, subnet, subnet6, addr = NETWORKS[fam]
             sc.network(net, subnet, vni=vni, subnet6=subnet6)
-            peers[fam] = lab.add_netns(f"peer{fam}")
+            self.peers[fam] = lab.add_netns(f"peer{fam}")
             ip4, ip6 = (addr.format(2), None) if fam == "4" else (None, addr.format(2))
-            sc.desired.create_endpoint(net, "h1", netns=peers[fam], ip=ip4, ip6=ip6)
+            sc.desired.create_endpoint(net, "h1", netns=self.peers[fam], ip=ip4, ip6=ip6)
         sc.converge()
-        for peer_ns in peers.values():  # eth0 exists now (non-init netns have no default/)
-            write_sysctls(peer_ns, fast_neighbours(retrans_ms))
-        # Each network exists on h2 and h3 before measuring: every sample is the steady-state
-        # case "endpoint joins a network its host already has".
-        for fam in families:
+        for peer_ns in self.peers.values():  # eth0 exists now (non-init netns have no default/)
+            write_sysctls(peer_ns, fast_neighbours(self.retrans_ms))
+        for fam in self.families:
             net, _, _, _, addr = NETWORKS[fam]
             warm = []
             for k, h in enumerate(("h2", "h3")):
@@ -184,71 +193,84 @@ def measure(
                 ip4, ip6 = (a, None) if fam == "4" else (None, a)
                 warm.append(sc.endpoint(net, h, f"warm{fam}{h}", ip=ip4, ip6=ip6))
             sc.converge()
-            if any(wait_ping(peers[fam], w.ip, timeout=20) is None for w in warm):
+            if any(wait_ping(self.peers[fam], w.ip, timeout=20) is None for w in warm):
                 raise RuntimeError("the lab does not converge at all; see the agent logs")
+
+    def sample(self, i: int) -> None:
+        """Endpoint ``i`` of each family (alternating h2 and h3), timed as the docstring says."""
+        host = ("h2", "h3")[i % 2]
+        for fam in self.families:
+            net, _, _, _, addr = NETWORKS[fam]
+            ip = addr.format(10 + i)
+            ns = self.lab.add_netns(f"c{fam}{i}")
+            result: list[PingResult] = []
+            pinger = threading.Thread(
+                target=first_reply_probe, args=(self.peers[fam], ip, result), daemon=True
+            )
+            pinger.start()
+            time.sleep(0.02)  # the pinger is sending before the write
+            t0_wall = time.time()
+            t0 = time.monotonic()
+            ep = self.sc.desired.create_endpoint(
+                net, host, netns=ns, endpoint_id=f"c{fam}{i}",
+                ip=ip if fam == "4" else None, ip6=ip if fam == "6" else None,
+            )  # fmt: skip
+            t_written = time.monotonic()
+            pinger.join()
+            res = result[0]
+            if res.first_reply is None:
+                self.failures.append(f"{ep.id} on {host}: no reply within 20 s")
+                continue
+            self.samples.append(
+                {
+                    "endpoint": ep.id,
+                    "family": fam,
+                    "host": host,
+                    "write_ms": (t_written - t0) * 1000,
+                    "first_reply_ms": (res.first_reply - t0) * 1000,
+                    "t0_wall": t0_wall,
+                }
+            )
+
+    def close(self) -> None:
+        self.kv.close()
+
+
+def run_backends(
+    backends: list[str], n: int, agent_args: list[str], families: list[str], retrans_ms: int
+) -> dict[str, dict[str, object]]:
+    """A fresh lab per backend, all up at once, and their samples interleaved (round ``i``
+    takes endpoint ``i`` on each lab, the labs' order alternating round by round), so a
+    machine that slows down or speeds up during the run weighs on every backend alike. Per
+    backend and family: the summary, samples and stages."""
+    results: dict[str, dict[str, object]] = {}
+    with contextlib.ExitStack() as stack:
+        sessions: dict[str, Session] = {}
+        for backend in backends:
+            prefix, mgmt, underlay = LABS[backend]
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="heddle-bench-"))
+            lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
+            stack.callback(lab.down)
+            lab.up(hosts=3, backend=backend, agent_args=agent_args)
+            sessions[backend] = session = Session(lab, families, retrans_ms)
+            stack.callback(session.close)
+        for session in sessions.values():
+            session.setup()
         for i in range(n):
-            host = ("h2", "h3")[i % 2]
+            order = backends if i % 2 == 0 else backends[::-1]
+            for backend in order:
+                sessions[backend].sample(i)
+        for backend, session in sessions.items():
+            out: dict[str, object] = {}
             for fam in families:
-                net, _, _, _, addr = NETWORKS[fam]
-                ip = addr.format(10 + i)
-                ns = lab.add_netns(f"c{fam}{i}")
-                result: list[PingResult] = []
-                pinger = threading.Thread(
-                    target=first_reply_probe, args=(peers[fam], ip, result), daemon=True
-                )
-                pinger.start()
-                time.sleep(0.02)  # the pinger is sending before the write
-                t0_wall = time.time()
-                t0 = time.monotonic()
-                ep = sc.desired.create_endpoint(
-                    net, host, netns=ns, endpoint_id=f"c{fam}{i}",
-                    ip=ip if fam == "4" else None, ip6=ip if fam == "6" else None,
+                mine = [s for s in session.samples if s["family"] == fam]
+                out[fam] = report(
+                    f"{backend}, IPv{fam}", backend, mine,
+                    [f for f in session.failures if f.startswith(f"c{fam}")],
+                    breakdown(session.lab, mine),
                 )  # fmt: skip
-                t_written = time.monotonic()
-                pinger.join()
-                res = result[0]
-                if res.first_reply is None:
-                    failures.append(f"{ep.id} on {host}: no reply within 20 s")
-                    continue
-                samples.append(
-                    {
-                        "endpoint": ep.id,
-                        "family": fam,
-                        "host": host,
-                        "write_ms": (t_written - t0) * 1000,
-                        "first_reply_ms": (res.first_reply - t0) * 1000,
-                        "t0_wall": t0_wall,
-                    }
-                )
-    finally:
-        kv.close()
-    return samples, failures
-
-
-def run_backend(
-    backend: str, n: int, agent_args: list[str], families: list[str], retrans_ms: int
-) -> dict[str, object]:
-    """One fresh lab on ``backend``, ``n`` samples per family: per family the summary,
-    samples and stages."""
-    prefix, mgmt, underlay = LABS[backend]
-    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
-        lab = Lab(Path(tmp) / "lab", prefix=prefix, mgmt_subnet=mgmt, underlay_subnet=underlay)
-        lab.up(hosts=3, backend=backend, agent_args=agent_args)
-        try:
-            samples, failures = measure(lab, n, families, retrans_ms)
-            stages = {
-                fam: breakdown(lab, [s for s in samples if s["family"] == fam]) for fam in families
-            }
-        finally:
-            lab.down()
-    out: dict[str, object] = {}
-    for fam in families:
-        mine = [s for s in samples if s["family"] == fam]
-        out[fam] = report(
-            f"{backend}, IPv{fam}", backend, mine,
-            [f for f in failures if f.startswith(f"c{fam}")], stages[fam],
-        )  # fmt: skip
-    return out
+            results[backend] = out
+    return results
 
 
 def report(
@@ -325,10 +347,7 @@ def main() -> int:
         p.error(f"--backend: one or more of {', '.join(LABS)}, comma-separated")
     if not families or any(f not in NETWORKS for f in families):
         p.error("--family: 4, 6 or 4,6")
-    by_backend = {
-        b: run_backend(b, args.endpoints, args.agent_arg, families, args.retrans_ms)
-        for b in backends
-    }
+    by_backend = run_backends(backends, args.endpoints, args.agent_arg, families, args.retrans_ms)
     ok = all(r["summary"]["n"] and not r["summary"]["failures"]  # type: ignore[index]
              for fams in by_backend.values() for r in fams.values())  # fmt: skip
     ratio: dict[str, float] = {}
