@@ -1,4 +1,4 @@
-"""Sending the announcements ``controller/plan/announce.py`` plans: one frame into a local
+"""Sending the neighbour announcements ``controller/plan/announce.py`` plans: one frame into a local
 endpoint through its port, the host side of its veth pair, in the agent's namespace.
 
 The same on both backends: the port is a Linux device either way (a bridge port, or an OVS

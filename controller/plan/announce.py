@@ -1,4 +1,6 @@
-"""Which local endpoints to tell about an address that just became reachable. Pure.
+"""Neighbour announcements: which local endpoints to tell about an address that just became
+reachable (not the kernel's netlink announcements of ``controller/dataplane/kernel_events.py``).
+Pure.
 
 Why: an endpoint that tried to reach an address before heddle could carry traffic to it has a
 neighbour entry waiting (``INCOMPLETE``, or ``FAILED`` once it gave up) and asks again only on
