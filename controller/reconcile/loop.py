@@ -84,8 +84,8 @@ class PassResult:
     done with the last op of each type (in the order they finished): the critical path of a
     change, as the convergence bench breaks it down. ``remembered``: the pass planned against
     an observation the driver remembered (an incremental pass) instead of reading the data
-    plane. ``announced``: what the neighbour announcements after the apply did (``controller/plan/
-    announce.py``; None: none were due).
+    plane. ``announced``: what the neighbour announcements after the apply did
+    (``controller/plan/announce.py``; None: none were due).
     """
 
     revision: int
