@@ -35,8 +35,9 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
+from controller.dataplane.ovsdb_rows import PortReader, opt, owned
 from controller.model.errors import HeddleError
-from controller.model.ovs_state import BridgeState, OvsdbState, PortState
+from controller.model.ovs_state import OvsdbState
 from controller.plan.ovs_ops import (
     ENDPOINT_KEY,
     FLOW_RESTORE_WAIT,
@@ -67,17 +68,6 @@ class OvsdbError(HeddleError):
     """The database (or ovs-vswitchd behind it) did not do what was asked; the message says what."""
 
 
-def _opt(value: Any) -> Any:
-    """An optional column's value (the IDL gives a 0- or 1-element list) or ``None``."""
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
-
-
-def _owned(row: Row) -> bool:
-    return bool(dict(row.external_ids).get(OWNER_KEY) == OWNER_VALUE)
-
-
 class Ovsdb:
     """The OVSDB side of the ovs backend, on remote ``remote`` (e.g. ``unix:/run/ovs/db.sock``).
 
@@ -91,6 +81,9 @@ class Ovsdb:
         self._sent: dict[str, tuple[EnsureOvsPort, Txn]] = {}  # port writes not answered yet
         # (the IDL's change_seqno, the names asked, what observe returned) of the last observe
         self._seen: tuple[int, frozenset[str], OvsdbState] | None = None
+        self._rows = (
+            PortReader()
+        )  # ports converted once per change (controller/dataplane/ovsdb_rows.py)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -116,6 +109,7 @@ class Ovsdb:
         sent. Raises ``OvsdbError`` if that takes longer than ``timeout``."""
         if self._idl is None:
             self._seen = None  # a new replica counts its changes from scratch
+            self._rows.clear()
             helper = ovs.db.idl.SchemaHelper(schema_json=self._fetch_schema())
             for table, columns in _COLUMNS.items():
                 helper.register_columns(table, columns)
@@ -190,10 +184,7 @@ class Ovsdb:
 
     def _observe(self, idl: Any, wanted: frozenset[str]) -> OvsdbState:
         root = self._root(idl)
-        bridges: dict[str, BridgeState] = {}
-        for row in idl.tables["Bridge"].rows.values():
-            if row.name in wanted or _owned(row):
-                bridges[row.name] = _bridge_state(row)
+        bridges = self._rows.bridges(idl.tables, lambda row: row.name in wanted or owned(row))
         frw = dict(root.other_config).get(FLOW_RESTORE_WAIT) == "true"
         return OvsdbState(bridges=bridges, flow_restore_wait=frw)
 
@@ -261,7 +252,7 @@ class Ovsdb:
         deadline = time.monotonic() + self.timeout
         while True:
             idl.run()
-            cur = _opt(self._root(idl).cur_cfg) or 0
+            cur = opt(self._root(idl).cur_cfg) or 0
             if cur >= next_cfg:
                 return
             if time.monotonic() > deadline:
@@ -292,11 +283,11 @@ class Ovsdb:
                 br.other_config = {"hwaddr": op.hwaddr} if op.hwaddr else {}
                 root.addvalue("bridges", br)
                 return
-            if not _owned(br):
+            if not owned(br):
                 raise OvsdbError(f"bridge {op.name} exists and is not owned by heddle")
             if br.datapath_type != op.datapath_type:
                 br.datapath_type = op.datapath_type
-            if _opt(br.fail_mode) != "secure":
+            if opt(br.fail_mode) != "secure":
                 br.fail_mode = ["secure"]
             if dict(br.other_config).get("hwaddr") != op.hwaddr:
                 if op.hwaddr is None:
@@ -313,7 +304,7 @@ class Ovsdb:
             br = self._bridge(idl, name)
             if br is None:
                 return
-            if not _owned(br):
+            if not owned(br):
                 raise OvsdbError(f"bridge {name} is not owned by heddle; refusing to delete it")
             root.delvalue("bridges", br)
 
@@ -326,10 +317,10 @@ class Ovsdb:
 
         def build(idl: Any, txn: Txn, root: Row) -> None:
             br = self._bridge(idl, op.bridge)
-            if br is None or not _owned(br):
+            if br is None or not owned(br):
                 raise OvsdbError(f"bridge {op.bridge} is missing or not owned by heddle")
             port, on = self._port_and_bridge(idl, op.name)
-            if port is not None and not _owned(port):
+            if port is not None and not owned(port):
                 raise OvsdbError(f"port {op.name} exists and is not owned by heddle")
             ids = {OWNER_KEY: OWNER_VALUE}
             if op.network is not None and op.endpoint is not None:
@@ -357,7 +348,7 @@ class Ovsdb:
                 iface.type = op.type
             if dict(iface.options) != dict(op.options):
                 iface.options = dict(op.options)
-            if _opt(iface.ofport_request) != op.ofport:
+            if opt(iface.ofport_request) != op.ofport:
                 iface.ofport_request = [op.ofport]
 
         if op.wait:
@@ -379,7 +370,7 @@ class Ovsdb:
         idl = self._sync()
         root = self._root(idl)
         # A database replaced since (next_cfg counts from scratch) must not be waited on for ever
-        target = min(self._written_cfg, _opt(root.next_cfg) or 0)
+        target = min(self._written_cfg, opt(root.next_cfg) or 0)
         self._wait_applied(idl, root, target, str(op))
         self._check_port(idl, op.name, op.ofport)
 
@@ -388,9 +379,9 @@ class Ovsdb:
         if port is None or not port.interfaces:
             raise OvsdbError(f"port {name} vanished right after it was written")
         iface = port.interfaces[0]
-        ofport = _opt(iface.ofport)
+        ofport = opt(iface.ofport)
         if ofport == -1 or ofport is None:
-            why = _opt(iface.error) or "no error reported"
+            why = opt(iface.error) or "no error reported"
             raise OvsdbError(f"interface {name} has ofport {ofport}: {why}")
         if ofport != want:
             raise OvsdbError(
@@ -405,7 +396,7 @@ class Ovsdb:
             port, on = self._port_and_bridge(idl, name)
             if port is None or on is None:
                 return
-            if not _owned(port):
+            if not owned(port):
                 raise OvsdbError(f"port {name} is not owned by heddle; refusing to delete it")
             on.delvalue("ports", port)
 
@@ -425,7 +416,7 @@ class Ovsdb:
 
         def build(idl: Any, txn: Txn, root: Row) -> None:
             br = self._bridge(idl, bridge)
-            if br is None or not _owned(br):
+            if br is None or not owned(br):
                 raise OvsdbError(f"bridge {bridge} is missing or not owned by heddle")
             if pending:
                 br.setkey("external_ids", RESTORE_KEY, "pending")
@@ -441,43 +432,6 @@ def _set_keys(row: Row, column: str, values: Mapping[str, str]) -> None:
     for k, v in values.items():
         if have.get(k) != v:
             row.setkey(column, k, v)
-
-
-def _bridge_state(row: Row) -> BridgeState:
-    ports: dict[str, PortState] = {}
-    used: set[int] = set()
-    for port in row.ports:
-        ifaces = list(port.interfaces)
-        for iface in ifaces:
-            for n in (_opt(iface.ofport), _opt(iface.ofport_request)):
-                if isinstance(n, int) and n > 0:
-                    used.add(n)
-        if port.name == row.name or not ifaces:
-            continue
-        iface = ifaces[0]
-        ids = dict(port.external_ids)
-        ports[port.name] = PortState(
-            name=port.name,
-            owned=ids.get(OWNER_KEY) == OWNER_VALUE,
-            type=iface.type,
-            options=tuple(sorted(dict(iface.options).items())),
-            ofport_request=_opt(iface.ofport_request),
-            ofport=_opt(iface.ofport),
-            error=_opt(iface.error),
-            network=ids.get(NETWORK_KEY),
-            endpoint=ids.get(ENDPOINT_KEY),
-        )
-    ids = dict(row.external_ids)
-    return BridgeState(
-        name=row.name,
-        owned=ids.get(OWNER_KEY) == OWNER_VALUE,
-        datapath_type=row.datapath_type,
-        fail_mode=_opt(row.fail_mode),
-        hwaddr=dict(row.other_config).get("hwaddr"),
-        restore_pending=ids.get(RESTORE_KEY) == "pending",
-        ports=ports,
-        used_ofports=frozenset(used),
-    )
 
 
 def _strerror(error: int) -> str:
