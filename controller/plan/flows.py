@@ -30,8 +30,9 @@ table  what
        source (OVS lets ``nd_tll`` be written only once the packet is an advertisement:
        docs/platform.md O11), and it leaves by its input port.
 20     from a local port: unicast to a local port, or ``tun_id``=VNI, ``tun_dst``=the owner's
-       VTEP and out of the tunnel port; broadcast/multicast per input port to the other local
-       members and once to each other member host (head-end replication). Else drop.
+       VTEP and out of the tunnel port; broadcast/multicast, one flow per network, to the
+       local members (the switch skips the input port) and once to each other member host
+       (head-end replication). Else drop.
 30     from the tunnel: unicast to a local port of that network, broadcast/multicast to all
        local members. Else drop (never back into the tunnel).
 ====== ===================================================================================
@@ -192,10 +193,12 @@ def _render_network(
         for vtep in nv.flood:
             replicate += [f"set_field:{vtep}->{tun_field('dst', vtep)}", f"output:{tunnel}"]
     ports = sorted({port for _, port in local})
-    for port in ports:
-        others = [f"output:{q}" for q in ports if q != port]
-        match: Match = {REG_VNI: vni, "in_port": port, "dl_dst": MULTICAST}
-        t.add(T_L2, P_FLOOD, match, [*others, *replicate] or [DROP])
+    # One flood flow for every local port of the network: OpenFlow never sends a packet back
+    # out of its input port unless the action names ``IN_PORT``, so each sender's copy is
+    # skipped by the switch itself. (One flow per input port listing the others made every
+    # local endpoint that came or went rewrite all of them: O(ports^2) per change.)
+    outputs = [f"output:{q}" for q in ports] if len(ports) > 1 else []  # a lone port: itself
+    t.add(T_L2, P_FLOOD, {REG_VNI: vni, "dl_dst": MULTICAST}, [*outputs, *replicate] or [DROP])
     t.add(
         T_TUNNEL,
         P_FLOOD,

@@ -36,7 +36,7 @@ from controller.dataplane.kernel_events import KernelEvents
 from controller.dataplane.ovs import OvsDataPlane
 from controller.dataplane.ovs_host import set_tx_checksum, tx_checksum
 from controller.lab import ovs as lab_ovs
-from controller.lab.capture import capturing, classify
+from controller.lab.capture import capturing, classify, ipv4_from
 from controller.lab.nsutil import call_in_netns
 from controller.lab.pinger import PingResult, ping
 from controller.lab.probes import forge_neighbour, wait_ping
@@ -289,6 +289,42 @@ def test_local_and_cross_backend_traffic_arp_answered_in_flows(lab: Lab) -> None
         dump = lab.ovs.ofctl("-O", "OpenFlow14", "dump-flows", "br-heddle", f"table={T_ARP}")
         answered = [ln for ln in dump.splitlines() if "arp_tpa=10.77.0.30" in ln]
         assert answered and "n_packets=0," not in answered[0]
+
+
+def _broadcast_from(ns: str, src: str, count: int = 3) -> None:
+    """``count`` UDP datagrams from ``src`` to the subnet's broadcast address, inside ``ns``."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind((src, 0))
+            for _ in range(count):
+                sock.sendto(b"heddle-flood", ("10.77.0.255", 9))
+
+    call_in_netns(ns, send)
+
+
+def test_broadcast_reaches_every_other_member_and_never_returns_to_its_sender(lab: Lab) -> None:
+    """One flood flow per network (controller/plan/flows.py): the switch itself skips the
+    input port, so a local sender's broadcast reaches the other local endpoint and, through
+    the tunnel, the kernel host's endpoint -- and never comes back to the sender."""
+    snap = snapshot(lab)
+    with dataplane(lab) as dp, peer_host(lab, snap):
+        converge(dp, host_view(snap, H1))
+        assert wait_ping(lab.ep_a, "10.77.0.20", timeout=15) is not None, "ovs a -> kernel c"
+        with (
+            capturing("eth0", lab.ep_a) as at_a,
+            capturing("eth0", lab.ep_b) as at_b,
+            capturing("eth0", lab.ep_c) as at_c,
+        ):
+            _broadcast_from(lab.ep_a, "10.77.0.10")
+            time.sleep(0.3)
+        dump = lab.ovs.ofctl("-O", "OpenFlow14", "dump-flows", "br-heddle", "table=20")
+        flood = [ln for ln in dump.splitlines() if "priority=50" in ln]
+    assert len(flood) == 1 and "in_port" not in flood[0], flood
+    assert ipv4_from(at_b.frames, "10.77.0.10") == 3, "the other local member"
+    assert ipv4_from(at_c.frames, "10.77.0.10") == 3, "the member host, through the tunnel"
+    assert ipv4_from(at_a.frames, "10.77.0.10") == 0, "never back to the sender"
 
 
 def test_spoofed_source_mac_or_ip_is_dropped(lab: Lab) -> None:
