@@ -7,6 +7,7 @@ with a message naming the field.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -216,6 +217,16 @@ def _check_gateway(
 EGRESS_MODES = ("masquerade",)
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _ipv4_network(subnet: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(subnet)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _ipv6_network(subnet: str) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(subnet)
+
+
 @dataclass(frozen=True, slots=True)
 class Network:
     """An overlay network: one L2 segment (one VNI) with an IPv4 subnet, an IPv6 subnet
@@ -267,13 +278,14 @@ class Network:
 
     @property
     def network(self) -> ipaddress.IPv4Network | None:
-        """The IPv4 subnet (None: the network has none)."""
-        return ipaddress.IPv4Network(self.subnet) if self.subnet is not None else None
+        """The IPv4 subnet (None: the network has none). Parsed once per subnet string: a
+        view checks every endpoint against it."""
+        return _ipv4_network(self.subnet) if self.subnet is not None else None
 
     @property
     def network6(self) -> ipaddress.IPv6Network | None:
-        """The IPv6 subnet (None: the network has none)."""
-        return ipaddress.IPv6Network(self.subnet6) if self.subnet6 is not None else None
+        """The IPv6 subnet (None: the network has none); parsed once per subnet string."""
+        return _ipv6_network(self.subnet6) if self.subnet6 is not None else None
 
     @property
     def subnets(self) -> str:
