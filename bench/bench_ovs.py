@@ -24,6 +24,7 @@ Run: ``.venv/bin/python bench/bench_ovs.py [--remotes 5000] [--vteps 50] [--repe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,16 +99,46 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def setup_host(prefix: str) -> tuple[str, str, str]:
-    host, peer, ep = f"{prefix}-h", f"{prefix}-u", f"{prefix}-e"
-    for name in (host, peer, ep):
-        netns.create(name)
-    with IPRoute(netns=host, flags=0) as ipr:
-        ipr.link("add", ifname="ul0", kind="veth", peer={"ifname": "ulp", "net_ns_fd": peer})
-        idx = ipr.link_lookup(ifname="ul0")[0]
-        ipr.addr("add", index=idx, address=LOCAL.vtep, prefixlen=16)
-        ipr.link("set", index=idx, state="up")
-    return host, peer, ep
+@dataclass(frozen=True)
+class OvsHost:
+    """A throw-away host namespace running a private OVS, its underlay peer, one endpoint
+    namespace and ``extra`` more (``private_ovs``)."""
+
+    host: str
+    peer: str
+    ep: str
+    inst: lab_ovs.OvsInstance
+    extra: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def private_ovs(tag: str, extra: int = 0) -> Iterator[OvsHost]:
+    """Namespaces ``hdo-<tag><random>-{h,u,e,l0..}``: the host (``ul0`` to the peer's ``ulp``,
+    the VTEP address) with ``ovsdb-server`` + ``ovs-vswitchd`` inside, in a private directory.
+    Everything is stopped and removed afterwards, even on error."""
+    prefix = f"hdo-{tag}{uuid.uuid4().hex[:5]}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+    inst: lab_ovs.OvsInstance | None = None
+    created: list[str] = []
+    try:
+        host, peer, ep = f"{prefix}-h", f"{prefix}-u", f"{prefix}-e"
+        more = [f"{prefix}-l{k}" for k in range(extra)]
+        for name in (host, peer, ep, *more):
+            netns.create(name)
+            created.append(name)
+        with IPRoute(netns=host, flags=0) as ipr:
+            ipr.link("add", ifname="ul0", kind="veth", peer={"ifname": "ulp", "net_ns_fd": peer})
+            idx = ipr.link_lookup(ifname="ul0")[0]
+            ipr.addr("add", index=idx, address=LOCAL.vtep, prefixlen=16)
+            ipr.link("set", index=idx, state="up")
+        inst = lab_ovs.start(host, workdir / "ovs")
+        yield OvsHost(host, peer, ep, inst, tuple(more))
+    finally:
+        if inst is not None:
+            inst.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        for name in created:
+            netns.remove(name)
 
 
 @dataclass(frozen=True)
@@ -122,14 +154,8 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> Result:
-    prefix = f"hdo-b{uuid.uuid4().hex[:5]}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
-    inst: lab_ovs.OvsInstance | None = None
-    created: list[str] = []
-    try:
-        created = list(setup_host(prefix))
-        host, _peer, ep = created
-        inst = lab_ovs.start(host, workdir / "ovs")
+    with private_ovs("b") as oh:
+        host, ep, inst = oh.host, oh.ep, oh.inst
         snap = build_snapshot(args.remotes, args.vteps, ep, "ovs")
         view = host_view(snap, LOCAL)
         view2 = host_view(changed(snap), LOCAL)
@@ -164,12 +190,6 @@ def run(args: argparse.Namespace) -> Result:
                 assert one_pass(dp, view).ops == 0
         add, bundle = baseline(inst, table, args.repeat)
         return Result(len(table), first, noop, incremental, as_replace, restart, add, bundle)
-    finally:
-        if inst is not None:
-            inst.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        for name in created:
-            netns.remove(name)
 
 
 def baseline(

@@ -26,21 +26,16 @@ import argparse
 import ipaddress
 import json
 import platform
-import shutil
 import statistics
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench_ovs import LOCAL, setup_host
-from pyroute2 import netns
+from bench_ovs import LOCAL, private_ovs
 from scale_view import NET, build_snapshot
 
 from controller.dataplane.incremental import Incremental
 from controller.dataplane.ovs import OvsDataPlane
-from controller.lab import ovs as lab_ovs
 from controller.model.records import Endpoint
 from controller.model.view import Snapshot, host_view
 from controller.output import table
@@ -72,27 +67,16 @@ def with_locals(snap: Snapshot, namespaces: list[str]) -> Snapshot:
 
 
 def run(locals_: int, remotes: int) -> list[Added]:
-    prefix = f"hdo-l{uuid.uuid4().hex[:5]}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
-    inst: lab_ovs.OvsInstance | None = None
-    created: list[str] = []
-    try:
-        created = list(setup_host(prefix))
-        host, _peer, ep = created
-        spaces = [f"{prefix}-l{k}" for k in range(locals_)]
-        for ns in spaces:
-            netns.create(ns)
-            created.append(ns)
-        inst = lab_ovs.start(host, workdir / "ovs")
-        base = build_snapshot(remotes, 10, ep, "ovs")
+    with private_ovs("l", locals_) as oh:
+        base = build_snapshot(remotes, 10, oh.ep, "ovs")
         ovs = OvsDataPlane(
-            LOCAL.vtep, ovsdb=inst.db_url, datapath="netdev", underlay_dev="ul0", netns=host
+            LOCAL.vtep, ovsdb=oh.inst.db_url, datapath="netdev", underlay_dev="ul0", netns=oh.host
         )
         dp = Incremental(ovs, OvsShortcut(ovs.layout), 60.0, still=ovs.unchanged)
         out: list[Added] = []
         try:
             for k in range(locals_ + 1):
-                view = host_view(with_locals(base, spaces[:k]), LOCAL)
+                view = host_view(with_locals(base, list(oh.extra[:k])), LOCAL)
                 t0 = time.perf_counter()
                 state = dp.observe(view)
                 ops = dp.plan(view, state)
@@ -110,12 +94,6 @@ def run(locals_: int, remotes: int) -> list[Added]:
         finally:
             ovs.close()
         return out
-    finally:
-        if inst is not None:
-            inst.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        for name in created:
-            netns.remove(name)
 
 
 def main() -> int:
