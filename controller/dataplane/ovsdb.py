@@ -81,9 +81,8 @@ class Ovsdb:
         self._sent: dict[str, tuple[EnsureOvsPort, Txn]] = {}  # port writes not answered yet
         # (the IDL's change_seqno, the names asked, what observe returned) of the last observe
         self._seen: tuple[int, frozenset[str], OvsdbState] | None = None
-        self._rows = (
-            PortReader()
-        )  # ports converted once per change (controller/dataplane/ovsdb_rows.py)
+        # each port converted once per change of its rows (controller/dataplane/ovsdb_rows.py)
+        self._rows = PortReader()
 
     # -- connection ---------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def _settled(row: Row) -> bool:
 
 class PortReader:
     """Converts bridges' rows to ``BridgeState``, remembering each port's conversion with the
-    value objects it came from (see the module docstring). ``bridge_state`` is equivalent to
+    value objects it came from (see the module docstring). ``bridges`` is equivalent to
     converting every row afresh; it raises nothing the IDL's attribute access would not."""
 
     def __init__(self) -> None:
