@@ -278,7 +278,7 @@ def clear_dataplane() -> None:
             if str(link.get_attr("IFLA_IFNAME")).startswith("hd"):
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=link["index"])
-    for family in ("inet", "bridge"):
+    for family in ("inet", "netdev", "bridge"):
         subprocess.run(["nft", "delete", "table", family, "heddle"], capture_output=True)
 
 

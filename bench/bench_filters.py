@@ -49,7 +49,8 @@ from controller.model.nft_filter import (
     render_list,
     render_sync,
 )
-from controller.model.nft_parse import parse_tables
+from controller.model.nft_guards import render_guard
+from controller.model.nft_parse import FilterListing, parse_tables
 from controller.output import table
 from controller.store.etcd import EtcdKV
 
@@ -66,13 +67,13 @@ def set_filters(lab: Lab, on: bool) -> None:
         try:
             present = ours(nft.run(LIST_TABLES))
             if not on and present:
-                nft.run(render_delete())
+                nft.run(render_delete(present))
             assert bool(ours(nft.run(LIST_TABLES))) == on, f"{h.name}: filters not {on}"
         finally:
             nft.close()
 
 
-def _tables(lab: Lab) -> dict[str, FilterSpec]:
+def _tables(lab: Lab) -> dict[str, FilterListing]:
     """What heddle's tables hold on every host now."""
     out = {}
     for h in lab.hosts:
@@ -81,22 +82,28 @@ def _tables(lab: Lab) -> dict[str, FilterSpec]:
             objs = [o for f in ours(nft.run(LIST_TABLES)) for o in nft.run(render_list(f))]
         finally:
             nft.close()
-        spec = parse_tables(objs).spec
-        assert spec is not None, f"{h.name}: no filters to measure"
-        out[h.name] = spec
+        listing = parse_tables(objs)
+        assert listing.spec is not None, f"{h.name}: no filters to measure"
+        out[h.name] = listing
     return out
 
 
-def _put_tables(lab: Lab, specs: dict[str, FilterSpec] | None) -> None:
-    """Restore ``specs`` on every host, or (``None``) remove heddle's tables."""
+def _put_tables(lab: Lab, listings: dict[str, FilterListing] | None) -> None:
+    """Restore ``listings`` on every host (the members' table and every port's guard), or
+    (``None``) remove heddle's tables."""
     for h in lab.hosts:
         nft = Nft(h.netns)
         try:
-            if specs is None:
-                if ours(nft.run(LIST_TABLES)):
-                    nft.run(render_delete())
-            else:
-                nft.run(render_sync(specs[h.name], ()))
+            present = ours(nft.run(LIST_TABLES))
+            if listings is None:
+                if present:
+                    nft.run(render_delete(present))
+                continue
+            listing = listings[h.name]
+            assert listing.spec is not None
+            nft.run(render_sync(listing.spec, ()))
+            for port, guards in listing.guards.items():
+                nft.run(render_guard(port, guards))
         finally:
             nft.close()
 
@@ -144,7 +151,7 @@ def pass_cost(lab: Lab, host: str, ops: int) -> dict[str, dict[str, float]]:
 
         spec = listing()
         assert spec is not None
-        extra = make_spec({v: (*vteps, "192.0.2.77") for v, vteps in spec.members}, spec.guards)
+        extra = make_spec({v: (*vteps, "192.0.2.77") for v, vteps in spec.members}, spec.gateways)
         reads, syncs = [], []
         for i in range(ops):
             t0 = time.perf_counter()

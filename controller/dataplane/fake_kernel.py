@@ -11,7 +11,9 @@ Test hooks: ``add_netns`` / ``remove_netns``, ``add_foreign_link`` / ``add_forei
 (objects heddle must never touch), ``fail_next(op_type)`` (failure injection), ``drop_fdb``
 (simulate someone deleting an entry by hand), ``drop_port_fdb`` and ``set_learning`` (the
 bridge's own FDB and port flags), ``set_mtu``, ``move_peer`` (Docker taking a
-peer), and ``applied`` (every op applied, in order).
+peer), ``drop_filters``, ``guard_chains`` and ``bridge_table`` (heddle's nftables tables:
+the fake refuses a port's guard without its device, as Linux 6.1 does, and keeps it when the
+device goes, as later kernels do), and ``applied`` (every op applied, in order).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from controller.model.kernel_state import (
     VxlanAttrs,
 )
 from controller.model.naming import PREFIX
-from controller.model.nft_filter import FilterSpec, advert_chains
+from controller.model.nft_filter import FilterSpec
+from controller.model.nft_guards import PortGuard
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
@@ -43,15 +46,18 @@ from controller.plan.kernel_ops import (
     DelLink,
     DelNeigh,
     DelPortFdb,
+    DropBridgeGuards,
     EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
+    GuardPort,
     KernelOp,
     PutFdb,
     PutNeigh,
     PutPortFdb,
     SyncFilters,
+    UnguardPort,
 )
 
 
@@ -101,7 +107,9 @@ class FakeKernel:
     def __init__(self, vtep: str = "", netns: Iterable[str] = (), filters: bool = True) -> None:
         self.vtep = vtep
         self.filters = filters
-        self.filter_spec: FilterSpec | None = None  # heddle's nftables tables (None: absent)
+        self.filter_spec: FilterSpec | None = None  # table inet heddle (None: absent)
+        self.guard_chains: dict[str, tuple[PortGuard, ...]] = {}  # table netdev heddle, by port
+        self.bridge_table = False  # an earlier release's table bridge heddle (tests set it)
         self.dropped: dict[str, int] = {}
         self._links: dict[str, _Link] = {}
         self._fdb: dict[str, list[FdbEntry]] = {}
@@ -173,6 +181,7 @@ class FakeKernel:
     def drop_filters(self) -> None:
         """Delete heddle's nftables tables behind its back (drift)."""
         self.filter_spec = None
+        self.guard_chains.clear()
 
     def drop_fdb(self, dev: str, mac: str, dst: str) -> None:
         """Remove an FDB entry behind heddle's back (drift)."""
@@ -248,7 +257,8 @@ class FakeKernel:
             port_fdb=port_fdb,
             endpoints=sides,
             filters=spec,
-            filter_adverts=advert_chains(spec) if spec is not None else (),
+            guards=dict(self.guard_chains) if self.filters else {},
+            bridge_guards=self.bridge_table and self.filters,
             bridge_addresses=addresses,
             forwarding=self.forwarding if egress else None,
         )
@@ -299,6 +309,14 @@ class FakeKernel:
         match op:
             case SyncFilters():
                 self.filter_spec = op.spec
+            case GuardPort():
+                if op.port not in self._links:  # as Linux 6.1: a hook needs its device
+                    raise OpFailed(f"nftables: no device {op.port}")
+                self.guard_chains[op.port] = op.guards
+            case UnguardPort():  # kept when its device went, as Linux 6.16 and later do
+                self.guard_chains.pop(op.port, None)
+            case DropBridgeGuards():
+                self.bridge_table = False
             case EnableForwarding():
                 self.forwarding = True
             case EnsureBridge():

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
@@ -44,37 +43,30 @@ from controller.dataplane.backend import DataPlaneError, OpFailed, apply_all
 from controller.dataplane.kernel_egress import bridge_addresses, enable_forwarding, forwarding
 from controller.dataplane.kernel_entries import ENTRY_OPS, EntryWriter
 from controller.dataplane.kernel_events import entry_sighting, owned_devices
+from controller.dataplane.kernel_filters import KernelFilters
 from controller.dataplane.kernel_host import HostSockets
 from controller.dataplane.kernel_links import LinkWriter
 from controller.dataplane.kernel_read import EndpointSides, read_entries, read_links
-from controller.dataplane.nftables import Nft, NftError
 from controller.dataplane.pyroute2_msgs import code
 from controller.diag.facts import NetworkFacts
 from controller.diag.kernel_facts import kernel_facts
 from controller.model.kernel_events import FdbSeen, NeighSeen, PortFdbSeen
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
-from controller.model.nft_filter import (
-    LIST_TABLES,
-    SPOOF_DROPPED,
-    VXLAN_DROPPED,
-    advert_chains,
-    ours,
-    render_guard_delta,
-    render_list,
-    render_sync,
-)
-from controller.model.nft_parse import FilterListing, parse_tables
+from controller.model.nft_parse import FilterListing
 from controller.model.view import HostView
 from controller.plan.kernel import endpoint_keys, owned_counts, plan_kernel
 from controller.plan.kernel_ops import (
     ConfigureEndpoint,
     DelLink,
+    DropBridgeGuards,
     EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
+    GuardPort,
     KernelOp,
     SyncFilters,
+    UnguardPort,
     only_entries,
 )
 
@@ -115,7 +107,7 @@ class KernelDataPlane:
     ) -> None:
         self.vtep = vtep
         self.filters = filters
-        self._nft = Nft(netns) if filters else None
+        self._filters = KernelFilters(netns, endpoint_ttl) if filters else None
         self.netns = netns
         self.fast_netlink = fast_netlink
         self.endpoint_ttl = endpoint_ttl
@@ -123,8 +115,6 @@ class KernelDataPlane:
         self._sides = EndpointSides(self._s, endpoint_ttl)
         self._links_w = LinkWriter(self._s, fast_netlink)
         self._entries_w = EntryWriter(self._s)
-        # (when read or written, what heddle's nftables tables hold): the same TTL as _sides
-        self._tables: tuple[float, FilterListing] | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -146,8 +136,8 @@ class KernelDataPlane:
     def close(self) -> None:
         """Close every socket. Idempotent; the instance reopens on next use."""
         self._s.close()
-        if self._nft is not None:
-            self._nft.close()
+        if self._filters is not None:
+            self._filters.close()
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -196,7 +186,7 @@ class KernelDataPlane:
                         port_fdb[bridge].add(pentry)
                     case NeighSeen(dev=dev, entry=nentry) if nentry is not None:
                         neigh[dev].add(nentry)
-        listing = self._remembered_filters()
+        listing = self._filters.read() if self._filters is not None else FilterListing(None)
         egress = any(nv.network.egress is not None for nv in view.networks)
         return KernelState(
             links=links,
@@ -206,40 +196,16 @@ class KernelDataPlane:
             endpoints=self._sides.read(endpoint_keys(view)),
             filters=listing.spec,
             filter_vnis=listing.vni_sets,
-            filter_adverts=listing.advert_chains,
+            guards=listing.guards,
+            bridge_guards=listing.bridge,
             bridge_addresses=bridge_addresses(self._s.host(), links),
             forwarding=forwarding(self.netns) if egress else None,
         )
 
-    def _remembered_filters(self) -> FilterListing:
-        now = time.monotonic()
-        if self._tables is not None and now - self._tables[0] < self.endpoint_ttl:
-            return self._tables[1]
-        listing = self._filters()
-        self._tables = (now, listing) if listing.spec is not None else None
-        return listing
-
-    def _filters(self) -> FilterListing:
-        """heddle's nftables tables as found (three libnftables calls, about 1 ms here).
-
-        Unreadable (libnftables missing, no permission) reads as "no filters": the planner then
-        plans ``SyncFilters``, which fails with the reason on every pass (reported in the
-        status) while the rest of the data plane still converges."""
-        if self._nft is None:
-            return FilterListing(None)
-        try:
-            present = ours(self._nft.run(LIST_TABLES))
-            objects = [obj for family in present for obj in self._nft.run(render_list(family))]
-        except NftError:  # the failing SyncFilters says why, once per pass
-            return FilterListing(None)
-        return parse_tables(objects)
-
     def drops(self) -> Mapping[str, int]:
         """The filters' drop counters, by reason (``vxlan``, ``spoof``); ``{}`` without filters
         or before they exist. Raises ``DataPlaneError`` if nftables cannot be read."""
-        counters = self._filters().drops or {}
-        names = {VXLAN_DROPPED: "vxlan", SPOOF_DROPPED: "spoof"}
-        return {names[k]: v for k, v in counters.items() if k in names}
+        return self._filters.drops() if self._filters is not None else {}
 
     # -- plan / apply -----------------------------------------------------------------------
 
@@ -305,36 +271,12 @@ class KernelDataPlane:
             self._s.index.clear()
             raise OpFailed(str(exc)) from exc
 
-    def _sync_filters(self, op: SyncFilters) -> None:
-        """Apply ``op`` in one nftables transaction: only the guards' elements when that is all
-        that changes from ``op.base`` (a new or leaving local endpoint: 0.16 against 1.5 ms for
-        the whole tables, on the path to its first packet), else everything. A delta the
-        tables refuse (they are not ``op.base`` any more: an element to delete is missing)
-        changes nothing, being one transaction, and the whole tables are written instead."""
-        assert self._nft is not None
-        delta = None
-        if op.base is not None and not op.stale_vnis and not op.stale_adverts:
-            delta = render_guard_delta(op.base, op.spec)
-        if delta is not None:
-            try:
-                self._nft.run(delta)
-                return
-            except NftError as exc:
-                log.info("filters: the guards' delta was refused (%s); writing the tables", exc)
-        try:
-            self._nft.run(render_sync(op.spec, op.stale_vnis, op.stale_adverts))
-        except NftError as exc:
-            raise OpFailed(f"nftables: {exc}") from exc
-
     def _dispatch(self, op: KernelOp) -> None:
         match op:
-            case SyncFilters():
-                if self._nft is None:
+            case SyncFilters() | GuardPort() | UnguardPort() | DropBridgeGuards():
+                if self._filters is None:
                     raise OpFailed("filters are off on this data plane")
-                self._tables = None
-                self._sync_filters(op)
-                written = FilterListing(op.spec, advert_chains=advert_chains(op.spec))
-                self._tables = (time.monotonic(), written)
+                self._filters.apply(op)
             case EnsureBridge():
                 self._links_w.ensure_bridge(op)
             case EnableForwarding():

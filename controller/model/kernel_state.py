@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.model.nft_filter import FilterSpec
+from controller.model.nft_guards import PortGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +115,12 @@ class KernelState:
     empty set). ``port_fdb``: the static entries of each *owned* bridge (by bridge name; a
     bridge with none maps to an empty set). ``endpoints``: keyed by ``(netns, ifname)`` for every
     endpoint namespace the observation was asked to look into. ``filters``: what heddle's
-    nftables tables hold (``None`` when they are missing, malformed, or the backend does not
-    keep them); ``filter_adverts``: the per-port advert chains found in them (a sync deletes
-    those no port wants); ``filter_vnis``: an earlier release's per-network sets found in them (to
-    delete). ``bridge_addresses``: the IPv4 addresses (``ip/prefixlen``, sorted) of every
-    *owned* bridge that has any.
+    nftables table ``inet heddle`` holds (``None`` when it is missing, malformed, or the backend
+    does not keep it); ``filter_vnis``: an earlier release's per-network sets found in it (to
+    delete); ``guards``: the guard chains of table ``netdev heddle``, by port (``()``: a chain of
+    another shape); ``bridge_guards``: an earlier release's table ``bridge heddle`` is there.
+    ``bridge_addresses``: the IPv4 addresses (``ip/prefixlen``, sorted) of every *owned* bridge
+    that has any.
     ``forwarding``: ``net.ipv4.ip_forward`` of the host namespace (``None``: not read).
     """
 
@@ -129,7 +131,8 @@ class KernelState:
     endpoints: Mapping[tuple[str, str], EndpointSide] = field(default_factory=dict)
     filters: FilterSpec | None = None
     filter_vnis: tuple[int, ...] = ()
-    filter_adverts: tuple[str, ...] = ()
+    guards: Mapping[str, tuple[PortGuard, ...]] = field(default_factory=dict)
+    bridge_guards: bool = False
     bridge_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     forwarding: bool | None = None
 

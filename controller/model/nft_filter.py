@@ -1,7 +1,7 @@
 """The kernel backend's packet filters as data, and their nftables JSON form. Pure.
 
 Two tables, both named ``heddle`` and owned by the agent (nothing else in them, nothing of
-anyone else's touched):
+anyone else's touched). This module is the first:
 
 ``inet heddle`` -- VXLAN accepted only from members. Chain ``input`` (filter hook, priority
 -200), after the two rules about overlay traffic to the host (below): one rule ``udp dport 4789
@@ -16,14 +16,10 @@ same atomic batch that rewrites every rule. Which networks the host filters for 
 known. Earlier releases kept one rule and one set ``vni_<VNI>`` per network; a sync deletes
 such sets (``FilterListing.vni_sets``).
 
-``bridge heddle`` -- anti-spoofing on endpoint ports. Chain ``prerouting`` (priority -200, so
-before the bridge learns anything): a frame from a VXLAN device (``hdx*``, never guarded) or
-from a port not in the set ``guarded`` passes; from a guarded port it passes only if (port,
-source MAC, source IPv4) or, for ARP, both (port, source MAC, sender IP) and (port, sender
-MAC, sender IP) are in the set ``guards``, or (port, source MAC, source IPv6) is in the set
-``guards6`` and it is no ICMPv6 a router or querier sends, and a neighbour advertisement only
-for its own address (``bridge_rules``); everything else is dropped and counted
-(``spoof_dropped``).
+``netdev heddle`` -- anti-spoofing on endpoint ports: one ingress chain per guarded port
+(``controller/model/nft_guards.py``), written by its own op next to the port's veth. Earlier
+releases kept it in one chain of a table ``bridge heddle``; the agent deletes that table once
+every port's own chain is in place.
 
 ``inet heddle`` also keeps what the overlays may reach through the host (the Linux bridges
 ``hdb*`` are heddle's): chain ``input`` starts with ``iifname "hdb*" iifname . ip daddr
@@ -42,12 +38,11 @@ without egress.
 
 The rules are fixed shapes; what changes are set elements and the members' rule. Each rule is
 ordered so the packets the overlay carries cost the least: a VXLAN packet two string compares
-and one lookup, a frame from a VXLAN port one compare, an endpoint's IPv4 frame one compare
 and one lookup. A ``FilterSpec`` is both what the planner wants and what an observation
 found (``controller/model/nft_parse.py``), so converged means equal. The rules' shapes are in
-``controller/model/nft_rules.py``. ``render_sync`` writes one batch that replaces heddle's rules and
-elements and keeps the named counters (nftables applies a batch atomically: there is no moment
-without a filter).
+``controller/model/nft_rules.py``. ``render_sync`` writes one batch that replaces the table's
+rules and elements and keeps the named counters (nftables applies a batch atomically: there is
+no moment without a filter).
 """
 
 from __future__ import annotations
@@ -57,9 +52,8 @@ from dataclasses import dataclass
 
 from controller.model.egress import Gateway
 from controller.model.naming import bridge_name
+from controller.model.nft_guards import NETDEV
 from controller.model.nft_rules import (
-    ADVERTS,
-    BRIDGE_CHAIN,
     FORWARD_CHAIN,
     HOST_DROPPED,
     INET_CHAIN,
@@ -70,10 +64,7 @@ from controller.model.nft_rules import (
     TABLE,
     VXLAN_DROPPED,
     Json,
-    advert_chain,
-    advert_cmds,
     base_chain,
-    bridge_rules,
     forward_rules,
     host_rules,
     masquerade_rule,
@@ -90,40 +81,24 @@ __all__ = [  # the rule shapes' names callers read here (kernel driver, metrics,
     "TABLE",
     "VXLAN_DROPPED",
     "FilterSpec",
-    "PortGuard",
-    "advert_chains",
     "make_spec",
     "ours",
     "render_delete",
-    "render_guard_delta",
+    "render_drop_bridge",
     "render_list",
     "render_sync",
 ]
 
 VNI_SET_PREFIX = "vni_"  # earlier releases' per-network sets, deleted by a sync
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class PortGuard:
-    """Frames entering the bridge from ``port`` must come from ``mac`` / ``ip`` (IPv4 or IPv6:
-    an endpoint of a dual-stack network has one guard per address)."""
-
-    port: str
-    mac: str
-    ip: str
-
-    @property
-    def six(self) -> bool:
-        return ":" in self.ip
+BRIDGE = "bridge"  # an earlier release's guards (render_drop_bridge)
 
 
 @dataclass(frozen=True, slots=True)
 class FilterSpec:
-    """``members``: VNI -> the VTEPs accepted for it (sorted). ``guards``: sorted by port.
-    ``gateways``: the egress gateways of this host (``controller/model/egress.py``), by VNI."""
+    """``members``: VNI -> the VTEPs accepted for it (sorted). ``gateways``: the egress
+    gateways of this host (``controller/model/egress.py``), by VNI."""
 
     members: tuple[tuple[int, tuple[str, ...]], ...] = ()
-    guards: tuple[PortGuard, ...] = ()
     gateways: tuple[Gateway, ...] = ()
 
     def union(self, other: FilterSpec) -> FilterSpec:
@@ -133,27 +108,17 @@ class FilterSpec:
         merged: dict[int, set[str]] = {}
         for vni, vteps in (*self.members, *other.members):
             merged.setdefault(vni, set()).update(vteps)
-        return make_spec(
-            {v: tuple(s) for v, s in merged.items()},
-            set(self.guards) | set(other.guards),
-            other.gateways,
-        )
+        return make_spec({v: tuple(s) for v, s in merged.items()}, other.gateways)
 
-    def accepts(self, vni: int) -> tuple[str, ...] | None:
-        """The VTEPs accepted for ``vni`` (``()`` none; ``None`` is never returned here:
-        an unknown VNI is dropped)."""
+    def accepts(self, vni: int) -> tuple[str, ...]:
+        """The VTEPs accepted for ``vni`` (``()`` none: an unknown VNI is dropped)."""
         return dict(self.members).get(vni, ())
 
 
-def make_spec(
-    members: Mapping[int, Sequence[str]],
-    guards: Sequence[PortGuard] | set[PortGuard],
-    gateways: Sequence[Gateway] = (),
-) -> FilterSpec:
+def make_spec(members: Mapping[int, Sequence[str]], gateways: Sequence[Gateway] = ()) -> FilterSpec:
     """A canonical ``FilterSpec`` (sorted, so equal contents compare equal)."""
     return FilterSpec(
         tuple(sorted((vni, tuple(sorted(set(v)))) for vni, v in members.items())),
-        tuple(sorted(set(guards))),
         tuple(sorted(set(gateways))),
     )
 
@@ -161,24 +126,10 @@ def make_spec(
 # -- what the spec says about the rules ---------------------------------------------------
 
 
-def advert_chains(spec: FilterSpec) -> tuple[str, ...]:
-    """The advert chains ``spec``'s tables hold, sorted."""
-    return tuple(sorted(advert_chain(p) for p in adverts_of(spec.guards)))
-
-
-def adverts_of(guards: Sequence[PortGuard]) -> dict[str, str]:
-    """Port -> its IPv6 address, for the ports with an IPv6 guard."""
-    return {g.port: g.ip for g in guards if g.six}
-
-
-def render_sync(
-    spec: FilterSpec, stale_vnis: Sequence[int] = (), stale_adverts: Sequence[str] = ()
-) -> Json:
-    """One batch that makes both tables hold exactly ``spec`` (``stale_vnis``: earlier releases'
-    per-network sets found by the last observation, deleted after the rules that used them;
-    ``stale_adverts``: advert chains found that no port wants, deleted once the map that
-    jumps to them is flushed). Creates what is missing, keeps the named counters and their
-    values."""
+def render_sync(spec: FilterSpec, stale_vnis: Sequence[int] = ()) -> Json:
+    """One batch that makes table ``inet heddle`` hold exactly ``spec`` (``stale_vnis``: earlier
+    releases' per-network sets found by the last observation, deleted after the rules that used
+    them). Creates what is missing, keeps the named counters and their values."""
     cmds: list[Json] = [
         {"add": {"table": {"family": "inet", "name": TABLE}}},
         {"add": nft_obj("counter", "inet", name=VXLAN_DROPPED)},
@@ -217,76 +168,16 @@ def render_sync(
         cmds.append({"add": nft_obj("rule", "inet", chain=INET_CHAIN, expr=expr)})
     cmds.append({"add": nft_obj("rule", "inet", chain=INET_CHAIN, expr=vxlan_tail_rule())})
 
-    cmds += [
-        {"add": {"table": {"family": "bridge", "name": TABLE}}},
-        {"add": nft_obj("counter", "bridge", name=SPOOF_DROPPED)},
-        {
-            "add": nft_obj(
-                "set", "bridge", name="guards", type=["ifname", "ether_addr", "ipv4_addr"]
-            )
-        },
-        {
-            "add": nft_obj(
-                "set", "bridge", name="guards6", type=["ifname", "ether_addr", "ipv6_addr"]
-            )
-        },
-        {"add": nft_obj("set", "bridge", name="guarded", type="ifname")},
-        {"add": nft_obj("map", "bridge", name=ADVERTS, type="ifname", map="verdict")},
-        {"add": base_chain("bridge", BRIDGE_CHAIN, "prerouting")},
-        {"flush": nft_obj("chain", "bridge", name=BRIDGE_CHAIN)},
-        {"flush": nft_obj("set", "bridge", name="guards")},
-        {"flush": nft_obj("set", "bridge", name="guards6")},
-        {"flush": nft_obj("set", "bridge", name="guarded")},
-        {"flush": nft_obj("map", "bridge", name=ADVERTS)},
-    ]
-    wanted = adverts_of(spec.guards)
-    for chain in sorted(set(stale_adverts) - {advert_chain(p) for p in wanted}):
-        cmds.append({"flush": nft_obj("chain", "bridge", name=chain)})
-        cmds.append({"delete": nft_obj("chain", "bridge", name=chain)})
-    for port, ip in sorted(wanted.items()):
-        cmds += advert_cmds("add", port, ip)
-    for name, six in (("guards", False), ("guards6", True)):
-        elems = [{"concat": [g.port, g.mac, g.ip]} for g in spec.guards if g.six == six]
-        if elems:
-            cmds.append({"add": nft_obj("element", "bridge", name=name, elem=elems)})
-    if spec.guards:
-        ports = sorted({g.port for g in spec.guards})
-        cmds.append({"add": nft_obj("element", "bridge", name="guarded", elem=ports)})
-    for expr in bridge_rules():
-        cmds.append({"add": nft_obj("rule", "bridge", chain=BRIDGE_CHAIN, expr=expr)})
     return {"nftables": cmds}
 
 
-def render_guard_delta(have: FilterSpec, want: FilterSpec) -> Json | None:
-    """The batch that takes tables holding ``have`` to ``want`` when only the guards differ
-    (a local endpoint came or went): the guards' elements added and deleted, nothing else
-    touched (and for IPv6 guards their ports' advert chains). ``None`` when anything else
-    differs (``render_sync`` then). The deletes fail the whole batch, changing nothing, when
-    the tables do not hold ``have``'s elements."""
-    if (have.members, have.gateways) != (want.members, want.gateways) or have == want:
-        return None
-    gone, new = set(have.guards) - set(want.guards), set(want.guards) - set(have.guards)
-    ports_gone = {g.port for g in have.guards} - {g.port for g in want.guards}
-    ports_new = {g.port for g in want.guards} - {g.port for g in have.guards}
-    cmds: list[Json] = []
-    for verb, guards, ports in (("delete", gone, ports_gone), ("add", new, ports_new)):
-        for name, six in (("guards", False), ("guards6", True)):
-            elems = [{"concat": [g.port, g.mac, g.ip]} for g in sorted(guards) if g.six == six]
-            if elems:
-                cmds.append({verb: nft_obj("element", "bridge", name=name, elem=elems)})
-        if ports:
-            cmds.append({verb: nft_obj("element", "bridge", name="guarded", elem=sorted(ports))})
-    before, after = adverts_of(have.guards), adverts_of(want.guards)
-    for port in sorted(before):
-        if after.get(port) != before[port]:
-            cmds[:0] = advert_cmds("delete", port, before[port])  # before its guard goes
-    for port in sorted(after):
-        if before.get(port) != after[port]:
-            cmds += advert_cmds("add", port, after[port])
-    return {"nftables": cmds}
+def render_drop_bridge() -> Json:
+    """Delete an earlier release's table ``bridge heddle`` (its guards now live in ``netdev
+    heddle``). Fails, changing nothing, when it is absent."""
+    return {"nftables": [{"delete": {"table": {"family": BRIDGE, "name": TABLE}}}]}
 
 
-FAMILIES = ("inet", "bridge")
+FAMILIES = ("inet", NETDEV, BRIDGE)
 LIST_TABLES: Json = {"nftables": [{"list": {"tables": None}}]}
 
 
@@ -305,6 +196,7 @@ def ours(objects: Sequence[Json]) -> tuple[str, ...]:
     )
 
 
-def render_delete() -> Json:
-    """Remove both tables (what ``heddle`` never does on its own: for tests and teardown)."""
-    return {"nftables": [{"delete": {"table": {"family": f, "name": TABLE}}} for f in FAMILIES]}
+def render_delete(families: Sequence[str]) -> Json:
+    """Remove heddle's tables in ``families`` (``ours`` of a listing), which must exist
+    (what ``heddle`` never does on its own: for tests and teardown)."""
+    return {"nftables": [{"delete": {"table": {"family": f, "name": TABLE}}} for f in families]}

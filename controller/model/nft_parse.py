@@ -1,28 +1,21 @@
 """Reading heddle's nftables tables back: ``parse_tables`` turns what ``nft -j list table``
-prints for both tables into the ``FilterSpec`` they hold (``controller/model/nft_filter.py``),
-or ``None`` when they are not exactly what ``render_sync`` writes for it -- the planner then
-rewrites them. Pure; never raises.
+prints for its tables into the ``FilterSpec`` table ``inet heddle`` holds
+(``controller/model/nft_filter.py``), or ``None`` when it is not exactly what ``render_sync``
+writes for it -- the planner then rewrites it -- and the endpoint ports' guards of table
+``netdev heddle`` (``controller/model/nft_guards.py``). Pure; never raises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.model.egress import Gateway
 from controller.model.naming import bridge_name
-from controller.model.nft_filter import (
-    VNI_SET_PREFIX,
-    FilterSpec,
-    PortGuard,
-    adverts_of,
-    make_spec,
-)
+from controller.model.nft_filter import BRIDGE, VNI_SET_PREFIX, FilterSpec, make_spec
+from controller.model.nft_guards import PortGuard, parse_guards
 from controller.model.nft_rules import (
-    ADVERT_CHAIN_PREFIX,
-    ADVERTS,
-    BRIDGE_CHAIN,
     FORWARD_CHAIN,
     INET_CHAIN,
     NAT_CHAIN,
@@ -30,10 +23,6 @@ from controller.model.nft_rules import (
     PRIORITY,
     TABLE,
     Json,
-    advert_chain,
-    advert_target_rule,
-    bridge_rules,
-    canonical,
     forward_rules,
     host_rules,
     masquerade_rule,
@@ -44,15 +33,17 @@ from controller.model.nft_rules import (
 
 @dataclass(frozen=True, slots=True)
 class FilterListing:
-    """What an observation found: ``spec`` (``None`` when a table is missing or holds rules of
-    another shape, or an earlier release's -- the planner then rewrites it), ``vni_sets``: the
-    earlier releases' per-network sets present (a sync deletes them), ``advert_chains``: the
-    advert chains present (a sync deletes those no port wants), counters."""
+    """What an observation found: ``spec`` (``None`` when table ``inet heddle`` is missing or
+    holds rules of another shape, or an earlier release's -- the planner then rewrites it),
+    ``vni_sets``: the earlier releases' per-network sets present (a sync deletes them),
+    counters of both tables, ``guards``: the ports' guard chains (``nft_guards.parse_guards``),
+    ``bridge``: whether an earlier release's table ``bridge heddle`` is there."""
 
     spec: FilterSpec | None
     vni_sets: tuple[int, ...] = ()
     drops: Mapping[str, int] | None = None
-    advert_chains: tuple[str, ...] = ()
+    guards: Mapping[str, tuple[PortGuard, ...]] = field(default_factory=dict)
+    bridge: bool = False
 
 
 def _elements(raw: Any) -> list[Any]:
@@ -60,8 +51,9 @@ def _elements(raw: Any) -> list[Any]:
 
 
 def parse_tables(objects: Sequence[Json]) -> FilterListing:
-    """Parse the ``nftables`` objects of ``nft -j list table`` for both tables. Never raises:
-    anything unexpected makes ``spec`` ``None`` (so the next apply rewrites the tables)."""
+    """Parse the ``nftables`` objects of ``nft -j list table`` for heddle's tables. Never
+    raises: anything unexpected makes ``spec`` ``None`` (so the next apply rewrites the table)
+    or a port's guards ``()`` (so the next apply rewrites its chain)."""
     try:
         return _parse(objects)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -71,14 +63,10 @@ def parse_tables(objects: Sequence[Json]) -> FilterListing:
 def _parse(objects: Sequence[Json]) -> FilterListing:
     tables: set[str] = set()
     legacy: list[int] = []
-    guards: list[PortGuard] = []
-    guarded: list[str] = []
     inet_sets: dict[str, list[Any]] = {}
     rules: dict[tuple[str, str], list[Any]] = {}
     drops: dict[str, int] = {}
     chains: set[tuple[str, str]] = set()
-    adverts: dict[str, str] | None = None  # port -> the chain the map jumps to
-    advert_chains: list[str] = []
     for obj in objects:
         if "table" in obj and obj["table"].get("name") == TABLE:
             tables.add(obj["table"]["family"])
@@ -88,59 +76,34 @@ def _parse(objects: Sequence[Json]) -> FilterListing:
                 legacy.append(int(s["name"][len(VNI_SET_PREFIX) :]))
             elif s["family"] == "inet":
                 inet_sets[s["name"]] = _elements(s.get("elem"))
-            elif s["family"] == "bridge" and s["name"] in ("guards", "guards6"):
-                for e in _elements(s.get("elem")):
-                    port, mac, ip = e["concat"]
-                    guards.append(PortGuard(str(port), str(mac), str(ip)))
-            elif s["family"] == "bridge" and s["name"] == "guarded":
-                guarded = [str(e) for e in _elements(s.get("elem"))]
-        elif "map" in obj:
-            m = obj["map"]
-            if m["family"] == "bridge" and m["name"] == ADVERTS:
-                adverts = {str(k): str(v["jump"]["target"]) for k, v in _elements(m.get("elem"))}
         elif "counter" in obj:
             c = obj["counter"]
-            drops[c["name"]] = int(c.get("packets", 0))
+            if c["family"] != BRIDGE:
+                drops[c["name"]] = int(c.get("packets", 0))
         elif "chain" in obj:
             c = obj["chain"]
             if (c.get("hook"), c.get("prio")) in _HOOKS.get((c["family"], c["name"]), ()):
                 chains.add((c["family"], c["name"]))
-            elif c["family"] == "bridge" and str(c["name"]).startswith(ADVERT_CHAIN_PREFIX):
-                advert_chains.append(str(c["name"]))
         elif "rule" in obj:
             r = obj["rule"]
             rules.setdefault((r["family"], r["chain"]), []).append(r["expr"])
     gateways = _gateways(inet_sets, rules.get(("inet", NAT_CHAIN), []))
     members = _members(inet_sets.get("loops", []), rules.get(("inet", INET_CHAIN), []))
     shaped = (
-        tables == {"inet", "bridge"}
+        "inet" in tables
         and not legacy
         and members is not None
         and chains == set(_HOOKS) - ({("inet", NAT_CHAIN)} if not gateways else set())
         and rules.get(("inet", FORWARD_CHAIN), []) == forward_rules(bool(gateways))
-        and canonical(rules.get(("bridge", BRIDGE_CHAIN), [])) == canonical(bridge_rules())
-        and sorted(set(guarded)) == sorted({g.port for g in guards})
-        and _adverts_hold(adverts, rules, adverts_of(guards))
     )
     spec = (
-        make_spec(members, guards, gateways or ())
+        make_spec(members, gateways or ())
         if shaped and members is not None and gateways is not None
         else None
     )
-    return FilterListing(spec, tuple(sorted(legacy)), drops, tuple(sorted(advert_chains)))
-
-
-def _adverts_hold(
-    adverts: Mapping[str, str] | None,
-    rules: Mapping[tuple[str, str], list[Any]],
-    want: Mapping[str, str],
-) -> bool:
-    """Whether the map ``adverts`` jumps, for exactly the ports of ``want``, to each one's
-    advert chain, and that chain holds exactly the rule for its address."""
-    if adverts is None or adverts != {p: advert_chain(p) for p in want}:
-        return False
-    return all(rules.get(("bridge", advert_chain(p)), []) == [advert_target_rule(ip)]
-               for p, ip in want.items())  # fmt: skip
+    return FilterListing(
+        spec, tuple(sorted(legacy)), drops, parse_guards(objects), bridge=BRIDGE in tables
+    )
 
 
 def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | None:
@@ -170,7 +133,7 @@ def _members(loops: list[Any], inet_input: list[Any]) -> dict[int, list[str]] | 
         in_order = sorted(elems, key=lambda e: (e["concat"][0], str(e["concat"][1])))
         listed.append([rule[0], {"match": {**rule[1]["match"], "right": {"set": in_order}}},
                        *rule[2:]])  # fmt: skip
-    if listed != members_rule(make_spec(members, ()).members):
+    if listed != members_rule(make_spec(members).members):
         return None
     return members
 
@@ -179,7 +142,6 @@ _HOOKS: Mapping[tuple[str, str], tuple[tuple[str, int], ...]] = {
     ("inet", INET_CHAIN): (("input", PRIORITY),),
     ("inet", FORWARD_CHAIN): (("forward", PRIORITY),),
     ("inet", NAT_CHAIN): (("postrouting", NAT_PRIORITY),),
-    ("bridge", BRIDGE_CHAIN): (("prerouting", PRIORITY),),
 }
 
 

@@ -24,6 +24,7 @@ deleted. Invariant: once every op applied, planning on a fresh observation retur
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from controller.model.egress import Gateway, egress_gateways
 from controller.model.kernel_state import (
@@ -40,7 +41,8 @@ from controller.model.naming import (
     veth_peer_name,
     vxlan_name,
 )
-from controller.model.nft_filter import FilterSpec, PortGuard, advert_chains, make_spec
+from controller.model.nft_filter import FilterSpec, make_spec
+from controller.model.nft_guards import PortGuard
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
 from controller.plan.kernel_ops import (
@@ -51,20 +53,24 @@ from controller.plan.kernel_ops import (
     DelLink,
     DelNeigh,
     DelPortFdb,
+    DropBridgeGuards,
     EnableForwarding,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
+    GuardPort,
     KernelOp,
     PutFdb,
     PutNeigh,
     PutPortFdb,
     SyncFilters,
+    UnguardPort,
 )
 from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 
 __all__ = [
     "desired_filters",
+    "desired_guards",
     "endpoint_keys",
     "netns_of_interest",
     "owned_counts",
@@ -113,42 +119,49 @@ def gateways_of(view: HostView) -> tuple[Gateway, ...]:
 
 
 def desired_filters(view: HostView, gateways: tuple[Gateway, ...] | None = None) -> FilterSpec:
-    """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; per
-    local endpoint, its host-side veth guarded to the endpoint's MAC and addresses; the egress
-    gateways (``gateways_of(view)`` unless the caller has them). Pure."""
+    """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; the
+    egress gateways (``gateways_of(view)`` unless the caller has them). Pure."""
     return make_spec(
         {nv.network.vni: nv.flood for nv in view.networks},
-        {
-            PortGuard(veth_host_name(ep.network, ep.id), ep.mac, ip)
-            for nv in view.networks
-            for ep in nv.local
-            for ip in ep.addresses
-        },
         gateways_of(view) if gateways is None else gateways,
     )
+
+
+def desired_guards(ep: Endpoint) -> tuple[PortGuard, ...]:
+    """``ep``'s port guarded to its MAC and addresses (sorted; ``()`` for an endpoint without
+    addresses, whose port is not guarded). Pure."""
+    port = veth_host_name(ep.network, ep.id)
+    return tuple(sorted({PortGuard(port, ep.mac, ip) for ip in ep.addresses}))
 
 
 def plan_filters(
     view: HostView, actual: KernelState, gateways: tuple[Gateway, ...] | None = None
 ) -> tuple[list[KernelOp], list[KernelOp]]:
-    """(before everything, after the deletes). Additions (a new member VTEP, a new guard) are
-    in force before the FDB entries and veths that use them exist; removals take effect only
-    after the entries and links they covered are gone. Both ``[]`` when converged."""
+    """Table ``inet heddle``: (before everything, after the deletes). A new member VTEP is
+    admitted before the FDB entries that use it exist; a leaving one is removed only after the
+    entries it covered are gone. Both ``[]`` when converged."""
     want = desired_filters(view, gateways)
     have = actual.filters
     if have == want:
         return [], []
     stale = actual.filter_vnis  # an earlier release's per-network sets: none is wanted
-    kept = set(advert_chains(want))
-    chains = tuple(c for c in actual.filter_adverts if c not in kept)
     if have is None:
-        return [SyncFilters(want, stale, stale_adverts=chains)], []
+        return [SyncFilters(want, stale)], []
     both = have.union(want)
     if both == want:
-        return [SyncFilters(want, stale, have, chains)], []
+        return [SyncFilters(want, stale)], []
     if both == have:
-        return [], [SyncFilters(want, stale, have, chains)]
-    return [SyncFilters(both, (), have)], [SyncFilters(want, stale, both, chains)]
+        return [], [SyncFilters(want, stale)]
+    return [SyncFilters(both)], [SyncFilters(want, stale)]
+
+
+def stale_guards(view: HostView, actual: KernelState) -> list[KernelOp]:
+    """``UnguardPort`` for every guard chain no local endpoint of ``view`` wants (planned
+    after the link deletes: a leaving endpoint stays guarded until its veth is gone). Pure."""
+    wanted = {
+        veth_host_name(ep.network, ep.id) for nv in view.networks for ep in nv.local if ep.addresses
+    }
+    return [UnguardPort(port) for port in sorted(actual.guards) if port not in wanted]
 
 
 def plan_kernel(
@@ -156,15 +169,18 @@ def plan_kernel(
     actual: KernelState,
     filters: bool = True,
     gateways: tuple[Gateway, ...] | None = None,
+    guards: bool | None = None,
 ) -> tuple[KernelOp, ...]:
     """The ops that turn ``actual`` into what ``view`` asks for. Pure and deterministic.
 
     Never raises for any well-formed input. ``OWNER_ALIAS`` marks what may be deleted; a link
     that has a desired name but is not owned is not adopted: the ``Ensure*`` op is still planned
     and the driver refuses it, so the conflict is reported on every pass instead of hidden.
-    ``filters``: also keep heddle's nftables tables (``SyncFilters``; off where another
-    backend builds on this planner's links). ``gateways``: the egress gateways of the whole
-    host (default: of ``view``; a caller planning part of a host gives the whole host's).
+    ``filters``: also keep heddle's nftables tables (``SyncFilters``, ``GuardPort``,
+    ``UnguardPort``; off where another backend builds on this planner's links). ``guards``:
+    keep the ports' guards without ``inet heddle`` (``None``: as ``filters``; the incremental
+    planner plans the table for the whole host). ``gateways``: the egress gateways of the
+    whole host (default: of ``view``; a caller planning part of a host gives the whole host's).
     """
     gateways = gateways_of(view) if gateways is None else gateways
     gws = {g.vni: g for g in gateways}
@@ -172,28 +188,39 @@ def plan_kernel(
     recreate_dels: list[KernelOp] = []
     builds: list[KernelOp] = []
     desired: set[str] = set()
+    guard = filters if guards is None else guards
+    plan = _Plan(actual, guard, desired, entry_dels, recreate_dels, builds)
 
     for nv in view.networks:
-        gw = gws.get(nv.network.vni)
-        _plan_network(view.host.vtep, nv, gw, actual, desired, entry_dels, recreate_dels, builds)
+        _plan_network(view.host.vtep, nv, gws.get(nv.network.vni), plan)
     if gws and actual.forwarding is False:
         builds.append(EnableForwarding())
 
     first, last = plan_filters(view, actual, gateways) if filters else ([], [])
     link_dels = stale_link_dels(actual, desired)
-    return (*first, *entry_dels, *link_dels, *recreate_dels, *last, *builds)
+    unguard = stale_guards(view, actual) if guard else []
+    drop: list[KernelOp] = []
+    if guard and actual.bridge_guards:  # after every port's own chain (upgrade)
+        peers = tuple(op.peer for op in builds if isinstance(op, GuardPort))
+        drop.append(DropBridgeGuards(peers))
+    return (*first, *entry_dels, *link_dels, *recreate_dels, *unguard, *last, *builds, *drop)
 
 
-def _plan_network(
-    vtep: str,
-    nv: NetworkView,
-    gw: Gateway | None,
-    actual: KernelState,
-    desired: set[str],
-    entry_dels: list[KernelOp],
-    recreate_dels: list[KernelOp],
-    builds: list[KernelOp],
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every network's planning reads (``actual``, ``guard``) and appends to."""
+
+    actual: KernelState
+    guard: bool
+    desired: set[str]
+    entry_dels: list[KernelOp]
+    recreate_dels: list[KernelOp]
+    builds: list[KernelOp]
+
+
+def _plan_network(vtep: str, nv: NetworkView, gw: Gateway | None, plan: _Plan) -> None:
+    actual, desired, entry_dels = plan.actual, plan.desired, plan.entry_dels
+    recreate_dels, builds = plan.recreate_dels, plan.builds
     vni, mtu = nv.network.vni, nv.mtu
     br, vx = bridge_name(vni), vxlan_name(vni)
     desired.update((br, vx))
@@ -231,7 +258,7 @@ def _plan_network(
     builds.extend(_neigh_puts(vx, nv, have_neigh))
 
     for ep in nv.local:
-        builds.extend(_plan_endpoint(nv, ep, br, mtu, actual, desired, recreate_dels))
+        builds.extend(_plan_endpoint(nv, ep, br, mtu, plan))
     # Static bridge entries go in once their ports exist. A port that is not in this bridge
     # yet (new, re-created, or enslaved elsewhere) holds none: joining a bridge starts empty.
     recreated = {op.name for op in recreate_dels if isinstance(op, DelLink)}
@@ -243,15 +270,10 @@ def _plan_network(
     builds.extend(_port_fdb_puts(nv, have_ports, joining))
 
 
-def _plan_endpoint(
-    nv: NetworkView,
-    ep: Endpoint,
-    br: str,
-    mtu: int,
-    actual: KernelState,
-    desired: set[str],
-    recreate_dels: list[KernelOp],
-) -> list[KernelOp]:
+def _plan_endpoint(nv: NetworkView, ep: Endpoint, br: str, mtu: int, plan: _Plan) -> list[KernelOp]:
+    """The endpoint's veth, its guard (after the veth: a hook needs its device; before the
+    endpoint comes up: it never sends unguarded), then its side."""
+    actual, desired, recreate_dels = plan.actual, plan.desired, plan.recreate_dels
     ops: list[KernelOp] = []
     hv, pv = veth_host_name(ep.network, ep.id), veth_peer_name(ep.network, ep.id)
     desired.update((hv, pv))
@@ -279,6 +301,9 @@ def _plan_endpoint(
     )
     if not (host_ok and peer_ok):
         ops.append(EnsureVeth(hv, pv, br, mtu, ep.mac, ep.netns, ep.ifname))
+    want_guards = desired_guards(ep) if plan.guard else ()
+    if want_guards and (fresh or actual.guards.get(hv) != want_guards):
+        ops.append(GuardPort(hv, pv, want_guards))  # fresh: 6.1 took the chain with the veth
     if ep.netns is not None:
         side = actual.endpoints.get((ep.netns, ep.ifname))
         want = configure_endpoint(ep, nv, pv, mtu)

@@ -23,7 +23,6 @@ from typing import TypeVar
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
-from controller.model.nft_filter import advert_chains
 from controller.model.view import HostView, NetworkView, changed_networks
 from controller.plan.kernel import gateways_of, plan_filters, plan_kernel
 from controller.plan.kernel_ops import (
@@ -60,7 +59,8 @@ def _link_names(nv: NetworkView) -> set[str]:
 
 def _restrict(state: KernelState, nvs: Iterable[NetworkView]) -> KernelState:
     """The part of ``state`` that belongs to the networks ``nvs`` (links by name, the entries
-    of their devices, their endpoints' sides), without filters."""
+    of their devices, their endpoints' sides, their ports' guards), without table ``inet
+    heddle``."""
     nvs = list(nvs)
     links: set[str] = set()
     sides: set[tuple[str, str]] = set()
@@ -76,6 +76,7 @@ def _restrict(state: KernelState, nvs: Iterable[NetworkView]) -> KernelState:
         endpoints={k: v for k, v in state.endpoints.items() if k in sides},
         bridge_addresses=_pick(state.bridge_addresses, links),
         forwarding=state.forwarding,
+        guards=_pick(state.guards, links),
     )
 
 
@@ -103,7 +104,9 @@ def plan_incremental(
     old = [nv for nv in last.networks if nv.network.name in names]
     new = tuple(nv for nv in view.networks if nv.network.name in names)
     part = _restrict(state, (*old, *new))
-    ops = plan_kernel(HostView(view.host, new), part, filters=False, gateways=gateways)
+    ops = plan_kernel(
+        HostView(view.host, new), part, filters=False, gateways=gateways, guards=filters
+    )
     first, late = plan_filters(view, state, gateways) if filters else ([], [])
     return (*first, *ops, *late)
 
@@ -119,7 +122,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
     fdb = {k: set(v) for k, v in state.fdb.items()}
     neigh = {k: set(v) for k, v in state.neigh.items()}
     ports = {k: set(v) for k, v in state.port_fdb.items()}
-    filters, filter_vnis, filter_adverts = state.filters, state.filter_vnis, state.filter_adverts
+    filters, filter_vnis = state.filters, state.filter_vnis
     for op in ops:
         match op:
             case PutFdb():
@@ -149,7 +152,7 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
                 else:
                     got_p.discard(PortFdbEntry(op.mac, op.dev))
             case SyncFilters():
-                filters, filter_vnis, filter_adverts = op.spec, (), advert_chains(op.spec)
+                filters, filter_vnis = op.spec, ()
             case _:
                 raise TypeError(f"not an entry op: {op!r}")
     return replace(
@@ -159,7 +162,6 @@ def after_entries(state: KernelState, ops: Iterable[KernelOp]) -> KernelState:
         port_fdb={k: frozenset(v) for k, v in ports.items()},
         filters=filters,
         filter_vnis=filter_vnis,
-        filter_adverts=filter_adverts,
     )
 
 

@@ -19,10 +19,11 @@ Every op is a small frozen, hashable value. Contracts shared by all ops:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from controller.model.kernel_state import ZERO_MAC as ZERO_MAC  # the ops' flood entries
 from controller.model.nft_filter import FilterSpec
+from controller.model.nft_guards import PortGuard
 from controller.plan.independent import Independent
 
 VXLAN_PORT = 4789
@@ -283,28 +284,76 @@ class DelNeigh(_EntryOp):
 
 @dataclass(frozen=True, slots=True)
 class SyncFilters(Independent):
-    """Make heddle's two nftables tables hold exactly ``spec`` (``controller.model.nft_filter``)
-    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete,
-    ``stale_adverts`` advert chains no port wants any more.
-    ``base``: what the planner saw the tables hold (``None``: unknown). It lets the driver
-    write only what differs, and takes no part in equality: two syncs to one ``spec`` are the
-    same change."""
+    """Make heddle's table ``inet heddle`` hold exactly ``spec`` (``controller.model.nft_filter``)
+    in one atomic batch; ``stale_vnis`` are an earlier release's per-network sets to delete."""
 
     spec: FilterSpec
     stale_vnis: tuple[int, ...] = ()
-    base: FilterSpec | None = field(default=None, compare=False)
-    stale_adverts: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         vteps = sum(len(v) for _, v in self.spec.members)
-        return (
-            f"sync filters: {len(self.spec.members)} network(s), {vteps} member VTEP(s), "
-            f"{len(self.spec.guards)} guarded port(s)"
-        )
+        return f"sync filters: {len(self.spec.members)} network(s), {vteps} member VTEP(s)"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPort:
+    """Make ``port``'s guard chain (``controller/model/nft_guards.py``) hold exactly ``guards``,
+    in one atomic batch. Needs the port (a hook needs its device on Linux 6.1); provides
+    ``peer``: the endpoint's side may come up only once what it sends is guarded, so a failed
+    guard keeps the endpoint down (its ``ConfigureEndpoint`` is skipped)."""
+
+    port: str
+    peer: str
+    guards: tuple[PortGuard, ...]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({self.port})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset({self.peer})
+
+    def __str__(self) -> str:
+        return f"guard {self.port}: {self.guards[0].mac} {' '.join(g.ip for g in self.guards)}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnguardPort(Independent):
+    """Delete ``port``'s guard chain. Absent is success (Linux 6.1 deletes it with its device;
+    later kernels keep it, detached)."""
+
+    port: str
+
+    def __str__(self) -> str:
+        return f"unguard {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DropBridgeGuards:
+    """Delete an earlier release's table ``bridge heddle`` (its guards, one chain for every
+    port). Needs the peers of this pass's ``GuardPort`` ops, so it goes only once every port's
+    own chain is in place. Absent is success."""
+
+    after: tuple[str, ...] = ()
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset(self.after)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset()
+
+    def __str__(self) -> str:
+        return "drop the earlier release's bridge guards"
 
 
 KernelOp = (
     SyncFilters
+    | GuardPort
+    | UnguardPort
+    | DropBridgeGuards
     | EnableForwarding
     | EnsureBridge
     | EnsureVxlan

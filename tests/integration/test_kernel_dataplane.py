@@ -52,11 +52,13 @@ from controller.plan.kernel_ops import (
     DelFdb,
     DelLink,
     DelNeigh,
+    DropBridgeGuards,
     EnsureVeth,
+    GuardPort,
     PutFdb,
     PutNeigh,
     PutPortFdb,
-    SyncFilters,
+    UnguardPort,
 )
 
 pytestmark = [
@@ -310,7 +312,7 @@ def test_missing_endpoint_netns_fails_that_endpoint_only(lab: Lab, fast: bool, k
         # the veth is born inside its namespace, so creating it is what fails; configuring it
         # is skipped as dependent
         assert [type(op) for op, _ in err.value.failures] == [EnsureVeth]
-        assert [type(op) for op in err.value.skipped] == [ConfigureEndpoint, PutPortFdb]
+        assert [type(op) for op in err.value.skipped] == [GuardPort, ConfigureEndpoint, PutPortFdb]
         assert ghost in str(err.value)
         if kind == "missing":
             assert not os.path.exists(f"/run/netns/{ghost}")  # never created by accident (K1)
@@ -477,7 +479,7 @@ def test_endpoint_ttl_remembers_the_filters_it_wrote(lab: Lab) -> None:
     import time
 
     from controller.dataplane.nftables import Nft
-    from controller.model.nft_filter import render_delete
+    from controller.model.nft_filter import LIST_TABLES, ours, render_delete
 
     snap = snapshot(lab)
     eps = dict(snap.endpoints)
@@ -488,11 +490,11 @@ def test_endpoint_ttl_remembers_the_filters_it_wrote(lab: Lab) -> None:
         converge(dp, smaller)
         nft = Nft(lab.host)
         try:
-            nft.run(render_delete())
+            nft.run(render_delete(ours(nft.run(LIST_TABLES))))
             assert dp.plan(smaller, dp.observe(smaller)) == ()  # remembered, not read
             time.sleep(0.6)
             ops = dp.plan(smaller, dp.observe(smaller))
-            assert [type(op).__name__ for op in ops] == ["SyncFilters"]
+            assert {type(op).__name__ for op in ops} == {"SyncFilters", "GuardPort"}
             dp.apply(ops)
         finally:
             nft.close()
@@ -524,52 +526,62 @@ insert rule inet heddle input udp dport 4789 @th,96,24 {VNI} ip saddr @vni_{VNI}
     assert "vni_" not in listed and "@th,96,24 . ip saddr" in listed
 
 
-def test_a_guard_change_writes_only_the_guards_even_after_drift(
-    lab: Lab, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A local endpoint leaving (or coming) changes only the guards: the sync is a delta of
-    elements (the rules keep their handles). When the tables no longer hold what the planner
-    remembered (an element deleted behind its back), libnftables refuses the delta, nothing
-    changes, and the whole tables are written: the end state is the wanted one either way."""
-    from controller.dataplane.nftables import Nft
-
+def test_a_leaving_endpoint_takes_only_its_own_guard_chain(lab: Lab) -> None:
+    """A local endpoint leaving deletes its port's chain after its veth, and touches no other
+    port's (their rules keep their handles). Deleting a chain that is already gone (Linux 6.1
+    takes it with its device) succeeds; a chain deleted behind the agent's back is written
+    again at the next observation."""
     snap = snapshot(lab)
     eps = dict(snap.endpoints)
     del eps["blue", "b"]
     full, smaller = view_of(snap), view_of(replace(snap, endpoints=eps))
-    port_b = veth_host_name("blue", "b")
-    argv = ["ip", "netns", "exec", lab.host, "nft", "-a", "list", "table", "bridge", "heddle"]
+    port_a, port_b = veth_host_name("blue", "a"), veth_host_name("blue", "b")
+    argv = ["ip", "netns", "exec", lab.host, "nft", "-a", "list", "table", "netdev", "heddle"]
 
     def handles() -> list[str]:
         listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         return [line.split("# handle")[1] for line in listed.splitlines() if "accept #" in line]
 
-    caplog.set_level("INFO", logger="heddle.kernel")
-    for drift in (False, True):
-        caplog.clear()
-        with KernelDataPlane(H1.vtep, netns=lab.host, endpoint_ttl=60) as dp:
-            converge(dp, full)
-            dp.observe(smaller)  # remembered from here on (endpoint_ttl)
-            before = handles()
-            if drift:
-                nft = Nft(lab.host)
-                try:
-                    elem = {"concat": [port_b, "02:42:0a:4d:00:0b", "10.77.0.11"]}
-                    nft.run({"nftables": [{"delete": {"element": {
-                        "family": "bridge", "table": "heddle", "name": "guards",
-                        "elem": [elem]}}}]})  # fmt: skip
-                finally:
-                    nft.close()
-            ops = dp.plan(smaller, dp.observe(smaller))
-            syncs = [op for op in ops if isinstance(op, SyncFilters)]
-            assert len(syncs) == 1 and syncs[0].base is not None
-            dp.apply(ops)
-            assert (handles() == before) is (not drift)
-            assert ("delta was refused" in caplog.text) is drift
-        with KernelDataPlane(H1.vtep, netns=lab.host) as fresh:
-            assert fresh.plan(smaller, fresh.observe(smaller)) == ()
-        listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        assert port_b not in listed and veth_host_name("blue", "a") in listed
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        converge(dp, full)
+        before = handles()
+        ops = dp.plan(smaller, dp.observe(smaller))
+        assert UnguardPort(port_b) in ops and not any(isinstance(op, GuardPort) for op in ops)
+        dp.apply(ops)
+        assert set(dp.observe(smaller).guards) == {port_a, veth_host_name("blue", "d")}
+        assert set(before) > set(handles())
+        dp.apply([UnguardPort(port_b)])  # already gone: success
+        subprocess.run(["ip", "netns", "exec", lab.host, "nft", "delete", "chain", "netdev",
+                        "heddle", f"g_{port_a}"], check=True)  # fmt: skip
+        ops = dp.plan(smaller, dp.observe(smaller))
+        assert [type(op) for op in ops] == [GuardPort] and ops[0].port == port_a  # type: ignore[union-attr]
+        dp.apply(ops)
+        assert dp.plan(smaller, dp.observe(smaller)) == ()
+
+
+def test_an_earlier_releases_bridge_guards_are_replaced_without_a_gap(lab: Lab) -> None:
+    """Upgrading from the release that guarded ports in one ``bridge heddle`` chain: the first
+    pass writes every port's own chain, then drops the old table; the next plans nothing."""
+    view = view_of(snapshot(lab))
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        converge(dp, view)
+    old = """delete table netdev heddle
+table bridge heddle {
+  counter spoof_dropped {}
+  chain prerouting { type filter hook prerouting priority -200; policy accept; }
+}
+"""
+    subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=old.encode(),
+                   check=True)  # fmt: skip
+    with KernelDataPlane(H1.vtep, netns=lab.host) as dp:
+        ops = dp.plan(view, dp.observe(view))
+        kinds = [type(op) for op in ops]
+        assert set(kinds) == {GuardPort, DropBridgeGuards} and kinds[-1] is DropBridgeGuards
+        dp.apply(ops)
+        assert dp.plan(view, dp.observe(view)) == ()
+    argv = ["ip", "netns", "exec", lab.host, "nft", "list", "tables"]
+    listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert "bridge heddle" not in listed and "netdev heddle" in listed
 
 
 def test_raw_link_dump_reads_what_pyroute2_reads(lab: Lab) -> None:
@@ -757,7 +769,7 @@ def test_ipv6_endpoints_get_addresses_routes_neighbours_and_guards(
             NeighEntry("fd00:77::30", "02:42:0a:4d:00:1e"),
         }
         assert real_state.filters is not None
-        guarded6 = {g.ip for g in real_state.filters.guards if g.six}
+        guarded6 = {g.ip for gs in real_state.guards.values() for g in gs if g.six}
         assert guarded6 == {"fd00:77::10", "fd00:77::11", "fd00:77::12"}  # d: Docker-style
         side = real_state.endpoints[lab.ep_a, "eth0"]
         assert "fd00:77::10/64" in side.addresses and side.gateway6 == "fd00:77::1"

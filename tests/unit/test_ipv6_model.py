@@ -20,12 +20,8 @@ from controller.model import codec
 from controller.model.errors import InvalidRecord
 from controller.model.kernel_state import KernelState
 from controller.model.naming import derive_mac, veth_host_name, vxlan_name
-from controller.model.nft_filter import (
-    PortGuard,
-    make_spec,
-    render_guard_delta,
-    render_sync,
-)
+from controller.model.nft_filter import make_spec, render_sync
+from controller.model.nft_guards import PortGuard, guard_rules
 from controller.model.nft_parse import parse_tables
 from controller.model.records import Endpoint, Host, Network, check_vtep
 from controller.model.view import Snapshot, host_view
@@ -228,49 +224,20 @@ def test_the_plan_gives_addresses_routes_neighbours_and_guards_of_both_families(
 
 G4 = PortGuard("hdv1", "02:00:00:00:00:01", "10.0.0.1")
 G6 = PortGuard("hdv1", "02:00:00:00:00:01", "fd00::1")
-G6B = PortGuard("hdv2", "02:00:00:00:00:02", "fd00::2")
 
 
-def test_ipv6_guards_go_to_their_own_set_and_the_advert_rule() -> None:
-    spec = make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B])
-    batch = render_sync(spec)["nftables"]
-    elems = {c["add"]["element"]["name"]: c["add"]["element"]["elem"]
-             for c in batch if "element" in c.get("add", {})}  # fmt: skip
-    assert elems["guards"] == [{"concat": ["hdv1", "02:00:00:00:00:01", "10.0.0.1"]}]
-    assert len(elems["guards6"]) == 2 and elems["guarded"] == ["hdv1", "hdv2"]
-    advert = json.dumps(batch)
-    assert '"0xfd000000000000000000000000000001"' in advert  # the target, as @th,64,128 reads
-
-
-def test_an_ipv6_guard_change_is_a_delta_with_its_ports_advert_chain() -> None:
-    """A new IPv6 endpoint adds its guard, then its advert chain and the map element that
-    jumps there; a leaving one deletes the element before the chain (the kernel refuses to
-    delete a chain something jumps to) and both before its guard."""
-    have = make_spec({7: ["192.0.2.2"]}, [G4, G6])
-    grow = render_guard_delta(have, make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B]))
-    assert grow is not None
-    verbs = [(verb, kind, body.get("name")) for c in grow["nftables"]
-             for verb, obj in c.items() for kind, body in obj.items()]  # fmt: skip
-    assert verbs == [
-        ("add", "element", "guards6"), ("add", "element", "guarded"),
-        ("add", "chain", "na_hdv2"), ("flush", "chain", "na_hdv2"), ("add", "rule", None),
-        ("add", "element", "adverts"),
-    ]  # fmt: skip
-    shrink = render_guard_delta(make_spec({7: ["192.0.2.2"]}, [G4, G6, G6B]), have)
-    assert shrink is not None
-    verbs = [(verb, kind, body.get("name")) for c in shrink["nftables"]
-             for verb, obj in c.items() for kind, body in obj.items()]  # fmt: skip
-    assert verbs == [
-        ("delete", "element", "adverts"), ("flush", "chain", "na_hdv2"),
-        ("delete", "chain", "na_hdv2"), ("delete", "element", "guards6"),
-        ("delete", "element", "guarded"),
-    ]  # fmt: skip
-    assert render_guard_delta(have, make_spec({7: ["192.0.2.3"]}, [G4, G6])) is None
+def test_an_ipv6_guard_admits_its_own_address_and_adverts_only_for_it() -> None:
+    rules = guard_rules([G4, G6])
+    text = json.dumps(rules)
+    assert '"0xfd000000000000000000000000000001"' in text  # the target, as @th,64,128 reads
+    six = [r for r in rules if "ip6" in json.dumps(r[:2])]
+    assert len(six) == 3  # non-ICMPv6, ICMPv6 but routers' and queriers', its own adverts
+    assert all(r[-1] == {"accept": None} for r in six)
+    assert rules[-1] == [{"counter": "spoof_dropped"}, {"drop": None}]
 
 
 def test_a_listing_without_the_ipv6_rules_is_rewritten() -> None:
-    """An earlier release's bridge chain has no IPv6 rules: the planner sees no spec and
-    writes the whole tables in one batch (the upgrade's one change)."""
+    """No table ``inet heddle``: the planner sees no spec and writes it in one batch."""
     assert parse_tables([]).spec is None
 
 
@@ -334,7 +301,7 @@ def test_ipv6_vteps_cost_70_bytes_and_a_network_may_not_mix_families() -> None:
 
 
 def test_members_over_both_families_are_two_rules_that_read_back() -> None:
-    spec = make_spec({7: ["192.0.2.2", "fd00:ff::2"], 9: ["fd00:ff::3"]}, [G4])
+    spec = make_spec({7: ["192.0.2.2", "fd00:ff::2"], 9: ["fd00:ff::3"]})
     batch = render_sync(spec)["nftables"]
     text = json.dumps(batch)
     assert '"protocol": "ip6", "field": "saddr"' in text and '"protocol": "ip", "field"' in text

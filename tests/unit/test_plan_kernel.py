@@ -22,13 +22,16 @@ from controller.plan.kernel_ops import (
     DelFdb,
     DelLink,
     DelNeigh,
+    DropBridgeGuards,
     EnsureBridge,
     EnsureVeth,
     EnsureVxlan,
+    GuardPort,
     KernelOp,
     PutFdb,
     PutPortFdb,
     SyncFilters,
+    UnguardPort,
 )
 
 H1, H2, H3 = Host("h1", "192.0.2.1"), Host("h2", "192.0.2.2"), Host("h3", "192.0.2.3")
@@ -267,7 +270,7 @@ def test_failed_op_skips_its_dependants_only_and_next_pass_repairs() -> None:
     failed_veth = err.value.op
     assert isinstance(failed_veth, EnsureVeth)
     skipped = err.value.skipped
-    assert [type(op) for op in skipped] == [ConfigureEndpoint, PutPortFdb]
+    assert [type(op) for op in skipped] == [GuardPort, ConfigureEndpoint, PutPortFdb]
     assert {op.dev for op in skipped if isinstance(op, PutPortFdb)} == {failed_veth.host_name}
     state = fk.observe(v)
     assert FdbEntry(C.mac, H2.vtep) in state.fdb[VX]  # independent ops still applied
@@ -384,7 +387,7 @@ def test_filters_admit_a_new_member_before_its_entries_and_drop_a_leaving_one_af
     state = converge(fk, view(a, c))
     assert state.filters == desired_filters(view(a, c))
     assert dict(state.filters.members) == {100: (H2.vtep,)}
-    assert [g.port for g in state.filters.guards] == [veth_host_name("blue", "a")]
+    assert list(state.guards) == [veth_host_name("blue", "a")]
 
     ops = plan_kernel(view(a, d), state)  # h3 joins, h2 leaves
     kinds = [type(op) for op in ops]
@@ -405,7 +408,62 @@ def test_filters_that_vanish_are_rewritten_at_once() -> None:
     converge(fk, view(a, c))
     fk.drop_filters()
     ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
-    assert [type(op) for op in ops] == [SyncFilters]
+    assert [type(op) for op in ops] == [SyncFilters, GuardPort]
+
+
+def test_a_port_is_guarded_after_its_veth_exists_and_before_its_endpoint_comes_up() -> None:
+    fk = FakeKernel(H1.vtep, netns=("ns-a",))
+    a, c = ep("a", "h1", 10), ep("c", "h2", 20)
+    ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
+    kinds = [type(op) for op in ops]
+    assert kinds.index(EnsureVeth) < kinds.index(GuardPort) < kinds.index(ConfigureEndpoint)
+    [guard] = [op for op in ops if isinstance(op, GuardPort)]
+    assert guard.port == veth_host_name("blue", "a") and guard.guards[0].mac == a.mac
+    assert [g.ip for g in guard.guards] == [a.ip]
+
+
+def test_a_failed_guard_keeps_its_endpoint_down() -> None:
+    fk = FakeKernel(H1.vtep, netns=("ns-a",))
+    a, c = ep("a", "h1", 10), ep("c", "h2", 20)
+    fk.fail_next(GuardPort, "nftables: refused")
+    with pytest.raises(DataPlaneError):
+        fk.apply(plan_kernel(view(a, c), fk.observe(view(a, c))))
+    assert not fk.observe(view(a, c)).endpoints["ns-a", "eth0"].up
+    state = converge(fk, view(a, c))
+    assert state.endpoints["ns-a", "eth0"].up and list(state.guards) == [guard_port(a)]
+
+
+def guard_port(e: Endpoint) -> str:
+    return veth_host_name(e.network, e.id)
+
+
+def test_a_leaving_endpoint_is_unguarded_after_its_veth_is_gone() -> None:
+    fk = FakeKernel(H1.vtep, netns=("ns-a", "ns-b"))
+    a, b, c = ep("a", "h1", 10), ep("b", "h1", 11), ep("c", "h2", 20)
+    converge(fk, view(a, b, c))
+    ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
+    kinds = [type(op) for op in ops]
+    assert UnguardPort(guard_port(b)) in ops and GuardPort not in kinds
+    assert kinds.index(DelLink) < kinds.index(UnguardPort)
+    assert list(converge(fk, view(a, c)).guards) == [guard_port(a)]
+
+
+def test_an_earlier_releases_bridge_guards_go_once_every_port_has_its_own() -> None:
+    """The upgrade: the new chains are written, then the old table goes, in one pass; a guard
+    that fails keeps the old table (the port stays guarded by it)."""
+    fk = FakeKernel(H1.vtep, netns=("ns-a",))
+    a, c = ep("a", "h1", 10), ep("c", "h2", 20)
+    converge(fk, view(a, c))
+    fk.guard_chains.clear()
+    fk.bridge_table = True
+    ops = plan_kernel(view(a, c), fk.observe(view(a, c)))
+    assert [type(op) for op in ops] == [GuardPort, DropBridgeGuards]
+    fk.fail_next(GuardPort, "nftables: refused")
+    with pytest.raises(DataPlaneError):
+        fk.apply(ops)
+    assert fk.bridge_table
+    state = converge(fk, view(a, c))
+    assert not state.bridge_guards and list(state.guards) == [guard_port(a)]
 
 
 def test_bridge_learns_nothing_and_knows_every_mac_statically() -> None:
