@@ -42,7 +42,6 @@ from controller.lab.scenario import Placed, Scenario
 from controller.lab.topology import Lab
 from controller.model.nft_filter import (
     LIST_TABLES,
-    FilterSpec,
     make_spec,
     ours,
     render_delete,
@@ -138,21 +137,24 @@ def bootstrap_median(values: list[float], rounds: int = 2000) -> tuple[float, fl
 
 
 def pass_cost(lab: Lab, host: str, ops: int) -> dict[str, dict[str, float]]:
-    """ms per read of heddle's tables and per ``SyncFilters`` transaction on ``host``, which
-    alternately admits and removes one extra member VTEP (the agent's tables stay otherwise
-    as the agent keeps them; the agent is stopped meanwhile so it does not fight back)."""
+    """ms per read of heddle's tables, per ``SyncFilters`` transaction on ``host``, which
+    alternately admits and removes one extra member VTEP, and per ``GuardPort`` transaction
+    (one port's chain written again, as for a new endpoint). The agent's tables stay otherwise
+    as the agent keeps them; the agent is stopped meanwhile so it does not fight back."""
     nft = Nft(lab.host(host).netns)
     lab.stop_agent(host)
     try:
 
-        def listing() -> FilterSpec | None:
+        def listing() -> FilterListing:
             objs = [o for f in ours(nft.run(LIST_TABLES)) for o in nft.run(render_list(f))]
-            return parse_tables(objs).spec
+            return parse_tables(objs)
 
-        spec = listing()
-        assert spec is not None
+        first = listing()
+        spec = first.spec
+        assert spec is not None and first.guards
+        port, guards = sorted(first.guards.items())[0]
         extra = make_spec({v: (*vteps, "192.0.2.77") for v, vteps in spec.members}, spec.gateways)
-        reads, syncs = [], []
+        reads, syncs, guard = [], [], []
         for i in range(ops):
             t0 = time.perf_counter()
             listing()
@@ -160,13 +162,16 @@ def pass_cost(lab: Lab, host: str, ops: int) -> dict[str, dict[str, float]]:
             t0 = time.perf_counter()
             nft.run(render_sync(extra if i % 2 == 0 else spec, ()))
             syncs.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            nft.run(render_guard(port, guards))
+            guard.append((time.perf_counter() - t0) * 1e3)
         nft.run(render_sync(spec, ()))
     finally:
         nft.close()
         lab.start_agent(host)
     return {
         name: {"p50": statistics.median(v), "p99": percentile(v, 99)}
-        for name, v in (("read", reads), ("sync", syncs))
+        for name, v in (("read", reads), ("sync", syncs), ("guard", guard))
     }
 
 
@@ -231,10 +236,12 @@ def main() -> int:
             f"{c['on']['p50'] - c['off']['p50']:+.1f} ms (p50)",
         ],
         [
-            "read tables (resync passes) / one sync (passes that change them), p50 (p99) ms",
+            "read tables (resync passes) / one sync (membership changes) / one port's guard "
+            "(a new local endpoint), p50 (p99) ms",
             f"{cost['read']['p50']:.2f} ({cost['read']['p99']:.2f}) / "
-            f"{cost['sync']['p50']:.2f} ({cost['sync']['p99']:.2f})",
-            "0 / 0",
+            f"{cost['sync']['p50']:.2f} ({cost['sync']['p99']:.2f}) / "
+            f"{cost['guard']['p50']:.2f} ({cost['guard']['p99']:.2f})",
+            "0 / 0 / 0",
             f"+{cost['sync']['p50']:.2f} ms on a pass that changes them (p50)",
         ],
     ]

@@ -313,7 +313,7 @@ class FakeKernel:
                 if op.port not in self._links:  # as Linux 6.1: a hook needs its device
                     raise OpFailed(f"nftables: no device {op.port}")
                 self.guard_chains[op.port] = op.guards
-            case UnguardPort():  # kept when its device went, as Linux 6.16 and later do
+            case UnguardPort():  # kept when its device went, as recent kernels do (6.18 here)
                 self.guard_chains.pop(op.port, None)
             case DropBridgeGuards():
                 self.bridge_table = False

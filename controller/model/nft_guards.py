@@ -22,8 +22,9 @@ frames; an ingress chain on the endpoint's port runs only for what the endpoint 
 
 A port's chain can be written only once its device exists (Linux 6.1, Debian 12's kernel,
 refuses a hook on a missing device; later kernels accept it) and on 6.1 it disappears with its
-device (later kernels keep it, detached). So the planner writes it right after the veth and
-before the endpoint comes up, and the driver deletes it "absent is success".
+device (later kernels keep it, detached: docs/platform.md K19). So the planner writes it right
+after the veth and before the endpoint comes up, and the driver deletes it "absent is
+success".
 """
 
 from __future__ import annotations
