@@ -120,7 +120,8 @@ def passes_of(log: Path) -> list[dict[str, object]]:
 LOCAL_STAGES = (
     ("event", "event"), ("pass started", "start"), ("observed", "observe"),
     ("veth created", "EnsureVeth"), ("veth created", "EnsurePortVeth"),
-    ("port guarded", "GuardPort"), ("OVS port written", "EnsureOvsPort"), ("address, route, link up", "ConfigureEndpoint"),
+    ("port guarded", "GuardPort"), ("OVS port written", "EnsureOvsPort"),
+    ("address, route, link up", "ConfigureEndpoint"),
     ("flows in place", "ModFlows"), ("OVS port ready", "AwaitOvsPort"), ("apply done", "end"),
 )  # fmt: skip
 PEER_STAGES = (
