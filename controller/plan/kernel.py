@@ -13,9 +13,16 @@ Order of the result (each group in view order, which is sorted, so the result is
 1. stale FDB / neighbour entries on VXLAN devices that stay, and stale static bridge entries (a
    device that goes takes its entries with it, so none are planned for it),
 2. link deletes: endpoint veths, then VXLAN devices, then bridges (and devices that must be
-   re-created because a creation-time attribute changed),
-3. per network: bridge, VXLAN device, FDB, flood and neighbour entries, veths and endpoint
-   sides, then the static bridge entries (their ports exist by then).
+   re-created because a creation-time attribute changed), then the guard chains of the ports
+   that went (``UnguardPort``),
+3. per network: bridge, VXLAN device, FDB, flood and neighbour entries, then per local endpoint
+   its veth, its port's guard (``GuardPort``: the hook needs the device; the endpoint must not
+   send before it) and its side, then the static bridge entries (their ports exist by then),
+4. an earlier release's bridge table of guards (``DropBridgeGuards``), once every port's own
+   chain is in place.
+
+With ``filters``, table ``inet heddle`` (``plan_filters``) is synced before 1 when it admits
+something new and after 2 when it stops admitting something.
 
 Only links that are *owned* (``hd`` prefix and the owner ifalias, see ``KernelState``) are ever
 deleted. Invariant: once every op applied, planning on a fresh observation returns ``()``.
