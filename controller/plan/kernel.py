@@ -48,10 +48,9 @@ from controller.model.naming import (
     veth_peer_name,
     vxlan_name,
 )
-from controller.model.nft_filter import FilterSpec, make_spec
-from controller.model.nft_guards import PortGuard
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
+from controller.plan.filters import desired_guards, plan_filters, stale_guards
 from controller.plan.kernel_ops import (
     VXLAN_PORT,
     ZERO_MAC,
@@ -70,18 +69,14 @@ from controller.plan.kernel_ops import (
     PutFdb,
     PutNeigh,
     PutPortFdb,
-    SyncFilters,
-    UnguardPort,
 )
 from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 
 __all__ = [
-    "desired_filters",
-    "desired_guards",
     "endpoint_keys",
+    "gateways_of",
     "netns_of_interest",
     "owned_counts",
-    "plan_filters",
     "plan_kernel",
 ]
 
@@ -123,52 +118,6 @@ def endpoint_keys(view: HostView) -> tuple[tuple[str, str], ...]:
 def gateways_of(view: HostView) -> tuple[Gateway, ...]:
     """The egress gateways this host holds (``controller/model/egress.py``). Pure."""
     return egress_gateways((nv.network for nv in view.networks), view.host.backend)[0]
-
-
-def desired_filters(view: HostView, gateways: tuple[Gateway, ...] | None = None) -> FilterSpec:
-    """The filters ``view`` asks for: per network, the VTEPs of its other member hosts; the
-    egress gateways (``gateways_of(view)`` unless the caller has them). Pure."""
-    return make_spec(
-        {nv.network.vni: nv.flood for nv in view.networks},
-        gateways_of(view) if gateways is None else gateways,
-    )
-
-
-def desired_guards(ep: Endpoint) -> tuple[PortGuard, ...]:
-    """``ep``'s port guarded to its MAC and addresses (sorted; ``()`` for an endpoint without
-    addresses, whose port is not guarded). Pure."""
-    port = veth_host_name(ep.network, ep.id)
-    return tuple(sorted({PortGuard(port, ep.mac, ip) for ip in ep.addresses}))
-
-
-def plan_filters(
-    view: HostView, actual: KernelState, gateways: tuple[Gateway, ...] | None = None
-) -> tuple[list[KernelOp], list[KernelOp]]:
-    """Table ``inet heddle``: (before everything, after the deletes). A new member VTEP is
-    admitted before the FDB entries that use it exist; a leaving one is removed only after the
-    entries it covered are gone. Both ``[]`` when converged."""
-    want = desired_filters(view, gateways)
-    have = actual.filters
-    if have == want:
-        return [], []
-    stale = actual.filter_vnis  # an earlier release's per-network sets: none is wanted
-    if have is None:
-        return [SyncFilters(want, stale)], []
-    both = have.union(want)
-    if both == want:
-        return [SyncFilters(want, stale)], []
-    if both == have:
-        return [], [SyncFilters(want, stale)]
-    return [SyncFilters(both)], [SyncFilters(want, stale)]
-
-
-def stale_guards(view: HostView, actual: KernelState) -> list[KernelOp]:
-    """``UnguardPort`` for every guard chain no local endpoint of ``view`` wants (planned
-    after the link deletes: a leaving endpoint stays guarded until its veth is gone). Pure."""
-    wanted = {
-        veth_host_name(ep.network, ep.id) for nv in view.networks for ep in nv.local if ep.addresses
-    }
-    return [UnguardPort(port) for port in sorted(actual.guards) if port not in wanted]
 
 
 def plan_kernel(

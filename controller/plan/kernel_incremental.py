@@ -24,7 +24,8 @@ from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
 from controller.model.view import HostView, NetworkView, changed_networks
-from controller.plan.kernel import gateways_of, plan_filters, plan_kernel
+from controller.plan.filters import plan_filters
+from controller.plan.kernel import gateways_of, plan_kernel
 from controller.plan.kernel_ops import (
     ZERO_MAC,
     AddFlood,

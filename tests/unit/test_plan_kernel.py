@@ -380,12 +380,13 @@ def test_endpoint_whose_netns_changed_is_rebuilt_in_the_new_one() -> None:
 
 
 def test_filters_admit_a_new_member_before_its_entries_and_drop_a_leaving_one_after() -> None:
-    from controller.plan.kernel import desired_filters
+    from controller.plan.filters import desired_filters
+    from controller.plan.kernel import gateways_of
 
     fk = FakeKernel(H1.vtep, netns=("ns-a", "ns-b"))
     a, c, d = ep("a", "h1", 10), ep("c", "h2", 20), ep("d", "h3", 30)
     state = converge(fk, view(a, c))
-    assert state.filters == desired_filters(view(a, c))
+    assert state.filters == desired_filters(view(a, c), gateways_of(view(a, c)))
     assert dict(state.filters.members) == {100: (H2.vtep,)}
     assert list(state.guards) == [veth_host_name("blue", "a")]
 
