@@ -30,7 +30,6 @@ heddle then refuses to adopt (reported on every pass) until an operator deletes 
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -69,8 +68,6 @@ from controller.plan.kernel_ops import (
     UnguardPort,
     only_entries,
 )
-
-log = logging.getLogger("heddle.kernel")
 
 
 def _batchable(op: KernelOp) -> bool:
@@ -153,7 +150,8 @@ class KernelDataPlane:
         hosts' changes touch is always read. Drift inside an endpoint namespace is then
         repaired within the resync interval rather than at the very next pass. heddle's
         nftables tables are remembered the same way (reading them costs about 1 ms, three
-        libnftables calls; a ``SyncFilters`` this driver applied updates what it remembers),
+        libnftables calls; every filter op this driver applies updates what it remembers:
+        ``kernel_filters.KernelFilters``),
         so an event-driven pass pays for the filters only when they change. 0 (the default)
         reads every time.
 

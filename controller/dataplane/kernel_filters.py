@@ -91,13 +91,14 @@ class KernelFilters:
             case GuardPort():
                 self._nft.run(render_guard(op.port, op.guards))
             case UnguardPort():
-                self._absent_is_success(render_unguard(op.port), "netdev", op.port)
+                self._absent_is_success(render_unguard(op.port), op.port)
             case DropBridgeGuards():
-                self._absent_is_success(render_drop_bridge(), "bridge", None)
+                self._absent_is_success(render_drop_bridge(), None)
 
-    def _absent_is_success(self, batch: dict[str, object], family: str, port: str | None) -> None:
-        """Run a deleting ``batch``; if refused, succeed when what it deletes is gone (a port's
-        chain that Linux 6.1 deleted with its device, a table already dropped)."""
+    def _absent_is_success(self, batch: dict[str, object], port: str | None) -> None:
+        """Run a deleting ``batch`` (of ``port``'s chain, or with ``None`` of the old bridge
+        table); if refused, succeed when what it deletes is gone (a port's chain that Linux
+        6.1 deleted with its device, a table already dropped)."""
         try:
             self._nft.run(batch)
         except NftError:

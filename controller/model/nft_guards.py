@@ -29,7 +29,7 @@ success".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,18 +55,6 @@ class PortGuard:
     @property
     def six(self) -> bool:
         return ":" in self.ip
-
-
-Guards = Mapping[str, tuple[PortGuard, ...]]
-"""Port -> its guards, sorted. In an observation, ``()`` is a chain of another shape."""
-
-
-def by_port(guards: Iterable[PortGuard]) -> dict[str, tuple[PortGuard, ...]]:
-    """``guards`` grouped by port, each group sorted. Pure."""
-    out: dict[str, list[PortGuard]] = {}
-    for g in guards:
-        out.setdefault(g.port, []).append(g)
-    return {p: tuple(sorted(set(gs))) for p, gs in sorted(out.items())}
 
 
 def guard_chain(port: str) -> str:
