@@ -27,12 +27,14 @@ finished. Invariant: once every op applied, planning on a fresh observation retu
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from controller.model.flow import Flow
 from controller.model.naming import veth_host_name, veth_peer_name
 from controller.model.ovs_state import OvsState, UnderlayState
 from controller.model.records import Endpoint
 from controller.model.view import HostView, NetworkView
-from controller.plan.flows import render_flows, render_phy_flows
+from controller.plan.flows import EndpointKey, render_flows, render_phy_flows
 from controller.plan.kernel_ops import DelLink, KernelOp
 from controller.plan.links import configure_endpoint, is_owned, side_ok, stale_link_dels
 from controller.plan.ovs_ops import (
@@ -102,8 +104,15 @@ def plan_flows(
     return ModFlows(bridge, add, delete)
 
 
-def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp, ...]:
-    """The ops that turn ``actual`` into what ``view`` asks for (see the module docstring).
+def plan_ovs(
+    layout: OvsLayout,
+    view: HostView,
+    actual: OvsState,
+    only: Collection[EndpointKey] | None = None,
+) -> tuple[OvsOp, ...]:
+    """The ops that turn ``actual`` into what ``view`` asks for (see the module docstring);
+    with ``only``, the veth, port and side of those local endpoints alone, the others taken to
+    be as ``view`` asks (``controller/plan/ovs_incremental.py``'s ``plan_local``).
 
     Never raises for well-formed input. Objects that have a wanted name but no owner marker are
     not adopted: their ``Ensure*`` op is still planned and the driver refuses it, so the conflict
@@ -145,6 +154,8 @@ def plan_ovs(layout: OvsLayout, view: HostView, actual: OvsState) -> tuple[OvsOp
     by_name = {p.name: p for p in ports if p.endpoint is not None}
     for nv in view.networks:
         for ep in nv.local:
+            if only is not None and (ep.network, ep.id) not in only:
+                continue
             want = by_name.get(veth_host_name(ep.network, ep.id))
             if want is not None:
                 endpoints += _plan_endpoint(layout, nv, ep, want, actual, desired_links, recreate)

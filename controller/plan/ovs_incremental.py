@@ -9,11 +9,15 @@ them before and after (``flows.render_network_flows``) and returns their differe
 ``ModFlows``, the op a full plan (``controller/plan/ovs.py``) would return, at the cost of the
 networks that changed. Its effect is known (``after_flows``), so nothing is read.
 
-Anything else (a local endpoint added or removed: ports and links change) is planned in full
-(``plan_ovs``) against the remembered state, which is exact after a successful pass: a new
-container's port does not wait for a read of every OVSDB row, flow and link. Those ops are not
-``known`` (OVSDB picks ofports, the kernel picks indexes), so the pass after them observes in
-full (``controller/dataplane/incremental.py`` decides), off the container's critical path.
+Anything else (a local endpoint added or removed: ports and links change) is planned by
+``plan_local`` against the remembered state, which is exact after a successful pass: a new
+container's port does not wait for a read of every OVSDB row, flow and link. ``plan_local`` is
+``plan_ovs`` on the part of the host that belongs to the networks that changed (their ports,
+links and flows; the bridges, the underlay and the fixed flows as they are), so a new endpoint
+costs the same beside 10 local endpoints as beside 1,000: the other networks would plan to
+nothing. Those ops are not ``known`` (OVSDB picks ofports, the kernel picks indexes), so the
+pass after them observes in full (``controller/dataplane/incremental.py`` decides), off the
+container's critical path.
 """
 
 from __future__ import annotations
@@ -23,14 +27,21 @@ from dataclasses import dataclass, field, replace
 
 from controller.model.flow import Flow
 from controller.model.kernel_events import Sighting, agrees
+from controller.model.naming import veth_host_name, veth_peer_name
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView, NetworkView, changed_networks
-from controller.plan.flows import EndpointKey, render_network_flows
+from controller.plan.flows import EndpointKey, render_flows, render_network_flows
 from controller.plan.ovs import plan_ovs, vteps_to_resolve
 from controller.plan.ovs_ops import ModFlows, OvsOp
-from controller.plan.ovsdb import TUNNEL_OFPORT, OvsLayout, assign_ofports
+from controller.plan.ovsdb import (
+    FIRST_ENDPOINT_OFPORT,
+    MAX_OFPORT,
+    TUNNEL_OFPORT,
+    OvsLayout,
+    assign_ofports,
+)
 
-__all__ = ["OvsShortcut", "after_flows", "only_flow_mods", "plan_remote"]
+__all__ = ["OvsShortcut", "after_flows", "only_flow_mods", "plan_local", "plan_remote"]
 
 
 Rendered = dict[str, tuple[NetworkView, tuple[int | None, ...], tuple[Flow, ...]]]
@@ -69,6 +80,82 @@ def plan_remote(
     add = tuple(f for k, f in new_flows.items() if old_flows.get(k) != f)
     delete = tuple(sorted(f for k, f in old_flows.items() if k not in new_flows))
     return (ModFlows(layout.bridge, add, delete),) if add or delete else ()
+
+
+def plan_local(
+    layout: OvsLayout,
+    last: HostView,
+    view: HostView,
+    state: OvsState,
+    memo: Rendered | None = None,
+) -> tuple[OvsOp, ...] | None:
+    """The ops that turn ``state`` -- OVS and the links as the successful realisation of
+    ``last`` left them -- into ``view``, planning only the networks that changed (see the
+    module docstring); ``None`` (plan in full) when the host changed, when the integration
+    bridge or its table is missing (a restarted ``ovs-vswitchd``), or when the local endpoints
+    could outnumber the OpenFlow ports (a freed number goes to the first endpoint without one,
+    in whichever network). Equal to ``plan_ovs(layout, view, state)`` provided the host is as
+    ``last`` asked (the invariant after a successful pass; drift is the full resync's job): the
+    changed networks' flows are taken from ``last``'s rendering, as ``plan_remote`` takes them,
+    and the other networks' endpoints are not looked at. Deterministic; pure but for ``memo``
+    (as ``plan_remote``'s)."""
+    names = changed_networks(last, view)
+    bridge = state.ovsdb.bridges.get(layout.bridge)
+    table = state.flows.get(layout.bridge)
+    if names is None or bridge is None or not bridge.owned or not table:
+        return None
+    if sum(len(nv.local) for nv in view.networks) > MAX_OFPORT - FIRST_ENDPOINT_OFPORT - 8:
+        return None
+    old = tuple(nv for nv in last.networks if nv.network.name in names)
+    new = tuple(nv for nv in view.networks if nv.network.name in names)
+    memo = {} if memo is None else memo
+    ofports = assign_ofports(HostView(last.host, old), bridge)
+    # The table's part: the fixed flows and the changed networks' flows, as ``last`` had
+    # them rendered (what ``plan_remote`` takes the table to hold, too).
+    flows = set(render_flows(HostView(last.host, ()), {}, TUNNEL_OFPORT))
+    for nv in old:
+        flows.update(_flows(nv, ofports, memo))
+    only = _changed_locals(old, new)
+    links = state.kernel.links
+    names_of = (f(net, ep) for net, ep in only for f in (veth_host_name, veth_peer_name))
+    part = replace(
+        state,
+        ovsdb=replace(
+            state.ovsdb,
+            bridges={
+                **state.ovsdb.bridges,
+                layout.bridge: replace(
+                    bridge,
+                    ports={
+                        n: p
+                        for n, p in bridge.ports.items()
+                        if p.network is None or p.network in names
+                    },
+                ),
+            },
+        ),
+        flows={**state.flows, layout.bridge: frozenset(flows)},
+        kernel=replace(state.kernel, links={n: links[n] for n in names_of if n in links}),
+    )
+    return plan_ovs(layout, HostView(view.host, new), part, only)
+
+
+def _changed_locals(old: Sequence[NetworkView], new: Sequence[NetworkView]) -> set[EndpointKey]:
+    """The local endpoints whose veth, port or side may change from ``old`` to ``new``: every
+    one of a network whose record or MTU changed (or that came or went), else those added,
+    removed or changed."""
+    before = {nv.network.name: nv for nv in old}
+    after = {nv.network.name: nv for nv in new}
+    out: set[EndpointKey] = set()
+    for name in before.keys() | after.keys():
+        a, b = before.get(name), after.get(name)
+        eps_a = {(ep.network, ep.id): ep for ep in a.local} if a is not None else {}
+        eps_b = {(ep.network, ep.id): ep for ep in b.local} if b is not None else {}
+        if a is None or b is None or (a.network, a.mtu) != (b.network, b.mtu):
+            out |= eps_a.keys() | eps_b.keys()
+        else:
+            out |= {k for k in eps_a.keys() | eps_b.keys() if eps_a.get(k) != eps_b.get(k)}
+    return out
 
 
 def _flows(nv: NetworkView, ofports: Mapping[EndpointKey, int], memo: Rendered) -> tuple[Flow, ...]:
@@ -111,14 +198,17 @@ class OvsShortcut:
     rendered: Rendered = field(default_factory=dict, compare=False, repr=False)
 
     def plan(self, last: HostView, view: HostView, state: OvsState) -> tuple[OvsOp, ...]:
-        """``plan_remote`` when only flows change, else (a local endpoint, or a member VTEP to
-        resolve first) ``plan_ovs`` on the remembered state; never ``None``."""
+        """``plan_remote`` when only flows change, else ``plan_local`` (a local endpoint), else
+        (a member VTEP to resolve first, or the host changed) ``plan_ovs``, all on the
+        remembered state; never ``None``."""
         if len(self.rendered) > 4 * len(view.networks) + 16:  # networks gone: start afresh
             self.rendered.clear()
-        ops = plan_remote(self.layout, last, view, state, self.rendered)
-        if ops is None or vteps_to_resolve(self.layout, view, state):  # a new member VTEP
+        if vteps_to_resolve(self.layout, view, state):  # a new member VTEP
             return plan_ovs(self.layout, view, state)
-        return ops
+        ops = plan_remote(self.layout, last, view, state, self.rendered)
+        if ops is None:
+            ops = plan_local(self.layout, last, view, state, self.rendered)
+        return plan_ovs(self.layout, view, state) if ops is None else ops
 
     def known(self, ops: Sequence[OvsOp]) -> bool:
         return only_flow_mods(ops)

@@ -1,0 +1,73 @@
+"""``plan_local`` (controller/plan/ovs_incremental.py): a local endpoint's pass on the ovs
+backend plans only the networks and endpoints that changed, and returns exactly what the full
+planner (``plan_ovs``) returns from the same exact state. FakeOvs; no root."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_incremental import STEP, OvsWorld
+
+from controller.model.naming import veth_host_name
+from controller.model.ovs_state import OvsState
+from controller.model.view import HostView
+from controller.plan.ovs import plan_ovs
+from controller.plan.ovs_incremental import plan_local
+from controller.plan.ovs_ops import EnsureOvsPort, EnsurePortVeth
+
+LOCAL_PUT = st.tuples(st.just("put"), st.integers(0, 2), st.just(0), st.integers(9, 17))
+LOCAL_STEP = st.one_of(STEP, LOCAL_PUT, LOCAL_PUT)
+
+
+def _settle(w: OvsWorld) -> tuple[HostView, OvsState]:
+    """Realise the current view with the full planner; the view and an exact observation."""
+    view = w.view()
+    for _ in range(3):
+        ops = plan_ovs(w.ovs.layout, view, w.ovs.observe(view))
+        if not ops:
+            return view, w.ovs.observe(view)
+        w.ovs.apply(ops)
+    raise AssertionError("the full planner did not converge in three passes")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(LOCAL_STEP, min_size=1, max_size=3), min_size=1, max_size=15))
+def test_a_local_plan_is_the_full_plan(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    """After any sequence of changes, from the exact state of the last realised view: the
+    same ops in the same order as ``plan_ovs`` (or ``None``, plan in full)."""
+    w = OvsWorld()
+    for net in range(3):
+        w.put(net, 0, 9)
+    last, state = _settle(w)
+    scoped = 0
+    for steps in rounds:
+        for step in steps:
+            w.step(*step)
+        view = w.view()
+        got = plan_local(w.ovs.layout, last, view, state)
+        if got is not None:
+            scoped += 1
+            assert got == plan_ovs(w.ovs.layout, view, state), steps
+        last, state = _settle(w)
+    assert scoped == len(rounds)  # the host never changes here: never in full
+
+
+def test_a_new_endpoint_does_not_look_at_the_other_endpoints() -> None:
+    """Another endpoint's veth changed behind our back (drift, the full resync's to repair):
+    the local plan for a new endpoint elsewhere builds the new one only; the full plan both."""
+    w = OvsWorld()
+    for net in range(3):
+        for n in (9, 10):
+            w.put(net, 0, n)
+    last, state = _settle(w)
+    w.fake.set_mtu(veth_host_name("n0", "e9"), 1280)
+    state = w.ovs.observe(last)
+    w.put(1, 0, 11)
+    view = w.view()
+    local = plan_local(w.ovs.layout, last, view, state)
+    assert local is not None
+    veths = [op for op in local if isinstance(op, EnsurePortVeth)]
+    assert [op.host_name for op in veths] == [veth_host_name("n1", "e11")]
+    assert sum(isinstance(op, EnsureOvsPort) for op in local) == 1
+    full = plan_ovs(w.ovs.layout, view, state)
+    assert sum(isinstance(op, EnsurePortVeth) for op in full) == 2
