@@ -72,7 +72,7 @@ def set_filters(lab: Lab, on: bool) -> None:
             nft.close()
 
 
-def _tables(lab: Lab) -> dict[str, FilterListing]:
+def tables_of(lab: Lab) -> dict[str, FilterListing]:
     """What heddle's tables hold on every host now."""
     out = {}
     for h in lab.hosts:
@@ -87,7 +87,7 @@ def _tables(lab: Lab) -> dict[str, FilterListing]:
     return out
 
 
-def _put_tables(lab: Lab, listings: dict[str, FilterListing] | None) -> None:
+def put_tables(lab: Lab, listings: dict[str, FilterListing] | None) -> None:
     """Restore ``listings`` on every host (the members' table and every port's guard), or
     (``None``) remove heddle's tables."""
     for h in lab.hosts:
@@ -111,7 +111,7 @@ def throughput_pairs(
     lab: Lab, client: Placed, server: Placed, pairs: int, seconds: int
 ) -> list[tuple[float, float]]:
     """(on, off) Gbit/s per pair; the agents are stopped while it runs (see the docstring)."""
-    specs = _tables(lab)
+    specs = tables_of(lab)
     for h in lab.hosts:
         lab.stop_agent(h.name)
     out = []
@@ -119,11 +119,11 @@ def throughput_pairs(
         for i in range(pairs):
             got: dict[str, float] = {}
             for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                _put_tables(lab, specs if mode == "on" else None)
+                put_tables(lab, specs if mode == "on" else None)
                 got[mode] = iperf(lab, client.netns, server.netns, server.ip, seconds)
             out.append((got["on"], got["off"]))
     finally:
-        _put_tables(lab, specs)
+        put_tables(lab, specs)
         for h in lab.hosts:
             lab.start_agent(h.name)
     return out
