@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 COOKIE = 0x68646C65  # "hdle"
 REG_VNI = "reg6"
@@ -113,10 +113,17 @@ class Flow:
     match: tuple[tuple[str, str], ...]
     actions: tuple[str, ...]
     cookie: int = COOKIE
+    # Computed once: planning hashes and keys tens of thousands of flows per pass.
+    key: tuple[int, int, tuple[tuple[str, str], ...]] = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[int, int, tuple[tuple[str, str], ...]]:
-        return (self.table, self.priority, self.match)
+    def __post_init__(self) -> None:
+        key = (self.table, self.priority, self.match)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_hash", hash((key, self.actions, self.cookie)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def match_dict(self) -> dict[str, str]:

@@ -69,11 +69,14 @@ __all__ = ["desired_flows", "owned_counts", "plan_flows", "plan_ovs", "vteps_to_
 
 
 def desired_flows(
-    layout: OvsLayout, view: HostView, actual: OvsState
+    layout: OvsLayout, view: HostView, actual: OvsState, table: tuple[Flow, ...] | None = None
 ) -> dict[str, tuple[Flow, ...]]:
-    """The complete table of every bridge heddle keeps, for ``view``. Pure."""
-    ofports = assign_ofports(view, actual.ovsdb.bridges.get(layout.bridge))
-    out = {layout.bridge: render_flows(view, ofports, TUNNEL_OFPORT)}
+    """The complete table of every bridge heddle keeps, for ``view``; the integration bridge's
+    is ``table`` when given (the caller rendered it). Pure."""
+    if table is None:
+        table = render_flows(view, assign_ofports(view, actual.ovsdb.bridges.get(layout.bridge)),
+                             TUNNEL_OFPORT)  # fmt: skip
+    out = {layout.bridge: table}
     if layout.netdev:
         out[layout.phy_bridge] = render_phy_flows(NIC_OFPORT)
     return out
@@ -109,10 +112,12 @@ def plan_ovs(
     view: HostView,
     actual: OvsState,
     only: Collection[EndpointKey] | None = None,
+    table: tuple[Flow, ...] | None = None,
 ) -> tuple[OvsOp, ...]:
     """The ops that turn ``actual`` into what ``view`` asks for (see the module docstring);
     with ``only``, the veth, port and side of those local endpoints alone, the others taken to
-    be as ``view`` asks (``controller/plan/ovs_incremental.py``'s ``plan_local``).
+    be as ``view`` asks; with ``table``, the integration bridge's table ``render_flows`` gives
+    for ``view`` (both for ``controller/plan/ovs_incremental.py``'s ``plan_local``).
 
     Never raises for well-formed input. Objects that have a wanted name but no owner marker are
     not adopted: their ``Ensure*`` op is still planned and the driver refuses it, so the conflict
@@ -160,7 +165,7 @@ def plan_ovs(
             if want is not None:
                 endpoints += _plan_endpoint(layout, nv, ep, want, actual, desired_links, recreate)
 
-    flows = desired_flows(layout, view, actual)
+    flows = desired_flows(layout, view, actual, table)
     installs: dict[str, OvsOp] = {}
     for bridge in layout.bridges:
         op = plan_flows(bridge, flows[bridge], tables[bridge])
