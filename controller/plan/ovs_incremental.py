@@ -13,9 +13,9 @@ Anything else (a local endpoint added or removed: ports and links change) is pla
 ``plan_local`` against the remembered state, which is exact after a successful pass: a new
 container's port does not wait for a read of every OVSDB row, flow and link. ``plan_local`` is
 ``plan_ovs`` on the part of the host that belongs to the networks that changed (their ports,
-links and flows; the bridges, the underlay and the fixed flows as they are), so a new endpoint
-costs the same beside 10 local endpoints as beside 1,000: the other networks would plan to
-nothing. Those ops are not ``known`` (OVSDB picks ofports, the kernel picks indexes), so the
+links and flows; the bridges, the underlay and the fixed flows as they are; of the endpoints,
+only those that changed), so a new endpoint costs the same on a host with 10 other networks as
+with 1,000: they would plan to nothing. Those ops are not ``known`` (OVSDB picks ofports, the kernel picks indexes), so the
 pass after them observes in full (``controller/dataplane/incremental.py`` decides), off the
 container's critical path.
 """
