@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from controller.model.egress import egress_gateways
@@ -296,3 +296,23 @@ def changed_networks(old: HostView, new: HostView) -> frozenset[str] | None:
     before = {nv.network.name: nv for nv in old.networks}
     after = {nv.network.name: nv for nv in new.networks}
     return frozenset(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+
+
+def changed_locals(
+    old: Iterable[NetworkView], new: Iterable[NetworkView]
+) -> frozenset[tuple[str, str]]:
+    """The local endpoints (network, id) whose own devices may change from the networks ``old``
+    to ``new`` (each network at most once on a side): every one of a network that came, went
+    or whose record or MTU changed; in the others, those added, removed or changed. Pure."""
+    before = {nv.network.name: nv for nv in old}
+    after = {nv.network.name: nv for nv in new}
+    out: set[tuple[str, str]] = set()
+    for name in before.keys() | after.keys():
+        a, b = before.get(name), after.get(name)
+        was = {(ep.network, ep.id): ep for ep in a.local} if a is not None else {}
+        now = {(ep.network, ep.id): ep for ep in b.local} if b is not None else {}
+        if a is None or b is None or (a.network, a.mtu) != (b.network, b.mtu):
+            out |= was.keys() | now.keys()
+        else:
+            out |= {k for k in was.keys() | now.keys() if was.get(k) != now.get(k)}
+    return frozenset(out)

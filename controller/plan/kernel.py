@@ -30,7 +30,7 @@ deleted. Invariant: once every op applied, planning on a fresh observation retur
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from controller.model.egress import Gateway, egress_gateways
@@ -126,6 +126,7 @@ def plan_kernel(
     filters: bool = True,
     gateways: tuple[Gateway, ...] | None = None,
     guards: bool | None = None,
+    only: Collection[tuple[str, str]] | None = None,
 ) -> tuple[KernelOp, ...]:
     """The ops that turn ``actual`` into what ``view`` asks for. Pure and deterministic.
 
@@ -137,6 +138,9 @@ def plan_kernel(
     keep the ports' guards without ``inet heddle`` (``None``: as ``filters``; the incremental
     planner plans the table for the whole host). ``gateways``: the egress gateways of the
     whole host (default: of ``view``; a caller planning part of a host gives the whole host's).
+    ``only``: plan the veth, guard and side of these local endpoints (network, id) alone, the
+    others taken to be as ``view`` asks (the incremental planner's; ``actual`` then holds no
+    link of theirs).
     """
     gateways = gateways_of(view) if gateways is None else gateways
     gws = {g.vni: g for g in gateways}
@@ -145,7 +149,7 @@ def plan_kernel(
     builds: list[KernelOp] = []
     desired: set[str] = set()
     guard = filters if guards is None else guards
-    plan = _Plan(actual, guard, desired, entry_dels, recreate_dels, builds)
+    plan = _Plan(actual, guard, desired, entry_dels, recreate_dels, builds, only)
 
     for nv in view.networks:
         _plan_network(view.host.vtep, nv, gws.get(nv.network.vni), plan)
@@ -172,6 +176,7 @@ class _Plan:
     entry_dels: list[KernelOp]
     recreate_dels: list[KernelOp]
     builds: list[KernelOp]
+    only: Collection[tuple[str, str]] | None = None
 
 
 def _plan_network(vtep: str, nv: NetworkView, gw: Gateway | None, plan: _Plan) -> None:
@@ -213,14 +218,15 @@ def _plan_network(vtep: str, nv: NetworkView, gw: Gateway | None, plan: _Plan) -
     builds.extend(_fdb_puts(vx, nv, have_fdb))
     builds.extend(_neigh_puts(vx, nv, have_neigh))
 
-    for ep in nv.local:
+    local = [ep for ep in nv.local if plan.only is None or (ep.network, ep.id) in plan.only]
+    for ep in local:
         builds.extend(_plan_endpoint(nv, ep, br, mtu, plan))
     # Static bridge entries go in once their ports exist. A port that is not in this bridge
     # yet (new, re-created, or enslaved elsewhere) holds none: joining a bridge starts empty.
     recreated = {op.name for op in recreate_dels if isinstance(op, DelLink)}
     joining = {
         name
-        for name in (vx, *(veth_host_name(ep.network, ep.id) for ep in nv.local))
+        for name in (vx, *(veth_host_name(ep.network, ep.id) for ep in local))
         if not _in_bridge(actual.links.get(name), br) or name in recreated
     }
     builds.extend(_port_fdb_puts(nv, have_ports, joining))

@@ -4,7 +4,9 @@ observation, and predict what the kernel holds after entry ops. Pure.
 A pass that follows a successful one already has the kernel equal to the last realised view
 (the backend invariant). When the new view differs from it only in some networks, planning
 those networks against the remembered state gives the same ops as a full plan would -- the
-other networks plan to nothing -- at a fraction of the cost. ``plan_incremental`` does that;
+other networks plan to nothing -- at a fraction of the cost; within them, only the local
+endpoints that changed get their veths, guards and sides planned (``changed_locals``), so a new
+endpoint does not re-check its neighbours'. ``plan_incremental`` does that;
 ``controller/dataplane/incremental.py`` decides when it may be used, and falls back to a full
 observation whenever the result is not made of *entry ops* alone.
 
@@ -16,14 +18,14 @@ them to a ``KernelState`` exactly as the next observation would report them. Lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.kernel_state import FdbEntry, KernelState, NeighEntry, PortFdbEntry
 from controller.model.naming import bridge_name, veth_host_name, veth_peer_name, vxlan_name
-from controller.model.view import HostView, NetworkView, changed_networks
+from controller.model.view import HostView, NetworkView, changed_locals, changed_networks
 from controller.plan.filters import plan_filters
 from controller.plan.kernel import gateways_of, plan_kernel
 from controller.plan.kernel_ops import (
@@ -50,24 +52,22 @@ __all__ = [
 V = TypeVar("V")
 
 
-def _link_names(nv: NetworkView) -> set[str]:
-    vni = nv.network.vni
-    names = {bridge_name(vni), vxlan_name(vni)}
-    for ep in nv.local:
-        names.update((veth_host_name(ep.network, ep.id), veth_peer_name(ep.network, ep.id)))
-    return names
-
-
-def _restrict(state: KernelState, nvs: Iterable[NetworkView]) -> KernelState:
+def _restrict(
+    state: KernelState, nvs: Iterable[NetworkView], only: Collection[tuple[str, str]]
+) -> KernelState:
     """The part of ``state`` that belongs to the networks ``nvs`` (links by name, the entries
-    of their devices, their endpoints' sides, their ports' guards), without table ``inet
-    heddle``."""
+    of their devices, their ports' guards) and of their local endpoints to ``only`` (veths,
+    sides), without table ``inet heddle``."""
     nvs = list(nvs)
     links: set[str] = set()
     sides: set[tuple[str, str]] = set()
     for nv in nvs:
-        links |= _link_names(nv)
-        sides |= {(ep.netns, ep.ifname) for ep in nv.local if ep.netns is not None}
+        links |= {bridge_name(nv.network.vni), vxlan_name(nv.network.vni)}
+        for ep in nv.local:
+            if (ep.network, ep.id) in only:
+                links |= {veth_host_name(ep.network, ep.id), veth_peer_name(ep.network, ep.id)}
+                if ep.netns is not None:
+                    sides.add((ep.netns, ep.ifname))
 
     return KernelState(
         links=_pick(state.links, links),
@@ -91,8 +91,9 @@ def plan_incremental(
     """The ops that turn ``state`` -- the kernel as the successful realisation of ``last``
     left it -- into ``view``, planning only the networks that changed; ``None`` when the
     host changed (plan in full). Equal to ``plan_kernel(view, state)`` up to the order of
-    independent ops, provided the unchanged networks are as ``last`` asked (the invariant
-    after a successful pass, drift aside: drift is the full resync's job). Deterministic."""
+    independent ops, provided the unchanged networks and local endpoints are as ``last`` asked
+    (the invariant after a successful pass, drift aside: drift is the full resync's job).
+    Deterministic."""
     names = changed_networks(last, view)
     if names is None:
         return None
@@ -104,10 +105,12 @@ def plan_incremental(
         return (*first, *late)
     old = [nv for nv in last.networks if nv.network.name in names]
     new = tuple(nv for nv in view.networks if nv.network.name in names)
-    part = _restrict(state, (*old, *new))
+    only = changed_locals(old, new)
+    part = _restrict(state, (*old, *new), only)
     ops = plan_kernel(
-        HostView(view.host, new), part, filters=False, gateways=gateways, guards=filters
-    )
+        HostView(view.host, new), part, filters=False, gateways=gateways, guards=filters,
+        only=only,
+    )  # fmt: skip
     first, late = plan_filters(view, state, gateways) if filters else ([], [])
     return (*first, *ops, *late)
 

@@ -15,9 +15,9 @@ container's port does not wait for a read of every OVSDB row, flow and link. ``p
 ``plan_ovs`` on the part of the host that belongs to the networks that changed (their ports,
 links and flows; the bridges, the underlay and the fixed flows as they are; of the endpoints,
 only those that changed), so a new endpoint costs the same on a host with 10 other networks as
-with 1,000: they would plan to nothing. Those ops are not ``known`` (OVSDB picks ofports, the kernel picks indexes), so the
-pass after them observes in full (``controller/dataplane/incremental.py`` decides), off the
-container's critical path.
+with 1,000: they would plan to nothing. Those ops are not ``known`` (OVSDB picks ofports, the
+kernel picks indexes), so the pass after them observes in full
+(``controller/dataplane/incremental.py`` decides), off the container's critical path.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from controller.model.kernel_events import Sighting, agrees
 from controller.model.naming import veth_host_name, veth_peer_name
 from controller.model.ovs_state import OvsState
 from controller.model.records import Host
-from controller.model.view import HostView, NetworkView, changed_networks
+from controller.model.view import HostView, NetworkView, changed_locals, changed_networks
 from controller.plan.flows import EndpointKey, render_flows, render_network_flows
 from controller.plan.ovs import plan_ovs, vteps_to_resolve
 from controller.plan.ovs_ops import ModFlows, OvsOp
@@ -118,7 +118,7 @@ def plan_local(
     flows = set(fixed)
     for nv in old:
         flows.update(_flows(nv, ofports, memo))
-    only = _changed_locals(old, new)
+    only = changed_locals(old, new)
     links = state.kernel.links
     names_of = (f(net, ep) for net, ep in only for f in (veth_host_name, veth_peer_name))
     part = replace(
@@ -151,24 +151,6 @@ def _fixed_flows(host: Host) -> tuple[Flow, ...]:
     """The flows of the integration bridge that belong to no network (``render_flows`` of no
     network: they depend on nothing that changes)."""
     return render_flows(HostView(host, ()), {}, TUNNEL_OFPORT)
-
-
-def _changed_locals(old: Sequence[NetworkView], new: Sequence[NetworkView]) -> set[EndpointKey]:
-    """The local endpoints whose veth, port or side may change from ``old`` to ``new``: every
-    one of a network whose record or MTU changed (or that came or went), else those added,
-    removed or changed."""
-    before = {nv.network.name: nv for nv in old}
-    after = {nv.network.name: nv for nv in new}
-    out: set[EndpointKey] = set()
-    for name in before.keys() | after.keys():
-        a, b = before.get(name), after.get(name)
-        eps_a = {(ep.network, ep.id): ep for ep in a.local} if a is not None else {}
-        eps_b = {(ep.network, ep.id): ep for ep in b.local} if b is not None else {}
-        if a is None or b is None or (a.network, a.mtu) != (b.network, b.mtu):
-            out |= eps_a.keys() | eps_b.keys()
-        else:
-            out |= {k for k in eps_a.keys() | eps_b.keys() if eps_a.get(k) != eps_b.get(k)}
-    return out
 
 
 def _flows(nv: NetworkView, ofports: Mapping[EndpointKey, int], memo: Rendered) -> tuple[Flow, ...]:

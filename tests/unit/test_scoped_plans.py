@@ -1,16 +1,22 @@
-"""``plan_local`` (controller/plan/ovs_incremental.py): a local endpoint's pass on the ovs
-backend plans only the networks and endpoints that changed, and returns exactly what the full
-planner (``plan_ovs``) returns from the same exact state. FakeOvs; no root."""
+"""Scoped plans from the remembered state: a pass plans only the networks and the local
+endpoints that changed (``plan_local``, controller/plan/ovs_incremental.py; ``plan_incremental``,
+controller/plan/kernel_incremental.py), and returns what the full planner returns from the same
+exact state (ovs: the same ops in the same order; kernel: up to the order of independent ops).
+Fakes; no root."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_incremental import STEP, OvsWorld
+from test_incremental import STEP, OvsWorld, World
 
+from controller.model.kernel_state import KernelState
 from controller.model.naming import veth_host_name
 from controller.model.ovs_state import OvsState
 from controller.model.view import HostView
+from controller.plan.kernel import plan_kernel
+from controller.plan.kernel_incremental import plan_incremental
+from controller.plan.kernel_ops import EnsureVeth, GuardPort
 from controller.plan.ovs import plan_ovs
 from controller.plan.ovs_incremental import plan_local
 from controller.plan.ovs_ops import EnsureOvsPort, EnsurePortVeth
@@ -71,3 +77,55 @@ def test_a_new_endpoint_does_not_look_at_the_other_endpoints() -> None:
     assert sum(isinstance(op, EnsureOvsPort) for op in local) == 1
     full = plan_ovs(w.ovs.layout, view, state)
     assert sum(isinstance(op, EnsurePortVeth) for op in full) == 2
+
+
+# -- the kernel backend ------------------------------------------------------------------------
+
+
+def _settle_kernel(w: World) -> tuple[HostView, KernelState]:
+    view = w.view()
+    for _ in range(3):
+        ops = plan_kernel(view, w.fake.observe(view))
+        if not ops:
+            return view, w.fake.observe(view)
+        w.fake.apply(ops)
+    raise AssertionError("the full planner did not converge in three passes")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(LOCAL_STEP, min_size=1, max_size=3), min_size=1, max_size=15))
+def test_a_kernel_incremental_plan_is_the_full_plan(rounds: list[list[tuple]]) -> None:  # type: ignore[type-arg]
+    """The kernel's incremental plan, its local endpoints scoped to those that changed, holds
+    the full plan's ops (their order differs only between independent ops)."""
+    w = World()
+    for net in range(3):
+        w.put(net, 0, 9)
+    last, state = _settle_kernel(w)
+    for steps in rounds:
+        for step in steps:
+            w.step(*step)
+        view = w.view()
+        got = plan_incremental(last, view, state)
+        if got is not None:
+            assert sorted(map(repr, got)) == sorted(map(repr, plan_kernel(view, state))), steps
+        last, state = _settle_kernel(w)
+
+
+def test_a_new_kernel_endpoint_does_not_look_at_its_neighbours() -> None:
+    """A neighbour's veth changed behind our back (drift): the incremental plan for a new
+    endpoint in the same network builds the new one only; the full plan both."""
+    w = World()
+    for n in (9, 10):
+        w.put(0, 0, n)
+    last, state = _settle_kernel(w)
+    w.fake.set_mtu(veth_host_name("n0", "e9"), 1280)
+    state = w.fake.observe(last)
+    w.put(0, 0, 11)
+    view = w.view()
+    got = plan_incremental(last, view, state)
+    assert got is not None
+    assert [op.host_name for op in got if isinstance(op, EnsureVeth)] == [
+        veth_host_name("n0", "e11")
+    ]
+    assert [op.port for op in got if isinstance(op, GuardPort)] == [veth_host_name("n0", "e11")]
+    assert sum(isinstance(op, EnsureVeth) for op in plan_kernel(view, state)) == 2
