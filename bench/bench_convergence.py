@@ -23,7 +23,8 @@ Where the time goes: every agent logs, per pass, how long its event waited (``wa
 when the pass had observed, planned and finished each kind of op (``stages=``, see
 ``controller/reconcile/loop.py``). The bench reads the two agents' logs after the run and
 prints, per stage, its time after the write (p50, p99): the new endpoint's host (event, pass
-start, observed, veth created, address/route/link up, apply done) and the peer's host h1
+start, view built, observed -- which for a pass planned from the remembered state includes
+its plan --, veth created, address/route/link up, apply done) and the peer's host h1
 (event, pass start, FDB and neighbour entries in place, announcement sent, pass done), then
 the first reply.
 Agent log lines carry wall-clock milliseconds, so stages are good to about 1 ms.
@@ -118,7 +119,8 @@ def passes_of(log: Path) -> list[dict[str, object]]:
 
 
 LOCAL_STAGES = (
-    ("event", "event"), ("pass started", "start"), ("observed", "observe"),
+    ("event", "event"), ("pass started", "start"), ("view built", "view"),
+    ("observed (and planned, if from memory)", "observe"),
     ("veth created", "EnsureVeth"), ("veth created", "EnsurePortVeth"),
     ("port guarded", "GuardPort"), ("OVS port written", "EnsureOvsPort"),
     ("address, route, link up", "ConfigureEndpoint"),
