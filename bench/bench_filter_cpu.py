@@ -42,14 +42,11 @@ from collections import Counter
 from pathlib import Path
 
 from bench_dataplane import iperf
-from bench_filters import MGMT, PREFIX, UNDERLAY, put_tables, tables_of
-from bench_hostile import warm_network
+from bench_filters import filters_lab, put_tables, tables_of
 
-from controller.desired import DesiredState
-from controller.lab.scenario import Placed, Scenario
+from controller.lab.scenario import Placed
 from controller.lab.topology import Lab
 from controller.output import table
-from controller.store.etcd import EtcdKV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HOOKS = ("inet input", "netdev ingress", "bridge", "other")
@@ -130,29 +127,18 @@ def main() -> int:
         print("bench_filter_cpu: needs perf (Debian: apt-get install linux-perf); skipped")
         return 0
     runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
-        lab = Lab(Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
-        lab.up(hosts=3, backend="kernel")
-        kv = EtcdKV([lab.etcd_url])
+    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp, filters_lab() as lab_etc:
+        lab, _sc, _peer, a, b = lab_etc
+        specs = tables_of(lab)
+        for h in lab.hosts:
+            lab.stop_agent(h.name)
         try:
-            sc = Scenario(lab, DesiredState(kv))
-            warm_network(sc, "hbf", 6301)
-            a = sc.endpoint("hbf", "h1", "ta", ip="10.50.254.1")
-            b = sc.endpoint("hbf", "h2", "tb", ip="10.50.254.2")
-            sc.converge()
-            specs = tables_of(lab)
-            for h in lab.hosts:
-                lab.stop_agent(h.name)
-            try:
-                for i in range(args.rounds):
-                    for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                        put_tables(lab, specs if mode == "on" else None)
-                        runs[mode].append(profiled_run(lab, a, b, args.seconds, Path(tmp)))
-            finally:
-                put_tables(lab, specs)
+            for i in range(args.rounds):
+                for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                    put_tables(lab, specs if mode == "on" else None)
+                    runs[mode].append(profiled_run(lab, a, b, args.seconds, Path(tmp)))
         finally:
-            kv.close()
-            lab.down()
+            put_tables(lab, specs)
     med = {
         mode: {k: statistics.median(r[k] for r in rs) for k in ("gbps", *HOOKS)}
         for mode, rs in runs.items()

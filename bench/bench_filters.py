@@ -24,12 +24,14 @@ Prints a table and writes bench/results/filters-<time>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench_convergence import percentile
@@ -55,6 +57,27 @@ from controller.store.etcd import EtcdKV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX, MGMT, UNDERLAY = "hbf", "172.31.212.0/24", "172.31.211.0/24"
+
+
+@contextlib.contextmanager
+def filters_lab() -> Iterator[tuple[Lab, Scenario, str, Placed, Placed]]:
+    """This bench's 3-host kernel lab: network ``hbf`` warmed (``bench_hostile.warm_network``)
+    and endpoints ``ta`` on h1 and ``tb`` on h2 converged; yields (lab, scenario, the warm
+    peer's namespace, ta, tb) and removes everything afterwards, even on error."""
+    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
+        lab = Lab(Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
+        lab.up(hosts=3, backend="kernel")
+        kv = EtcdKV([lab.etcd_url])
+        try:
+            sc = Scenario(lab, DesiredState(kv))
+            peer_ns = warm_network(sc, "hbf", 6301)
+            a = sc.endpoint("hbf", "h1", "ta", ip="10.50.254.1")
+            b = sc.endpoint("hbf", "h2", "tb", ip="10.50.254.2")
+            sc.converge()
+            yield lab, sc, peer_ns, a, b
+        finally:
+            kv.close()
+            lab.down()
 
 
 def set_filters(lab: Lab, on: bool) -> None:
@@ -184,28 +207,16 @@ def main() -> int:
     p.add_argument("--ops", type=int, default=400)
     args = p.parse_args()
     conv: dict[str, list[float]] = {"on": [], "off": []}
-    with tempfile.TemporaryDirectory(prefix="heddle-bench-") as tmp:
-        lab = Lab(Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
-        lab.up(hosts=3, backend="kernel")
-        kv = EtcdKV([lab.etcd_url])
-        try:
-            sc = Scenario(lab, DesiredState(kv))
-            peer_ns = warm_network(sc, "hbf", 6301)
-            a = sc.endpoint("hbf", "h1", "ta", ip="10.50.254.1")
-            b = sc.endpoint("hbf", "h2", "tb", ip="10.50.254.2")
-            sc.converge()
-            cost = pass_cost(lab, "h1", args.ops)
-            pairs = throughput_pairs(lab, a, b, args.pairs, args.seconds)
-            first = 0
-            for _ in range(args.rounds):
-                for mode in ("on", "off"):
-                    set_filters(lab, mode == "on")
-                    got, _ = samples(sc, "hbf", peer_ns, first, args.samples)
-                    conv[mode] += got
-                    first += args.samples
-        finally:
-            kv.close()
-            lab.down()
+    with filters_lab() as (lab, sc, peer_ns, a, b):
+        cost = pass_cost(lab, "h1", args.ops)
+        pairs = throughput_pairs(lab, a, b, args.pairs, args.seconds)
+        first = 0
+        for _ in range(args.rounds):
+            for mode in ("on", "off"):
+                set_filters(lab, mode == "on")
+                got, _ = samples(sc, "hbf", peer_ns, first, args.samples)
+                conv[mode] += got
+                first += args.samples
     ratios = [on / off for on, off in pairs]
     low, high = bootstrap_median(ratios)
     out = {

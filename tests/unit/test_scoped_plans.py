@@ -6,6 +6,9 @@ Fakes; no root."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_incremental import STEP, OvsWorld, World
@@ -21,19 +24,34 @@ from controller.plan.ovs import plan_ovs
 from controller.plan.ovs_incremental import plan_local
 from controller.plan.ovs_ops import EnsureOvsPort, EnsurePortVeth
 
+S = TypeVar("S")
 LOCAL_PUT = st.tuples(st.just("put"), st.integers(0, 2), st.just(0), st.integers(9, 17))
 LOCAL_STEP = st.one_of(STEP, LOCAL_PUT, LOCAL_PUT)
 
 
-def _settle(w: OvsWorld) -> tuple[HostView, OvsState]:
-    """Realise the current view with the full planner; the view and an exact observation."""
-    view = w.view()
+class _Plane(Protocol[S]):
+    def observe(self, view: HostView) -> S: ...
+    def apply(self, ops: Any) -> None: ...
+
+
+def _settle(
+    view: HostView, plane: _Plane[S], plan: Callable[[HostView, S], tuple[Any, ...]]
+) -> tuple[HostView, S]:
+    """Realise ``view`` with the full planner ``plan``; the view and an exact observation."""
     for _ in range(3):
-        ops = plan_ovs(w.ovs.layout, view, w.ovs.observe(view))
+        ops = plan(view, plane.observe(view))
         if not ops:
-            return view, w.ovs.observe(view)
-        w.ovs.apply(ops)
+            return view, plane.observe(view)
+        plane.apply(ops)
     raise AssertionError("the full planner did not converge in three passes")
+
+
+def _settle_ovs(w: OvsWorld) -> tuple[HostView, OvsState]:
+    return _settle(w.view(), w.ovs, lambda v, s: plan_ovs(w.ovs.layout, v, s))
+
+
+def _settle_kernel(w: World) -> tuple[HostView, KernelState]:
+    return _settle(w.view(), w.fake, plan_kernel)
 
 
 @settings(max_examples=150, deadline=None)
@@ -44,7 +62,7 @@ def test_a_local_plan_is_the_full_plan(rounds: list[list[tuple]]) -> None:  # ty
     w = OvsWorld()
     for net in range(3):
         w.put(net, 0, 9)
-    last, state = _settle(w)
+    last, state = _settle_ovs(w)
     scoped = 0
     for steps in rounds:
         for step in steps:
@@ -54,7 +72,7 @@ def test_a_local_plan_is_the_full_plan(rounds: list[list[tuple]]) -> None:  # ty
         if got is not None:
             scoped += 1
             assert got == plan_ovs(w.ovs.layout, view, state), steps
-        last, state = _settle(w)
+        last, state = _settle_ovs(w)
     assert scoped == len(rounds)  # the host never changes here: never in full
 
 
@@ -65,7 +83,7 @@ def test_a_new_endpoint_does_not_look_at_the_other_endpoints() -> None:
     for net in range(3):
         for n in (9, 10):
             w.put(net, 0, n)
-    last, state = _settle(w)
+    last, state = _settle_ovs(w)
     w.fake.set_mtu(veth_host_name("n0", "e9"), 1280)
     state = w.ovs.observe(last)
     w.put(1, 0, 11)
@@ -80,16 +98,6 @@ def test_a_new_endpoint_does_not_look_at_the_other_endpoints() -> None:
 
 
 # -- the kernel backend ------------------------------------------------------------------------
-
-
-def _settle_kernel(w: World) -> tuple[HostView, KernelState]:
-    view = w.view()
-    for _ in range(3):
-        ops = plan_kernel(view, w.fake.observe(view))
-        if not ops:
-            return view, w.fake.observe(view)
-        w.fake.apply(ops)
-    raise AssertionError("the full planner did not converge in three passes")
 
 
 @settings(max_examples=150, deadline=None)
