@@ -141,6 +141,17 @@ def render_flows(
     the rendering of a 10,000-flow table); the result holds one flow per key.
     """
     t = _Table()
+    t.extend(fixed_flows(tunnel_ofport))
+    for nv in view.networks:
+        _render_network(t, nv, ofports, tunnel_ofport)
+    return tuple(t.flows.values())
+
+
+@functools.cache
+def fixed_flows(tunnel_ofport: int) -> tuple[Flow, ...]:
+    """The flows ``render_flows`` renders for no network: the tables' defaults, the tunnel
+    port's drop and the ICMPv6 guards and replies. Pure (computed once per port number)."""
+    t = _Table()
     t.add(T_CLASSIFY, P_DEFAULT, {}, [DROP])
     t.add(T_CLASSIFY, P_TUNNEL_DROP, {"in_port": tunnel_ofport}, [DROP])
     t.add(T_ARP, P_DEFAULT, {}, [f"goto_table:{T_L2}"])
@@ -152,8 +163,6 @@ def render_flows(
     t.add(T_ND_REPLY, P_DEFAULT, {}, [DROP])
     t.add(T_L2, P_DEFAULT, {}, [DROP])
     t.add(T_TUNNEL, P_DEFAULT, {}, [DROP])
-    for nv in view.networks:
-        _render_network(t, nv, ofports, tunnel_ofport)
     return tuple(t.flows.values())
 
 

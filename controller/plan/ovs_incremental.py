@@ -24,15 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
 
 from controller.model.flow import Flow
 from controller.model.kernel_events import Sighting, agrees
 from controller.model.naming import veth_host_name, veth_peer_name
 from controller.model.ovs_state import OvsState
-from controller.model.records import Host
 from controller.model.view import HostView, NetworkView, changed_locals, changed_networks
-from controller.plan.flows import EndpointKey, render_flows, render_network_flows
+from controller.plan.flows import EndpointKey, fixed_flows, render_network_flows
 from controller.plan.ovs import plan_ovs, vteps_to_resolve
 from controller.plan.ovs_ops import ModFlows, OvsOp
 from controller.plan.ovsdb import (
@@ -114,7 +112,7 @@ def plan_local(
     ofports = assign_ofports(HostView(last.host, old), bridge)
     # The table's part: the fixed flows and the changed networks' flows, as ``last`` had
     # them rendered (what ``plan_remote`` takes the table to hold, too).
-    fixed = _fixed_flows(last.host)
+    fixed = fixed_flows(TUNNEL_OFPORT)
     flows = set(fixed)
     for nv in old:
         flows.update(_flows(nv, ofports, memo))
@@ -144,13 +142,6 @@ def plan_local(
     ofports = assign_ofports(HostView(view.host, new), part.ovsdb.bridges[layout.bridge])
     want = (*fixed, *(f for nv in new for f in _flows(nv, ofports, memo)))
     return plan_ovs(layout, HostView(view.host, new), part, only, want)
-
-
-@cache
-def _fixed_flows(host: Host) -> tuple[Flow, ...]:
-    """The flows of the integration bridge that belong to no network (``render_flows`` of no
-    network: they depend on nothing that changes)."""
-    return render_flows(HostView(host, ()), {}, TUNNEL_OFPORT)
 
 
 def _flows(nv: NetworkView, ofports: Mapping[EndpointKey, int], memo: Rendered) -> tuple[Flow, ...]:
