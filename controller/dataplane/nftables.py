@@ -6,19 +6,17 @@ atomically, exactly as ``nft -f`` does (it is the same library). Debian's ``libn
 (a dependency of ``nftables``) provides ``libnftables.so.1``.
 
 A context talks to the netfilter of the namespace it was created in (its netlink socket is
-opened then), so ``Nft(netns)`` creates it on a short-lived thread inside ``netns``, as
-``netns_socket`` does for rtnetlink. Not thread-safe: one context per driver instance.
+opened then), so ``Nft(netns)`` creates it inside ``netns`` through ``netns_socket.in_netns``,
+as rtnetlink sockets are made. Not thread-safe: one context per driver instance.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import threading
 from typing import Any
 
-from pyroute2 import netns as pyroute2_netns
-
+from controller.dataplane.netns_socket import in_netns
 from controller.model.errors import HeddleError
 
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
@@ -63,34 +61,24 @@ class Nft:
         if self._ctx is not None:
             return self._ctx
         lib = _lib()
-        box: dict[str, Any] = {}
 
-        def make() -> None:
-            try:
-                if self.netns is not None:
-                    pyroute2_netns.setns(self.netns, flags=0)
-                ctx = lib.nft_ctx_new(0)
-                lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON)
-                lib.nft_ctx_buffer_output(ctx)
-                lib.nft_ctx_buffer_error(ctx)
-                # a first command opens the netlink socket here, inside the namespace
-                lib.nft_run_cmd_from_buffer(ctx, b'{"nftables": [{"list": {"tables": null}}]}')
-                lib.nft_ctx_get_output_buffer(ctx)
-                lib.nft_ctx_get_error_buffer(ctx)
-                box["ctx"] = ctx
-            except BaseException as exc:  # handed to the caller
-                box["error"] = exc
+        def make() -> int:
+            ctx = lib.nft_ctx_new(0)
+            lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON)
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            # a first command opens the netlink socket here, inside the namespace
+            lib.nft_run_cmd_from_buffer(ctx, b'{"nftables": [{"list": {"tables": null}}]}')
+            lib.nft_ctx_get_output_buffer(ctx)
+            lib.nft_ctx_get_error_buffer(ctx)
+            return int(ctx)
 
-        if self.netns is None:
-            make()
-        else:
-            t = threading.Thread(target=make, name=f"heddle-nft-{self.netns}", daemon=True)
-            t.start()
-            t.join()
-        if "error" in box:
-            raise NftError(f"cannot open nftables in {self.netns}: {box['error']}")
-        self._ctx = int(box["ctx"])
-        return self._ctx
+        try:
+            ctx = in_netns(self.netns, make)
+        except OSError as exc:
+            raise NftError(f"cannot open nftables in {self.netns}: {exc}") from exc
+        self._ctx = ctx
+        return ctx
 
     def run(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Run one JSON batch (atomic when it changes anything); return the ``nftables``
