@@ -22,7 +22,8 @@ from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
 from controller.model.naming import derive_mac
 from controller.model.records import Endpoint, Network, check_label, parse_subnet
 from controller.store import endpoint_ops, keys
-from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Txn
+from controller.store.host_endpoints import read_with_host_endpoints
+from controller.store.kv import KV, Compare, Delete, DeletePrefix, KeyValue, Put, Read, Txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +110,7 @@ class DesiredState:
 
     def _stored_network(self, name: str) -> _Stored:
         check_label(name, "network name")
-        kv = self._kv.get(keys.network(name))
-        if kv is None:
-            raise NotFound(f"network {brief(name)} does not exist")
-        return _Stored(codec.decode_network(kv.value), kv)
+        return _stored(name, self._kv.get(keys.network(name)))
 
     def networks(self) -> list[Network]:
         """All valid networks, sorted by name (invalid records are left out)."""
@@ -186,13 +184,22 @@ class DesiredState:
         every endpoint)."""
         check_label(host, "host")
         eid = endpoint_id if endpoint_id is not None else secrets.token_hex(6)
-        stored = self._stored_network(network)
+        on_host: tuple[KeyValue, ...] = ()
+        checked = netns is not None and container is None
+        if checked:
+            check_label(network, "network name")
+            (got,), on_host = read_with_host_endpoints(
+                self._kv, [Read(keys.network(network))], host
+            )
+            stored = _stored(network, got.items[0] if got.items else None)
+        else:
+            stored = self._stored_network(network)
         net = stored.network
         # Validate the record shape (with placeholder addresses) before any allocation.
         placeholder = tuple(next(ipam.usable_addresses(net, six)) for six in ipam.families(net))
         _endpoint(net, eid, host, placeholder, netns, ifname, container)
-        if netns is not None and container is None:
-            self._check_interface_free(host, netns, ifname)
+        if checked:
+            _check_interface_free(on_host, host, netns, ifname)
         # Host registration and id uniqueness are compares in the allocation txn itself (one
         # round trip less each); a failed txn is diagnosed afterwards.
         requested = tuple(a for a in (ip, ip6) if a is not None)
@@ -211,23 +218,6 @@ class DesiredState:
                 return ep
             raise self._endpoint_conflict(stored, ep, require_host)
         return self._allocate(stored, eid, host, netns, ifname, require_host, container)
-
-    def _check_interface_free(self, host: str, netns: str, ifname: str) -> None:
-        """Refuse a second endpoint with this host's ``netns``/``ifname`` (in any network).
-
-        A courtesy check, not a guard: two writers racing past it both succeed, and then the
-        agents keep the older record (``controller/model/conflicts.py``) and report the other.
-        One range read of the endpoints; raises ``Conflict``."""
-        for item in self._kv.list(keys.ENDPOINTS).items:
-            try:
-                other = codec.decode_endpoint(item.value)
-            except InvalidRecord:
-                continue
-            if (other.host, other.netns, other.ifname) == (host, netns, ifname):
-                raise Conflict(
-                    f"interface {ifname} in namespace {netns} on {host} is already endpoint "
-                    f"{other.network}/{other.id}"
-                )
 
     def _allocate(
         self,
@@ -344,6 +334,35 @@ class DesiredState:
         for ip in released:
             self._pools.release(network, ip)
         return ep
+
+
+def _stored(name: str, kv: KeyValue | None) -> _Stored:
+    if kv is None:
+        raise NotFound(f"network {brief(name)} does not exist")
+    return _Stored(codec.decode_network(kv.value), kv)
+
+
+def _check_interface_free(
+    records: Iterable[KeyValue], host: str, netns: str | None, ifname: str
+) -> None:
+    """Refuse a second endpoint with this host's ``netns``/``ifname`` (in any network), among
+    ``records`` (``read_with_host_endpoints``: this host's, or every endpoint).
+
+    A courtesy check, not a guard: two writers racing past it both succeed, and then the
+    agents keep the older record (``controller/model/conflicts.py``) and report the other.
+    Raises ``Conflict``."""
+    for item in records:
+        if codec.endpoint_interface(item.value) != (host, netns, ifname):
+            continue
+        try:
+            other = codec.decode_endpoint(item.value)
+        except InvalidRecord:
+            continue
+        if (other.host, other.netns, other.ifname) == (host, netns, ifname):
+            raise Conflict(
+                f"interface {ifname} in namespace {netns} on {host} is already endpoint "
+                f"{other.network}/{other.id}"
+            )
 
 
 def _endpoint(

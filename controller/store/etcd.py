@@ -44,6 +44,7 @@ from pyetcd import exceptions as etcd_exc
 
 from controller.model.errors import StoreRefused, StoreUnavailable
 from controller.store.kv import (
+    MAX_READS,
     Compacted,
     Compare,
     Delete,
@@ -52,6 +53,7 @@ from controller.store.kv import (
     KeyValue,
     Listing,
     Put,
+    Read,
     Txn,
     TxnOp,
     TxnResult,
@@ -116,6 +118,20 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"invalid etcd URL {url!r}: use http://HOST:PORT or https://HOST:PORT")
     return parts.hostname, parts.port or 2379, parts.scheme == "https"
+
+
+def _range(key: str, prefix: bool, revision: int = 0) -> Any:
+    """A range request for ``key`` (with ``prefix``: every key under it, sorted by key)."""
+    raw = key.encode()
+    if not prefix:
+        return etcdrpc.RangeRequest(key=raw, revision=revision)
+    return etcdrpc.RangeRequest(
+        key=raw or b"\0",  # "" means every key: [\0, \0) is etcd's "all keys" range
+        range_end=utils.prefix_range_end(raw) if raw else b"\0",
+        revision=revision,
+        sort_order=etcdrpc.RangeRequest.ASCEND,
+        sort_target=etcdrpc.RangeRequest.KEY,
+    )
 
 
 def _kv(m: Any) -> KeyValue:
@@ -225,7 +241,7 @@ class EtcdKV:
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
-        req = etcdrpc.RangeRequest(key=key.encode())
+        req = _range(key, False)
         resp = self._unary(f"get {key}", lambda c: c.kvstub.Range(req, c.timeout))
         return _kv(resp.kvs[0]) if resp.kvs else None
 
@@ -235,14 +251,7 @@ class EtcdKV:
         Raises ``Compacted`` if ``revision`` is older than etcd's compaction point (etcd allows
         reading at exactly the compacted revision).
         """
-        raw = prefix.encode()
-        req = etcdrpc.RangeRequest(
-            key=raw or b"\0",  # "" means every key: [\0, \0) is etcd's "all keys" range
-            range_end=utils.prefix_range_end(raw) if raw else b"\0",
-            revision=revision or 0,
-            sort_order=etcdrpc.RangeRequest.ASCEND,
-            sort_target=etcdrpc.RangeRequest.KEY,
-        )
+        req = _range(prefix, True, revision or 0)
         try:
             resp = self._unary(f"list {prefix}", lambda c: c.kvstub.Range(req, c.timeout))
         except Compacted:
@@ -250,6 +259,19 @@ class EtcdKV:
             raise Compacted((revision or 0) + 1) from None
         items = tuple(_kv(m) for m in resp.kvs)
         return Listing(items, revision if revision else resp.header.revision)
+
+    def read(self, reads: Sequence[Read]) -> tuple[Listing, ...]:
+        """One transaction of range requests: one round trip, one revision."""
+        if len(reads) > MAX_READS:
+            raise ValueError(f"{len(reads)} reads in one: at most {MAX_READS}")
+        req = etcdrpc.TxnRequest(
+            success=[etcdrpc.RequestOp(request_range=_range(r.key, r.prefix)) for r in reads]
+        )
+        resp = self._unary("read", lambda c: c.kvstub.Txn(req, c.timeout))
+        rev = int(resp.header.revision)
+        return tuple(
+            Listing(tuple(_kv(m) for m in r.response_range.kvs), rev) for r in resp.responses
+        )
 
     # -- writes -------------------------------------------------------------------------------
     @staticmethod

@@ -11,13 +11,14 @@ carries ``create_revision`` (0 when absent), ``mod_revision`` and ``version``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from controller.model.errors import HeddleError, StoreUnavailable
 
 __all__ = [
+    "MAX_READS",
     "Compacted",
     "Compare",
     "Delete",
@@ -26,6 +27,7 @@ __all__ = [
     "KeyValue",
     "Listing",
     "Put",
+    "Read",
     "StoreUnavailable",
     "Txn",
     "WatchBatch",
@@ -48,6 +50,19 @@ class Listing:
 
     items: tuple[KeyValue, ...]
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One range of ``KV.read``: the key ``key``, or with ``prefix`` every key under it."""
+
+    key: str
+    prefix: bool = False
+
+
+MAX_READS = 128
+"""The most ranges one ``KV.read`` takes: etcd's default ``--max-txn-ops`` (a read is one
+transaction of range requests). Callers with more split them, and lose the one revision."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,11 @@ class KV(Protocol):
 
     def list(self, prefix: str, revision: int | None = None) -> Listing:
         """All keys under ``prefix`` at ``revision`` (default: now), consistent with each other."""
+        ...
+
+    def read(self, reads: Sequence[Read]) -> tuple[Listing, ...]:
+        """Up to ``MAX_READS`` ranges in one round trip, all at one revision: per read, its
+        items sorted by key (at most one for a key). ``ValueError`` for more reads."""
         ...
 
     def commit(self, txn: Txn) -> TxnResult:

@@ -12,10 +12,11 @@ import builtins
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from controller.model.errors import StoreUnavailable
 from controller.store.kv import (
+    MAX_READS,
     Compacted,
     Compare,
     Delete,
@@ -23,6 +24,7 @@ from controller.store.kv import (
     KeyValue,
     Listing,
     Put,
+    Read,
     Txn,
     TxnOp,
     TxnResult,
@@ -80,6 +82,21 @@ class MemoryKV:
             if revision > self._revision:
                 raise StoreUnavailable("memory store: required revision is a future revision")
             return Listing(self._state_at(prefix, revision), revision)
+
+    def read(self, reads: Sequence[Read]) -> tuple[Listing, ...]:
+        if len(reads) > MAX_READS:
+            raise ValueError(f"{len(reads)} reads in one: at most {MAX_READS}")
+        with self._lock:
+            self._check()
+            out = []
+            for r in reads:
+                if r.prefix:
+                    items = tuple(kv for k, kv in sorted(self._data.items()) if k.startswith(r.key))
+                else:
+                    kv = self._data.get(r.key)
+                    items = (kv,) if kv is not None else ()
+                out.append(Listing(items, self._revision))
+            return tuple(out)
 
     def _state_at(self, prefix: str, revision: int) -> tuple[KeyValue, ...]:
         state: dict[str, KeyValue] = {}

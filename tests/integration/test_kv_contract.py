@@ -20,6 +20,7 @@ from controller.model.errors import StoreUnavailable
 from controller.store.etcd import EtcdKV
 from controller.store.kv import (
     KV,
+    MAX_READS,
     Compacted,
     Compare,
     Delete,
@@ -27,6 +28,7 @@ from controller.store.kv import (
     Event,
     KeyValue,
     Put,
+    Read,
     Txn,
     WatchBatch,
     WatchStream,
@@ -131,6 +133,31 @@ def test_get_and_sorted_consistent_list(store: Store) -> None:
     assert [i.key for i in listing.items] == [P + "a", P + "b"]
     assert listing.revision == kv.list("/").revision >= r3
     assert kv.list(P + "zzz").items == ()
+
+
+def test_read_many_ranges_at_one_revision(store: Store) -> None:
+    kv = store.kv
+    put(kv, P + "b", "1")
+    put(kv, P + "a/x", "2")
+    put(kv, P + "a/y", "3")
+    put(kv, P + "ab", "4")
+    got = kv.read(
+        [
+            Read(P + "b"),
+            Read(P + "missing"),
+            Read(P + "a/", prefix=True),
+            Read(P + "q/", prefix=True),
+        ]
+    )
+    assert [[i.key for i in g.items] for g in got] == [[P + "b"], [], [P + "a/x", P + "a/y"], []]
+    assert got[0].items[0] == kv.get(P + "b")
+    assert got[2].items == kv.list(P + "a/").items
+    assert len({g.revision for g in got}) == 1
+    assert got[0].revision == kv.list("/").revision
+    assert kv.read([]) == ()
+    assert len(kv.read([Read(P + "b")] * MAX_READS)) == MAX_READS
+    with pytest.raises(ValueError, match="at most"):
+        kv.read([Read(P + "b")] * (MAX_READS + 1))
 
 
 def test_list_at_past_revision(store: Store) -> None:

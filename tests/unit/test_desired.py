@@ -11,8 +11,9 @@ from controller.desired import DesiredState
 from controller.ipam import pool_size, usable_addresses
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
-from controller.model.records import Host, Network
+from controller.model.records import Endpoint, Host, Network
 from controller.store import keys
+from controller.store.kv import MAX_READS
 from controller.store.memory import MemoryKV
 
 
@@ -119,6 +120,37 @@ def test_endpoint_refusals_write_nothing(
     with pytest.raises(exc, match=needle):
         ds.create_endpoint(**args)  # type: ignore[arg-type]
     assert dump(kv) == before
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["placement-index", "no-layout-record"])
+def test_interface_check_reads_the_hosts_endpoints(kv: MemoryKV, indexed: bool) -> None:
+    """One interface of a host, one endpoint: refused in any network, among more endpoints
+    on the host than one read takes; the same interface on another host is not refused. With
+    the index, a record a rule-breaking client wrote without its placement key is not seen
+    (its agent reports the clash); without it, every record is read."""
+    if indexed:
+        kv.put_raw(keys.LAYOUT, codec.encode_layout(True))
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/16")
+    ds.create_network("green", "10.2.0.0/24")
+    for i in range(MAX_READS + 2):
+        ds.create_endpoint("blue", "h1", netns=f"c{i}")
+    ds.create_endpoint("green", "h2", netns="x")
+    before = dump(kv)
+    for network in ("blue", "green"):
+        with pytest.raises(Conflict, match=f"namespace c{MAX_READS + 1} on h1 is already"):
+            ds.create_endpoint(network, "h1", netns=f"c{MAX_READS + 1}")
+    assert dump(kv) == before
+    ds.create_endpoint("blue", "h1", netns="x")
+    stray = codec.encode_endpoint(
+        Endpoint("stray", "green", "h2", "10.2.0.77", "02:00:00:00:00:77", netns="y")
+    )
+    kv.put_raw(keys.endpoint("green", "stray"), stray)
+    if indexed:
+        assert ds.create_endpoint("blue", "h2", netns="y").netns == "y"
+    else:
+        with pytest.raises(Conflict, match="already endpoint green/stray"):
+            ds.create_endpoint("blue", "h2", netns="y")
 
 
 def test_network_rm_refuses_with_endpoints_and_force_releases(kv: MemoryKV) -> None:

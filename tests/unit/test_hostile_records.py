@@ -80,6 +80,39 @@ def test_arbitrary_json_gives_only_invalid_record(name: str, obj: Any) -> None:
     _only_invalid(DECODERS[name], json.dumps(obj).encode())
 
 
+endpoint_like = st.fixed_dictionaries(
+    {"id": st.just("e1"), "network": st.just("blue"), "host": st.sampled_from(["h1", "h2", ""]),
+     "mac": st.just("02:00:00:00:00:05"), "ip": st.just("10.1.0.5")},
+    optional={"netns": st.none() | st.sampled_from(["c1", "/run/netns/c1", "", "a b"]),
+              "ifname": st.none() | st.sampled_from(["eth0", "net1", "", "x" * 16])},
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.binary(max_size=300)
+    | (record_like | json_values | endpoint_like).map(lambda o: json.dumps(o).encode())
+)
+def test_the_interface_peek_never_raises_and_never_misses_a_valid_record(raw: bytes) -> None:
+    """``endpoint_interface`` is how a writer skips the records that cannot clash: it must
+    name the same interface as the full decode of every record the agents would accept."""
+    peek = codec.endpoint_interface(raw)
+    try:
+        ep = codec.decode_endpoint(raw)
+    except InvalidRecord:
+        return
+    assert peek == (ep.host, ep.netns, ep.ifname)
+
+
+def test_the_interface_peek_of_written_records() -> None:
+    ep = Endpoint("e1", "blue", "h1", "10.1.0.5", "02:00:00:00:00:05", netns="c1", ifname="net1")
+    assert codec.endpoint_interface(codec.encode_endpoint(ep)) == ("h1", "c1", "net1")
+    docker = replace(ep, netns=None, ifname="eth0")
+    assert codec.endpoint_interface(codec.encode_endpoint(docker)) == ("h1", None, "eth0")
+    assert codec.endpoint_interface(b"[1]") is None
+    assert codec.endpoint_interface(DEEP) is None
+
+
 @pytest.mark.parametrize("name", sorted(DECODERS))
 @pytest.mark.parametrize(
     "raw",
