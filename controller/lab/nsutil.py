@@ -17,13 +17,13 @@ import ctypes
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.dataplane.netns_socket import in_netns
 from controller.model.errors import HeddleError
 
 NETNS_DIR = Path("/run/netns")
@@ -92,32 +92,15 @@ def run_in_netns(
 
 
 def call_in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a fresh thread that has entered ``netns``; return its result or re-raise.
+    """Run ``fn`` on this thread inside ``netns`` (``controller/dataplane/netns_socket.py``:
+    the thread is back in its own namespace afterwards); return its result or re-raise.
 
     ``setns`` is per thread, and a socket keeps the namespace it was created in, so this is how
     the lab opens raw sockets in a namespace or writes ``/proc/sys/net`` there without forking.
-    The thread ends afterwards, so no other thread ever runs in the wrong namespace.
-    """
-    fd = _open_netns(netns)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            _setns(fd)
-            result.append(fn())
-        except BaseException as exc:  # re-raised in the caller
-            error.append(exc)
-
-    try:
-        t = threading.Thread(target=body, name=f"netns-{netns}", daemon=True)
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    if error:
-        raise error[0]
-    return result[0]
+    ``LabError`` if the namespace does not exist."""
+    if not netns_exists(netns):
+        raise LabError(f"network namespace {netns!r} does not exist")
+    return in_netns(netns, fn)
 
 
 def write_sysctls(netns: str | None, values: Mapping[str, str | int]) -> None:
