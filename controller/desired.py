@@ -189,7 +189,7 @@ class DesiredState:
         if checked:
             check_label(network, "network name")
             (got,), on_host = read_with_host_endpoints(
-                self._kv, [Read(keys.network(network))], host
+                self._kv, [Read(keys.network(network))], host, (netns, ifname)
             )
             stored = _stored(network, got.items[0] if got.items else None)
         else:

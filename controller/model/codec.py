@@ -110,6 +110,29 @@ def encode_endpoint(e: Endpoint) -> str:
     return _dumps(obj)
 
 
+def encode_placement(e: Endpoint) -> str:
+    """The value of ``e``'s placement key: the interface it takes on its host, so a writer
+    looking for one interface reads the host's placement keys only (README: the public
+    schema). An empty value -- what a release before this one wrote -- is always correct."""
+    return _dumps({"netns": e.netns, "ifname": e.ifname})
+
+
+def decode_placement(raw: bytes | str) -> tuple[str | None, str] | None:
+    """``(netns, ifname)`` from a placement key's value; None when it does not say (empty, as
+    older writers leave it, or not of that shape): the reader then looks at the endpoint
+    record itself. Pure; never raises."""
+    if not raw:
+        return None
+    try:
+        o = _object(raw, "placement")
+    except InvalidRecord:
+        return None
+    netns, ifname = o.get("netns"), o.get("ifname")
+    if (netns is None or isinstance(netns, str)) and isinstance(ifname, str):
+        return netns, ifname
+    return None
+
+
 def endpoint_interface(raw: bytes | str) -> tuple[object, object, object] | None:
     """The ``(host, netns, ifname)`` an endpoint record names (``ifname`` defaulted as
     ``decode_endpoint`` does), read without validating the rest: a third of a full decode's

@@ -16,15 +16,13 @@ from controller.model.records import Endpoint
 from controller.store import keys
 from controller.store.kv import Delete, Put
 
-PLACED = b""
-"""The value of a placement key: only its presence matters."""
-
 
 def put_endpoint(ep: Endpoint) -> tuple[Put, Put]:
-    """Write ``ep``'s record and its placement key (for a new endpoint, in one transaction)."""
+    """Write ``ep``'s record and its placement key, whose value names the interface it takes
+    (``codec.encode_placement``; for a new endpoint, in one transaction)."""
     return (
         Put(keys.endpoint(ep.network, ep.id), codec.encode_endpoint(ep).encode()),
-        Put(keys.placement(ep.host, ep.network, ep.id), PLACED),
+        Put(keys.placement(ep.host, ep.network, ep.id), codec.encode_placement(ep).encode()),
     )
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from controller.model import codec
 from controller.model.errors import InvalidRecord
 from controller.store import keys
-from controller.store.endpoint_ops import PLACED
 from controller.store.kv import KV, Compare, Delete, Put, Txn
 
 CHUNK = 40  # endpoints per transaction: etcd's default --max-txn-ops is 128
@@ -59,6 +58,7 @@ def _round(kv: KV) -> _Round:
     eps = kv.list(keys.ENDPOINTS)
     placed = kv.list(keys.PLACEMENT, revision=eps.revision)
     want: dict[str, tuple[str, int]] = {}  # placement key -> (endpoint key, its mod_revision)
+    value: dict[str, bytes] = {}  # placement key -> its value (the interface)
     for item in eps.items:
         try:
             ep = codec.decode_endpoint(item.value)
@@ -66,17 +66,19 @@ def _round(kv: KV) -> _Round:
             continue  # no host to index it under; agents skip it anyway
         if keys.endpoint(ep.network, ep.id) != item.key:
             continue  # stored under the wrong key: agents skip it
-        want[keys.placement(ep.host, ep.network, ep.id)] = (item.key, item.mod_revision)
+        key = keys.placement(ep.host, ep.network, ep.id)
+        want[key] = (item.key, item.mod_revision)
+        value[key] = codec.encode_placement(ep).encode()
     have = {item.key: item.mod_revision for item in placed.items}
     missing = sorted(k for k in want if k not in have)
     stale = sorted(k for k in have if k not in want)
     lost = 0
     for i in range(0, len(missing), CHUNK):
-        lost += _commit(kv, [(k, want[k], True) for k in missing[i : i + CHUNK]])
+        lost += _commit(kv, [(k, want[k], value[k]) for k in missing[i : i + CHUNK]])
     stale_guards = {k: _endpoint_key_of(k) for k in stale}
     for i in range(0, len(stale), CHUNK):
         chunk = stale[i : i + CHUNK]
-        lost += _commit(kv, [(k, (stale_guards[k], have[k]), False) for k in chunk])
+        lost += _commit(kv, [(k, (stale_guards[k], have[k]), None) for k in chunk])
     return _Round(len(missing), len(stale), len(want) - len(missing), lost)
 
 
@@ -86,21 +88,22 @@ def _endpoint_key_of(placement_key: str) -> str:
     return keys.ENDPOINTS + "/".join(tail[1:])
 
 
-def _commit(kv: KV, items: list[tuple[str, tuple[str, int], bool]]) -> int:
-    """Put (``True``) or delete placement keys in one guarded transaction; on a lost guard,
-    one by one. Returns how many were left because their endpoint changed meanwhile.
+def _commit(kv: KV, items: list[tuple[str, tuple[str, int], bytes | None]]) -> int:
+    """Put (with their value) or delete (``None``) placement keys in one guarded transaction;
+    on a lost guard, one by one. Returns how many were left because their endpoint changed
+    meanwhile.
 
     A put is guarded by its endpoint's ``mod_revision``; a delete by the placement key's own
     ``mod_revision`` and by its endpoint still being what the listing saw (absent, or another
     host's)."""
 
-    def txn(batch: list[tuple[str, tuple[str, int], bool]]) -> Txn:
+    def txn(batch: list[tuple[str, tuple[str, int], bytes | None]]) -> Txn:
         compares: list[Compare] = []
         ops: list[Put | Delete] = []
         for key, (guard_key, rev), put in batch:
-            if put:
+            if put is not None:
                 compares.append(Compare(guard_key, "mod", "=", rev))
-                ops.append(Put(key, PLACED))
+                ops.append(Put(key, put))
             else:
                 compares.append(Compare(key, "mod", "=", rev))
                 ops.append(Delete(key))
@@ -111,7 +114,7 @@ def _commit(kv: KV, items: list[tuple[str, tuple[str, int], bool]]) -> int:
     lost = 0
     for item in items:
         key, (guard_key, _rev), put = item
-        if not put:  # the endpoint may have come back meanwhile: check it
+        if put is None:  # the endpoint may have come back meanwhile: check it
             ep = kv.get(guard_key)
             if ep is not None and _host_of(ep.value) == keys.split_tail(key, keys.PLACEMENT)[0]:
                 lost += 1

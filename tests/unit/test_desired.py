@@ -5,6 +5,9 @@ The same behaviour against a real etcd is covered by tests/integration/test_cli.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import pytest
 
 from controller.desired import DesiredState
@@ -13,7 +16,7 @@ from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound
 from controller.model.records import Endpoint, Host, Network
 from controller.store import keys
-from controller.store.kv import MAX_READS
+from controller.store.kv import MAX_READS, Listing, Read
 from controller.store.memory import MemoryKV
 
 
@@ -151,6 +154,47 @@ def test_interface_check_reads_the_hosts_endpoints(kv: MemoryKV, indexed: bool) 
     else:
         with pytest.raises(Conflict, match="already endpoint green/stray"):
             ds.create_endpoint("blue", "h2", netns="y")
+
+
+class CountingKV(MemoryKV):
+    """``MemoryKV`` that counts the endpoint records read through ``read``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records_read = 0
+
+    def read(self, reads: Sequence[Read]) -> tuple[Listing, ...]:
+        self.records_read += sum(r.key.startswith(keys.ENDPOINTS) for r in reads)
+        return super().read(reads)
+
+
+def test_placement_values_spare_reading_the_records() -> None:
+    """Placement keys that name another interface cost no record read; one that names this
+    interface, or says nothing (an older writer's), has its record read, and only a record
+    that really takes the interface refuses the create."""
+    kv = CountingKV()
+    kv.put_raw(keys.host("h1"), codec.encode_host(Host("h1", "172.31.253.1")))
+    kv.put_raw(keys.LAYOUT, codec.encode_layout(True))
+    ds = DesiredState(kv)
+    ds.create_network("blue", "10.1.0.0/24")
+    for i in range(5):
+        ds.create_endpoint("blue", "h1", netns=f"c{i}")
+    ds.create_endpoint("blue", "h1")  # Docker's: no namespace
+    kv.records_read = 0
+    ds.create_endpoint("blue", "h1", netns="new")
+    assert kv.records_read == 0
+    with pytest.raises(Conflict, match="namespace c3 on h1"):
+        ds.create_endpoint("blue", "h1", netns="c3")
+    assert kv.records_read == 1
+    old = ds.create_endpoint("blue", "h1", netns="old")
+    kv.put_raw(keys.placement("h1", "blue", old.id), b"")  # as a release before this one
+    liar = keys.placement("h1", "blue", ds.endpoints("blue")[0].id)
+    kv.put_raw(liar, codec.encode_placement(replace(old, netns="free")))  # a wrong value
+    kv.records_read = 0
+    with pytest.raises(Conflict, match="namespace old on h1"):
+        ds.create_endpoint("blue", "h1", netns="old")
+    assert ds.create_endpoint("blue", "h1", netns="free").netns == "free"
+    assert kv.records_read == 3  # the older writer's key in both, the one naming "free"
 
 
 def test_network_rm_refuses_with_endpoints_and_force_releases(kv: MemoryKV) -> None:

@@ -104,6 +104,28 @@ def test_the_interface_peek_never_raises_and_never_misses_a_valid_record(raw: by
     assert peek == (ep.host, ep.netns, ep.ifname)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.binary(max_size=200)
+    | (record_like | json_values | endpoint_like).map(lambda o: json.dumps(o).encode())
+)
+def test_a_placement_value_never_raises_and_says_an_interface_or_nothing(raw: bytes) -> None:
+    says = codec.decode_placement(raw)
+    assert says is None or (
+        (says[0] is None or isinstance(says[0], str)) and isinstance(says[1], str)
+    )
+
+
+@given(
+    netns=st.none() | st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}", fullmatch=True),
+    ifname=st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True),
+)
+def test_a_placement_value_names_its_endpoints_interface(netns: str | None, ifname: str) -> None:
+    ep = Endpoint("e1", "blue", "h1", "10.1.0.5", "02:00:00:00:00:05", netns, ifname)
+    assert codec.decode_placement(codec.encode_placement(ep)) == (netns, ifname)
+    assert codec.decode_placement(b"") is None  # what older writers leave: read the record
+
+
 def test_the_interface_peek_of_written_records() -> None:
     ep = Endpoint("e1", "blue", "h1", "10.1.0.5", "02:00:00:00:00:05", netns="c1", ifname="net1")
     assert codec.endpoint_interface(codec.encode_endpoint(ep)) == ("h1", "c1", "net1")

@@ -97,8 +97,11 @@ def test_writers_put_and_remove_placement_keys(mem: MemoryKV) -> None:
     ds.create_network("blue", "10.1.0.0/24")
     a = ds.create_endpoint("blue", "h1")
     b = ds.create_endpoint("blue", "h2")
-    placed = {i.key for i in mem.list(keys.PLACEMENT).items}
-    assert placed == {keys.placement("h1", "blue", a.id), keys.placement("h2", "blue", b.id)}
+    placed = {i.key: codec.decode_placement(i.value) for i in mem.list(keys.PLACEMENT).items}
+    assert placed == {
+        keys.placement("h1", "blue", a.id): (None, "eth0"),
+        keys.placement("h2", "blue", b.id): (None, "eth0"),
+    }
     ds.remove_endpoint("blue", a.id)
     assert {i.key for i in mem.list(keys.PLACEMENT).items} == {keys.placement("h2", "blue", b.id)}
     ds.remove_network("blue", force=True)
@@ -192,6 +195,8 @@ def test_an_unindexed_store_is_followed_whole_until_upgraded_then_scoped_live(
     assert scoped_view(interest, "h1") == unscoped
     again = upgrade(mem)
     assert (again.indexed, again.removed, again.already, again.layout_written) == (0, 0, 3, False)
+    says = {codec.decode_placement(i.value) for i in mem.list(keys.PLACEMENT).items}
+    assert says == {(None, "eth0")}  # the keys it added name their endpoint's interface
 
 
 def test_a_bad_layout_record_keeps_the_unscoped_way_and_is_reported(
