@@ -7,7 +7,8 @@ per ``heddle endpoint create`` (``bench/bench_endpoint_create.py``: 46 ms at 2,0
 178 ms at 10,000). Now it reads ``placement/<host>/`` (``controller/store/keys.py``) in the round
 trip the writer makes anyway. A placement key's value names its endpoint's interface
 (``codec.decode_placement``), so only the records whose key names this interface, or says
-nothing (written by an older release), are read: none in the common case.
+nothing (written by an older release), are read: none in the common case (5.6 ms at 2,000
+endpoints, 4.6 ms at 10,000, with a few hundred on the host).
 
 Pure reads: nothing here writes, and nothing is cached.
 """
