@@ -14,6 +14,7 @@ written with every endpoint by ``controller/store/endpoint_ops.py``) it watches:
   decides which network owns the VNI (``controller/model/conflicts.py``).
 
 So an endpoint change in a network with no endpoint on this host never reaches this agent.
+The layout record and the placement keys are mirrored by ``controller/store/index_mirrors.py``.
 
 Upgrade in place. A store written by an older release has no placement keys. The agent reads
 ``/heddle/v1/layout`` first (one more watch): until it says ``{"placement": true}`` (written by
@@ -43,7 +44,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from controller.model import codec
 from controller.model.conflicts import (
     NetworkResolved,
     NetworksDecided,
@@ -52,12 +52,13 @@ from controller.model.conflicts import (
     resolve_apart,
     resolve_network,
 )
-from controller.model.errors import InvalidRecord, clip
-from controller.model.records import Endpoint, Host, Network, check_label
+from controller.model.errors import clip
+from controller.model.records import Endpoint, Host, Network
 from controller.model.view import Snapshot
 from controller.store import keys
 from controller.store.cache import Cache, Contents
-from controller.store.kv import KV, Listing, WatchBatch
+from controller.store.index_mirrors import LayoutMirror, PlacementMirror
+from controller.store.kv import KV
 from controller.store.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -86,110 +87,6 @@ def newest_followed(items: Iterable[tuple[str, int]], host: str) -> int:
     return max(
         (rev for key, rev in pairs if key.startswith((*CLUSTER_PREFIXES, *followed))), default=0
     )
-
-
-class LayoutMirror:
-    """Mirror of ``/heddle/v1/layout``: whether the placement index is complete.
-
-    A record that does not decode reads as "not indexed" (the safe, unscoped way) and is kept
-    in ``error`` for the agent's problems. Keys that merely start with the layout key are
-    ignored (a prefix watch sees them too)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._revision = 0
-        self.placement = False
-        self.error: str | None = None
-
-    @property
-    def revision(self) -> int:
-        with self._lock:
-            return self._revision
-
-    def _set(self, value: bytes | None) -> bool:
-        before = (self.placement, self.error)
-        self.error = None
-        self.placement = False
-        if value is not None:
-            try:
-                self.placement = codec.decode_layout(value)
-            except InvalidRecord as exc:
-                self.error = f"{keys.LAYOUT}: {exc}"
-        return (self.placement, self.error) != before
-
-    def apply(self, batch: WatchBatch) -> bool:
-        with self._lock:
-            changed = False
-            for ev in batch.events:
-                if ev.kv.key == keys.LAYOUT and ev.kv.mod_revision > self._revision:
-                    changed |= self._set(ev.kv.value if ev.kind == "put" else None)
-            self._revision = max(self._revision, batch.revision)
-            return changed
-
-    def replace_all(self, listing: Listing) -> bool:
-        with self._lock:
-            found = [kv.value for kv in listing.items if kv.key == keys.LAYOUT]
-            self._revision = listing.revision
-            return self._set(found[0] if found else None)
-
-
-class PlacementMirror:
-    """Mirror of ``placement/<host>/``: the networks with at least one endpoint on the host.
-
-    Keys that are not ``placement/<host>/<network>/<id>`` with a valid network name are ignored
-    (no endpoint of such a name can exist, so they cannot hide one)."""
-
-    def __init__(self, host: str) -> None:
-        self._prefix = keys.placement_of(host)
-        self._lock = threading.Lock()
-        self._revision = 0
-        self._keys: dict[str, str] = {}  # placement key -> network
-
-    @property
-    def revision(self) -> int:
-        with self._lock:
-            return self._revision
-
-    def networks(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._keys.values())
-
-    def _network(self, key: str) -> str | None:
-        parts = keys.split_tail(key, self._prefix)
-        if len(parts) != 2 or not parts[1]:
-            return None
-        try:
-            check_label(parts[0], "network")
-        except InvalidRecord:
-            return None
-        return parts[0]
-
-    def _put(self, key: str) -> None:
-        net = self._network(key)
-        if net is not None:
-            self._keys[key] = net
-
-    def apply(self, batch: WatchBatch) -> bool:
-        with self._lock:
-            before = frozenset(self._keys.values())
-            for ev in batch.events:
-                if ev.kv.mod_revision <= self._revision:
-                    continue
-                if ev.kind == "put":
-                    self._put(ev.kv.key)
-                else:
-                    self._keys.pop(ev.kv.key, None)
-            self._revision = max(self._revision, batch.revision)
-            return frozenset(self._keys.values()) != before
-
-    def replace_all(self, listing: Listing) -> bool:
-        with self._lock:
-            before = frozenset(self._keys.values())
-            self._keys.clear()
-            for kv in listing.items:
-                self._put(kv.key)
-            self._revision = listing.revision
-            return frozenset(self._keys.values()) != before
 
 
 class _Followed:
