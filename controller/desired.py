@@ -179,9 +179,10 @@ class DesiredState:
         """Allocate an address of each family of the network (the lowest free ones, or ``ip``
         and ``ip6``: all of its families or none) and write the endpoint and its IPAM keys in
         one transaction. ``Exhausted`` when a pool is full; ``Conflict`` when an address or
-        ``endpoint_id`` is taken. ``container``: a CNI runtime's container id (its namespace
-        is the runtime's own, so the courtesy check of the interface is skipped: it reads
-        every endpoint)."""
+        ``endpoint_id`` is taken, or (``netns`` given) when the host already has an endpoint
+        on that interface: a courtesy check, through the host's placement keys, read in the
+        round trip that reads the network. ``container``: a CNI runtime's container id (its
+        namespace is the runtime's own, so that check is skipped)."""
         check_label(host, "host")
         eid = endpoint_id if endpoint_id is not None else secrets.token_hex(6)
         on_host: tuple[KeyValue, ...] = ()
