@@ -178,7 +178,7 @@ def test_placement_values_spare_reading_the_records() -> None:
     ds = DesiredState(kv)
     ds.create_network("blue", "10.1.0.0/24")
     for i in range(5):
-        ds.create_endpoint("blue", "h1", netns=f"c{i}")
+        ds.create_endpoint("blue", "h1", netns=f"c{i}", endpoint_id=f"e{i}")
     ds.create_endpoint("blue", "h1")  # Docker's: no namespace
     kv.records_read = 0
     ds.create_endpoint("blue", "h1", netns="new")
@@ -186,9 +186,9 @@ def test_placement_values_spare_reading_the_records() -> None:
     with pytest.raises(Conflict, match="namespace c3 on h1"):
         ds.create_endpoint("blue", "h1", netns="c3")
     assert kv.records_read == 1
-    old = ds.create_endpoint("blue", "h1", netns="old")
+    old = ds.create_endpoint("blue", "h1", netns="old", endpoint_id="old")
     kv.put_raw(keys.placement("h1", "blue", old.id), b"")  # as a release before this one
-    liar = keys.placement("h1", "blue", ds.endpoints("blue")[0].id)
+    liar = keys.placement("h1", "blue", "e0")
     kv.put_raw(liar, codec.encode_placement(replace(old, netns="free")))  # a wrong value
     kv.records_read = 0
     with pytest.raises(Conflict, match="namespace old on h1"):
