@@ -85,12 +85,13 @@ def test_host_record_changed_by_someone_else_is_put_back(etcd_kv: EtcdKV) -> Non
             got = etcd_kv.get(keys.host(HOST.name))
             return got is not None and codec.decode_host(got.value) == HOST
 
-        wait_for(restored, 3)  # within one refresh (ttl/3)
+        # within one refresh (ttl/3); the count and the notice follow the put: wait for all
+        wait_for(lambda: restored() and "192.0.2.99" in "".join(m.notices()), 3)
         assert m.restored == 1
         (notice,) = m.notices()
         assert "restored 1 time" in notice and "192.0.2.99" in notice
         etcd_kv.commit(Txn(success=(Delete(keys.host(HOST.name)),)))  # deleted: put back too
-        wait_for(restored, 3)
-        assert m.restored == 2 and "deleted" in m.notices()[0]
+        wait_for(lambda: restored() and "deleted" in "".join(m.notices()), 3)
+        assert m.restored == 2
     finally:
         m.stop()
