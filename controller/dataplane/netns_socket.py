@@ -26,7 +26,9 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move this thread into the network namespace open as ``fd``. Only a ctypes call: safe
+    between ``fork`` and ``exec`` (``controller/lab/nsutil.py``). Raises ``OSError``."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
@@ -50,7 +52,7 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target)
+            setns(target)
             try:
                 return fn()
             finally:
@@ -63,7 +65,7 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
 
 def _go_home(home: int) -> None:
     try:
-        _setns(home)
+        setns(home)
     except OSError as exc:  # cannot happen short of the kernel refusing our own namespace
         os.write(2, f"heddle: cannot return to this thread's network namespace: {exc}\n".encode())
         os._exit(70)

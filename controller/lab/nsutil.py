@@ -13,7 +13,6 @@ ever finds a process by name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.dataplane.netns_socket import in_netns
+from controller.dataplane.netns_socket import in_netns, setns
 from controller.model.errors import HeddleError
 
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
@@ -43,12 +40,6 @@ def netns_path(name: str) -> Path:
 
 def netns_exists(name: str) -> bool:
     return netns_path(name).exists()
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def _open_netns(name: str) -> int:
@@ -69,7 +60,7 @@ def popen_in_netns(
         return subprocess.Popen(list(argv), **kwargs)
     fd = _open_netns(netns)
     try:
-        return subprocess.Popen(list(argv), preexec_fn=lambda: _setns(fd), **kwargs)
+        return subprocess.Popen(list(argv), preexec_fn=lambda: setns(fd), **kwargs)
     finally:
         os.close(fd)
 
