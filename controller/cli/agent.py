@@ -11,6 +11,7 @@ host shows as not alive) and the data plane is left as it is.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -160,8 +161,11 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def install_signals(self) -> None:
-        """SIGTERM/SIGINT stop the agent (main thread only)."""
+        """SIGTERM/SIGINT stop the agent; SIGUSR1 writes every thread's stack to stderr (the
+        journal) and the agent goes on: what an operator needs to see where a stuck agent
+        waits. Main thread only."""
         agent_pid = os.getpid()
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
         def on_signal(signum: int, _frame: object) -> None:
             if os.getpid() != agent_pid:  # a short-lived child (pyroute2's netns helper)

@@ -9,6 +9,7 @@ Agents resync only every 60 s here, so a broken hop stays broken while the trace
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.nsutil import run_in_netns
+from controller.lab.nsutil import run_in_netns, send_signal
 from controller.lab.prometheus import Prometheus
 from controller.lab.scenario import Placed, Scenario
 from controller.lab.topology import Lab, child_env
@@ -92,6 +93,26 @@ def test_health_endpoints_answer_on_every_agent(lab: Lab) -> None:
         for path in ("/healthz", "/readyz"):
             with urllib.request.urlopen(f"http://{lab.metrics_address(h.name)}{path}") as r:
                 assert r.status == 200, (h.name, path)
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_agent_goes_on(lab: Lab) -> None:
+    """What an operator sends a stuck agent: the stacks land in its log (the journal under
+    systemd) and the agent keeps running and answering."""
+    import urllib.request
+
+    ref = lab.host("h1").agent
+    assert ref is not None
+    log = lab.agent_log("h1")
+    mark = len(log.read_bytes())
+    assert send_signal(ref, signal.SIGUSR1)
+    wait_for("the stacks in the log", lambda: b"reconcile/loop.py" in log.read_bytes()[mark:], 5.0)
+    dump = log.read_bytes()[mark:].decode(errors="replace")
+    # every thread: the reconciler's, membership's keepalive, the main thread waiting to stop
+    for where in ("reconcile/loop.py", "controller/membership.py", "controller/cli/agent.py"):
+        assert where in dump, dump[-3000:]
+    assert lab.agent_running("h1")
+    with urllib.request.urlopen(f"http://{lab.metrics_address('h1')}/healthz") as r:
+        assert r.status == 200
 
 
 # -- heddle status ----------------------------------------------------------------------------
