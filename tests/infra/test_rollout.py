@@ -170,9 +170,10 @@ def test_every_host_alive_in_etcd(rollout: Rollout) -> None:
         if all(rows.get(n, {}).get("alive") for n in HOSTS) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    missing = [n for n in HOSTS if not rows.get(n, {}).get("alive")]
+    assert not missing, f"{rows}\n{_agent_diagnosis(rollout, missing)}"
     assert sorted(rows) == list(HOSTS), rows
     for i, name in enumerate(HOSTS, start=11):
-        assert rows[name]["alive"], rows[name]
         assert rows[name]["vtep"] == f"{UNDERLAY}.{i}"
         assert rows[name]["backend"] == rollout.scenario.backend
 
@@ -303,6 +304,24 @@ def test_config_change_restarts_only_the_agent(rollout: Rollout) -> None:
             lambda n=n: host(rollout, n).run(f'python3 -c "{probe}"').stdout.strip() == "200",
             f"{n}: the agent's /healthz on the address the role configured",
         )
+
+
+def _agent_diagnosis(rollout: Rollout, hosts: list[str]) -> str:
+    """Why an agent never showed up: every thread's stack (SIGUSR1) and its log, and what the
+    host's kernel knows of the way to etcd."""
+    cmds = [
+        "journalctl -u heddle-agent --no-pager -n 150",
+        "systemctl kill -s USR1 heddle-agent; sleep 1; journalctl -u heddle-agent --no-pager "
+        "-o cat -n 600 | sed -n '/Sent signal SIGUSR1/,$p'",
+        "ip -br address; ip route; ip neigh",
+        "ss -tnp",
+    ]
+    out = []
+    for h in hosts:
+        for cmd in cmds:
+            res = rollout.lab.ssh(h, cmd, check=False, timeout=20)
+            out.append(f"--- {h}: {cmd}\n{res.stdout}{res.stderr}")
+    return "\n".join(out)
 
 
 def _wait(ok: Any, what: str, timeout: float = 20, diagnose: Any = None) -> None:
