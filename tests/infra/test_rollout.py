@@ -14,6 +14,7 @@ import json
 import subprocess
 import time
 import tomllib
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -316,6 +317,11 @@ def _agent_diagnosis(rollout: Rollout, hosts: list[str]) -> str:
         "ip -br address; ip route; ip neigh",
         "ss -tnp",
     ]
+    return _run_on(rollout, hosts, cmds)
+
+
+def _run_on(rollout: Rollout, hosts: Sequence[str], cmds: Sequence[str]) -> str:
+    """Every command on every host, output under a header each: a failure message's body."""
     out = []
     for h in hosts:
         for cmd in cmds:
@@ -365,12 +371,7 @@ def _data_plane(rollout: Rollout, hosts: tuple[str, ...]) -> str:
         ]
     else:
         cmds += ["bridge fdb show", "ip neigh"]
-    out = []
-    for h in hosts:
-        for cmd in cmds:
-            res = rollout.lab.ssh(h, cmd, check=False, timeout=15)
-            out.append(f"--- {h}: {cmd}\n{res.stdout}{res.stderr}")
-    return "\n".join(out)
+    return _run_on(rollout, hosts, cmds)
 
 
 def test_a_host_identity_is_refused_another_hosts_records(rollout: Rollout) -> None:
