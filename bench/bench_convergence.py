@@ -135,7 +135,7 @@ PEER_STAGES = (
 
 def breakdown(lab: Lab, samples: list[dict[str, object]]) -> dict[str, list[float]]:
     """Per stage (see the module docstring): ms after the write, one value per sample."""
-    logs = {h.name: passes_of(lab.agent_log(h.name)) for h in lab.hosts}
+    logs = {h.name: passes_of(lab.agents.log(h.name)) for h in lab.hosts}
     out: dict[str, list[float]] = {}
 
     def first_after(host: str, t0: float) -> dict[str, object] | None:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from controller.desired import DesiredState
-from controller.lab.nsutil import run_in_netns
+from controller.lab.nsutil import child_env, run_in_netns
 from controller.lab.pinger import PingResult, parse_result
 from controller.lab.probes import wait_ping
 from controller.lab.scenario import Scenario
-from controller.lab.topology import Lab, child_env
+from controller.lab.topology import Lab
 from controller.output import table
 from controller.store.etcd import EtcdKV
 
@@ -84,9 +84,9 @@ def restart_loss(lab: Lab, src_ns: str, dst_ip: str) -> tuple[PingResult, list[i
     try:
         time.sleep(1.0)
         for host in ("h1", "h2"):
-            lab.kill_agent(host, signal.SIGKILL)
+            lab.agents.kill(host, signal.SIGKILL)
             time.sleep(0.5)
-            pids.append(lab.start_agent(host, wait=True))
+            pids.append(lab.agents.start(host, wait=True))
         out, err = proc.communicate(timeout=40)
     finally:
         if proc.poll() is None:

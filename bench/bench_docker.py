@@ -47,8 +47,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controller.lab.docker import IMAGE, DockerLab, PluginLab
+from controller.lab.docker import IMAGE, DockerLab
 from controller.lab.docker_engine import ENGINES
+from controller.lab.topology import Lab
 from controller.plugin import api
 from controller.plugin.routes import Route
 from controller.plugin.server import PluginServer
@@ -222,11 +223,9 @@ def _engine_cases(engine: str, runs: int, join_samples: int) -> dict[str, dict[s
     """The cold and warm cases on a fresh 2-host lab running ``engine``; None to skip."""
     cases: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        lab = PluginLab(
-            Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY
-        )
+        lab = Lab(Path(tmp) / "lab", prefix=PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
         dl = DockerLab(lab, engine=engine)
-        lab.plugin_socket = dl.plugin_socket
+        lab.agents.plugin_socket = dl.plugin_socket
         floor_plugin: FloorPlugin | None = None
         floor_server: PluginServer | None = None
         try:
@@ -250,7 +249,7 @@ def _engine_cases(engine: str, runs: int, join_samples: int) -> dict[str, dict[s
             dl.docker("h2", "run", "-d", "--name", "peer", "--network", NETWORK, *sleeper)
             for net in ("none", FLOOR, NETWORK) * 2:  # warm-up: image, page cache
                 _timed(dl, net)
-            log = lab.agent_log("h1")
+            log = lab.agents.log("h1")
             cases[f"{engine}/cold"] = _measure(dl, log, runs, join_samples)
             dl.docker("h1", "run", "-d", "--name", "resident", "--network", NETWORK, *sleeper)
             cases[f"{engine}/warm"] = _measure(dl, log, runs, join_samples)

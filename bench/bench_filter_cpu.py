@@ -131,7 +131,7 @@ def main() -> int:
         lab, _sc, _peer, a, b = lab_etc
         specs = tables_of(lab)
         for h in lab.hosts:
-            lab.stop_agent(h.name)
+            lab.agents.stop(h.name)
         try:
             for i in range(args.rounds):
                 for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):

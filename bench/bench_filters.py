@@ -82,9 +82,9 @@ def filters_lab() -> Iterator[tuple[Lab, Scenario, str, Placed, Placed]]:
 
 def set_filters(lab: Lab, on: bool) -> None:
     """Restart every agent with or without filters; without, delete heddle's tables."""
-    lab.extra_agent_args = () if on else ("--no-filters",)
+    lab.agents.extra_args = () if on else ("--no-filters",)
     for h in lab.hosts:
-        lab.restart_agent(h.name)
+        lab.agents.restart(h.name)
         nft = Nft(h.netns)
         try:
             present = ours(nft.run(LIST_TABLES))
@@ -136,7 +136,7 @@ def throughput_pairs(
     """(on, off) Gbit/s per pair; the agents are stopped while it runs (see the docstring)."""
     specs = tables_of(lab)
     for h in lab.hosts:
-        lab.stop_agent(h.name)
+        lab.agents.stop(h.name)
     out = []
     try:
         for i in range(pairs):
@@ -148,7 +148,7 @@ def throughput_pairs(
     finally:
         put_tables(lab, specs)
         for h in lab.hosts:
-            lab.start_agent(h.name)
+            lab.agents.start(h.name)
     return out
 
 
@@ -165,7 +165,7 @@ def pass_cost(lab: Lab, host: str, ops: int) -> dict[str, dict[str, float]]:
     (one port's chain written again, as for a new endpoint). The agent's tables stay otherwise
     as the agent keeps them; the agent is stopped meanwhile so it does not fight back."""
     nft = Nft(lab.host(host).netns)
-    lab.stop_agent(host)
+    lab.agents.stop(host)
     try:
 
         def listing() -> FilterListing:
@@ -191,7 +191,7 @@ def pass_cost(lab: Lab, host: str, ops: int) -> dict[str, dict[str, float]]:
         nft.run(render_sync(spec, ()))
     finally:
         nft.close()
-        lab.start_agent(host)
+        lab.agents.start(host)
     return {
         name: {"p50": statistics.median(v), "p99": percentile(v, 99)}
         for name, v in (("read", reads), ("sync", syncs), ("guard", guard))

@@ -40,8 +40,9 @@ from controller.dataplane.fake_kernel import FakeKernel
 from controller.desired import DesiredState
 from controller.diag.client import fetch_facts
 from controller.diag.trace import trace_path
+from controller.lab.nsutil import child_env
 from controller.lab.scenario import Scenario
-from controller.lab.topology import Lab, child_env
+from controller.lab.topology import Lab
 from controller.model.records import Endpoint, Host, Network
 from controller.model.view import Snapshot
 from controller.output import table
@@ -106,7 +107,7 @@ def scrape_loop(lab: Lab, stop: threading.Event) -> None:
         for h in lab.hosts:
             try:
                 with urllib.request.urlopen(
-                    f"http://{lab.metrics_address(h.name)}/metrics", timeout=2
+                    f"http://{lab.agents.metrics_address(h.name)}/metrics", timeout=2
                 ):
                     pass
             except OSError:
@@ -154,9 +155,9 @@ def convergence(
         first = 0
         for _ in range(args.rounds):
             for mode in ("on", "off"):
-                lab.serve_metrics = mode == "on"
+                lab.agents.serve_metrics = mode == "on"
                 for h in lab.hosts:
-                    lab.restart_agent(h.name)
+                    lab.agents.restart(h.name)
                 stop = threading.Event()
                 scraper = threading.Thread(target=scrape_loop, args=(lab, stop), daemon=True)
                 if mode == "on":

@@ -89,7 +89,7 @@ def _timed_run(pl: PodmanLab, network: str) -> float:
 def add_times(lab: Lab, plugin: str, adds: int) -> list[float]:
     """CNI ADD through ``plugin`` for ``adds`` fresh namespaces on h1 (then DEL each)."""
     conf = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "heddle-cni",
-                       "socket": str(lab.cni_socket("h1"))}).encode()  # fmt: skip
+                       "socket": str(lab.agents.cni_socket("h1"))}).encode()  # fmt: skip
     out: list[float] = []
     for i in range(adds):
         ns = lab.add_netns(f"bn{i}")

@@ -57,11 +57,11 @@ def lab_up(
                     lab.down()
                 raise
         return lab_status()
-    from controller.lab.docker import DockerLab, PluginLab
+    from controller.lab.docker import DockerLab
 
-    plab = PluginLab()
+    plab = Lab()
     dl = DockerLab(plab, engine=docker)
-    plab.plugin_socket = dl.plugin_socket
+    plab.agents.plugin_socket = dl.plugin_socket
     try:
         plab.up(hosts=hosts, backend=backend)
         if not dl.wait_plugins():
@@ -129,7 +129,7 @@ def lab_status() -> dict[str, Any]:
                 "cni_dir": str(pl.cni_dir(h["name"])),
                 **{k: v for k, v in pl.env(h["name"]).items() if k.startswith("CONTAINERS_")},
             }
-        h["cni_socket"] = str(lab.cni_socket(h["name"]))
+        h["cni_socket"] = str(lab.agents.cni_socket(h["name"]))
     return status
 
 

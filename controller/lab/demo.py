@@ -74,7 +74,7 @@ def run_demo(lab: Lab, out: TextIO = sys.stdout) -> int:
         try:
             wait_status(probe, hosts, timeout=30.0)
         except TimeoutError as exc:
-            logs = ", ".join(str(lab.agent_log(h)) for h in hosts)
+            logs = ", ".join(str(lab.agents.log(h)) for h in hosts)
             raise HeddleError(f"the agents did not converge: {exc} (logs: {logs})") from None
         pairs = [(a, b) for a in eps for b in eps if a.network == b.network and a.host != b.host]
         for a, b in pairs:

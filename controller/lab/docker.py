@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,20 +125,6 @@ class DockerRecord:
     hosts: tuple[DockerHostRecord, ...] = ()
     created_targets: tuple[str, ...] = ()
     cgroup_parents: tuple[str, ...] = field(default=())
-
-
-class PluginLab(Lab):
-    """The lab with every agent serving the Docker plugin at ``plugin_socket(host)`` (set it
-    to ``DockerLab.plugin_socket`` before ``up``) instead of ``--no-plugin``."""
-
-    plugin_socket: Callable[[str], Path] | None = None
-
-    def agent_argv(self, host: str) -> list[str]:
-        argv = super().agent_argv(host)
-        if self.plugin_socket is None:
-            return argv
-        argv = [a for a in argv if a != "--no-plugin"]
-        return [*argv, "--plugin-socket", str(self.plugin_socket(host))]
 
 
 def default_base(prefix: str) -> Path:

@@ -8,7 +8,8 @@ SIGTERM/SIGINT. If the keeper is SIGKILLed, etcd dies with it (the death signal)
 never leak an etcd. On a start failure the ready file gets ``{"error": ...}`` and the exit code
 is 1.
 
-Usage: ``python -m controller.lab.etcd_keeper --data-dir D --host IP --ready-file F
+The lab starts it with ``spawn`` and waits with ``await_ready``; by hand:
+``python -m controller.lab.etcd_keeper --data-dir D --host IP --ready-file F
 [--also-listen IP] [--tls-dir PKI]`` (``PKI``: from ``make_test_pki``; etcd then speaks TLS and
 requires client certificates).
 """
@@ -19,16 +20,57 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controller.lab.etcd_server import EtcdServer, ServerTLS, free_port
+from controller.lab.nsutil import LabError, child_env, log_tail, popen_in_netns
+
+READY_FILE = "etcd.ready"
+LOG_FILE = "etcd-keeper.log"
 
 
 def _write_atomic(path: Path, obj: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
+
+
+def spawn(workdir: Path, host: str, tls_dir: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a keeper for an etcd on ``host`` (and 127.0.0.1) with its data, ready file and log
+    in ``workdir``, in a session of its own (it outlives the caller); ``tls_dir``: a PKI of
+    ``make_test_pki``. Returns at once: ``await_ready`` waits for etcd."""
+    ready = workdir / READY_FILE
+    ready.unlink(missing_ok=True)
+    argv = [
+        sys.executable, "-m", "controller.lab.etcd_keeper",
+        "--data-dir", str(workdir / "etcd"), "--host", host,
+        "--ready-file", str(ready), "--also-listen", "127.0.0.1",
+        *(["--tls-dir", tls_dir] if tls_dir is not None else []),
+    ]  # fmt: skip
+    with open(workdir / LOG_FILE, "ab") as log:
+        return popen_in_netns(
+            None, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=child_env(), cwd=workdir,
+        )  # fmt: skip
+
+
+def await_ready(proc: subprocess.Popen[bytes], workdir: Path, timeout: float) -> tuple[int, str]:
+    """etcd's (PID, URL) once the keeper ``proc`` (of ``spawn``) says etcd is healthy. Raises
+    ``LabError`` with the keeper's log when it exits first, gives up or takes over ``timeout``
+    seconds."""
+    ready = workdir / READY_FILE
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"etcd did not start:\n{log_tail(workdir / LOG_FILE)}")
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    if "error" in info:
+        raise LabError(f"etcd did not start: {info['error']}")
+    return int(info["pid"]), str(info["url"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Small, dependable primitives for the lab: network-namespace entry and PID-exact process control.
+"""Small, dependable primitives for the lab: network-namespace entry, PID-exact process control
+and what the lab's child processes run with (environment) and leave (log tails).
 
 Why not ``ip netns exec`` or pyroute2's ``setns`` in a ``preexec_fn``: ``ip netns exec`` also
 remounts ``/sys`` and adds a process layer, and running Python code between ``fork`` and ``exec``
@@ -26,6 +27,7 @@ from controller.dataplane.netns_socket import in_netns, setns
 from controller.model.errors import HeddleError
 
 NETNS_DIR = Path("/run/netns")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 
@@ -162,6 +164,15 @@ def proc_ref(pid: int) -> ProcRef:
     return ProcRef(pid, st[1])
 
 
+def child_ref(proc: subprocess.Popen[bytes]) -> ProcRef:
+    """The ``ProcRef`` of a child just started; when it has exited already, one that no live
+    process can match (a start time of -1), so it is recorded and never signalled."""
+    try:
+        return proc_ref(proc.pid)
+    except LabError:
+        return ProcRef(proc.pid, -1)
+
+
 def is_running(ref: ProcRef) -> bool:
     """True if this exact process exists and is not a zombie."""
     st = _stat(ref.pid)
@@ -218,3 +229,20 @@ def kill_process(ref: ProcRef | None, sig: int = signal.SIGKILL, timeout: float 
     send_signal(ref, sig)
     if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
         wait_gone(ref, timeout)
+
+
+def child_env() -> dict[str, str]:
+    """Environment for lab children: the checkout first on ``PYTHONPATH``, unbuffered output."""
+    env = dict(os.environ)
+    paths = [str(_REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of the log at ``path`` (for an error message), or a note."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -265,8 +265,9 @@ def _bridges(inst: OvsInstance) -> list[str]:
         return []
 
 
-def stop_workdir(workdir: Path, remove_workdir: bool = False, timeout: float = 5.0) -> None:
-    """Stop the instance whose pidfiles are in ``workdir`` (see ``OvsInstance.stop``).
+def stop_workdir(workdir: Path, remove_workdir: bool = False, timeout: float = 5.0) -> list[str]:
+    """Stop the instance whose pidfiles are in ``workdir`` (see ``OvsInstance.stop``); return
+    a line for each daemon still running after ``timeout`` (none: ``[]``).
 
     Bridges are deleted first while ``ovs-vswitchd`` still runs, which removes the userspace
     datapath's tap devices (after a crash they would otherwise stay in the namespace). Never
@@ -285,3 +286,6 @@ def stop_workdir(workdir: Path, remove_workdir: bool = False, timeout: float = 5
         time.sleep(0.02)
     if remove_workdir:
         shutil.rmtree(inst.workdir, ignore_errors=True)
+    left = (("ovsdb-server", db), ("ovs-vswitchd", vs))
+    return [f"{n} (pid {r.pid}) of {workdir} still runs"
+            for n, r in left if r is not None and is_running(r)]  # fmt: skip

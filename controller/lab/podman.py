@@ -12,7 +12,7 @@ Recipe (docs/platform.md P1-P4), per host ``hK`` with its directory ``D = base/h
 * every podman command runs in the host's network namespace (one ``setns`` before exec, as
   ``nsenter --net``; not ``ip netns exec``, which remounts ``/sys`` and hides the cgroups runc
   needs), so the container namespaces Podman makes and the CNI calls it makes belong to that
-  host, and ``heddle-cni`` reaches that host's agent (``Lab.cni_socket``).
+  host, and ``heddle-cni`` reaches that host's agent (``LabAgents.cni_socket``).
 * the image ``IMAGE`` is ``podman import`` of the lab's busybox root filesystem.
 * ``sync_networks`` writes a configuration list (``controller/cni/install.py``, as
   ``heddle cni install`` does) for every heddle network, and removes those of networks gone.
@@ -157,7 +157,7 @@ class PodmanLab:
             names = [n.name for n in DesiredState(kv).networks()]
         finally:
             kv.close()
-        socket = str(self.lab.cni_socket(host))
+        socket = str(self.lab.agents.cni_socket(host))
         written = [install(self.cni_dir(host), n, host, socket)[0] for n in names]
         for old in self.cni_dir(host).glob("*.conflist"):
             if old not in written and is_heddles(old):

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from controller.desired import DesiredState
+from controller.lab.nsutil import child_env
 from controller.lab.pinger import PingResult, parse_result
 from controller.lab.probes import owned_links, wait_status
-from controller.lab.topology import Lab, child_env
+from controller.lab.topology import Lab
 from controller.model.errors import NotFound
 from controller.reconcile.loop import PASS_LINE
 
@@ -127,7 +128,7 @@ def continuous_ping(
 def first_pass_changes(lab: Lab, host: str) -> int:
     """``changes=N`` of the first pass logged after the lab's last start marker for ``host``
     (what a restarted agent had to change: 0 when it adopted everything as it found it)."""
-    text = lab.agent_log(host).read_text(errors="replace")
+    text = lab.agents.log(host).read_text(errors="replace")
     tail = text.rsplit("--- lab: starting agent", 1)[-1]
     m = PASS_LINE.search(tail)
     assert m, f"no pass logged by the restarted agent {host}:\n{tail[-2000:]}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +158,60 @@ def save(workdir: Path, rec: LabRecord) -> None:
     tmp = workdir / (STATE_FILE + ".tmp")
     tmp.write_text(encode(rec))
     os.replace(tmp, workdir / STATE_FILE)
+
+
+class LabBook:
+    """The record of the lab in ``workdir``, read fresh from disk on every call (several
+    processes may hold one lab) and written back whole. Each ``add_*`` is what the lab calls
+    *before* creating that object (the module docstring's contract). Not thread-safe."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def load(self) -> LabRecord | None:
+        return load(self.workdir)
+
+    @property
+    def record(self) -> LabRecord:
+        """The record; raises ``LabError`` when no lab is up in ``workdir``."""
+        rec = load(self.workdir)
+        if rec is None:
+            raise LabError(f"no lab is up (no record in {self.workdir}); run `heddle lab up`")
+        return rec
+
+    def save(self, rec: LabRecord) -> LabRecord:
+        save(self.workdir, rec)
+        return rec
+
+    def add_link(self, name: str, bridge: bool = False) -> None:
+        """A root-namespace link (``bridge``: one of the lab's bridges, deleted last)."""
+        rec = self.record
+        if bridge:
+            self.save(replace(rec, bridges=(*rec.bridges, name)))
+        else:
+            self.save(replace(rec, root_links=(*rec.root_links, name)))
+
+    def add_netns(self, name: str) -> None:
+        rec = self.record
+        if name not in rec.netns:
+            self.save(replace(rec, netns=(*rec.netns, name)))
+
+    def drop_netns(self, name: str) -> None:
+        """Forget namespace ``name`` (after it was deleted)."""
+        rec = self.record
+        self.save(replace(rec, netns=tuple(n for n in rec.netns if n != name)))
+
+    def add_host(self, host: HostRecord) -> None:
+        rec = self.record
+        self.save(replace(rec, hosts=(*rec.hosts, host)))
+
+    def set_host(self, name: str, **changes: Any) -> None:
+        """Replace fields of host ``name``'s record (``agent``, ``ovs_dir``)."""
+        rec = self.record
+        hosts = tuple(replace(h, **changes) if h.name == name else h for h in rec.hosts)
+        self.save(replace(rec, hosts=hosts))
+
+    def add_proc(self, ref: ProcRef) -> None:
+        """A helper process ``down`` stops if it still runs."""
+        rec = self.record
+        self.save(replace(rec, procs=(*rec.procs, ref)))

@@ -1,5 +1,6 @@
 """``EtcdKV``: the ``KV`` seam on a real etcd v3 server. With ``etcd_access.py`` (the Auth
-service's messages) the only module importing the client.
+service's messages), ``etcd_errors.py`` (its failures) and ``etcd_watch.py`` (a watch stream) the
+only modules importing the client.
 
 Client: ``pyetcd`` (PyPI ``etcd-sdk-python`` 0.0.7, the python-etcd3 API). Rules from
 docs/platform.md E1-E5 and E7, each one a measured trap:
@@ -18,7 +19,8 @@ docs/platform.md E1-E5 and E7, each one a measured trap:
 
 Every client/grpc failure surfaces as ``StoreUnavailable`` naming the URL(s), a refusal
 (permission denied, unauthenticated) as its subclass ``StoreRefused``; a compacted revision as
-``Compacted``. Thread-safe: grpc channels are, and client creation is locked.
+``Compacted`` (``controller/store/etcd_errors.py``). Thread-safe: grpc channels are, and
+client creation is locked.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -40,18 +42,17 @@ from urllib.parse import urlsplit
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
-import pyetcd
 from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc, utils
-from pyetcd import exceptions as etcd_exc
 
-from controller.model.errors import StoreRefused, StoreUnavailable
+from controller.model.errors import StoreUnavailable
+from controller.store.etcd_errors import DOWN, raise_store_error
+from controller.store.etcd_watch import EtcdWatch, kv_of
 from controller.store.kv import (
     MAX_READS,
     Compacted,
     Compare,
     Delete,
     DeletePrefix,
-    Event,
     KeyValue,
     Listing,
     Put,
@@ -59,7 +60,6 @@ from controller.store.kv import (
     Txn,
     TxnOp,
     TxnResult,
-    WatchBatch,
 )
 
 __all__ = ["GRPC_OPTIONS", "EtcdKV", "TLSFiles"]
@@ -77,14 +77,6 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
     # ours; after a 150 s outage the shared channel tried again only 49 s after etcd was back.
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2_000),
-)
-
-_DOWN = (etcd_exc.Etcd3Exception, ValueError)  # ValueError: "Trying to use a failed node"
-_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
-_FAILED_NODE = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.INTERNAL,
 )
 
 _TARGETS = {
@@ -138,18 +130,6 @@ def _range(key: str, prefix: bool, revision: int = 0) -> Any:
         sort_order=etcdrpc.RangeRequest.ASCEND,
         sort_target=etcdrpc.RangeRequest.KEY,
     )
-
-
-def _kv(m: Any) -> KeyValue:
-    return KeyValue(
-        m.key.decode(), bytes(m.value), m.create_revision, m.mod_revision, m.version, m.lease
-    )
-
-
-def _is_compacted(exc: grpc.RpcError) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else "") or ""
-    return code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details
 
 
 class EtcdKV:
@@ -211,27 +191,7 @@ class EtcdKV:
             return self._client
 
     def _fail(self, what: str, exc: BaseException, client: Any = None) -> NoReturn:
-        """Translate any client failure into ``Compacted`` or ``StoreUnavailable``."""
-        if isinstance(exc, etcd_exc.RevisionCompactedError):
-            raise Compacted(exc.compacted_revision) from None
-        if isinstance(exc, grpc.RpcError):
-            if _is_compacted(exc):
-                raise Compacted(0) from None
-            code = exc.code() if hasattr(exc, "code") else None
-            if client is not None and code in _FAILED_NODE:
-                with contextlib.suppress(Exception):  # fail over to another member next time
-                    client.endpoint_in_use.fail()
-                    client._clear_old_stubs()
-            text = exc.details() if hasattr(exc, "details") else str(exc)
-            detail = f"{getattr(code, 'name', code)}: {text}"
-            if code in _REFUSED:
-                raise StoreRefused(
-                    f"etcd at {','.join(self.urls)} refused {what}: {text} "
-                    "(this identity may not do that)"
-                ) from None
-        else:
-            detail = f"{type(exc).__name__}: {exc}"
-        raise StoreUnavailable(f"etcd at {','.join(self.urls)}: {what} failed: {detail}") from None
+        raise_store_error(self.urls, what, exc, client)
 
     def call_auth(self, what: str, method: str, request: Any) -> Any:
         """One call of etcd's Auth service (``method`` of ``etcdrpc.AuthStub``), for
@@ -242,14 +202,14 @@ class EtcdKV:
         client = self._get_client()
         try:
             return call(client)
-        except (grpc.RpcError, *_DOWN) as exc:
+        except DOWN as exc:
             self._fail(what, exc, client)
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
         req = _range(key, False)
         resp = self._unary(f"get {key}", lambda c: c.kvstub.Range(req, c.timeout))
-        return _kv(resp.kvs[0]) if resp.kvs else None
+        return kv_of(resp.kvs[0]) if resp.kvs else None
 
     def list(self, prefix: str, revision: int | None = None) -> Listing:
         """Keys under ``prefix`` sorted by key, at ``revision`` (default: now).
@@ -263,7 +223,7 @@ class EtcdKV:
         except Compacted:
             # etcd does not say where it compacted; it is past ``revision`` (a lower bound)
             raise Compacted((revision or 0) + 1) from None
-        items = tuple(_kv(m) for m in resp.kvs)
+        items = tuple(kv_of(m) for m in resp.kvs)
         return Listing(items, revision if revision else resp.header.revision)
 
     def read(self, reads: Sequence[Read]) -> tuple[Listing, ...]:
@@ -276,7 +236,7 @@ class EtcdKV:
         resp = self._unary("read", lambda c: c.kvstub.Txn(req, c.timeout))
         rev = int(resp.header.revision)
         return tuple(
-            Listing(tuple(_kv(m) for m in r.response_range.kvs), rev) for r in resp.responses
+            Listing(tuple(kv_of(m) for m in r.response_range.kvs), rev) for r in resp.responses
         )
 
     # -- writes -------------------------------------------------------------------------------
@@ -345,11 +305,11 @@ class EtcdKV:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return
             self._fail(f"revoke lease {lease_id:x}", exc, client)
-        except _DOWN as exc:
+        except DOWN as exc:
             self._fail(f"revoke lease {lease_id:x}", exc, client)
 
     # -- watch, compaction --------------------------------------------------------------------
-    def watch(self, prefix: str, start_revision: int) -> _EtcdWatch:
+    def watch(self, prefix: str, start_revision: int) -> EtcdWatch:
         """Open a watch on ``prefix`` from ``start_revision`` on a fresh, dedicated client.
 
         Raises ``StoreUnavailable`` if the watch cannot be created. ``Compacted`` if
@@ -365,11 +325,11 @@ class EtcdKV:
             it, cancel = client.watch_prefix_response(
                 prefix, start_revision=ask, progress_notify=True
             )
-        except (grpc.RpcError, *_DOWN) as exc:
+        except DOWN as exc:
             with contextlib.suppress(Exception):
                 client.close()
             self._fail(f"watch {prefix}", exc)
-        return _EtcdWatch(self, client, it, cancel, prefix, start_revision)
+        return EtcdWatch(self.urls, client, it, cancel, prefix, start_revision)
 
     def compact(self, revision: int) -> None:
         """Compact history up to ``revision``. Idempotent: an already compacted revision is
@@ -393,64 +353,3 @@ class EtcdKV:
         if client is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 client.close()
-
-
-class _EtcdWatch:
-    """One watch stream on its own client. Iterate from one thread; ``cancel()`` from any."""
-
-    def __init__(
-        self, owner: EtcdKV, client: Any, it: Iterator[Any], cancel: Any, prefix: str, start: int
-    ) -> None:
-        self._start = start
-        self._owner = owner
-        self._client = client
-        self._it = it
-        self._cancel_fn = cancel
-        self._prefix = prefix
-        self._cancelled = threading.Event()
-        self._closed = False
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> Iterator[WatchBatch]:
-        try:
-            for resp in self._it:
-                if self._cancelled.is_set():
-                    return
-                events = tuple(
-                    Event("put", _kv(e._event.kv))
-                    if isinstance(e, pyetcd.events.PutEvent)
-                    else Event("delete", KeyValue(e.key.decode(), b"", 0, e.mod_revision, 0))
-                    for e in resp.events
-                    if e.mod_revision >= self._start
-                )
-                if resp.events and not events:
-                    continue  # only the extra revision asked for in watch()
-                # events: the last mod_revision, not the header (a catch-up batch may stop short
-                # of the header revision); progress notifications: the header revision
-                rev = events[-1].kv.mod_revision if events else int(resp.header.revision)
-                yield WatchBatch(events, rev)
-        except (grpc.RpcError, *_DOWN) as exc:
-            if self._cancelled.is_set():
-                return
-            self._owner._fail(f"watch {self._prefix}", exc)
-        finally:
-            self._close()
-        if not self._cancelled.is_set():
-            raise StoreUnavailable(
-                f"etcd at {','.join(self._owner.urls)}: watch stream on {self._prefix} ended"
-            )
-
-    def cancel(self) -> None:
-        """Stop the stream: a running iteration ends without error. Idempotent, thread-safe."""
-        self._cancelled.set()
-        with contextlib.suppress(Exception):
-            self._cancel_fn()
-        self._close()
-
-    def _close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        with contextlib.suppress(Exception):
-            self._client.close()

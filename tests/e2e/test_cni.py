@@ -1,6 +1,6 @@
 """``heddle-cni`` driven as a CNI runtime drives it: the executable with the specification's
 environment and a network configuration on stdin, against the lab's agents (each serves CNI on
-``Lab.cni_socket``). Conformance (ADD/CHECK/DEL/VERSION, bad input, a missing namespace, an
+``LabAgents.cni_socket``). Conformance (ADD/CHECK/DEL/VERSION, bad input, a missing namespace, an
 agent or etcd that does not answer), namespaces given as any path, cross-host traffic, chaining
 with the reference ``tuning`` plugin, and concurrent ADDs.
 """
@@ -71,7 +71,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def conf(lab: Lab, host: str, network: str = NETWORK, **extra: Any) -> dict[str, Any]:
     return {"cniVersion": "1.0.0", "name": network, "type": "heddle",
-            "socket": str(lab.cni_socket(host)), **extra}  # fmt: skip
+            "socket": str(lab.agents.cni_socket(host)), **extra}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_bad_input_is_a_cni_error_and_writes_nothing(
 ) -> None:
     cfg = json.loads(stdin) if stdin.startswith(b'{"') else None
     if cfg is not None:
-        cfg["socket"] = str(lab.cni_socket("h1"))
+        cfg["socket"] = str(lab.agents.cni_socket("h1"))
     path = env.get("netns", netns("cni-bad"))
     rc, err = cni("ADD", cfg if cfg is not None else stdin, "bad01", path, args=env.get("args", ""))
     assert rc == 1 and err is not None, err

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from controller.desired import DesiredState
-from controller.lab.docker import IMAGE, DockerLab, PluginLab
+from controller.lab.docker import IMAGE, DockerLab
 from controller.lab.docker_engine import ENGINES
 from controller.lab.nsutil import LabError
 from controller.lab.probes import ovs_endpoint_ports, owned_links
@@ -48,7 +48,7 @@ PLUGIN_WAIT = 15.0
 
 @dataclass
 class Env:
-    lab: PluginLab
+    lab: Lab
     docker: DockerLab
     kv: EtcdKV
     engine: str
@@ -75,9 +75,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if backend == "ovs" and shutil.which("ovs-vswitchd") is None:
         pytest.skip("the ovs backend needs Open vSwitch (apt-get install openvswitch-switch)")
     workdir = tmp_path_factory.mktemp(f"docker-lab-{engine}-{backend}") / "lab"
-    lab = PluginLab(workdir, prefix=LAB_PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
+    lab = Lab(workdir, prefix=LAB_PREFIX, mgmt_subnet=MGMT, underlay_subnet=UNDERLAY)
     dl = DockerLab(lab, live_restore=True, engine=engine)
-    lab.plugin_socket = dl.plugin_socket
+    lab.agents.plugin_socket = dl.plugin_socket
     kv: EtcdKV | None = None
     try:
         lab.up(hosts=len(HOSTS), backend=backend, resync_interval=2.0)
@@ -308,8 +308,8 @@ def test_agent_restart_keeps_containers_talking_and_new_ones_join(env: Env, dock
     b = dock.run("h2", "cb", "agr")
     dock.pinger("h2", "pb", "agr", a, count=50)  # ~8 s of pings across the restarts
     time.sleep(1.0)
-    env.lab.restart_agent("h1")
-    env.lab.restart_agent("h2")
+    env.lab.agents.restart("h1")
+    env.lab.agents.restart("h2")
     received, out = dock.pinged("h2", "pb")
     assert received >= 48, out
     c = dock.run("h1", "cc", "agr")

@@ -93,7 +93,7 @@ def test_hostile_writes_stop_nothing_and_break_no_isolation(lab: Lab, overlay: S
             st = statuses[h]
             assert st["ok"] is True and st.get("stuck") is None, st
             assert isinstance(st["skipped_count"], int) and st["skipped_count"] >= len(tags) - 4
-            log = lab.agent_log(h).read_text(errors="replace")
+            log = lab.agents.log(h).read_text(errors="replace")
             missing = sorted(t for t in tags if t not in log)
             assert not missing, f"{h} did not report {missing[:5]}"
     finally:

@@ -41,7 +41,7 @@ def heddle(lab: Lab, identity: str | None, *argv: str) -> subprocess.CompletedPr
 
 def test_agents_work_under_their_own_identities(lab: Lab, overlay: Scenario) -> None:
     assert lab.etcd_url.startswith("https://")
-    assert "--cert" in lab.agent_argv("h1")
+    assert "--cert" in lab.agents.argv("h1")
     overlay.network("id", "10.36.0.0/24")
     a = overlay.endpoint("id", "h1", "id1")
     b = overlay.endpoint("id", "h3", "id3")
@@ -74,7 +74,9 @@ def test_a_host_is_refused_another_hosts_records(lab: Lab, key: str) -> None:
 
 
 def _restored_metric(lab: Lab, host: str) -> float:
-    with urllib.request.urlopen(f"http://{lab.metrics_address(host)}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(
+        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
+    ) as r:
         text = r.read().decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

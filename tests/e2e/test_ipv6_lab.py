@@ -164,7 +164,7 @@ def test_a_restarted_agent_changes_nothing_and_removal_leaves_nothing(
     eps = _spread(overlay, "keep6", "k")
     overlay.converge()
     assert wait_ping(eps[0].netns, _v6(eps[1]), timeout=10.0)
-    lab.restart_agent("h1")
+    lab.agents.restart("h1")
     assert first_pass_changes(lab, "h1") == 0
     assert _answered6(lab, "h2", 5607) - {_v6(eps[1])} == {_v6(eps[0]), _v6(eps[2])}
     overlay.remove(eps[0])

@@ -31,7 +31,9 @@ FORGED_SRC = ("02:00:00:00:77:77", "10.71.0.250")
 
 
 def _vxlan_dropped(lab: Lab, host: str) -> float:
-    with urllib.request.urlopen(f"http://{lab.metrics_address(host)}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(
+        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
+    ) as r:
         text = r.read().decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -100,6 +102,6 @@ def test_a_restarted_agent_changes_nothing_on_an_ipv6_underlay(lab: Lab, overlay
     eps = _spread(overlay, "keep6u", "k")
     overlay.converge()
     assert wait_ping(eps[0].netns, eps[1].ip, timeout=10.0)
-    lab.restart_agent("h2")
+    lab.agents.restart("h2")
     assert first_pass_changes(lab, "h2") == 0
     assert wait_ping(eps[0].netns, eps[1].ip, timeout=10.0)

@@ -161,9 +161,9 @@ def test_agent_killed_and_restarted_under_load(lab: Lab, overlay: Scenario) -> N
     assert wait_ping(a.netns, b.ip, timeout=10.0)
     with continuous_ping(lab, a, b, duration=10.0) as result:
         for host in ("h1", "h2"):
-            lab.kill_agent(host, signal.SIGKILL)
+            lab.agents.kill(host, signal.SIGKILL)
             time.sleep(0.5)
-            lab.start_agent(host, wait=True)
+            lab.agents.start(host, wait=True)
             assert first_pass_changes(lab, host) == 0, f"restarted agent {host} changed things"
     res = result[0]
     print(f"ping during two agent restarts: {res.summary()}")
@@ -188,7 +188,7 @@ def test_etcd_outage_does_not_affect_traffic(lab: Lab, overlay: Scenario) -> Non
     res = result[0]
     print(f"ping during the etcd outage: {res.summary()}")
     assert res.loss == 0 and res.errors == 0, f"lost {res.lost[:20]} ({res.summary()})"
-    assert all(lab.agent_running(h.name) for h in lab.hosts), "an agent died during the outage"
+    assert all(lab.agents.running(h.name) for h in lab.hosts), "an agent died during the outage"
     c = overlay.endpoint("outage", "h3", "eo3")  # written after etcd is back
     assert wait_ping(a.netns, c.ip, timeout=20.0), "change written after the outage not applied"
 
@@ -244,7 +244,7 @@ def test_forwarding_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenari
     assert wait_ping(a.netns, b.ip, timeout=10.0)
     vtep = lab.host("h2").vtep
     assert _has_forwarding_entry(lab, "h1", 5007, b.mac, vtep)
-    log_mark = len(lab.agent_log("h1").read_bytes())
+    log_mark = len(lab.agents.log("h1").read_bytes())
     t0 = time.monotonic()
     _delete_forwarding_entry(lab, "h1", 5007, b.mac, vtep)
     deadline = t0 + 5 * 2.0
@@ -255,7 +255,7 @@ def test_forwarding_entry_deleted_by_hand_is_restored(lab: Lab, overlay: Scenari
     print(f"restored after {took:.3f} s")
     if lab.host("h1").backend == "kernel":
         assert took < 1.0, f"{took:.3f} s: not at once (the resync is 2 s)"
-        tail = lab.agent_log("h1").read_bytes()[log_mark:].decode(errors="replace")
+        tail = lab.agents.log("h1").read_bytes()[log_mark:].decode(errors="replace")
         assert "changed under the agent" in tail, tail[-2000:]
     assert ping(a.netns, b.ip, count=3).ok
 

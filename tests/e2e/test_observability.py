@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.nsutil import run_in_netns, send_signal
+from controller.lab.nsutil import child_env, run_in_netns, send_signal
 from controller.lab.prometheus import Prometheus
 from controller.lab.scenario import Placed, Scenario
-from controller.lab.topology import Lab, child_env
+from controller.lab.topology import Lab
 from controller.model.naming import veth_host_name
 from controller.plan.ovsdb import DEFAULT_BRIDGE
 
@@ -59,7 +59,7 @@ def ip(lab: Lab, netns: str, *args: str) -> None:
 
 
 def test_a_real_prometheus_scrapes_every_agent(lab: Lab, overlay: Scenario, tmp_path: Path) -> None:
-    targets = [lab.metrics_address(h.name) for h in lab.hosts]
+    targets = [lab.agents.metrics_address(h.name) for h in lab.hosts]
     prom = Prometheus.start(targets, tmp_path / "prometheus", interval=1.0)
     try:
         wait_for(
@@ -72,7 +72,7 @@ def test_a_real_prometheus_scrapes_every_agent(lab: Lab, overlay: Scenario, tmp_
                 set(prom.query('heddle_pass_duration_seconds_count{kind="full"}')) == set(targets)
             ),
         )
-        h1 = lab.metrics_address("h1")
+        h1 = lab.agents.metrics_address("h1")
         changes = 'sum by (instance) (heddle_changes_total{job="heddle"})'
         before = prom.query(changes).get(h1, 0.0)
         overlay.network("prom", "10.93.0.0/24")
@@ -91,7 +91,7 @@ def test_health_endpoints_answer_on_every_agent(lab: Lab) -> None:
 
     for h in lab.hosts:
         for path in ("/healthz", "/readyz"):
-            with urllib.request.urlopen(f"http://{lab.metrics_address(h.name)}{path}") as r:
+            with urllib.request.urlopen(f"http://{lab.agents.metrics_address(h.name)}{path}") as r:
                 assert r.status == 200, (h.name, path)
 
 
@@ -102,7 +102,7 @@ def test_sigusr1_writes_every_threads_stack_and_the_agent_goes_on(lab: Lab) -> N
 
     ref = lab.host("h1").agent
     assert ref is not None
-    log = lab.agent_log("h1")
+    log = lab.agents.log("h1")
     mark = len(log.read_bytes())
     assert send_signal(ref, signal.SIGUSR1)
     wait_for("the stacks in the log", lambda: b"reconcile/loop.py" in log.read_bytes()[mark:], 5.0)
@@ -110,8 +110,8 @@ def test_sigusr1_writes_every_threads_stack_and_the_agent_goes_on(lab: Lab) -> N
     # every thread: the reconciler's, membership's keepalive, the main thread waiting to stop
     for where in ("reconcile/loop.py", "controller/membership.py", "controller/cli/agent.py"):
         assert where in dump, dump[-3000:]
-    assert lab.agent_running("h1")
-    with urllib.request.urlopen(f"http://{lab.metrics_address('h1')}/healthz") as r:
+    assert lab.agents.running("h1")
+    with urllib.request.urlopen(f"http://{lab.agents.metrics_address('h1')}/healthz") as r:
         assert r.status == 200
 
 
@@ -138,7 +138,7 @@ def test_status_is_healthy_then_names_what_is_not(lab: Lab, overlay: Scenario) -
     finally:
         probe.delete("/heddle/v1/endpoints/st/bad")
 
-    lab.stop_agent("h3")
+    lab.agents.stop("h3")
     try:
         # at once when the agent revoked its lease on the way out; within the lease's 10 s
         # when it could not (SIGKILL after the lab's 5 s grace)
@@ -149,7 +149,7 @@ def test_status_is_healthy_then_names_what_is_not(lab: Lab, overlay: Scenario) -
 
         wait_for("h3 reported not alive", h3_reported, timeout=15.0)
     finally:
-        lab.start_agent("h3")
+        lab.agents.start("h3")
     assert heddle(lab, "status").returncode == 0
 
 
@@ -225,7 +225,7 @@ def test_trace_names_a_removed_address(lab: Lab, pair: tuple[Placed, Placed]) ->
 
 def test_trace_names_a_stopped_destination_agent(lab: Lab, pair: tuple[Placed, Placed]) -> None:
     a, b = pair
-    lab.stop_agent("h2")
+    lab.agents.stop("h2")
     try:
         ip(lab, b.netns, "addr", "flush", "dev", "eth0")
         rc, report = trace(lab, a.id, b.ip)
@@ -233,8 +233,8 @@ def test_trace_names_a_stopped_destination_agent(lab: Lab, pair: tuple[Placed, P
         bad = next(h for h in report["hops"] if h["name"] == "destination VTEP")  # type: ignore[attr-defined]
         assert "not alive" in bad["evidence"]
     finally:
-        lab.start_agent("h2")
-    lab.wait_agent_ready("h2")
+        lab.agents.start("h2")
+    lab.agents.wait_ready("h2")
 
 
 def _links(netns: str) -> list[str]:

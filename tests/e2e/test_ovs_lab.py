@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.nsutil import LabError
+from controller.lab.nsutil import LabError, child_env
 from controller.lab.pinger import ping
 from controller.lab.probes import (
     leftovers,
@@ -34,7 +34,7 @@ from controller.lab.probes import (
     wait_ping,
 )
 from controller.lab.scenario import Scenario, continuous_ping, first_pass_changes
-from controller.lab.topology import Lab, child_env
+from controller.lab.topology import Lab
 
 LAB_BACKENDS = ("ovs",)
 LAB_NETS = {"ovs": ("hlv", "172.31.230.0/24", "172.31.229.0/24")}
@@ -56,10 +56,10 @@ def test_agent_restarts_adopt_ports_and_flows(lab: Lab, overlay: Scenario) -> No
     ages = {h: ovs_flow_ages(lab.ovs(h)) for h in hosts}
     t0 = time.monotonic()
     with continuous_ping(lab, a, b, duration=6.0, interval=INTERVAL) as result:
-        lab.restart_agent("h1", wait=True)
+        lab.agents.restart("h1", wait=True)
         assert first_pass_changes(lab, "h1") == 0, "h1 changed things after a clean restart"
-        lab.kill_agent("h2", signal.SIGKILL)
-        lab.start_agent("h2", wait=True)
+        lab.agents.kill("h2", signal.SIGKILL)
+        lab.agents.start("h2", wait=True)
         assert first_pass_changes(lab, "h2") == 0, "h2 changed things after a crash"
     res = result[0]
     print(f"ping across a SIGTERM and a SIGKILL agent restart (ovs): {res.summary()}")
@@ -85,7 +85,7 @@ def test_vswitchd_restart_flows_are_back_at_once(
     assert wait_ping(a.netns, b.ip, timeout=10.0)
     inst = lab.ovs("h2")
     table = set(ovs_flows(inst))
-    log_mark = len(lab.agent_log("h2").read_bytes())
+    log_mark = len(lab.agents.log("h2").read_bytes())
     with continuous_ping(lab, a, b, duration=4.0, interval=INTERVAL) as result:
         t0 = time.monotonic()
         inst.restart_vswitchd(sig)
@@ -104,7 +104,7 @@ def test_vswitchd_restart_flows_are_back_at_once(
     assert res.errors == 0, res.summary()
     assert res.lost == () or res.lost[-1] < res.sent - 200, "traffic did not come back"
     assert gap < 2.0, f"gap {gap:.3f} s: not 'at once' (the resync is {LAB_RESYNC_INTERVAL} s)"
-    tail = lab.agent_log("h2").read_bytes()[log_mark:].decode(errors="replace")
+    tail = lab.agents.log("h2").read_bytes()[log_mark:].decode(errors="replace")
     assert "ovs-vswitchd is back" in tail, tail[-2000:]
     # The new ovs-vswitchd started with an empty tunnel-neighbour cache, and nothing has gone
     # from h2 to h3 since: the agent resolved h3's VTEP before its flows tunnelled there, so

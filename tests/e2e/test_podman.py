@@ -185,7 +185,7 @@ def test_agent_restart_under_ping_loses_nothing(
     assert pods.ping(b, a.ip)
     with continuous_ping(lab, b.placed(), a.placed(), duration=8.0) as result:
         for host in ("h1", "h2"):
-            lab.restart_agent(host, wait=True)
+            lab.agents.restart(host, wait=True)
             assert first_pass_changes(lab, host) == 0, f"restarted agent {host} changed things"
     res = result[0]
     assert res.sent > 500 and not res.lost, f"lost {len(res.lost)} of {res.sent}"

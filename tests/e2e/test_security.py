@@ -40,7 +40,9 @@ FORGED_SRC = ("02:00:00:00:77:77", "10.31.0.250")
 
 
 def dropped(lab: Lab, host: str, reason: str) -> float:
-    with urllib.request.urlopen(f"http://{lab.metrics_address(host)}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(
+        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
+    ) as r:
         text = r.read().decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -118,11 +120,11 @@ def test_the_filter_holds_while_the_agent_is_dead(lab: Lab, overlay: Scenario) -
     overlay.converge()
     vni = overlay.desired.get_network("sk").vni
     outsider, address = lab.add_outsider("outk", k=201)
-    lab.kill_agent("h2", signal.SIGKILL)
+    lab.agents.kill("h2", signal.SIGKILL)
     try:
         assert _inject(lab, outsider, address, "h2", vni, victim) == 0
     finally:
-        lab.start_agent("h2", wait=True)
+        lab.agents.start("h2", wait=True)
     assert first_pass_changes(lab, "h2") == 0
 
 
@@ -192,7 +194,7 @@ def test_endpoint_that_changes_its_mac_or_address_reaches_nobody(
         assert wait_ping(a.netns, v.ip, timeout=10.0), f"no baseline to {v.host}"
     before = dropped(lab, "h1", "spoof")
     # The agent would put the namespace back on its next pass; without it only the filter acts.
-    lab.stop_agent("h1")
+    lab.agents.stop("h1")
     try:
         for v in victims:  # IPv4 frames go out at once, with no ARP in front of them
             forge_neighbour(a.netns, v.ip, v.mac)
@@ -216,7 +218,7 @@ def test_endpoint_that_changes_its_mac_or_address_reaches_nobody(
                 _set_ip(a.netns, new_ip, a.ip)
         assert wait_ping(a.netns, victims[1].ip, timeout=5.0), "own address again: must work"
     finally:
-        lab.start_agent("h1", wait=True)
+        lab.agents.start("h1", wait=True)
     assert dropped(lab, "h1", "spoof") > before
 
 
@@ -227,7 +229,7 @@ def test_an_endpoint_posing_as_its_neighbour_moves_nothing(lab: Lab, overlay: Sc
     far = overlay.endpoint("pose", "h2", "po3")
     overlay.converge()
     assert wait_ping(far.netns, victim.ip, timeout=10.0)
-    lab.stop_agent("h1")
+    lab.agents.stop("h1")
     try:
         _set_mac(thief.netns, victim.mac)
         _set_ip(thief.netns, thief.ip, victim.ip)
@@ -242,4 +244,4 @@ def test_an_endpoint_posing_as_its_neighbour_moves_nothing(lab: Lab, overlay: Sc
         _set_mac(thief.netns, thief.mac)
         assert ping(far.netns, victim.ip, count=3, interval=0.02, wait=0.5).received >= 2
     finally:
-        lab.start_agent("h1", wait=True)
+        lab.agents.start("h1", wait=True)
