@@ -15,10 +15,12 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
 
 from controller.lab.etcd_http import EtcdHTTP, EtcdHTTPError
@@ -29,6 +31,19 @@ from controller.model.flow import parse_flows
 from controller.model.naming import OWNER_ALIAS, PREFIX
 from controller.store import keys
 from controller.store.interest import newest_followed
+
+
+def agent_metric(address: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with ``labels`` (among its own) that the agent serving
+    metrics at ``address`` exports now; None when it exports none. Raises ``OSError`` when the
+    agent does not answer."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,11 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.cli.parser import REFUSED
-from controller.lab.probes import wait_ping
+from controller.lab.probes import agent_metric, wait_ping
 from controller.lab.scenario import Scenario
 from controller.lab.topology import Lab
 from controller.model import codec
@@ -74,15 +72,9 @@ def test_a_host_is_refused_another_hosts_records(lab: Lab, key: str) -> None:
 
 
 def _restored_metric(lab: Lab, host: str) -> float:
-    with urllib.request.urlopen(
-        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
-    ) as r:
-        text = r.read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "heddle_host_record_restored_total":
-                return s.value
-    raise AssertionError("no heddle_host_record_restored_total")
+    value = agent_metric(lab.agents.metrics_address(host), "heddle_host_record_restored_total")
+    assert value is not None, "no heddle_host_record_restored_total"
+    return value
 
 
 def test_an_agent_puts_its_own_host_record_back(lab: Lab, overlay: Scenario) -> None:

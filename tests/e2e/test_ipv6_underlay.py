@@ -11,14 +11,11 @@ agent changes nothing.
 from __future__ import annotations
 
 import time
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.lab.attack import icmp_echo, send_vxlan
 from controller.lab.capture import capturing, ipv4_from
 from controller.lab.pinger import ping
-from controller.lab.probes import wait_ping
+from controller.lab.probes import agent_metric, wait_ping
 from controller.lab.scenario import Placed, Scenario, first_pass_changes
 from controller.lab.topology import Lab
 
@@ -31,15 +28,8 @@ FORGED_SRC = ("02:00:00:00:77:77", "10.71.0.250")
 
 
 def _vxlan_dropped(lab: Lab, host: str) -> float:
-    with urllib.request.urlopen(
-        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
-    ) as r:
-        text = r.read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "heddle_filter_dropped_total" and s.labels.get("reason") == "vxlan":
-                return s.value
-    return 0.0
+    address = lab.agents.metrics_address(host)
+    return agent_metric(address, "heddle_filter_dropped_total", reason="vxlan") or 0.0
 
 
 def _spread(ov: Scenario, network: str, tag: str) -> list[Placed]:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
 
 from controller.lab.attack import icmp_echo, send_vxlan
 from controller.lab.capture import arp_from, capturing, from_mac, ipv4_from
 from controller.lab.pinger import ping
-from controller.lab.probes import forge_neighbour, wait_ping
+from controller.lab.probes import agent_metric, forge_neighbour, wait_ping
 from controller.lab.scenario import Placed, Scenario, first_pass_changes
 from controller.lab.topology import Lab
 
@@ -40,15 +38,8 @@ FORGED_SRC = ("02:00:00:00:77:77", "10.31.0.250")
 
 
 def dropped(lab: Lab, host: str, reason: str) -> float:
-    with urllib.request.urlopen(
-        f"http://{lab.agents.metrics_address(host)}/metrics", timeout=5
-    ) as r:
-        text = r.read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "heddle_filter_dropped_total" and s.labels.get("reason") == reason:
-                return s.value
-    return 0.0
+    address = lab.agents.metrics_address(host)
+    return agent_metric(address, "heddle_filter_dropped_total", reason=reason) or 0.0
 
 
 def _counted(lab: Lab, host: str, at_least: float) -> None:
