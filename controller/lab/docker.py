@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,13 +49,15 @@ from controller.lab.docker_engine import DEFAULT_ENGINE, Engine, engine
 from controller.lab.nsutil import (
     LabError,
     ProcRef,
+    child_ref,
     is_running,
     kill_process,
+    log_tail,
     popen_in_netns,
-    proc_ref,
     stop_process,
 )
 from controller.lab.rootfs import build_rootfs_tar
+from controller.lab.sweep import procs_in_cgroups, procs_in_mount_ns, remove_cgroups
 from controller.lab.topology import Lab
 
 DOCKER = "/usr/bin/docker"  # Debian's client (a newer /usr/local/bin/docker may come first)
@@ -63,7 +65,6 @@ IMAGE = "heddle/busybox:latest"
 PLUGIN = "heddle"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0  # dockerd stops containers (10 s grace each, in parallel) before exiting
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Mount targets the holder binds over; created (and removed again at ``down``) if missing.
 TARGETS = {
     "etc": "/etc/docker",
@@ -311,12 +312,14 @@ class DockerLab:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        rec = replace(rec, holder=_ref(proc))
+        rec = replace(rec, holder=child_ref(proc))
         self._put_host(rec)
         deadline = time.monotonic() + 10.0
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"docker holder of {name} failed:\n{_tail(base / 'holder.log')}")
+                raise LabError(
+                    f"docker holder of {name} failed:\n{log_tail(base / 'holder.log', 30)}"
+                )
             time.sleep(0.02)
         return rec
 
@@ -369,7 +372,7 @@ class DockerLab:
                 start_new_session=True,
                 env=self._the_engine().env(),
             )
-        rec = replace(rec, dockerd=_ref(proc))
+        rec = replace(rec, dockerd=child_ref(proc))
         self._put_host(rec)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -377,7 +380,9 @@ class DockerLab:
                 if unix_http(str(self.docker_socket(name)), "GET", "/_ping")[0] == 200:
                     return proc.pid
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"dockerd on {name} did not start:\n{_tail(self.log_path(name))}")
+                raise LabError(
+                    f"dockerd on {name} did not start:\n{log_tail(self.log_path(name), 30)}"
+                )
             time.sleep(0.05)
 
     def stop_dockerd(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
@@ -389,7 +394,7 @@ class DockerLab:
             return
         stop_process(rec.dockerd, timeout=timeout)
         if rec.holder is not None and not self.live_restore:
-            for ref in _procs_in_mount_ns(rec.holder):
+            for ref in procs_in_mount_ns(rec.holder):
                 kill_process(ref, signal.SIGKILL)
         self._put_host(replace(rec, dockerd=None))
 
@@ -446,15 +451,15 @@ class DockerLab:
         for h in rec.hosts:
             stop_process(h.dockerd, timeout=STOP_TIMEOUT)
             if h.holder is not None and is_running(h.holder):
-                for ref in _procs_in_mount_ns(h.holder):
+                for ref in procs_in_mount_ns(h.holder):
                     kill_process(ref, signal.SIGKILL)
         for cgp in rec.cgroup_parents:
-            for ref in _procs_in_cgroups(cgp):
+            for ref in procs_in_cgroups(cgp):
                 kill_process(ref, signal.SIGKILL)
         for h in rec.hosts:
             stop_process(h.holder)
         for cgp in rec.cgroup_parents:
-            problems += _remove_cgroups(cgp)
+            problems += remove_cgroups(cgp)
         if self.base.exists():
             try:
                 shutil.rmtree(self.base)
@@ -465,79 +470,3 @@ class DockerLab:
                 Path(target).rmdir()  # only if empty: someone else may use it now
         if problems:
             raise LabError("docker lab down incomplete: " + "; ".join(problems))
-
-
-def _ref(proc: subprocess.Popen[bytes]) -> ProcRef:
-    try:
-        return proc_ref(proc.pid)
-    except LabError:
-        return ProcRef(proc.pid, -1)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def _procs_in_mount_ns(holder: ProcRef) -> list[ProcRef]:
-    """Every process (but the holder) in the holder's mount namespace: dockerd, containerd,
-    shims. Identified by the namespace inode, never by name."""
-    if not is_running(holder):
-        return []
-    try:
-        ns = os.readlink(f"/proc/{holder.pid}/ns/mnt")
-    except OSError:
-        return []
-    out = []
-    for pid in _pids():
-        if pid == holder.pid:
-            continue
-        with contextlib.suppress(OSError, LabError):
-            if os.readlink(f"/proc/{pid}/ns/mnt") == ns:
-                out.append(proc_ref(pid))
-    return out
-
-
-def _cgroup_dirs(parent: str) -> list[Path]:
-    out = []
-    with contextlib.suppress(OSError):
-        for ctrl in sorted(CGROUP_ROOT.iterdir()):
-            d = ctrl / parent
-            if d.is_dir():
-                out.append(d)
-    return out
-
-
-def _procs_in_cgroups(parent: str) -> list[ProcRef]:
-    """Every process in a cgroup under ``parent`` (the host's containers), in any hierarchy."""
-    pids: set[int] = set()
-    for top in _cgroup_dirs(parent):
-        for procs in top.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
-                pids.update(int(x) for x in procs.read_text().split())
-    refs = []
-    for pid in sorted(pids):
-        with contextlib.suppress(LabError):
-            refs.append(proc_ref(pid))
-    return refs
-
-
-def _remove_cgroups(parent: str) -> list[str]:
-    problems = []
-    for top in _cgroup_dirs(parent):
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        try:
-            top.rmdir()
-        except OSError as exc:
-            problems.append(f"cgroup {top}: {exc}")
-    return problems
