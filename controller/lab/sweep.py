@@ -66,16 +66,19 @@ def procs_in_cgroups(parent: str) -> list[ProcRef]:
     return refs
 
 
+def remove_cgroup_tree(top: Path) -> list[str]:
+    """Remove the cgroup directory ``top`` and every one below it, deepest first (the kernel
+    removes only an empty one); a line when ``top`` stays (processes still in it)."""
+    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    try:
+        top.rmdir()
+    except OSError as exc:
+        return [f"cgroup {top}: {exc}"]
+    return []
+
+
 def remove_cgroups(parent: str) -> list[str]:
-    """Remove the cgroups under ``parent`` in every hierarchy, deepest first (the kernel
-    removes only an empty one); a line for each top one that stays (still has processes)."""
-    problems = []
-    for top in _cgroup_dirs(parent):
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        try:
-            top.rmdir()
-        except OSError as exc:
-            problems.append(f"cgroup {top}: {exc}")
-    return problems
+    """``remove_cgroup_tree`` for the cgroups under ``parent`` in every hierarchy."""
+    return [line for top in _cgroup_dirs(parent) for line in remove_cgroup_tree(top)]

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.dataplane.ovs_host import set_tx_checksum
+from controller.lab.sweep import remove_cgroup_tree
 
 PREFIX = "hin"
 BRIDGE = f"{PREFIX}-br"
@@ -337,7 +338,6 @@ def _remove_cgroup(d: Path) -> list[str]:
     Processes left in it (there should be none after nspawn exited) are killed by PID."""
     if not d.exists():
         return []
-    problems: list[str] = []
     for _ in range(50):
         leftovers = [
             int(p) for f in d.rglob("cgroup.procs") for p in f.read_text().split() if p.strip()
@@ -348,11 +348,4 @@ def _remove_cgroup(d: Path) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
-    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            sub.rmdir()
-    try:
-        d.rmdir()
-    except OSError as exc:
-        problems.append(f"cgroup {d}: {exc}")
-    return problems
+    return remove_cgroup_tree(d)
