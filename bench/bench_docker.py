@@ -50,7 +50,7 @@ from pyroute2 import IPRoute
 from controller.lab.docker import IMAGE, DockerLab
 from controller.lab.docker_engine import ENGINES
 from controller.lab.topology import Lab
-from controller.plugin import api
+from controller.plugin import api, responses
 from controller.plugin.routes import Route
 from controller.plugin.server import PluginServer
 from controller.reconcile.loop import PASS_LINE
@@ -100,14 +100,14 @@ class FloorPlugin:
             "/NetworkDriver.DeleteEndpoint": Route("NetworkDriver", self._delete),
         }
 
-    def _address(self, o: Any) -> api.Response:
+    def _address(self, o: Any) -> responses.Response:
         if (o.get("Options") or {}).get(api.REQUEST_ADDRESS_TYPE) == api.GATEWAY_ADDRESS_TYPE:
             return _Fixed({"Address": "10.32.0.1/24", "Data": {}})
         with self._lock:
             self._next = self._next % 250 + 1
             return _Fixed({"Address": f"10.32.0.{self._next + 1}/24", "Data": {}})
 
-    def _join(self, o: Any) -> api.Response:
+    def _join(self, o: Any) -> responses.Response:
         eid = str(o["EndpointID"])[:8]
         with self._lock:
             self._veth(eid)
@@ -119,7 +119,7 @@ class FloorPlugin:
         self._ipr.link("add", ifname=f"flh{eid}", kind="veth", peer={"ifname": f"flp{eid}"})
         self._ipr.link("set", index=self._ipr.link_lookup(ifname=f"flh{eid}")[0], state="up")
 
-    def _delete(self, o: Any) -> api.Response:
+    def _delete(self, o: Any) -> responses.Response:
         with self._lock:
             found = self._ipr.link_lookup(ifname=f"flh{str(o['EndpointID'])[:8]}")
             if found:

@@ -6,15 +6,15 @@ Go-style field names, no Content-Type, an *empty* body (not ``{}``) for argument
 rest (unknown fields are ignored: newer dockerds add fields). Every refusal is a ``BadRequest``
 whose message names the field, e.g. ``missing field EndpointID``.
 
-Responses are frozen dataclasses with ``to_json()`` producing exactly the documented shape.
+The responses are ``controller/plugin/responses.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from controller.model.errors import HeddleError, InvalidRecord
 from controller.model.json_value import load_value
@@ -40,10 +40,6 @@ class BadRequest(HeddleError):
     """The request body is not JSON, not an object, or a field is missing or ill-typed.
 
     The message names the field; the request changed nothing."""
-
-
-class Response(Protocol):
-    def to_json(self) -> JSONObject: ...
 
 
 # -- body and field parsing ----------------------------------------------------------------------
@@ -325,39 +321,6 @@ class ReleaseAddressRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Ok:
-    """The empty success answer ``{}``."""
-
-    def to_json(self) -> JSONObject:
-        return {}
-
-
-@dataclass(frozen=True, slots=True)
-class ActivateResponse:
-    implements: tuple[str, ...]
-
-    def to_json(self) -> JSONObject:
-        return {"Implements": list(self.implements)}
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkCapabilities:
-    """``GwAllocChecker``: the engine (28 and newer; older ones ignore the field) asks
-    ``NetworkDriver.GwAllocCheck`` before creating a network whether to reserve gateways."""
-
-    scope: str
-    connectivity_scope: str
-    gw_alloc_checker: bool = True
-
-    def to_json(self) -> JSONObject:
-        return {
-            "Scope": self.scope,
-            "ConnectivityScope": self.connectivity_scope,
-            "GwAllocChecker": self.gw_alloc_checker,
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class GwAllocCheckRequest:
     """``NetworkDriver.GwAllocCheck``: the options the network is about to be created with."""
 
@@ -369,87 +332,3 @@ class GwAllocCheckRequest:
         if opts is not None and not isinstance(opts, Mapping):
             raise BadRequest("field Options must be an object")
         return cls(opts or _EMPTY)
-
-
-@dataclass(frozen=True, slots=True)
-class GwAllocCheckResponse:
-    skip_ipv4: bool
-    skip_ipv6: bool
-
-    def to_json(self) -> JSONObject:
-        return {"SkipIPv4": self.skip_ipv4, "SkipIPv6": self.skip_ipv6}
-
-
-@dataclass(frozen=True, slots=True)
-class CreateEndpointResponse:
-    mac: str | None  # returned only when Docker sent none (docs/platform.md D6)
-
-    def to_json(self) -> JSONObject:
-        return {"Interface": {"MacAddress": self.mac}} if self.mac else {}
-
-
-@dataclass(frozen=True, slots=True)
-class OperInfoResponse:
-    value: Mapping[str, Any]
-
-    def to_json(self) -> JSONObject:
-        return {"Value": dict(self.value)}
-
-
-@dataclass(frozen=True, slots=True)
-class JoinResponse:
-    src_name: str
-    dst_prefix: str
-    gateway: str | None  # None: DisableGatewayService (never neither: docker_gwbridge)
-    gateway6: str | None = None  # a dual-stack network's IPv6 gateway
-
-    def to_json(self) -> JSONObject:
-        out: JSONObject = {
-            "InterfaceName": {"SrcName": self.src_name, "DstPrefix": self.dst_prefix}
-        }
-        if self.gateway is not None:
-            out["Gateway"] = self.gateway
-        else:
-            out["DisableGatewayService"] = True
-        if self.gateway6 is not None:
-            out["GatewayIPv6"] = self.gateway6
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class IpamCapabilities:
-    requires_mac: bool = False
-    requires_replay: bool = False
-
-    def to_json(self) -> JSONObject:
-        return {
-            "RequiresMACAddress": self.requires_mac,
-            "RequiresRequestReplay": self.requires_replay,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AddressSpacesResponse:
-    local: str
-    global_: str
-
-    def to_json(self) -> JSONObject:
-        return {"LocalDefaultAddressSpace": self.local, "GlobalDefaultAddressSpace": self.global_}
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPoolResponse:
-    pool_id: str
-    pool: str
-    data: Mapping[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> JSONObject:
-        return {"PoolID": self.pool_id, "Pool": self.pool, "Data": dict(self.data)}
-
-
-@dataclass(frozen=True, slots=True)
-class RequestAddressResponse:
-    address: str  # CIDR form, e.g. "10.20.0.2/24"
-
-    def to_json(self) -> JSONObject:
-        return {"Address": self.address, "Data": {}}

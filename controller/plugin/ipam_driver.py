@@ -34,7 +34,7 @@ from controller.desired import DesiredState
 from controller.model import codec
 from controller.model.errors import Conflict, Exhausted, InvalidRecord, NotFound, brief
 from controller.model.records import Network, check_label, parse_subnet, parse_subnet6
-from controller.plugin import api, lookup
+from controller.plugin import api, lookup, responses
 from controller.plugin.keys import GATEWAY_OWNER, reservation_owner
 from controller.plugin.lookup import Stored
 from controller.store import keys
@@ -99,14 +99,14 @@ class IpamDriver:
         self._pools = allocation.Pools()
 
     # -- argument-less calls -----------------------------------------------------------------
-    def capabilities(self, _: api.Empty) -> api.IpamCapabilities:
-        return api.IpamCapabilities(requires_mac=False, requires_replay=False)
+    def capabilities(self, _: api.Empty) -> responses.IpamCapabilities:
+        return responses.IpamCapabilities(requires_mac=False, requires_replay=False)
 
-    def address_spaces(self, _: api.Empty) -> api.AddressSpacesResponse:
-        return api.AddressSpacesResponse(ADDRESS_SPACE_LOCAL, ADDRESS_SPACE_GLOBAL)
+    def address_spaces(self, _: api.Empty) -> responses.AddressSpacesResponse:
+        return responses.AddressSpacesResponse(ADDRESS_SPACE_LOCAL, ADDRESS_SPACE_GLOBAL)
 
     # -- pools -------------------------------------------------------------------------------
-    def request_pool(self, req: api.RequestPoolRequest) -> api.RequestPoolResponse:
+    def request_pool(self, req: api.RequestPoolRequest) -> responses.RequestPoolResponse:
         """Validate the pool against etcd; write nothing. Idempotent."""
         name = req.heddle_network()
         if name is None:
@@ -146,11 +146,11 @@ class IpamDriver:
         gateway = self._gateway_of(stored) if stored is not None else None
         if gateway is not None and stored is not None:
             data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen_of(gateway)}"
-        return api.RequestPoolResponse(str(PoolId(name, subnet)), subnet, data)
+        return responses.RequestPoolResponse(str(PoolId(name, subnet)), subnet, data)
 
     def _request_pool6(
         self, name: str, pool: str, stored: Stored | None
-    ) -> api.RequestPoolResponse:
+    ) -> responses.RequestPoolResponse:
         """The IPv6 pool of ``--ipv6``: the heddle network's ``subnet6``. Such a network is
         never created here (Docker asks for the IPv4 pool first, and a network created from it
         would have no IPv6): it must exist, made by ``heddle network create`` with both
@@ -172,16 +172,16 @@ class IpamDriver:
         gateway = self._gateway_of(stored, six=True)
         if gateway is not None:
             data[api.GATEWAY_DATA] = f"{gateway}/{stored.network.prefixlen_of(gateway)}"
-        return api.RequestPoolResponse(str(PoolId(name, subnet6)), subnet6, data)
+        return responses.RequestPoolResponse(str(PoolId(name, subnet6)), subnet6, data)
 
-    def release_pool(self, req: api.PoolRequest) -> api.Ok:
+    def release_pool(self, req: api.PoolRequest) -> responses.Ok:
         """Nothing to undo: the heddle network is shared by every host and outlives Docker's
         pool (``heddle network rm`` removes it). Idempotent."""
         PoolId.parse(req.pool_id)
-        return api.Ok()
+        return responses.Ok()
 
     # -- addresses ---------------------------------------------------------------------------
-    def request_address(self, req: api.RequestAddressRequest) -> api.RequestAddressResponse:
+    def request_address(self, req: api.RequestAddressRequest) -> responses.RequestAddressResponse:
         """Reserve an address (``req.address`` or the lowest free one) cluster-wide.
 
         The gateway request is idempotent (it returns the network's one gateway). Any other
@@ -193,9 +193,9 @@ class IpamDriver:
             return self._gateway(pool, want)
         stored = self._pool_network(pool)
         ip = self._reserve(stored, want, self._owner, pool.six)
-        return api.RequestAddressResponse(f"{ip}/{stored.network.prefixlen_of(ip)}")
+        return responses.RequestAddressResponse(f"{ip}/{stored.network.prefixlen_of(ip)}")
 
-    def release_address(self, req: api.ReleaseAddressRequest) -> api.Ok:
+    def release_address(self, req: api.ReleaseAddressRequest) -> responses.Ok:
         """Free this host's reservation of ``req.address``. Idempotent: an address that is not
         reserved by this host (already free, the gateway, someone else's) is left alone."""
         pool = PoolId.parse(req.pool_id)
@@ -205,22 +205,22 @@ class IpamDriver:
         # The usual case, ours to free, in one round trip; anything else is read and decided.
         if self._kv.commit(Txn((Compare(key, "value", "=", mine),), (Delete(key),))).succeeded:
             self._pools.release(pool.network, ip)
-            return api.Ok()
+            return responses.Ok()
         for _ in range(8):
             got = self._kv.get(key)
             if got is None:
-                return api.Ok()
+                return responses.Ok()
             owner = codec.decode_owner(got.value)
             if owner != self._owner:
                 if owner != GATEWAY_OWNER:
                     log.info("ReleaseAddress %s/%s: held by %r; left", pool.network, ip, owner)
-                return api.Ok()
+                return responses.Ok()
             txn = Txn(
                 compares=(Compare(key, "mod", "=", got.mod_revision),), success=(Delete(key),)
             )
             if self._kv.commit(txn).succeeded:
                 self._pools.release(pool.network, ip)
-                return api.Ok()
+                return responses.Ok()
         raise Conflict(f"address {ip} of {pool.network} keeps changing; try again")
 
     # -- internals ---------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class IpamDriver:
                 return ip
         return None
 
-    def _gateway(self, pool: PoolId, want: str | None) -> api.RequestAddressResponse:
+    def _gateway(self, pool: PoolId, want: str | None) -> responses.RequestAddressResponse:
         prefixlen = ipaddress.ip_network(pool.subnet).prefixlen
         stored = lookup.network(self._kv, pool.network)
         if stored is None and not pool.six:
@@ -266,7 +266,7 @@ class IpamDriver:
                     raise
             else:
                 log.info("created network %s (%s, gateway %s)", pool.network, pool.subnet, first)
-                return api.RequestAddressResponse(f"{first}/{prefixlen}")
+                return responses.RequestAddressResponse(f"{first}/{prefixlen}")
         stored = self._pool_network(pool)
         for _ in range(allocation.RELIST_AFTER):
             gateway = self._gateway_of(stored, pool.six)
@@ -276,7 +276,7 @@ class IpamDriver:
                         f"heddle network {pool.network} has gateway {gateway}; --gateway {want} "
                         "differs (leave --gateway out)"
                     )
-                return api.RequestAddressResponse(f"{gateway}/{prefixlen}")
+                return responses.RequestAddressResponse(f"{gateway}/{prefixlen}")
             # A network without a gateway in its record: reserve one address for it, network
             # wide. One candidate per round, then look again: a host that lost the race must
             # adopt the winner's gateway rather than reserve a second one.
@@ -285,11 +285,11 @@ class IpamDriver:
             if candidate is None:
                 raise Exhausted(f"network {pool.network} has no free address for a gateway")
             if want is not None:
-                return api.RequestAddressResponse(
+                return responses.RequestAddressResponse(
                     f"{self._reserve(stored, want, GATEWAY_OWNER, pool.six)}/{prefixlen}"
                 )
             if self._try_reserve(stored, candidate, GATEWAY_OWNER):
-                return api.RequestAddressResponse(f"{candidate}/{prefixlen}")
+                return responses.RequestAddressResponse(f"{candidate}/{prefixlen}")
             stored = self._pool_network(pool)
         raise Conflict(f"could not reserve a gateway for {pool.network}; try again")
 

@@ -33,7 +33,7 @@ from controller.model import codec
 from controller.model.errors import Conflict, HeddleError, InvalidRecord, NotFound, brief
 from controller.model.naming import derive_mac, veth_host_name, veth_peer_name
 from controller.model.records import Endpoint, Network, check_label
-from controller.plugin import api, lookup
+from controller.plugin import api, lookup, responses
 from controller.plugin import keys as pkeys
 from controller.plugin.ipam_driver import ADDRESS_SPACES
 from controller.plugin.made import Made, MadeMemo
@@ -99,30 +99,30 @@ class NetworkDriver:
         self._made = MadeMemo()
 
     # -- capabilities, discovery, external connectivity (nothing to do) ----------------------
-    def capabilities(self, _: api.Empty) -> api.NetworkCapabilities:
-        return api.NetworkCapabilities(SCOPE, CONNECTIVITY_SCOPE)
+    def capabilities(self, _: api.Empty) -> responses.NetworkCapabilities:
+        return responses.NetworkCapabilities(SCOPE, CONNECTIVITY_SCOPE)
 
-    def gw_alloc_check(self, _: api.GwAllocCheckRequest) -> api.GwAllocCheckResponse:
+    def gw_alloc_check(self, _: api.GwAllocCheckRequest) -> responses.GwAllocCheckResponse:
         """Docker 28+: reserve the gateways. Every heddle network has an IPv4 gateway (and a
         dual-stack one an IPv6 gateway) that Join names as the containers' default routes, and
         heddle's IPAM driver (the only one it accepts) is what reserves them: nothing is
         skipped."""
-        return api.GwAllocCheckResponse(skip_ipv4=False, skip_ipv6=False)
+        return responses.GwAllocCheckResponse(skip_ipv4=False, skip_ipv6=False)
 
-    def discover(self, _: api.DiscoveryRequest) -> api.Ok:
+    def discover(self, _: api.DiscoveryRequest) -> responses.Ok:
         """DiscoverNew/DiscoverDelete: heddle learns about hosts from etcd, not from Docker."""
-        return api.Ok()
+        return responses.Ok()
 
-    def external_connectivity(self, _: api.EndpointRequest) -> api.Ok:
+    def external_connectivity(self, _: api.EndpointRequest) -> responses.Ok:
         """Program/RevokeExternalConnectivity: no port mappings on an overlay."""
-        return api.Ok()
+        return responses.Ok()
 
-    def leave(self, _: api.EndpointRequest) -> api.Ok:
+    def leave(self, _: api.EndpointRequest) -> responses.Ok:
         """Nothing to undo: the peer is still in the container; DeleteEndpoint cleans up."""
-        return api.Ok()
+        return responses.Ok()
 
     # -- networks ----------------------------------------------------------------------------
-    def create_network(self, req: api.CreateNetworkRequest) -> api.Ok:
+    def create_network(self, req: api.CreateNetworkRequest) -> responses.Ok:
         """Map ``req.network_id`` to the heddle network. Idempotent; writes nothing on refusal."""
         name = req.heddle_network()
         if name is None:
@@ -182,15 +182,15 @@ class NetworkDriver:
                     f"Docker network {req.network_id[:12]} is already mapped to "
                     f"{existing.network if existing else 'another network'}"
                 )
-        return api.Ok()
+        return responses.Ok()
 
-    def delete_network(self, req: api.NetworkRequest) -> api.Ok:
+    def delete_network(self, req: api.NetworkRequest) -> responses.Ok:
         """Forget the mapping. Idempotent (an unknown NetworkID is fine)."""
         self._kv.commit(Txn(success=(Delete(pkeys.network(self._host, req.network_id)),)))
-        return api.Ok()
+        return responses.Ok()
 
     # -- endpoints ---------------------------------------------------------------------------
-    def create_endpoint(self, req: api.CreateEndpointRequest) -> api.CreateEndpointResponse:
+    def create_endpoint(self, req: api.CreateEndpointRequest) -> responses.CreateEndpointResponse:
         """Write the endpoint record and the EndpointID mapping in one transaction."""
         # A repeated call fails the transaction's "mapping absent" guard and is answered below.
         net_map = self._docker_network(req.network_id)
@@ -232,7 +232,7 @@ class NetworkDriver:
             result = self._kv.commit(txn)
             if result.succeeded:
                 self._made.put(req.endpoint_id, Made(mapping, ip, mac, result.revision))
-                return api.CreateEndpointResponse(None if req.mac else mac)
+                return responses.CreateEndpointResponse(None if req.mac else mac)
             # Diagnose which compare failed; only an id collision tries the next id.
             done = self._existing_endpoint(req)
             if done is not None:
@@ -253,7 +253,7 @@ class NetworkDriver:
 
     def _existing_endpoint(
         self, req: api.CreateEndpointRequest
-    ) -> api.CreateEndpointResponse | None:
+    ) -> responses.CreateEndpointResponse | None:
         """The answer to a repeated CreateEndpoint, or None if the endpoint is new."""
         found = lookup.docker_endpoint(self._kv, self._host, req.endpoint_id)
         if found is None:
@@ -265,9 +265,9 @@ class NetworkDriver:
                 f"Docker endpoint {req.endpoint_id[:12]} already exists for another network, or "
                 "its heddle endpoint was removed: remove the container and retry"
             )
-        return api.CreateEndpointResponse(None if req.mac else ep[0].mac)
+        return responses.CreateEndpointResponse(None if req.mac else ep[0].mac)
 
-    def delete_endpoint(self, req: api.EndpointRequest) -> api.Ok:
+    def delete_endpoint(self, req: api.EndpointRequest) -> responses.Ok:
         """Remove the endpoint record and the mapping in one transaction (the address stays
         reserved until ReleaseAddress). Idempotent."""
         map_key = pkeys.endpoint(self._host, req.endpoint_id)
@@ -282,11 +282,11 @@ class NetworkDriver:
                 success=(Delete(map_key), *endpoint_ops.delete_endpoint(network, eid, self._host)),
             )
             if self._kv.commit(guarded).succeeded:
-                return api.Ok()
+                return responses.Ok()
         for _ in range(8):
             found = self._kv.get(map_key)
             if found is None:
-                return api.Ok()
+                return responses.Ok()
             compares = [Compare(map_key, "mod", "=", found.mod_revision)]
             ops: list[Put | Delete] = [Delete(map_key)]
             try:
@@ -302,10 +302,10 @@ class NetworkDriver:
                         endpoint_ops.delete_endpoint(mapping.network, mapping.id, self._host)
                     )
             if self._kv.commit(Txn(tuple(compares), tuple(ops))).succeeded:
-                return api.Ok()
+                return responses.Ok()
         raise Conflict(f"Docker endpoint {req.endpoint_id[:12]} keeps changing; try again")
 
-    def join(self, req: api.JoinRequest) -> api.JoinResponse:
+    def join(self, req: api.JoinRequest) -> responses.JoinResponse:
         """Wait for the veth (bounded), then name the peer and the gateway. Idempotent."""
         made = self._made.get(req.endpoint_id)
         mapping = made.mapping if made is not None else self._mapping(req.endpoint_id)
@@ -324,24 +324,24 @@ class NetworkDriver:
                 f"{mapping.network}/{mapping.id} within {self._join_timeout:g} s "
                 "(see `heddle host ls` for its status)"
             )
-        return api.JoinResponse(
+        return responses.JoinResponse(
             veth_peer_name(mapping.network, mapping.id), DST_PREFIX, gateway, gateway6
         )
 
-    def endpoint_oper_info(self, req: api.EndpointRequest) -> api.OperInfoResponse:
+    def endpoint_oper_info(self, req: api.EndpointRequest) -> responses.OperInfoResponse:
         """What heddle made of the endpoint (shown by ``docker inspect``). Never fails for an
         unknown endpoint: dockerd treats an error here as fatal for the container."""
         made = self._made.get(req.endpoint_id)
         if made is not None:
-            return api.OperInfoResponse(_oper_info(made.mapping, made.ip, made.mac))
+            return responses.OperInfoResponse(_oper_info(made.mapping, made.ip, made.mac))
         found = lookup.docker_endpoint(self._kv, self._host, req.endpoint_id)
         if found is None:
-            return api.OperInfoResponse({})
+            return responses.OperInfoResponse({})
         mapping = found[0]
         ep = lookup.endpoint(self._kv, mapping.network, mapping.id)
         if ep is None:
-            return api.OperInfoResponse(_oper_info(mapping))
-        return api.OperInfoResponse(_oper_info(mapping, ep[0].ip, ep[0].mac))
+            return responses.OperInfoResponse(_oper_info(mapping))
+        return responses.OperInfoResponse(_oper_info(mapping, ep[0].ip, ep[0].mac))
 
     # -- helpers -----------------------------------------------------------------------------
     def _docker_network(self, network_id: str) -> DockerNetwork:

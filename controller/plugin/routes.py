@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from controller.model.errors import Conflict, HeddleError, InvalidRecord, StoreUnavailable, brief
-from controller.plugin import api
+from controller.plugin import api, responses
 from controller.plugin.ipam_driver import IpamDriver
 from controller.plugin.network_driver import NetworkDriver
 
@@ -38,7 +38,7 @@ class Route:
     """How one path is served: its interface (for the error style) and the call."""
 
     interface: Interface
-    call: Callable[[Mapping[str, Any]], api.Response]
+    call: Callable[[Mapping[str, Any]], responses.Response]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +50,24 @@ class Reply:
 def _route(
     interface: Interface,
     parse: Callable[[Mapping[str, Any]], R],
-    handle: Callable[[R], api.Response],
+    handle: Callable[[R], responses.Response],
 ) -> Route:
     return Route(interface, lambda o: handle(parse(o)))
 
 
-def _activate(_: api.Empty) -> api.ActivateResponse:
-    return api.ActivateResponse(IMPLEMENTS)
+def _activate(_: api.Empty) -> responses.ActivateResponse:
+    return responses.ActivateResponse(IMPLEMENTS)
 
 
-def _nd(parse: Callable[[Mapping[str, Any]], R], handle: Callable[[R], api.Response]) -> Route:
+def _nd(
+    parse: Callable[[Mapping[str, Any]], R], handle: Callable[[R], responses.Response]
+) -> Route:
     return _route("NetworkDriver", parse, handle)
 
 
-def _ipam(parse: Callable[[Mapping[str, Any]], R], handle: Callable[[R], api.Response]) -> Route:
+def _ipam(
+    parse: Callable[[Mapping[str, Any]], R], handle: Callable[[R], responses.Response]
+) -> Route:
     return _route("IpamDriver", parse, handle)
 
 

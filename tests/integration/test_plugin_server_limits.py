@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 
-from controller.plugin import api
+from controller.plugin import responses
 from controller.plugin.routes import Route
 from controller.plugin.server import MAX_BODY, PluginServer
 
 
-def _slow(_: Mapping[str, Any]) -> api.ActivateResponse:
+def _slow(_: Mapping[str, Any]) -> responses.ActivateResponse:
     time.sleep(0.3)
-    return api.ActivateResponse(("NetworkDriver",))
+    return responses.ActivateResponse(("NetworkDriver",))
 
 
 ROUTES = {
-    "/Plugin.Activate": Route("Plugin", lambda _: api.ActivateResponse(("NetworkDriver",))),
+    "/Plugin.Activate": Route("Plugin", lambda _: responses.ActivateResponse(("NetworkDriver",))),
     "/Plugin.Slow": Route("Plugin", _slow),
 }
 

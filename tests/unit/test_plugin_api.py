@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.model.errors import InvalidRecord
-from controller.plugin import api
+from controller.plugin import api, responses
 from controller.plugin.ipam_driver import PoolId
 from controller.plugin.mapping import (
     DockerEndpoint,
@@ -47,21 +47,21 @@ def test_gateway_request_is_recognised_by_its_option() -> None:
 
 
 def test_join_answer_has_a_gateway_or_disables_the_gateway_service() -> None:
-    assert api.JoinResponse("hdp1", "eth", "10.0.0.1").to_json() == {
+    assert responses.JoinResponse("hdp1", "eth", "10.0.0.1").to_json() == {
         "InterfaceName": {"SrcName": "hdp1", "DstPrefix": "eth"},
         "Gateway": "10.0.0.1",
     }
-    assert api.JoinResponse("hdp1", "eth", None).to_json() == {
+    assert responses.JoinResponse("hdp1", "eth", None).to_json() == {
         "InterfaceName": {"SrcName": "hdp1", "DstPrefix": "eth"},
         "DisableGatewayService": True,
     }
 
 
 def test_create_endpoint_answer_carries_a_mac_only_when_chosen() -> None:
-    assert api.CreateEndpointResponse("02:00:00:00:00:01").to_json() == {
+    assert responses.CreateEndpointResponse("02:00:00:00:00:01").to_json() == {
         "Interface": {"MacAddress": "02:00:00:00:00:01"}
     }
-    assert api.CreateEndpointResponse(None).to_json() == {}
+    assert responses.CreateEndpointResponse(None).to_json() == {}
 
 
 def test_pool_ids_round_trip_and_refuse_foreign_ones() -> None:
