@@ -104,12 +104,15 @@ def test_sigusr1_writes_every_threads_stack_and_the_agent_goes_on(lab: Lab) -> N
     assert ref is not None
     log = lab.agents.log("h1")
     mark = len(log.read_bytes())
-    assert send_signal(ref, signal.SIGUSR1)
-    wait_for("the stacks in the log", lambda: b"reconcile/loop.py" in log.read_bytes()[mark:], 5.0)
-    dump = log.read_bytes()[mark:].decode(errors="replace")
     # every thread: the reconciler's, membership's keepalive, the main thread waiting to stop
-    for where in ("reconcile/loop.py", "controller/membership.py", "controller/cli/agent.py"):
-        assert where in dump, dump[-3000:]
+    wheres = (b"reconcile/loop.py", b"controller/membership.py", b"controller/cli/agent.py")
+    assert send_signal(ref, signal.SIGUSR1)
+    try:  # the dump is written thread by thread: wait for all of it, not its first thread
+        wait_for("every thread's stack in the log",
+                 lambda: all(w in log.read_bytes()[mark:] for w in wheres), 5.0)  # fmt: skip
+    except AssertionError:
+        dump = log.read_bytes()[mark:].decode(errors="replace")
+        raise AssertionError(f"not every thread's stack is in the log:\n{dump[-3000:]}") from None
     assert lab.agents.running("h1")
     with urllib.request.urlopen(f"http://{lab.agents.metrics_address('h1')}/healthz") as r:
         assert r.status == 200
