@@ -35,12 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-# heddle never uses a gRPC client across fork (clients are made after it). gRPC's fork support
-# would instead restart its poller threads in every forked child, and a child that closes its
-# descriptors before exec (subprocess with preexec_fn, as the lab does to enter a namespace)
-# then aborts in epoll_wait ("Bad file descriptor"). Read once, when grpc is first imported.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
+# GRPC_ENABLE_FORK_SUPPORT is off before grpc is imported: controller/store/__init__.py.
 import grpc
 from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc, utils
 
